@@ -1,0 +1,334 @@
+//! Objects to S3, an S3-compatible server, or a local directory per bucket, through `object_store`.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use object_store::aws::AmazonS3Builder;
+use object_store::local::LocalFileSystem;
+use object_store::path::Path;
+use object_store::{
+    Attribute, Attributes, BackoffConfig, ObjectStore, ObjectStoreExt, PutOptions, PutPayload,
+    RetryConfig, WriteMultipart,
+};
+
+use crate::{Destination, Outcome, Payload, Report};
+
+/// An S3-compatible endpoint and the credentials to sign for it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct S3Endpoint {
+    /// Base URL, e.g. `http://127.0.0.1:8333`. `None` means AWS's own endpoint for `region`.
+    pub url: Option<String>,
+    pub region: String,
+    pub access_key_id: String,
+    pub secret_access_key: String,
+}
+
+/// Where objects go and how they are uploaded.
+#[derive(Debug, Clone)]
+pub struct ObjectStoreSettings {
+    /// `Some`: an S3 (or S3-compatible) server. `None`: the embedded default, one directory per
+    /// bucket under `local_root`.
+    pub s3: Option<S3Endpoint>,
+    pub local_root: PathBuf,
+    /// Objects larger than this go through multipart upload.
+    pub multipart_threshold: usize,
+    /// Size of each multipart part (S3 needs at least 5 MiB for every part but the last).
+    pub part_size: usize,
+}
+
+impl ObjectStoreSettings {
+    /// Says which store is in use, for the startup log.
+    pub fn describe(&self) -> String {
+        match &self.s3 {
+            Some(ep) => format!(
+                "S3 at {} (region {}, path-style)",
+                ep.url.as_deref().unwrap_or("the AWS endpoint"),
+                ep.region
+            ),
+            None => format!("local disk under {}", self.local_root.display()),
+        }
+    }
+}
+
+/// Writes objects; one `object_store` client per bucket, made on first use.
+#[derive(Debug)]
+pub struct S3Sink {
+    settings: ObjectStoreSettings,
+    stores: Mutex<HashMap<String, Arc<dyn ObjectStore>>>,
+}
+
+/// Why a store could not be made or an object not written.
+#[derive(Debug, thiserror::Error)]
+pub enum ObjectError {
+    #[error("bucket name {0:?} is not a valid S3 bucket name")]
+    InvalidBucket(String),
+    #[error("object key {key:?} is not valid: {source}")]
+    InvalidKey {
+        key: String,
+        source: object_store::path::Error,
+    },
+    #[error("cannot open the store for bucket {bucket:?}: {source}")]
+    Open {
+        bucket: String,
+        source: object_store::Error,
+    },
+    #[error("cannot create directory {path}: {source}")]
+    CreateDir {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("writing {key:?} failed: {source}")]
+    Write {
+        key: String,
+        source: object_store::Error,
+    },
+}
+
+/// S3 bucket naming rules (3–63 characters, lowercase letters, digits, dots and hyphens, starting
+/// and ending with a letter or digit). Also keeps a local bucket directory inside its root.
+pub fn valid_bucket_name(name: &str) -> bool {
+    let ok_chars = name
+        .bytes()
+        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'.' || b == b'-');
+    let edge = |b: Option<u8>| b.is_some_and(|b| b.is_ascii_lowercase() || b.is_ascii_digit());
+    (3..=63).contains(&name.len())
+        && ok_chars
+        && edge(name.bytes().next())
+        && edge(name.bytes().last())
+        && !name.contains("..")
+}
+
+impl S3Sink {
+    pub fn new(settings: ObjectStoreSettings) -> Self {
+        S3Sink {
+            settings,
+            stores: Mutex::new(HashMap::new()),
+        }
+    }
+
+    pub fn settings(&self) -> &ObjectStoreSettings {
+        &self.settings
+    }
+
+    /// The store for `bucket`, made on first use.
+    pub fn store(&self, bucket: &str) -> Result<Arc<dyn ObjectStore>, ObjectError> {
+        if !valid_bucket_name(bucket) {
+            return Err(ObjectError::InvalidBucket(bucket.to_string()));
+        }
+        let mut stores = self.stores.lock().expect("store cache lock poisoned");
+        if let Some(store) = stores.get(bucket) {
+            return Ok(store.clone());
+        }
+        let store: Arc<dyn ObjectStore> = match &self.settings.s3 {
+            Some(ep) => {
+                let mut builder = AmazonS3Builder::new()
+                    .with_bucket_name(bucket)
+                    .with_region(&ep.region)
+                    .with_access_key_id(&ep.access_key_id)
+                    .with_secret_access_key(&ep.secret_access_key)
+                    .with_virtual_hosted_style_request(false)
+                    // The pipeline retries forever with its own backoff; keep each attempt short
+                    // so an outage is noticed and reported quickly.
+                    .with_retry(RetryConfig {
+                        backoff: BackoffConfig {
+                            init_backoff: Duration::from_millis(100),
+                            max_backoff: Duration::from_secs(2),
+                            base: 2.0,
+                        },
+                        max_retries: 2,
+                        retry_timeout: Duration::from_secs(20),
+                    });
+                if let Some(url) = &ep.url {
+                    builder = builder
+                        .with_endpoint(url)
+                        .with_allow_http(url.starts_with("http://"));
+                }
+                Arc::new(builder.build().map_err(|source| ObjectError::Open {
+                    bucket: bucket.to_string(),
+                    source,
+                })?)
+            }
+            None => {
+                let dir = self.settings.local_root.join(bucket);
+                std::fs::create_dir_all(&dir).map_err(|source| ObjectError::CreateDir {
+                    path: dir.clone(),
+                    source,
+                })?;
+                Arc::new(LocalFileSystem::new_with_prefix(&dir).map_err(|source| {
+                    ObjectError::Open {
+                        bucket: bucket.to_string(),
+                        source,
+                    }
+                })?)
+            }
+        };
+        stores.insert(bucket.to_string(), store.clone());
+        Ok(store)
+    }
+
+    /// Writes one object, by multipart upload when it is over the threshold.
+    pub async fn put(
+        &self,
+        bucket: &str,
+        key: &str,
+        body: Bytes,
+        content_type: Option<&str>,
+    ) -> Result<(), ObjectError> {
+        let store = self.store(bucket)?;
+        let path = Path::parse(key).map_err(|source| ObjectError::InvalidKey {
+            key: key.to_string(),
+            source,
+        })?;
+        let mut attributes = Attributes::new();
+        if let Some(ct) = content_type {
+            attributes.insert(Attribute::ContentType, ct.to_string().into());
+        }
+        let write_err = |source| ObjectError::Write {
+            key: key.to_string(),
+            source,
+        };
+        if body.len() > self.settings.multipart_threshold {
+            let upload = store
+                .put_multipart_opts(
+                    &path,
+                    object_store::PutMultipartOptions {
+                        attributes,
+                        ..Default::default()
+                    },
+                )
+                .await
+                .map_err(write_err)?;
+            let mut writer = WriteMultipart::new_with_chunk_size(upload, self.settings.part_size);
+            writer.put(body);
+            writer.finish().await.map_err(write_err)?;
+        } else {
+            store
+                .put_opts(
+                    &path,
+                    PutPayload::from(body),
+                    PutOptions {
+                        attributes,
+                        ..Default::default()
+                    },
+                )
+                .await
+                .map_err(write_err)?;
+        }
+        Ok(())
+    }
+
+    /// Reads one object back (used by tools and tests).
+    pub async fn get(&self, bucket: &str, key: &str) -> Result<Bytes, ObjectError> {
+        let store = self.store(bucket)?;
+        let path = Path::parse(key).map_err(|source| ObjectError::InvalidKey {
+            key: key.to_string(),
+            source,
+        })?;
+        let read_err = |source| ObjectError::Write {
+            key: key.to_string(),
+            source,
+        };
+        store
+            .get(&path)
+            .await
+            .map_err(read_err)?
+            .bytes()
+            .await
+            .map_err(read_err)
+    }
+}
+
+#[async_trait]
+impl Destination for S3Sink {
+    fn kind(&self) -> &'static str {
+        "s3"
+    }
+
+    async fn deliver(&self, payload: &Payload) -> Report {
+        match payload {
+            Payload::Object {
+                bucket,
+                key,
+                body,
+                content_type,
+                records,
+            } => {
+                let outcome = match self
+                    .put(bucket, key, body.clone(), content_type.as_deref())
+                    .await
+                {
+                    Ok(()) => Outcome::Delivered,
+                    Err(e @ (ObjectError::InvalidBucket(_) | ObjectError::InvalidKey { .. })) => {
+                        Outcome::Rejected(e.to_string())
+                    }
+                    // Everything else may heal: the server comes back, the bucket is created,
+                    // the credentials are fixed. Firehose keeps retrying S3 for 24 h too.
+                    Err(e) => Outcome::Retryable(e.to_string()),
+                };
+                Report::uniform(*records, outcome)
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn local(root: &std::path::Path, threshold: usize) -> S3Sink {
+        S3Sink::new(ObjectStoreSettings {
+            s3: None,
+            local_root: root.to_path_buf(),
+            multipart_threshold: threshold,
+            part_size: 5 * 1024 * 1024,
+        })
+    }
+
+    #[test]
+    fn bucket_names_follow_s3_rules() {
+        assert!(valid_bucket_name("my-bucket.logs"));
+        assert!(!valid_bucket_name("ab"));
+        assert!(!valid_bucket_name("Upper"));
+        assert!(!valid_bucket_name("../etc"));
+        assert!(!valid_bucket_name("a..b"));
+        assert!(!valid_bucket_name("-ab"));
+    }
+
+    #[tokio::test]
+    async fn local_put_then_get_round_trips_single_and_multipart() {
+        let dir = tempfile::tempdir().unwrap();
+        let sink = local(dir.path(), 1024);
+        let small = Bytes::from_static(b"hello");
+        sink.put("bkt", "a/b/small.txt", small.clone(), None)
+            .await
+            .unwrap();
+        assert_eq!(sink.get("bkt", "a/b/small.txt").await.unwrap(), small);
+        let big = Bytes::from(vec![7u8; 6 * 1024 * 1024]);
+        sink.put("bkt", "a/big.bin", big.clone(), None)
+            .await
+            .unwrap();
+        assert_eq!(sink.get("bkt", "a/big.bin").await.unwrap(), big);
+        assert!(dir.path().join("bkt/a/b/small.txt").exists());
+    }
+
+    #[tokio::test]
+    async fn invalid_bucket_is_rejected_not_retried() {
+        let dir = tempfile::tempdir().unwrap();
+        let sink = local(dir.path(), 1024);
+        let report = sink
+            .deliver(&Payload::Object {
+                bucket: "../escape".into(),
+                key: "k".into(),
+                body: Bytes::from_static(b"x"),
+                content_type: None,
+                records: 2,
+            })
+            .await;
+        assert_eq!(report.outcomes.len(), 2);
+        assert!(matches!(report.outcomes[0], Outcome::Rejected(_)));
+    }
+}

@@ -1,0 +1,541 @@
+//! The Firehose API (AWS JSON 1.1 on `POST /`), `/metrics` and `/health`.
+
+pub mod auth;
+pub mod error;
+
+use std::borrow::Cow;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::SystemTime;
+
+use axum::Router;
+use axum::body::Body;
+use axum::extract::{DefaultBodyLimit, Request, State};
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use base64::Engine;
+use bytes::BytesMut;
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use crate::buffer::Record;
+use crate::config::AccessKey;
+use crate::config::stream::{
+    CreateDeliveryStreamInput, ExtendedS3DestinationConfiguration, Tag, valid_stream_name,
+};
+use crate::metrics::Metrics;
+use crate::pipeline::now_ms;
+use crate::registry::Registry;
+use error::{AMZ_JSON, ApiError};
+
+/// Firehose's fixed limits.
+pub const MAX_BATCH_RECORDS: usize = 500;
+pub const MAX_BATCH_BYTES: usize = 4 * 1024 * 1024;
+pub const MAX_RECORD_BYTES: usize = 1_024_000;
+/// The largest request body read: a full batch in base64 plus JSON framing.
+pub const MAX_BODY_BYTES: usize = 8 * 1024 * 1024;
+
+pub const TARGET_PREFIX: &str = "Firehose_20150804.";
+
+/// What the handlers share.
+pub struct AppState {
+    pub registry: Arc<Registry>,
+    pub metrics: Arc<Metrics>,
+    pub access_keys: Vec<AccessKey>,
+    record_seq: AtomicU64,
+    record_nonce: u64,
+}
+
+impl AppState {
+    pub fn new(
+        registry: Arc<Registry>,
+        metrics: Arc<Metrics>,
+        access_keys: Vec<AccessKey>,
+    ) -> Self {
+        AppState {
+            registry,
+            metrics,
+            access_keys,
+            record_seq: AtomicU64::new(0),
+            record_nonce: uuid::Uuid::new_v4().as_u64_pair().0,
+        }
+    }
+
+    /// Opaque, unique record ids: this process's nonce and a sequence number.
+    fn record_ids(&self, n: usize) -> impl Iterator<Item = String> + '_ {
+        let first = self.record_seq.fetch_add(n as u64, Ordering::Relaxed);
+        (first..first + n as u64).map(move |seq| {
+            format!(
+                "{:016x}{:016x}{:024x}",
+                self.record_nonce,
+                seq,
+                seq.wrapping_mul(0x9E37_79B9_7F4A_7C15)
+            )
+        })
+    }
+}
+
+pub fn router(state: Arc<AppState>) -> Router {
+    Router::new()
+        .route("/", post(api))
+        .route("/metrics", get(metrics))
+        .route("/health", get(|| async { "ok\n" }))
+        .layer(DefaultBodyLimit::disable())
+        .with_state(state)
+}
+
+async fn metrics(State(state): State<Arc<AppState>>) -> Response {
+    state.registry.refresh_metrics();
+    let mut resp = state.metrics.encode().into_response();
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/openmetrics-text; version=1.0.0; charset=utf-8"),
+    );
+    resp
+}
+
+fn json_response(value: Value) -> Response {
+    let mut resp = (StatusCode::OK, value.to_string()).into_response();
+    resp.headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static(AMZ_JSON));
+    resp
+}
+
+fn parse<'a, T: Deserialize<'a>>(body: &'a [u8]) -> Result<T, ApiError> {
+    let mut de = serde_json::Deserializer::from_slice(body);
+    serde_path_to_error::deserialize(&mut de).map_err(|e| {
+        let path = e.path().to_string();
+        ApiError::InvalidArgument(if path == "." {
+            format!("Invalid JSON request: {}", e.into_inner())
+        } else {
+            format!("Invalid JSON request at {path}: {}", e.into_inner())
+        })
+    })
+}
+
+async fn api(State(state): State<Arc<AppState>>, request: Request) -> Response {
+    let (parts, body) = request.into_parts();
+    let operation = parts
+        .headers
+        .get("x-amz-target")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|t| t.strip_prefix(TARGET_PREFIX))
+        .unwrap_or("")
+        .to_string();
+    let result = async {
+        let body = axum::body::to_bytes(Body::new(body), MAX_BODY_BYTES)
+            .await
+            .map_err(|_| {
+                ApiError::InvalidArgument(format!(
+                    "Request body is larger than {MAX_BODY_BYTES} bytes"
+                ))
+            })?;
+        if !state.access_keys.is_empty() {
+            let pq = parts
+                .uri
+                .path_and_query()
+                .map(|p| p.as_str())
+                .unwrap_or("/");
+            auth::verify(
+                &state.access_keys,
+                parts.method.as_str(),
+                pq,
+                &parts.headers,
+                &body,
+                SystemTime::now(),
+            )?;
+        }
+        dispatch(&state, &operation, &body).await
+    }
+    .await;
+    let op_label = if KNOWN_OPERATIONS.contains(&operation.as_str()) {
+        operation.as_str()
+    } else {
+        "unknown"
+    };
+    state.metrics.api_call(op_label, result.is_ok());
+    match result {
+        Ok(v) => json_response(v),
+        Err(e) => {
+            tracing::debug!(operation = op_label, error = %e, kind = e.type_name(), "request refused");
+            e.into_response()
+        }
+    }
+}
+
+const KNOWN_OPERATIONS: &[&str] = &[
+    "PutRecord",
+    "PutRecordBatch",
+    "CreateDeliveryStream",
+    "DescribeDeliveryStream",
+    "ListDeliveryStreams",
+    "DeleteDeliveryStream",
+    "UpdateDestination",
+    "TagDeliveryStream",
+    "UntagDeliveryStream",
+    "ListTagsForDeliveryStream",
+];
+
+#[derive(Deserialize)]
+#[serde(rename_all = "PascalCase")]
+struct RecordIn<'a> {
+    #[serde(borrow)]
+    data: Option<Cow<'a, str>>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "PascalCase")]
+struct PutRecordBatchIn<'a> {
+    delivery_stream_name: Option<String>,
+    #[serde(borrow)]
+    records: Option<Vec<RecordIn<'a>>>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "PascalCase")]
+struct PutRecordIn<'a> {
+    delivery_stream_name: Option<String>,
+    #[serde(borrow)]
+    record: Option<RecordIn<'a>>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "PascalCase")]
+struct NameIn {
+    delivery_stream_name: Option<String>,
+    #[allow(dead_code)]
+    allow_force_delete: Option<bool>,
+    #[allow(dead_code)]
+    limit: Option<i64>,
+    #[allow(dead_code)]
+    exclusive_start_destination_id: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "PascalCase")]
+struct ListIn {
+    limit: Option<i64>,
+    delivery_stream_type: Option<String>,
+    exclusive_start_delivery_stream_name: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "PascalCase", deny_unknown_fields)]
+struct UpdateIn {
+    delivery_stream_name: Option<String>,
+    current_delivery_stream_version_id: Option<String>,
+    destination_id: Option<String>,
+    s3_destination_update: Option<ExtendedS3DestinationConfiguration>,
+    extended_s3_destination_update: Option<ExtendedS3DestinationConfiguration>,
+    redshift_destination_update: Option<Value>,
+    elasticsearch_destination_update: Option<Value>,
+    amazonopensearchservice_destination_update: Option<Value>,
+    amazon_open_search_serverless_destination_update: Option<Value>,
+    splunk_destination_update: Option<Value>,
+    http_endpoint_destination_update: Option<Value>,
+    snowflake_destination_update: Option<Value>,
+    iceberg_destination_update: Option<Value>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "PascalCase")]
+struct TagIn {
+    delivery_stream_name: Option<String>,
+    tags: Option<Vec<Tag>>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "PascalCase")]
+struct UntagIn {
+    delivery_stream_name: Option<String>,
+    tag_keys: Option<Vec<String>>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "PascalCase")]
+struct ListTagsIn {
+    delivery_stream_name: Option<String>,
+    exclusive_start_tag_key: Option<String>,
+    limit: Option<i64>,
+}
+
+fn stream_name(name: Option<String>) -> Result<String, ApiError> {
+    let name =
+        name.ok_or_else(|| ApiError::InvalidArgument("DeliveryStreamName is required".into()))?;
+    if !valid_stream_name(&name) {
+        return Err(ApiError::InvalidArgument(format!(
+            "1 validation error detected: Value '{name}' at 'deliveryStreamName' failed to satisfy constraint: Member must have length between 1 and 64 and match [a-zA-Z0-9_.-]+"
+        )));
+    }
+    Ok(name)
+}
+
+fn limit(value: Option<i64>, default: usize, max: usize, field: &str) -> Result<usize, ApiError> {
+    match value {
+        None => Ok(default),
+        Some(v) if v >= 1 && v as usize <= max => Ok(v as usize),
+        Some(v) => Err(ApiError::InvalidArgument(format!(
+            "{field}: {v} is outside 1..={max}"
+        ))),
+    }
+}
+
+/// Decodes the records of a put into one buffer, enforcing Firehose's limits. Refuses the whole
+/// request on any violation, so nothing of a bad request is stored.
+fn decode_records(records: &[RecordIn<'_>], arrival_ms: i64) -> Result<Vec<Record>, ApiError> {
+    let engine = base64::engine::general_purpose::STANDARD;
+    let estimate: usize = records
+        .iter()
+        .map(|r| r.data.as_ref().map_or(0, |d| d.len() / 4 * 3 + 3))
+        .sum();
+    let mut buf = BytesMut::with_capacity(estimate.min(MAX_BODY_BYTES));
+    let mut bounds = Vec::with_capacity(records.len());
+    for (i, r) in records.iter().enumerate() {
+        let data = r
+            .data
+            .as_deref()
+            .ok_or_else(|| ApiError::InvalidArgument(format!("Records[{i}].Data is required")))?;
+        let start = buf.len();
+        let max_len = base64::decoded_len_estimate(data.len());
+        if max_len > MAX_RECORD_BYTES + 3 {
+            // Decoding would only confirm what the length already says.
+            let approx = data.len() / 4 * 3;
+            if approx > MAX_RECORD_BYTES {
+                return Err(ApiError::InvalidArgument(format!(
+                    "Records[{i}].Data is {approx} bytes; a record may be at most {MAX_RECORD_BYTES} bytes"
+                )));
+            }
+        }
+        buf.resize(start + max_len, 0);
+        let n = engine
+            .decode_slice(data.as_bytes(), &mut buf[start..])
+            .map_err(|e| {
+                ApiError::InvalidArgument(format!("Records[{i}].Data is not valid base64: {e}"))
+            })?;
+        buf.truncate(start + n);
+        if n > MAX_RECORD_BYTES {
+            return Err(ApiError::InvalidArgument(format!(
+                "Records[{i}].Data is {n} bytes; a record may be at most {MAX_RECORD_BYTES} bytes"
+            )));
+        }
+        if buf.len() > MAX_BATCH_BYTES {
+            return Err(ApiError::InvalidArgument(format!(
+                "Records total more than {MAX_BATCH_BYTES} bytes; a PutRecordBatch may carry at most 4 MiB"
+            )));
+        }
+        bounds.push((start, start + n));
+    }
+    let all = buf.freeze();
+    Ok(bounds
+        .into_iter()
+        .map(|(a, b)| Record {
+            data: all.slice(a..b),
+            arrival_ms,
+        })
+        .collect())
+}
+
+/// Hands accepted records to their stream.
+async fn accept(state: &AppState, name: &str, records: Vec<Record>) -> Result<(), ApiError> {
+    let ingest = state.registry.ingest(name)?;
+    let count = records.len() as u64;
+    let bytes: u64 = records.iter().map(|r| r.data.len() as u64).sum();
+    ingest.send(records).await.map_err(|_| {
+        ApiError::ServiceUnavailable(format!("Firehose {name} is shutting down. Slow down."))
+    })?;
+    let labels = Metrics::stream(name);
+    state
+        .metrics
+        .incoming_records
+        .get_or_create(&labels)
+        .inc_by(count);
+    state
+        .metrics
+        .incoming_bytes
+        .get_or_create(&labels)
+        .inc_by(bytes);
+    state
+        .metrics
+        .incoming_put_requests
+        .get_or_create(&labels)
+        .inc();
+    Ok(())
+}
+
+async fn dispatch(state: &AppState, operation: &str, body: &[u8]) -> Result<Value, ApiError> {
+    let registry = &state.registry;
+    match operation {
+        "PutRecordBatch" => {
+            let input: PutRecordBatchIn = parse(body)?;
+            let name = stream_name(input.delivery_stream_name)?;
+            let records = input
+                .records
+                .ok_or_else(|| ApiError::InvalidArgument("Records is required".into()))?;
+            if records.is_empty() || records.len() > MAX_BATCH_RECORDS {
+                return Err(ApiError::InvalidArgument(format!(
+                    "1 validation error detected: Value at 'records' failed to satisfy constraint: Member must have length between 1 and {MAX_BATCH_RECORDS} (got {})",
+                    records.len()
+                )));
+            }
+            let decoded = decode_records(&records, now_ms())?;
+            let n = decoded.len();
+            accept(state, &name, decoded).await?;
+            let responses: Vec<Value> = state
+                .record_ids(n)
+                .map(|id| json!({ "RecordId": id }))
+                .collect();
+            Ok(json!({ "FailedPutCount": 0, "Encrypted": false, "RequestResponses": responses }))
+        }
+        "PutRecord" => {
+            let input: PutRecordIn = parse(body)?;
+            let name = stream_name(input.delivery_stream_name)?;
+            let record = input
+                .record
+                .ok_or_else(|| ApiError::InvalidArgument("Record is required".into()))?;
+            let decoded = decode_records(std::slice::from_ref(&record), now_ms())?;
+            accept(state, &name, decoded).await?;
+            let id = state.record_ids(1).next().expect("one id");
+            Ok(json!({ "RecordId": id, "Encrypted": false }))
+        }
+        "CreateDeliveryStream" => {
+            let input: CreateDeliveryStreamInput = parse(body)?;
+            let arn = registry.create(input)?;
+            Ok(json!({ "DeliveryStreamARN": arn }))
+        }
+        "DescribeDeliveryStream" => {
+            let input: NameIn = parse(body)?;
+            registry.describe(&stream_name(input.delivery_stream_name)?)
+        }
+        "DeleteDeliveryStream" => {
+            let input: NameIn = parse(body)?;
+            registry.delete(&stream_name(input.delivery_stream_name)?)?;
+            Ok(json!({}))
+        }
+        "ListDeliveryStreams" => {
+            let input: ListIn = if body.is_empty() {
+                parse(b"{}")?
+            } else {
+                parse(body)?
+            };
+            let limit = limit(input.limit, 10, 10_000, "Limit")?;
+            let (names, more) = registry.list(
+                limit,
+                input.exclusive_start_delivery_stream_name.as_deref(),
+                input.delivery_stream_type.as_deref(),
+            );
+            Ok(json!({ "DeliveryStreamNames": names, "HasMoreDeliveryStreams": more }))
+        }
+        "UpdateDestination" => {
+            let input: UpdateIn = parse(body)?;
+            let name = stream_name(input.delivery_stream_name)?;
+            let version = input.current_delivery_stream_version_id.ok_or_else(|| {
+                ApiError::InvalidArgument("CurrentDeliveryStreamVersionId is required".into())
+            })?;
+            let destination = input
+                .destination_id
+                .ok_or_else(|| ApiError::InvalidArgument("DestinationId is required".into()))?;
+            let others = [
+                input.redshift_destination_update.is_some(),
+                input.elasticsearch_destination_update.is_some(),
+                input.amazonopensearchservice_destination_update.is_some(),
+                input
+                    .amazon_open_search_serverless_destination_update
+                    .is_some(),
+                input.splunk_destination_update.is_some(),
+                input.http_endpoint_destination_update.is_some(),
+                input.snowflake_destination_update.is_some(),
+                input.iceberg_destination_update.is_some(),
+            ];
+            if others.iter().any(|b| *b) {
+                return Err(ApiError::InvalidArgument(
+                    "only S3 destinations are supported by this hosepipe version".into(),
+                ));
+            }
+            let update = match (
+                input.extended_s3_destination_update,
+                input.s3_destination_update,
+            ) {
+                (Some(u), None) | (None, Some(u)) => u,
+                (None, None) => {
+                    return Err(ApiError::InvalidArgument(
+                        "a destination update is required".into(),
+                    ));
+                }
+                (Some(_), Some(_)) => {
+                    return Err(ApiError::InvalidArgument(
+                        "exactly one destination update may be given".into(),
+                    ));
+                }
+            };
+            registry.update_destination(&name, &version, &destination, &update)?;
+            Ok(json!({}))
+        }
+        "TagDeliveryStream" => {
+            let input: TagIn = parse(body)?;
+            let name = stream_name(input.delivery_stream_name)?;
+            registry.tag(&name, &input.tags.unwrap_or_default())?;
+            Ok(json!({}))
+        }
+        "UntagDeliveryStream" => {
+            let input: UntagIn = parse(body)?;
+            let name = stream_name(input.delivery_stream_name)?;
+            registry.untag(&name, &input.tag_keys.unwrap_or_default())?;
+            Ok(json!({}))
+        }
+        "ListTagsForDeliveryStream" => {
+            let input: ListTagsIn = parse(body)?;
+            let name = stream_name(input.delivery_stream_name)?;
+            let limit = limit(input.limit, 50, 50, "Limit")?;
+            let (tags, more) =
+                registry.list_tags(&name, input.exclusive_start_tag_key.as_deref(), limit)?;
+            let tags: Vec<Value> = tags
+                .into_iter()
+                .map(|(k, v)| json!({ "Key": k, "Value": v }))
+                .collect();
+            Ok(json!({ "Tags": tags, "HasMoreTags": more }))
+        }
+        "" => Err(ApiError::UnknownOperation(
+            "Missing or malformed X-Amz-Target header (expected Firehose_20150804.<Operation>)"
+                .into(),
+        )),
+        other => Err(ApiError::UnknownOperation(format!(
+            "Operation {other} is not supported by hosepipe"
+        ))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rec(data: &str) -> RecordIn<'_> {
+        RecordIn {
+            data: Some(Cow::Borrowed(data)),
+        }
+    }
+
+    #[test]
+    fn records_decode_into_slices_of_one_buffer() {
+        let recs = [rec("aGVsbG8="), rec(""), rec("d29ybGQ=")];
+        let out = decode_records(&recs, 7).unwrap();
+        assert_eq!(out.len(), 3);
+        assert_eq!(&out[0].data[..], b"hello");
+        assert_eq!(&out[1].data[..], b"");
+        assert_eq!(&out[2].data[..], b"world");
+        assert!(out.iter().all(|r| r.arrival_ms == 7));
+    }
+
+    #[test]
+    fn limits_and_bad_base64_are_refused() {
+        assert!(decode_records(&[rec("not base64!")], 0).is_err());
+        assert!(decode_records(&[RecordIn { data: None }], 0).is_err());
+        let engine = base64::engine::general_purpose::STANDARD;
+        let max = engine.encode(vec![1u8; MAX_RECORD_BYTES]);
+        assert!(decode_records(&[rec(&max)], 0).is_ok());
+        let over = engine.encode(vec![1u8; MAX_RECORD_BYTES + 1]);
+        assert!(decode_records(&[rec(&over)], 0).is_err());
+        let five: Vec<RecordIn> = (0..5).map(|_| rec(&max)).collect();
+        assert!(decode_records(&five, 0).is_err(), "over 4 MiB in total");
+    }
+}

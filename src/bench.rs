@@ -1,0 +1,252 @@
+//! `hosepipe bench`: a load generator that pushes PutRecordBatch over HTTP from several
+//! connections into an in-process daemon delivering GZIP objects to local disk, and measures
+//! accepted-and-delivered throughput against bare gzip of the same bytes in the same run.
+
+use std::io::Write;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use base64::Engine;
+use bytes::Bytes;
+use rand::{Rng, SeedableRng};
+
+use crate::compress::GZIP_LEVEL;
+use crate::config::{Config, Overrides, RawConfig};
+use crate::server::Server;
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct BenchArgs {
+    /// Concurrent HTTP connections pushing batches.
+    #[arg(long, default_value_t = 8)]
+    pub connections: usize,
+    /// How long to push, in seconds.
+    #[arg(long, default_value_t = 10)]
+    pub seconds: u64,
+    /// Records per PutRecordBatch.
+    #[arg(long, default_value_t = 500)]
+    pub batch: usize,
+    /// Bytes per record (JSON, padded).
+    #[arg(long, default_value_t = 1024)]
+    pub record_bytes: usize,
+    /// The stream's CompressionFormat.
+    #[arg(long, default_value = "GZIP")]
+    pub compression: String,
+    /// The stream's BufferingHints.SizeInMBs.
+    #[arg(long, default_value_t = 8)]
+    pub size_mb: u64,
+    /// The stream's BufferingHints.IntervalInSeconds.
+    #[arg(long, default_value_t = 1)]
+    pub interval: u64,
+}
+
+/// One JSON record of about `size` bytes, like a clickstream event.
+fn record(rng: &mut impl Rng, size: usize, seq: usize) -> Vec<u8> {
+    const PAGES: [&str; 6] = ["/", "/cart", "/checkout", "/search", "/product", "/account"];
+    const AGENTS: [&str; 3] = [
+        "Mozilla/5.0 (X11; Linux x86_64)",
+        "curl/8.5.0",
+        "Mozilla/5.0 (iPhone; CPU iPhone OS 17_0)",
+    ];
+    let mut rec = format!(
+        "{{\"seq\":{seq},\"user\":\"u{:06}\",\"page\":\"{}\",\"ms\":{},\"ip\":\"10.{}.{}.{}\",\"agent\":\"{}\",\"pad\":\"",
+        rng.random_range(0..100_000),
+        PAGES[rng.random_range(0..PAGES.len())],
+        rng.random_range(0..5_000),
+        rng.random_range(0..256),
+        rng.random_range(0..256),
+        rng.random_range(0..256),
+        AGENTS[rng.random_range(0..AGENTS.len())],
+    )
+    .into_bytes();
+    while rec.len() + 3 < size {
+        rec.push(b'a' + rng.random_range(0..26u8));
+    }
+    rec.extend_from_slice(b"\"}\n");
+    rec
+}
+
+/// Request bodies to cycle through, and the raw record bytes they carry.
+fn make_bodies(args: &BenchArgs, count: usize) -> (Vec<Bytes>, Vec<u8>) {
+    let mut rng = rand::rngs::StdRng::seed_from_u64(42);
+    let engine = base64::engine::general_purpose::STANDARD;
+    let mut raw = Vec::new();
+    let mut bodies = Vec::new();
+    for b in 0..count {
+        let records: Vec<serde_json::Value> = (0..args.batch)
+            .map(|i| {
+                let r = record(&mut rng, args.record_bytes, b * args.batch + i);
+                raw.extend_from_slice(&r);
+                serde_json::json!({ "Data": engine.encode(&r) })
+            })
+            .collect();
+        let body = serde_json::json!({ "DeliveryStreamName": "bench", "Records": records });
+        bodies.push(Bytes::from(body.to_string()));
+    }
+    (bodies, raw)
+}
+
+/// Bare gzip of `raw` at the pipeline's level, single-threaded: MiB/s.
+fn gzip_baseline(raw: &[u8], min_time: Duration) -> f64 {
+    let start = Instant::now();
+    let mut bytes = 0usize;
+    while start.elapsed() < min_time {
+        let mut enc = flate2::write::GzEncoder::new(
+            Vec::with_capacity(raw.len() / 4),
+            flate2::Compression::new(GZIP_LEVEL),
+        );
+        enc.write_all(raw).expect("gzip into memory");
+        std::hint::black_box(enc.finish().expect("gzip into memory"));
+        bytes += raw.len();
+    }
+    bytes as f64 / (1024.0 * 1024.0) / start.elapsed().as_secs_f64()
+}
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    let idx = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[idx]
+}
+
+pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
+    let dir = tempfile::tempdir().context("temp dir")?;
+    let toml_text = format!(
+        r#"
+listen = "127.0.0.1:0"
+object_store = "local"
+shutdown_timeout_seconds = 120
+[streams.bench.extended_s3_destination_configuration]
+bucket_arn = "arn:aws:s3:::bench"
+compression_format = "{}"
+buffering_hints = {{ size_in_mbs = {}, interval_in_seconds = {} }}
+"#,
+        args.compression, args.size_mb, args.interval
+    );
+    let raw_cfg: RawConfig = toml::from_str(&toml_text).context("bench config")?;
+    let overrides = Overrides {
+        listen: None,
+        data_dir: Some(dir.path().to_path_buf()),
+    };
+    let config = Config::from_raw(raw_cfg, &overrides, &|_| None)
+        .map_err(|e| anyhow::anyhow!(e.join("\n")))?;
+
+    let (bodies, raw) = make_bodies(&args, 32);
+    let baseline = tokio::task::spawn_blocking({
+        let raw = raw.clone();
+        move || gzip_baseline(&raw, Duration::from_secs(3))
+    })
+    .await?;
+
+    let server = Server::start(config).await?;
+    let addr = server.addr;
+    let registry = server.registry.clone();
+    let metrics = server.metrics.clone();
+    metrics.keep_latencies();
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let serving = tokio::spawn(server.run(async {
+        let _ = stop_rx.await;
+    }));
+
+    let client = reqwest::Client::builder()
+        .pool_max_idle_per_host(args.connections)
+        .build()?;
+    let url = format!("http://{addr}/");
+    let accepted = Arc::new(AtomicU64::new(0));
+    let failed = Arc::new(AtomicU64::new(0));
+    let bodies = Arc::new(bodies);
+    let start = Instant::now();
+    let until = start + Duration::from_secs(args.seconds);
+    let mut tasks = Vec::new();
+    for c in 0..args.connections {
+        let (client, url, bodies) = (client.clone(), url.clone(), bodies.clone());
+        let (accepted, failed) = (accepted.clone(), failed.clone());
+        let batch = args.batch as u64;
+        tasks.push(tokio::spawn(async move {
+            let mut i = c;
+            while Instant::now() < until {
+                let body = bodies[i % bodies.len()].clone();
+                i += 1;
+                let resp = client
+                    .post(&url)
+                    .header("content-type", "application/x-amz-json-1.1")
+                    .header("x-amz-target", "Firehose_20150804.PutRecordBatch")
+                    .body(body)
+                    .send()
+                    .await;
+                match resp {
+                    Ok(r) if r.status().is_success() => {
+                        let _ = r.bytes().await;
+                        accepted.fetch_add(batch, Ordering::Relaxed);
+                    }
+                    _ => {
+                        failed.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            }
+        }));
+    }
+    for t in tasks {
+        t.await?;
+    }
+    let push_secs = start.elapsed().as_secs_f64();
+    let sent = accepted.load(Ordering::Relaxed);
+    // Wait until every accepted record is in an object.
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let delivered: u64 = registry
+            .statuses()
+            .iter()
+            .map(|s| s.stats.delivered_records.load(Ordering::Relaxed))
+            .sum();
+        if delivered >= sent {
+            break;
+        }
+        if Instant::now() > deadline {
+            bail!("only {delivered} of {sent} records delivered after 120 s");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let total_secs = start.elapsed().as_secs_f64();
+    let _ = stop_tx.send(());
+    let lost = serving.await?;
+    if lost > 0 {
+        bail!("{lost} records undelivered at shutdown");
+    }
+    let mut lat = metrics.take_latencies();
+    lat.sort_by(|a, b| a.partial_cmp(b).unwrap_or(std::cmp::Ordering::Equal));
+    let record_mib = (sent as f64 * args.record_bytes as f64) / (1024.0 * 1024.0);
+    let mib_s = record_mib / total_secs;
+    println!(
+        "hosepipe bench: {} connections x {}-record batches of {}-byte JSON records, {} s push, {} to local disk (gzip level {GZIP_LEVEL}), buffer {} MiB / {} s",
+        args.connections,
+        args.batch,
+        args.record_bytes,
+        args.seconds,
+        args.compression,
+        args.size_mb,
+        args.interval
+    );
+    println!(
+        "  accepted records       {sent} ({} failed requests)",
+        failed.load(Ordering::Relaxed)
+    );
+    println!("  push time              {push_secs:.2} s; all delivered after {total_secs:.2} s");
+    println!(
+        "  accepted+delivered     {:.0} records/s, {mib_s:.1} MiB/s",
+        sent as f64 / total_secs
+    );
+    println!(
+        "  freshness (arrival -> object written)  p50 {:.3} s, p99 {:.3} s",
+        percentile(&lat, 0.50),
+        percentile(&lat, 0.99)
+    );
+    println!("  bare gzip, same bytes  {baseline:.1} MiB/s (one core, level {GZIP_LEVEL})");
+    println!(
+        "  ratio                  {:.2}x bare gzip",
+        mib_s / baseline
+    );
+    Ok(())
+}

@@ -1,0 +1,412 @@
+//! The daemon's configuration: a TOML file, read in two phases. [`RawConfig`] is what serde
+//! reads (unknown fields refused); [`Config::from_raw`] validates it into typed values, and every
+//! error names its dotted path and what is allowed.
+
+pub mod names;
+pub mod stream;
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use hosepipe_sinks::{ObjectStoreSettings, S3Endpoint};
+use serde::Deserialize;
+
+use stream::{CreateDeliveryStreamInput, StreamSpec};
+
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:4573";
+
+/// The config file as written.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawConfig {
+    pub listen: Option<String>,
+    pub data_dir: Option<PathBuf>,
+    pub region: Option<String>,
+    pub account_id: Option<String>,
+    pub shutdown_timeout_seconds: Option<u64>,
+    /// `auto` (default): S3 when S3 credentials are configured, else local disk; `local`; `s3`.
+    pub object_store: Option<String>,
+    pub auth: Option<RawAuth>,
+    pub s3: Option<RawS3>,
+    #[serde(default)]
+    pub streams: BTreeMap<String, toml::Value>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAuth {
+    #[serde(default)]
+    pub keys: Vec<RawKey>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawKey {
+    pub access_key_id: String,
+    pub secret_access_key: String,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawS3 {
+    pub endpoint: Option<String>,
+    pub region: Option<String>,
+    pub access_key_id: Option<String>,
+    pub secret_access_key: Option<String>,
+    pub multipart_threshold_mb: Option<u64>,
+    pub part_size_mb: Option<u64>,
+}
+
+/// One access key the API accepts.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AccessKey {
+    pub access_key_id: String,
+    pub secret_access_key: String,
+}
+
+/// A stream declared in the config file.
+#[derive(Debug, Clone)]
+pub struct DeclaredStream {
+    pub spec: StreamSpec,
+    pub input: CreateDeliveryStreamInput,
+}
+
+/// The validated configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub listen: SocketAddr,
+    pub data_dir: PathBuf,
+    pub region: String,
+    pub account_id: String,
+    pub shutdown_timeout: Duration,
+    /// Empty: authentication off.
+    pub access_keys: Vec<AccessKey>,
+    pub store: ObjectStoreSettings,
+    pub streams: Vec<DeclaredStream>,
+}
+
+/// Overrides from the command line and the environment.
+#[derive(Debug, Default, Clone)]
+pub struct Overrides {
+    pub listen: Option<String>,
+    pub data_dir: Option<PathBuf>,
+}
+
+/// Replaces every `` `Name` `` in a serde message by its config spelling.
+fn snake_message(msg: &str) -> String {
+    msg.split('`')
+        .enumerate()
+        .map(|(i, part)| {
+            if i % 2 == 1 {
+                names::api_to_snake(part)
+            } else {
+                part.to_string()
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("`")
+}
+
+/// A TOML table of a stream, with its keys turned into the API's spelling.
+fn toml_to_api_json(value: &toml::Value) -> serde_json::Value {
+    match value {
+        toml::Value::String(s) => serde_json::Value::String(s.clone()),
+        toml::Value::Integer(i) => serde_json::Value::from(*i),
+        toml::Value::Float(f) => serde_json::Value::from(*f),
+        toml::Value::Boolean(b) => serde_json::Value::Bool(*b),
+        toml::Value::Datetime(d) => serde_json::Value::String(d.to_string()),
+        toml::Value::Array(a) => serde_json::Value::Array(a.iter().map(toml_to_api_json).collect()),
+        toml::Value::Table(t) => serde_json::Value::Object(
+            t.iter()
+                .map(|(k, v)| (names::snake_to_api(k), toml_to_api_json(v)))
+                .collect(),
+        ),
+    }
+}
+
+/// Parses one stream table of the config file into the API input shape.
+pub fn parse_stream_table(
+    name: &str,
+    value: &toml::Value,
+) -> Result<CreateDeliveryStreamInput, Vec<String>> {
+    let json = toml_to_api_json(value);
+    serde_path_to_error::deserialize(json).map_err(|e| {
+        let path = e.path().to_string();
+        let snake_path: Vec<String> = path
+            .split('.')
+            .filter(|s| !s.is_empty() && *s != "?")
+            .map(names::api_to_snake)
+            .collect();
+        let mut at = format!("streams.{name}");
+        if !snake_path.is_empty() {
+            at.push('.');
+            at.push_str(&snake_path.join("."));
+        }
+        vec![format!(
+            "{at}: {}",
+            snake_message(&e.into_inner().to_string())
+        )]
+    })
+}
+
+fn env_first(env: &dyn Fn(&str) -> Option<String>, names: &[&str]) -> Option<String> {
+    names.iter().find_map(|n| env(n).filter(|v| !v.is_empty()))
+}
+
+impl Config {
+    /// Reads and validates a config file (or the defaults when `path` is `None`).
+    pub fn load(
+        path: Option<&Path>,
+        overrides: &Overrides,
+        env: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<Config, Vec<String>> {
+        let raw = match path {
+            None => RawConfig::default(),
+            Some(p) => {
+                let text = std::fs::read_to_string(p)
+                    .map_err(|e| vec![format!("{}: cannot read: {e}", p.display())])?;
+                toml::from_str::<RawConfig>(&text)
+                    .map_err(|e| vec![format!("{}: {}", p.display(), e.to_string().trim_end())])?
+            }
+        };
+        Config::from_raw(raw, overrides, env)
+    }
+
+    /// Phase two: typed values, every error with its dotted path.
+    pub fn from_raw(
+        raw: RawConfig,
+        overrides: &Overrides,
+        env: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<Config, Vec<String>> {
+        let mut errors = Vec::new();
+        let listen_text = overrides
+            .listen
+            .clone()
+            .or(raw.listen)
+            .unwrap_or_else(|| DEFAULT_LISTEN.to_string());
+        let listen = listen_text.parse::<SocketAddr>().unwrap_or_else(|_| {
+            errors.push(format!(
+                "listen: {listen_text:?} is not an address like 127.0.0.1:4573"
+            ));
+            DEFAULT_LISTEN
+                .parse()
+                .expect("default listen address parses")
+        });
+        let data_dir = overrides
+            .data_dir
+            .clone()
+            .or(raw.data_dir)
+            .unwrap_or_else(|| PathBuf::from("data"));
+        let s3 = raw.s3.unwrap_or_default();
+        let region = raw
+            .region
+            .or_else(|| env_first(env, &["AWS_REGION", "AWS_DEFAULT_REGION"]))
+            .unwrap_or_else(|| "us-east-1".into());
+        let account_id = raw.account_id.unwrap_or_else(|| "000000000000".into());
+        if account_id.len() != 12 || !account_id.bytes().all(|b| b.is_ascii_digit()) {
+            errors.push(format!("account_id: {account_id:?} must be 12 digits"));
+        }
+        let mut access_keys = Vec::new();
+        for (i, k) in raw.auth.unwrap_or_default().keys.into_iter().enumerate() {
+            if k.access_key_id.is_empty() || k.secret_access_key.is_empty() {
+                errors.push(format!(
+                    "auth.keys[{i}]: access_key_id and secret_access_key must not be empty"
+                ));
+            }
+            access_keys.push(AccessKey {
+                access_key_id: k.access_key_id,
+                secret_access_key: k.secret_access_key,
+            });
+        }
+
+        // Where objects go: [s3] first, the AWS_* environment for what it leaves out.
+        let endpoint = s3
+            .endpoint
+            .or_else(|| env_first(env, &["AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL"]));
+        if let Some(url) = &endpoint {
+            if !(url.starts_with("http://") || url.starts_with("https://")) {
+                errors.push(format!(
+                    "s3.endpoint: {url:?} must start with http:// or https://"
+                ));
+            }
+        }
+        let ak = s3
+            .access_key_id
+            .or_else(|| env_first(env, &["AWS_ACCESS_KEY_ID"]));
+        let sk = s3
+            .secret_access_key
+            .or_else(|| env_first(env, &["AWS_SECRET_ACCESS_KEY"]));
+        let s3_region = s3.region.unwrap_or_else(|| region.clone());
+        let threshold_mb = s3.multipart_threshold_mb.unwrap_or(16);
+        let part_mb = s3.part_size_mb.unwrap_or(8);
+        if !(5..=5120).contains(&part_mb) {
+            errors.push(format!("s3.part_size_mb: {part_mb} is outside 5..=5120"));
+        }
+        if !(1..=5120).contains(&threshold_mb) {
+            errors.push(format!(
+                "s3.multipart_threshold_mb: {threshold_mb} is outside 1..=5120"
+            ));
+        }
+        let mode = raw.object_store.unwrap_or_else(|| "auto".into());
+        let remote = match (mode.as_str(), ak, sk) {
+            ("local", _, _) => None,
+            ("auto" | "s3", Some(ak), Some(sk)) => Some(S3Endpoint {
+                url: endpoint,
+                region: s3_region,
+                access_key_id: ak,
+                secret_access_key: sk,
+            }),
+            ("auto", _, _) => None,
+            ("s3", _, _) => {
+                errors.push("object_store: \"s3\" needs s3.access_key_id and s3.secret_access_key (or AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY)".into());
+                None
+            }
+            (other, _, _) => {
+                errors.push(format!(
+                    "object_store: {other:?} is not one of auto, local, s3"
+                ));
+                None
+            }
+        };
+        let store = ObjectStoreSettings {
+            s3: remote,
+            local_root: data_dir.join("buckets"),
+            multipart_threshold: (threshold_mb * 1024 * 1024) as usize,
+            part_size: (part_mb * 1024 * 1024) as usize,
+        };
+
+        let mut streams = Vec::new();
+        for (name, value) in &raw.streams {
+            match parse_stream_table(name, value) {
+                Err(e) => errors.extend(e),
+                Ok(input) => {
+                    if let Some(n) = &input.delivery_stream_name {
+                        if n != name {
+                            errors.push(format!(
+                                "streams.{name}.delivery_stream_name: {n:?} differs from the table name; leave it out"
+                            ));
+                            continue;
+                        }
+                    }
+                    match stream::validate(name, &input) {
+                        Ok(spec) => streams.push(DeclaredStream { spec, input }),
+                        Err(errs) => {
+                            errors.extend(errs.into_iter().map(|e| {
+                                format!("streams.{name}.{}: {}", e.config_path(), e.message)
+                            }))
+                        }
+                    }
+                }
+            }
+        }
+        let timeout = raw.shutdown_timeout_seconds.unwrap_or(30);
+        if errors.is_empty() {
+            Ok(Config {
+                listen,
+                data_dir,
+                region,
+                account_id,
+                shutdown_timeout: Duration::from_secs(timeout),
+                access_keys,
+                store,
+                streams,
+            })
+        } else {
+            Err(errors)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn no_env(_: &str) -> Option<String> {
+        None
+    }
+
+    fn load_str(text: &str) -> Result<Config, Vec<String>> {
+        let raw: RawConfig = toml::from_str(text).map_err(|e| vec![e.to_string()])?;
+        Config::from_raw(raw, &Overrides::default(), &no_env)
+    }
+
+    #[test]
+    fn snake_case_stream_tables_mirror_the_api() {
+        let cfg = load_str(
+            r#"
+            [streams.clicks.extended_s3_destination_configuration]
+            bucket_arn = "arn:aws:s3:::clicks"
+            compression_format = "GZIP"
+            buffering_hints = { size_in_mbs = 1, interval_in_seconds = 0 }
+            "#,
+        )
+        .unwrap();
+        assert_eq!(cfg.streams.len(), 1);
+        assert_eq!(cfg.streams[0].spec.limits().size_bytes, 1024 * 1024);
+        assert!(cfg.store.s3.is_none(), "no credentials: local disk");
+    }
+
+    #[test]
+    fn errors_name_the_dotted_path_and_the_range() {
+        let errs = load_str(
+            r#"
+            [streams.clicks.extended_s3_destination_configuration]
+            bucket_arn = "arn:aws:s3:::clicks"
+            buffering_hints = { size_in_mbs = 1, interval_in_seconds = 901 }
+            "#,
+        )
+        .unwrap_err();
+        assert_eq!(
+            errs,
+            vec![
+                "streams.clicks.extended_s3_destination_configuration.buffering_hints.interval_in_seconds: 901 is outside 0..=900"
+            ]
+        );
+        let errs = load_str(
+            r#"
+            [streams.clicks.extended_s3_destination_configuration]
+            bucket_arn = "arn:aws:s3:::clicks"
+            buffering_hint = { size_in_mbs = 1 }
+            "#,
+        )
+        .unwrap_err();
+        assert!(errs[0].starts_with("streams.clicks.extended_s3_destination_configuration.buffering_hint: unknown field `buffering_hint`"), "{errs:?}");
+        assert!(errs[0].contains("`buffering_hints`"), "{errs:?}");
+        assert!(load_str("listn = 1").is_err());
+    }
+
+    #[test]
+    fn s3_comes_from_the_environment_when_the_file_is_silent() {
+        let env = |k: &str| match k {
+            "AWS_ENDPOINT_URL_S3" => Some("http://127.0.0.1:9000".to_string()),
+            "AWS_ACCESS_KEY_ID" => Some("ak".to_string()),
+            "AWS_SECRET_ACCESS_KEY" => Some("sk".to_string()),
+            "AWS_REGION" => Some("eu-west-1".to_string()),
+            _ => None,
+        };
+        let cfg = Config::from_raw(RawConfig::default(), &Overrides::default(), &env).unwrap();
+        let s3 = cfg.store.s3.unwrap();
+        assert_eq!(s3.url.as_deref(), Some("http://127.0.0.1:9000"));
+        assert_eq!(s3.region, "eu-west-1");
+        let raw: RawConfig = toml::from_str("object_store = \"local\"").unwrap();
+        let cfg = Config::from_raw(raw, &Overrides::default(), &env).unwrap();
+        assert!(cfg.store.s3.is_none());
+    }
+
+    #[test]
+    fn every_example_config_validates() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("config");
+        let mut seen = 0;
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.extension().and_then(|e| e.to_str()) == Some("toml") {
+                Config::load(Some(&path), &Overrides::default(), &no_env)
+                    .unwrap_or_else(|e| panic!("{}: {e:?}", path.display()));
+                seen += 1;
+            }
+        }
+        assert!(seen >= 2, "config/ holds example configs");
+    }
+}

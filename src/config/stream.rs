@@ -1,0 +1,590 @@
+//! A delivery stream's definition, in the shape of Firehose's `CreateDeliveryStream` request, and
+//! its validation into typed values. The API and the config file share these types: the config
+//! file spells the same fields in snake_case (see [`super::names`]).
+
+use std::time::Duration;
+
+use chrono_tz::Tz;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::buffer::Limits;
+use crate::compress::CompressionFormat;
+use crate::deliver::prefix::Template;
+
+/// One validation failure: where (snake_case path segments) and what.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FieldError {
+    pub path: Vec<String>,
+    pub message: String,
+}
+
+impl FieldError {
+    pub fn new(path: &[&str], message: impl Into<String>) -> Self {
+        FieldError {
+            path: path.iter().map(|s| s.to_string()).collect(),
+            message: message.into(),
+        }
+    }
+
+    /// `extended_s3_destination_configuration.buffering_hints.size_in_mbs: …` (config style).
+    pub fn config_path(&self) -> String {
+        self.path.join(".")
+    }
+
+    /// `ExtendedS3DestinationConfiguration.BufferingHints.SizeInMBs` (API style).
+    pub fn api_path(&self) -> String {
+        self.path
+            .iter()
+            .map(|s| super::names::snake_to_api(s))
+            .collect::<Vec<_>>()
+            .join(".")
+    }
+}
+
+/// `CreateDeliveryStream`'s input. Fields hosepipe accepts but does not act on yet are kept as
+/// JSON and refused by [`validate`] when they ask for something hosepipe cannot do.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "PascalCase", deny_unknown_fields)]
+pub struct CreateDeliveryStreamInput {
+    pub delivery_stream_name: Option<String>,
+    pub delivery_stream_type: Option<String>,
+    pub direct_put_source_configuration: Option<Value>,
+    pub kinesis_stream_source_configuration: Option<Value>,
+    #[serde(rename = "MSKSourceConfiguration")]
+    pub msk_source_configuration: Option<Value>,
+    pub database_source_configuration: Option<Value>,
+    pub delivery_stream_encryption_configuration_input: Option<Value>,
+    /// The deprecated S3 destination; a subset of the extended one.
+    pub s3_destination_configuration: Option<ExtendedS3DestinationConfiguration>,
+    pub extended_s3_destination_configuration: Option<ExtendedS3DestinationConfiguration>,
+    pub redshift_destination_configuration: Option<Value>,
+    pub elasticsearch_destination_configuration: Option<Value>,
+    pub amazonopensearchservice_destination_configuration: Option<Value>,
+    pub amazon_open_search_serverless_destination_configuration: Option<Value>,
+    pub splunk_destination_configuration: Option<Value>,
+    pub http_endpoint_destination_configuration: Option<Value>,
+    pub snowflake_destination_configuration: Option<Value>,
+    pub iceberg_destination_configuration: Option<Value>,
+    pub tags: Option<Vec<Tag>>,
+}
+
+/// `ExtendedS3DestinationConfiguration` (also used for its `Update` and the deprecated
+/// `S3DestinationConfiguration`, whose fields are a subset).
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "PascalCase", deny_unknown_fields)]
+pub struct ExtendedS3DestinationConfiguration {
+    #[serde(rename = "RoleARN")]
+    pub role_arn: Option<String>,
+    #[serde(rename = "BucketARN")]
+    pub bucket_arn: Option<String>,
+    pub prefix: Option<String>,
+    pub error_output_prefix: Option<String>,
+    pub buffering_hints: Option<BufferingHints>,
+    pub compression_format: Option<String>,
+    pub encryption_configuration: Option<Value>,
+    pub cloud_watch_logging_options: Option<Value>,
+    pub processing_configuration: Option<Value>,
+    pub s3_backup_mode: Option<String>,
+    pub s3_backup_configuration: Option<Value>,
+    pub s3_backup_update: Option<Value>,
+    pub data_format_conversion_configuration: Option<Value>,
+    pub dynamic_partitioning_configuration: Option<Value>,
+    pub file_extension: Option<String>,
+    pub custom_time_zone: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "PascalCase", deny_unknown_fields)]
+pub struct BufferingHints {
+    #[serde(rename = "SizeInMBs")]
+    pub size_in_mbs: Option<i64>,
+    pub interval_in_seconds: Option<i64>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "PascalCase", deny_unknown_fields)]
+pub struct Tag {
+    pub key: String,
+    pub value: Option<String>,
+}
+
+/// A validated S3 destination.
+#[derive(Debug, Clone)]
+pub struct S3Spec {
+    pub bucket: String,
+    pub prefix: Template,
+    pub error_prefix: Template,
+    pub limits: Limits,
+    pub compression: CompressionFormat,
+    pub extension: String,
+    pub time_zone: Tz,
+    /// The configuration as given, for DescribeDeliveryStream and UpdateDestination merges.
+    pub raw: ExtendedS3DestinationConfiguration,
+    /// Created through the deprecated `S3DestinationConfiguration`.
+    pub legacy: bool,
+}
+
+/// A validated destination.
+#[derive(Debug, Clone)]
+pub enum DestinationSpec {
+    S3(S3Spec),
+}
+
+/// A validated stream definition.
+#[derive(Debug, Clone)]
+pub struct StreamSpec {
+    pub name: String,
+    pub stream_type: String,
+    pub destination: DestinationSpec,
+}
+
+impl StreamSpec {
+    pub fn limits(&self) -> Limits {
+        match &self.destination {
+            DestinationSpec::S3(s3) => s3.limits,
+        }
+    }
+}
+
+/// Destination fields hosepipe does not deliver to yet, with their API names.
+fn unsupported_destinations(input: &CreateDeliveryStreamInput) -> Vec<&'static str> {
+    let mut out = Vec::new();
+    let fields: [(&Option<Value>, &'static str); 8] = [
+        (
+            &input.redshift_destination_configuration,
+            "redshift_destination_configuration",
+        ),
+        (
+            &input.elasticsearch_destination_configuration,
+            "elasticsearch_destination_configuration",
+        ),
+        (
+            &input.amazonopensearchservice_destination_configuration,
+            "amazonopensearchservice_destination_configuration",
+        ),
+        (
+            &input.amazon_open_search_serverless_destination_configuration,
+            "amazon_open_search_serverless_destination_configuration",
+        ),
+        (
+            &input.splunk_destination_configuration,
+            "splunk_destination_configuration",
+        ),
+        (
+            &input.http_endpoint_destination_configuration,
+            "http_endpoint_destination_configuration",
+        ),
+        (
+            &input.snowflake_destination_configuration,
+            "snowflake_destination_configuration",
+        ),
+        (
+            &input.iceberg_destination_configuration,
+            "iceberg_destination_configuration",
+        ),
+    ];
+    for (value, name) in fields {
+        if value.is_some() {
+            out.push(name);
+        }
+    }
+    out
+}
+
+/// Stream names: 1–64 characters of `[a-zA-Z0-9_.-]`.
+pub fn valid_stream_name(name: &str) -> bool {
+    (1..=64).contains(&name.len())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'))
+}
+
+/// Tag keys: 1–128 characters, not starting with `aws:`, of letters, digits, spaces and
+/// `_.:/=+-@%`; values 0–256 characters.
+pub fn validate_tags(tags: &[Tag], path: &[&str]) -> Result<(), FieldError> {
+    if tags.len() > 50 {
+        return Err(FieldError::new(path, "at most 50 tags are allowed"));
+    }
+    for tag in tags {
+        let key_ok = (1..=128).contains(&tag.key.chars().count())
+            && !tag.key.starts_with("aws:")
+            && tag
+                .key
+                .chars()
+                .all(|c| c.is_alphanumeric() || c == ' ' || "_.:/=+-@%".contains(c));
+        if !key_ok {
+            return Err(FieldError::new(
+                path,
+                format!(
+                    "tag key {:?} must be 1-128 letters, digits, spaces or _.:/=+-@% and not start with aws:",
+                    tag.key
+                ),
+            ));
+        }
+        if tag
+            .value
+            .as_deref()
+            .is_some_and(|v| v.chars().count() > 256)
+        {
+            return Err(FieldError::new(
+                path,
+                format!("the value of tag {:?} is over 256 characters", tag.key),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// True when a processing/conversion/partitioning block is present and not disabled.
+fn enabled(block: &Option<Value>) -> bool {
+    match block {
+        None | Some(Value::Null) => false,
+        Some(v) => v.get("Enabled").and_then(Value::as_bool).unwrap_or(true),
+    }
+}
+
+fn check_range(
+    errors: &mut Vec<FieldError>,
+    path: &[&str],
+    value: i64,
+    range: std::ops::RangeInclusive<i64>,
+) {
+    if !range.contains(&value) {
+        errors.push(FieldError::new(
+            path,
+            format!("{value} is outside {}..={}", range.start(), range.end()),
+        ));
+    }
+}
+
+/// Validates an S3 destination block found at `path`.
+pub fn validate_s3(
+    raw: &ExtendedS3DestinationConfiguration,
+    path: &str,
+    legacy: bool,
+    errors: &mut Vec<FieldError>,
+) -> Option<S3Spec> {
+    let before = errors.len();
+    let bucket = match raw.bucket_arn.as_deref() {
+        None => {
+            errors.push(FieldError::new(&[path, "bucket_arn"], "is required"));
+            String::new()
+        }
+        Some(arn) => match arn.strip_prefix("arn:") {
+            Some(rest)
+                if rest.split(':').nth(1) == Some("s3")
+                    && rest.splitn(5, ':').count() == 5
+                    && hosepipe_sinks::valid_bucket_name(
+                        rest.splitn(5, ':').nth(4).unwrap_or(""),
+                    ) =>
+            {
+                rest.splitn(5, ':').nth(4).unwrap_or_default().to_string()
+            }
+            _ => {
+                errors.push(FieldError::new(
+                    &[path, "bucket_arn"],
+                    format!("{arn:?} is not an S3 bucket ARN (arn:aws:s3:::bucket-name, with a valid bucket name)"),
+                ));
+                String::new()
+            }
+        },
+    };
+    let hints = raw.buffering_hints.clone().unwrap_or_default();
+    let size = hints.size_in_mbs.unwrap_or(5);
+    let interval = hints.interval_in_seconds.unwrap_or(300);
+    check_range(
+        errors,
+        &[path, "buffering_hints", "size_in_mbs"],
+        size,
+        1..=128,
+    );
+    check_range(
+        errors,
+        &[path, "buffering_hints", "interval_in_seconds"],
+        interval,
+        0..=900,
+    );
+    let compression = match raw.compression_format.as_deref() {
+        None => CompressionFormat::Uncompressed,
+        Some(v) => CompressionFormat::from_api(v).unwrap_or_else(|| {
+            errors.push(FieldError::new(
+                &[path, "compression_format"],
+                format!("{v:?} is not one of {}", CompressionFormat::API_VALUES),
+            ));
+            CompressionFormat::Uncompressed
+        }),
+    };
+    let prefix_text = raw.prefix.clone().unwrap_or_default();
+    if prefix_text.chars().count() > 1024 {
+        errors.push(FieldError::new(
+            &[path, "prefix"],
+            "is longer than 1024 characters",
+        ));
+    }
+    let prefix = Template::for_prefix(&prefix_text)
+        .map_err(|m| errors.push(FieldError::new(&[path, "prefix"], m)))
+        .ok();
+    let error_prefix = Template::for_error_prefix(raw.error_output_prefix.as_deref(), &prefix_text)
+        .map_err(|m| errors.push(FieldError::new(&[path, "error_output_prefix"], m)))
+        .ok();
+    let extension = match raw.file_extension.as_deref() {
+        None | Some("") => compression.extension().to_string(),
+        Some(ext) => {
+            let ok = ext.len() <= 128
+                && ext.starts_with('.')
+                && ext.len() > 1
+                && ext[1..].chars().all(|c| {
+                    c.is_ascii_digit() || c.is_ascii_lowercase() || "!-_.*'()".contains(c)
+                });
+            if !ok {
+                errors.push(FieldError::new(
+                    &[path, "file_extension"],
+                    format!(
+                        "{ext:?} must match ^$|\\.[0-9a-z!\\-_.*'()]+ and be at most 128 characters"
+                    ),
+                ));
+            }
+            ext.to_string()
+        }
+    };
+    let time_zone = match raw.custom_time_zone.as_deref() {
+        None | Some("") => Tz::UTC,
+        Some(name) => name.parse::<Tz>().unwrap_or_else(|_| {
+            errors.push(FieldError::new(
+                &[path, "custom_time_zone"],
+                format!("{name:?} is not a time zone name (e.g. UTC, Asia/Tokyo)"),
+            ));
+            Tz::UTC
+        }),
+    };
+    if enabled(&raw.processing_configuration) {
+        errors.push(FieldError::new(
+            &[path, "processing_configuration"],
+            "record transformation is not supported by this hosepipe version; set Enabled to false",
+        ));
+    }
+    if enabled(&raw.data_format_conversion_configuration) {
+        errors.push(FieldError::new(
+            &[path, "data_format_conversion_configuration"],
+            "record format conversion is not supported by this hosepipe version",
+        ));
+    }
+    if enabled(&raw.dynamic_partitioning_configuration) {
+        errors.push(FieldError::new(
+            &[path, "dynamic_partitioning_configuration"],
+            "dynamic partitioning is not supported by this hosepipe version",
+        ));
+    }
+    if let Some(enc) = &raw.encryption_configuration {
+        if enc.get("KMSEncryptionConfig").is_some() {
+            errors.push(FieldError::new(
+                &[path, "encryption_configuration"],
+                "KMSEncryptionConfig is not supported by this hosepipe version; use NoEncryptionConfig",
+            ));
+        }
+    }
+    match raw.s3_backup_mode.as_deref() {
+        None | Some("Disabled") => {}
+        Some("Enabled") => errors.push(FieldError::new(
+            &[path, "s3_backup_mode"],
+            "source record backup is not supported by this hosepipe version",
+        )),
+        Some(other) => errors.push(FieldError::new(
+            &[path, "s3_backup_mode"],
+            format!("{other:?} is not one of Disabled, Enabled"),
+        )),
+    }
+    if errors.len() > before {
+        return None;
+    }
+    Some(S3Spec {
+        bucket,
+        prefix: prefix?,
+        error_prefix: error_prefix?,
+        limits: Limits {
+            size_bytes: size as u64 * 1024 * 1024,
+            interval: Duration::from_secs(interval as u64),
+        },
+        compression,
+        extension,
+        time_zone,
+        raw: raw.clone(),
+        legacy,
+    })
+}
+
+/// Validates a whole stream definition. `name` comes from the request or the config key.
+pub fn validate(
+    name: &str,
+    input: &CreateDeliveryStreamInput,
+) -> Result<StreamSpec, Vec<FieldError>> {
+    let mut errors = Vec::new();
+    if !valid_stream_name(name) {
+        errors.push(FieldError::new(
+            &["delivery_stream_name"],
+            format!("{name:?} must be 1-64 characters of [a-zA-Z0-9_.-]"),
+        ));
+    }
+    let stream_type = input
+        .delivery_stream_type
+        .clone()
+        .unwrap_or_else(|| "DirectPut".into());
+    match stream_type.as_str() {
+        "DirectPut" => {}
+        "KinesisStreamAsSource" | "MSKAsSource" | "DatabaseAsSource" => errors.push(FieldError::new(
+            &["delivery_stream_type"],
+            format!("{stream_type} is not supported by hosepipe; use DirectPut"),
+        )),
+        other => errors.push(FieldError::new(
+            &["delivery_stream_type"],
+            format!("{other:?} is not one of DirectPut, KinesisStreamAsSource, MSKAsSource, DatabaseAsSource"),
+        )),
+    }
+    if let Some(v) = &input.delivery_stream_encryption_configuration_input {
+        if !v.is_null() {
+            errors.push(FieldError::new(
+                &["delivery_stream_encryption_configuration_input"],
+                "stream encryption is not supported by this hosepipe version",
+            ));
+        }
+    }
+    if let Some(tags) = &input.tags {
+        if tags.is_empty() {
+            errors.push(FieldError::new(&["tags"], "must hold 1-50 tags when given"));
+        }
+        if let Err(e) = validate_tags(tags, &["tags"]) {
+            errors.push(e);
+        }
+    }
+    let unsupported = unsupported_destinations(input);
+    for name in &unsupported {
+        errors.push(FieldError::new(
+            &[name],
+            "this destination is not supported by this hosepipe version (S3 is)",
+        ));
+    }
+    let s3_blocks = [
+        input
+            .extended_s3_destination_configuration
+            .as_ref()
+            .map(|c| (c, "extended_s3_destination_configuration", false)),
+        input
+            .s3_destination_configuration
+            .as_ref()
+            .map(|c| (c, "s3_destination_configuration", true)),
+    ];
+    let given: Vec<_> = s3_blocks.into_iter().flatten().collect();
+    let destination = match (given.as_slice(), unsupported.is_empty()) {
+        ([(raw, path, legacy)], true) => {
+            validate_s3(raw, path, *legacy, &mut errors).map(DestinationSpec::S3)
+        }
+        ([], true) => {
+            errors.push(FieldError::new(
+                &["extended_s3_destination_configuration"],
+                "exactly one destination configuration is required",
+            ));
+            None
+        }
+        ([], false) | ([_], false) => None,
+        _ => {
+            errors.push(FieldError::new(
+                &["extended_s3_destination_configuration"],
+                "exactly one destination configuration may be given",
+            ));
+            None
+        }
+    };
+    match destination {
+        Some(destination) if errors.is_empty() => Ok(StreamSpec {
+            name: name.to_string(),
+            stream_type,
+            destination,
+        }),
+        _ => Err(errors),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn s3(json: serde_json::Value) -> CreateDeliveryStreamInput {
+        serde_json::from_value(serde_json::json!({ "ExtendedS3DestinationConfiguration": json }))
+            .unwrap()
+    }
+
+    #[test]
+    fn defaults_follow_firehose() {
+        let spec = validate(
+            "s",
+            &s3(serde_json::json!({"BucketARN": "arn:aws:s3:::bkt", "RoleARN": "r"})),
+        )
+        .unwrap();
+        let DestinationSpec::S3(s3) = spec.destination;
+        assert_eq!(s3.bucket, "bkt");
+        assert_eq!(s3.limits.size_bytes, 5 * 1024 * 1024);
+        assert_eq!(s3.limits.interval, Duration::from_secs(300));
+        assert_eq!(s3.compression, CompressionFormat::Uncompressed);
+        assert_eq!(s3.extension, "");
+    }
+
+    #[test]
+    fn ranges_are_enforced_with_their_paths() {
+        let errs = validate(
+            "s",
+            &s3(serde_json::json!({"BucketARN": "arn:aws:s3:::bkt",
+                "BufferingHints": {"SizeInMBs": 129, "IntervalInSeconds": 901}})),
+        )
+        .unwrap_err();
+        let paths: Vec<_> = errs.iter().map(|e| e.api_path()).collect();
+        assert!(
+            paths.contains(
+                &"ExtendedS3DestinationConfiguration.BufferingHints.SizeInMBs".to_string()
+            )
+        );
+        assert!(errs.iter().any(|e| e.config_path()
+            == "extended_s3_destination_configuration.buffering_hints.interval_in_seconds"
+            && e.message == "901 is outside 0..=900"));
+    }
+
+    #[test]
+    fn bad_inputs_are_refused() {
+        let bad = [
+            serde_json::json!({"BucketARN": "bucket"}),
+            serde_json::json!({"BucketARN": "arn:aws:s3:::bkt", "CompressionFormat": "LZ4"}),
+            serde_json::json!({"BucketARN": "arn:aws:s3:::bkt", "FileExtension": "gz"}),
+            serde_json::json!({"BucketARN": "arn:aws:s3:::bkt", "CustomTimeZone": "Mars/Olympus"}),
+            serde_json::json!({"BucketARN": "arn:aws:s3:::bkt", "Prefix": "!{timestamp:yyyy}/", }),
+            serde_json::json!({"BucketARN": "arn:aws:s3:::bkt", "ProcessingConfiguration": {"Enabled": true, "Processors": []}}),
+        ];
+        for b in bad {
+            assert!(validate("s", &s3(b.clone())).is_err(), "{b}");
+        }
+        assert!(
+            validate(
+                "bad name!",
+                &s3(serde_json::json!({"BucketARN": "arn:aws:s3:::bkt"}))
+            )
+            .is_err()
+        );
+        let none: CreateDeliveryStreamInput =
+            serde_json::from_value(serde_json::json!({})).unwrap();
+        assert!(validate("s", &none).is_err());
+    }
+
+    #[test]
+    fn stream_names_and_tags() {
+        assert!(valid_stream_name("a.b-c_1"));
+        assert!(!valid_stream_name(""));
+        assert!(!valid_stream_name(&"x".repeat(65)));
+        let tag = |k: &str| Tag {
+            key: k.into(),
+            value: Some("v".into()),
+        };
+        assert!(validate_tags(&[tag("team"), tag("a b:c/d=e+f-g@h%")], &["tags"]).is_ok());
+        assert!(validate_tags(&[tag("aws:x")], &["tags"]).is_err());
+        assert!(validate_tags(&[tag("")], &["tags"]).is_err());
+        assert!(validate_tags(&[tag("semi;colon")], &["tags"]).is_err());
+    }
+}

@@ -1,0 +1,15 @@
+//! hosepipe: a self-hosted delivery-stream daemon that speaks the Amazon Data Firehose API.
+//!
+//! The data path, one module per stage: [`api`] → [`buffer`] → [`deliver`] (naming, with
+//! [`compress`]) → the `hosepipe-sinks` destinations, wired per stream in [`pipeline`].
+
+pub mod api;
+pub mod bench;
+pub mod buffer;
+pub mod compress;
+pub mod config;
+pub mod deliver;
+pub mod metrics;
+pub mod pipeline;
+pub mod registry;
+pub mod server;

@@ -1,0 +1,158 @@
+//! The binary edge: command line, config load, signals, exit codes.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use hosepipe::config::{Config, Overrides};
+use hosepipe::server::Server;
+
+#[derive(Parser)]
+#[command(
+    name = "hosepipe",
+    version,
+    about = "A self-hosted delivery-stream daemon that speaks the Amazon Data Firehose API"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the daemon.
+    Serve {
+        /// Config file (TOML).
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// Address to listen on (default 127.0.0.1:4573).
+        #[arg(long)]
+        listen: Option<String>,
+        /// Where hosepipe keeps its state and, by default, its buckets.
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+    },
+    /// Check a config file; print every error with its field path.
+    Validate {
+        #[arg(long)]
+        config: PathBuf,
+    },
+    /// Measure accepted-and-delivered throughput against bare gzip of the same bytes.
+    Bench(hosepipe::bench::BenchArgs),
+}
+
+fn env(name: &str) -> Option<String> {
+    std::env::var(name).ok()
+}
+
+fn init_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        if let Err(e) = tokio::signal::ctrl_c().await {
+            tracing::error!(error = %e, "cannot listen for SIGINT");
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "cannot listen for SIGTERM");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => tracing::info!("SIGINT received"),
+        _ = term => tracing::info!("SIGTERM received"),
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Validate { config } => {
+            match Config::load(Some(&config), &Overrides::default(), &env) {
+                Ok(cfg) => {
+                    println!("{}: ok ({} streams)", config.display(), cfg.streams.len());
+                    ExitCode::SUCCESS
+                }
+                Err(errors) => {
+                    for e in &errors {
+                        eprintln!("{e}");
+                    }
+                    eprintln!("{}: {} error(s)", config.display(), errors.len());
+                    ExitCode::from(2)
+                }
+            }
+        }
+        Command::Serve {
+            config,
+            listen,
+            data_dir,
+        } => {
+            init_tracing();
+            let overrides = Overrides { listen, data_dir };
+            let cfg = match Config::load(config.as_deref(), &overrides, &env) {
+                Ok(cfg) => cfg,
+                Err(errors) => {
+                    for e in &errors {
+                        eprintln!("{e}");
+                    }
+                    return ExitCode::from(2);
+                }
+            };
+            let runtime = match tokio::runtime::Runtime::new() {
+                Ok(rt) => rt,
+                Err(e) => {
+                    eprintln!("cannot start the runtime: {e}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            runtime.block_on(async {
+                let server = match Server::start(cfg).await {
+                    Ok(s) => s,
+                    Err(e) => {
+                        tracing::error!(error = %e, "cannot start");
+                        return ExitCode::FAILURE;
+                    }
+                };
+                // Tests and scripts read the address from this line.
+                println!("hosepipe listening on http://{}", server.addr);
+                match server.run(shutdown_signal()).await {
+                    0 => ExitCode::SUCCESS,
+                    _ => ExitCode::FAILURE,
+                }
+            })
+        }
+        Command::Bench(args) => {
+            let runtime = match tokio::runtime::Runtime::new() {
+                Ok(rt) => rt,
+                Err(e) => {
+                    eprintln!("cannot start the runtime: {e}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            match runtime.block_on(hosepipe::bench::run(args)) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("bench failed: {e:#}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+    }
+}

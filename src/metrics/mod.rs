@@ -1,0 +1,265 @@
+//! Prometheus metrics, named after Firehose's CloudWatch metrics:
+//! `hosepipe_<subsystem>_<name>_<unit>[_total]`, base units, bounded labels only.
+
+use std::sync::Mutex;
+use std::sync::atomic::AtomicU64;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct StreamLabels {
+    pub stream: String,
+}
+
+pub const SUCCESS: &str = "success";
+pub const FAILURE: &str = "failure";
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OutcomeLabels {
+    pub stream: String,
+    pub outcome: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct FlushLabels {
+    pub stream: String,
+    pub reason: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ApiLabels {
+    pub operation: String,
+    pub outcome: String,
+}
+
+type HistogramFamily<L> = Family<L, Histogram, fn() -> Histogram>;
+
+fn latency_histogram() -> Histogram {
+    // 5 ms … ~45 min: covers zero buffering up to the 900 s interval plus retries.
+    Histogram::new(exponential_buckets(0.005, 2.0, 20))
+}
+
+/// Every metric the daemon exports.
+pub struct Metrics {
+    registry: Registry,
+    pub incoming_bytes: Family<StreamLabels, Counter>,
+    pub incoming_records: Family<StreamLabels, Counter>,
+    pub incoming_put_requests: Family<StreamLabels, Counter>,
+    pub throttled_records: Family<StreamLabels, Counter>,
+    pub api_requests: Family<ApiLabels, Counter>,
+    pub buffer_flushes: Family<FlushLabels, Counter>,
+    pub buffered_bytes: Family<StreamLabels, Gauge>,
+    pub delivery_to_s3_objects: Family<OutcomeLabels, Counter>,
+    pub delivery_to_s3_records: Family<StreamLabels, Counter>,
+    pub delivery_to_s3_bytes: Family<StreamLabels, Counter>,
+    pub delivery_to_s3_data_freshness: Family<StreamLabels, Gauge<f64, AtomicU64>>,
+    pub delivery_to_s3_latency: HistogramFamily<StreamLabels>,
+    pub undelivered_records: Family<StreamLabels, Counter>,
+    /// Per-record arrival → delivered latencies, kept only when a benchmark asks for them.
+    latency_log: Mutex<Option<Vec<f64>>>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("hosepipe");
+        let m = Metrics {
+            incoming_bytes: Family::default(),
+            incoming_records: Family::default(),
+            incoming_put_requests: Family::default(),
+            throttled_records: Family::default(),
+            api_requests: Family::default(),
+            buffer_flushes: Family::default(),
+            buffered_bytes: Family::default(),
+            delivery_to_s3_objects: Family::default(),
+            delivery_to_s3_records: Family::default(),
+            delivery_to_s3_bytes: Family::default(),
+            delivery_to_s3_data_freshness: Family::default(),
+            delivery_to_s3_latency: Family::new_with_constructor(latency_histogram),
+            undelivered_records: Family::default(),
+            latency_log: Mutex::new(None),
+            registry: Registry::default(),
+        };
+        registry.register(
+            "incoming_bytes",
+            "Bytes accepted (Firehose IncomingBytes)",
+            m.incoming_bytes.clone(),
+        );
+        registry.register(
+            "incoming_records",
+            "Records accepted (Firehose IncomingRecords)",
+            m.incoming_records.clone(),
+        );
+        registry.register(
+            "incoming_put_requests",
+            "Successful PutRecord and PutRecordBatch calls (Firehose IncomingPutRequests)",
+            m.incoming_put_requests.clone(),
+        );
+        registry.register(
+            "throttled_records",
+            "Records refused by backpressure or quotas (Firehose ThrottledRecords)",
+            m.throttled_records.clone(),
+        );
+        registry.register(
+            "api_requests",
+            "API calls by operation and outcome",
+            m.api_requests.clone(),
+        );
+        registry.register(
+            "buffer_flushes",
+            "Buffers flushed, by reason (size, interval, shutdown)",
+            m.buffer_flushes.clone(),
+        );
+        registry.register_with_unit(
+            "buffered",
+            "Bytes in the open buffer",
+            prometheus_client::registry::Unit::Bytes,
+            m.buffered_bytes.clone(),
+        );
+        registry.register(
+            "delivery_to_s3_objects",
+            "S3 object writes by outcome (Firehose DeliveryToS3.Success is success/(success+failure))",
+            m.delivery_to_s3_objects.clone(),
+        );
+        registry.register(
+            "delivery_to_s3_records",
+            "Records delivered to S3 (Firehose DeliveryToS3.Records)",
+            m.delivery_to_s3_records.clone(),
+        );
+        registry.register_with_unit(
+            "delivery_to_s3",
+            "Record bytes delivered to S3, before compression (Firehose DeliveryToS3.Bytes)",
+            prometheus_client::registry::Unit::Bytes,
+            m.delivery_to_s3_bytes.clone(),
+        );
+        registry.register_with_unit(
+            "delivery_to_s3_data_freshness",
+            "Age of the oldest record not yet delivered to S3 (Firehose DeliveryToS3.DataFreshness)",
+            prometheus_client::registry::Unit::Seconds,
+            m.delivery_to_s3_data_freshness.clone(),
+        );
+        registry.register_with_unit(
+            "delivery_to_s3_latency",
+            "Time from a record's arrival to its object being written",
+            prometheus_client::registry::Unit::Seconds,
+            m.delivery_to_s3_latency.clone(),
+        );
+        registry.register(
+            "undelivered_records",
+            "Accepted records that could not be delivered before shutdown gave up",
+            m.undelivered_records.clone(),
+        );
+        Metrics { registry, ..m }
+    }
+
+    pub fn stream(stream: &str) -> StreamLabels {
+        StreamLabels {
+            stream: stream.to_string(),
+        }
+    }
+
+    /// Prometheus text exposition.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        prometheus_client::encoding::text::encode(&mut out, &self.registry)
+            .expect("writing to a String cannot fail");
+        out
+    }
+
+    /// Starts keeping every record's delivery latency (benchmarks only).
+    pub fn keep_latencies(&self) {
+        *self.latency_log.lock().expect("latency log lock") = Some(Vec::new());
+    }
+
+    /// Takes the latencies kept since [`Metrics::keep_latencies`].
+    pub fn take_latencies(&self) -> Vec<f64> {
+        self.latency_log
+            .lock()
+            .expect("latency log lock")
+            .as_mut()
+            .map(std::mem::take)
+            .unwrap_or_default()
+    }
+
+    /// Records a delivered object's records.
+    pub fn delivered_to_s3(&self, stream: &str, arrivals_ms: &[i64], bytes: u64, now_ms: i64) {
+        let labels = Self::stream(stream);
+        self.delivery_to_s3_objects
+            .get_or_create(&OutcomeLabels {
+                stream: stream.to_string(),
+                outcome: SUCCESS.to_string(),
+            })
+            .inc();
+        self.delivery_to_s3_records
+            .get_or_create(&labels)
+            .inc_by(arrivals_ms.len() as u64);
+        self.delivery_to_s3_bytes
+            .get_or_create(&labels)
+            .inc_by(bytes);
+        let hist = self.delivery_to_s3_latency.get_or_create(&labels);
+        let mut log = self.latency_log.lock().expect("latency log lock");
+        for a in arrivals_ms {
+            let secs = (now_ms - a).max(0) as f64 / 1000.0;
+            hist.observe(secs);
+            if let Some(log) = log.as_mut() {
+                log.push(secs);
+            }
+        }
+    }
+
+    pub fn s3_failure(&self, stream: &str) {
+        self.delivery_to_s3_objects
+            .get_or_create(&OutcomeLabels {
+                stream: stream.to_string(),
+                outcome: FAILURE.to_string(),
+            })
+            .inc();
+    }
+
+    pub fn api_call(&self, operation: &str, ok: bool) {
+        self.api_requests
+            .get_or_create(&ApiLabels {
+                operation: operation.to_string(),
+                outcome: if ok { SUCCESS } else { FAILURE }.to_string(),
+            })
+            .inc();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_follow_the_convention() {
+        let m = Metrics::new();
+        m.incoming_records
+            .get_or_create(&Metrics::stream("s"))
+            .inc_by(3);
+        m.delivered_to_s3("s", &[0, 500], 10, 1000);
+        m.delivery_to_s3_data_freshness
+            .get_or_create(&Metrics::stream("s"))
+            .set(1.5);
+        let text = m.encode();
+        for needle in [
+            "hosepipe_incoming_records_total{stream=\"s\"} 3",
+            "hosepipe_delivery_to_s3_records_total{stream=\"s\"} 2",
+            "hosepipe_delivery_to_s3_bytes_total{stream=\"s\"} 10",
+            "hosepipe_delivery_to_s3_objects_total{stream=\"s\",outcome=\"success\"} 1",
+            "hosepipe_delivery_to_s3_data_freshness_seconds{stream=\"s\"} 1.5",
+            "hosepipe_delivery_to_s3_latency_seconds_count{stream=\"s\"} 2",
+        ] {
+            assert!(text.contains(needle), "{needle} missing from\n{text}");
+        }
+    }
+}

@@ -1,0 +1,598 @@
+//! The control plane's state: which streams exist, their definitions and versions, their tags,
+//! and their running pipelines. Streams created through the API are saved to
+//! `<data_dir>/streams.json` (fsync + rename) and come back after a restart; streams declared in
+//! the config file come from the config file.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use hosepipe_sinks::Destination;
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+use tokio::sync::mpsc;
+
+use crate::api::error::ApiError;
+use crate::buffer::Record;
+use crate::config::stream::{
+    self, CreateDeliveryStreamInput, DestinationSpec, ExtendedS3DestinationConfiguration,
+    StreamSpec, Tag,
+};
+use crate::metrics::Metrics;
+use crate::pipeline::{StreamHandle, StreamStats, Versioned, spawn_pipeline};
+
+/// The only destination id a stream has (one destination per stream).
+pub const DESTINATION_ID: &str = "destinationId-000000000001";
+
+/// What is saved for an API-created stream.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Saved {
+    name: String,
+    input: CreateDeliveryStreamInput,
+    version: u64,
+    created: f64,
+    updated: f64,
+    tags: BTreeMap<String, String>,
+}
+
+struct Entry {
+    saved: Saved,
+    from_config: bool,
+    handle: StreamHandle,
+}
+
+/// A live view of one stream for `status`.
+pub struct StreamStatus {
+    pub name: String,
+    pub stats: Arc<StreamStats>,
+}
+
+pub struct Registry {
+    streams: Mutex<BTreeMap<String, Entry>>,
+    /// Streams being deleted or stopped, still draining.
+    draining: Mutex<Vec<tokio::task::JoinHandle<()>>>,
+    state_file: PathBuf,
+    sink: Arc<dyn Destination>,
+    metrics: Arc<Metrics>,
+    region: String,
+    account_id: String,
+}
+
+fn epoch_secs() -> f64 {
+    chrono::Utc::now().timestamp_millis() as f64 / 1000.0
+}
+
+fn strip_nulls(v: Value) -> Value {
+    match v {
+        Value::Object(map) => Value::Object(
+            map.into_iter()
+                .filter(|(_, v)| !v.is_null())
+                .map(|(k, v)| (k, strip_nulls(v)))
+                .collect(),
+        ),
+        Value::Array(a) => Value::Array(a.into_iter().map(strip_nulls).collect()),
+        other => other,
+    }
+}
+
+/// Overlays the non-null top-level fields of `update` on `base` (UpdateDestination's merge).
+fn merge(
+    base: &ExtendedS3DestinationConfiguration,
+    update: &ExtendedS3DestinationConfiguration,
+) -> Result<ExtendedS3DestinationConfiguration, ApiError> {
+    let mut merged = serde_json::to_value(base).expect("config serialises");
+    let update = serde_json::to_value(update).expect("config serialises");
+    if let (Value::Object(m), Value::Object(u)) = (&mut merged, update) {
+        for (k, v) in u {
+            if !v.is_null() {
+                m.insert(k, v);
+            }
+        }
+    }
+    serde_json::from_value(merged).map_err(|e| ApiError::InvalidArgument(e.to_string()))
+}
+
+/// `ExtendedS3DestinationDescription` with the defaults in force filled in.
+fn s3_description(spec: &stream::S3Spec) -> Value {
+    let raw = &spec.raw;
+    strip_nulls(json!({
+        "RoleARN": raw.role_arn,
+        "BucketARN": raw.bucket_arn,
+        "Prefix": raw.prefix,
+        "ErrorOutputPrefix": raw.error_output_prefix,
+        "BufferingHints": {
+            "SizeInMBs": spec.limits.size_bytes / (1024 * 1024),
+            "IntervalInSeconds": spec.limits.interval.as_secs(),
+        },
+        "CompressionFormat": spec.compression.as_api(),
+        "EncryptionConfiguration": raw.encryption_configuration.clone()
+            .unwrap_or_else(|| json!({"NoEncryptionConfig": "NoEncryption"})),
+        "CloudWatchLoggingOptions": raw.cloud_watch_logging_options.clone()
+            .unwrap_or_else(|| json!({"Enabled": false})),
+        "ProcessingConfiguration": raw.processing_configuration,
+        "S3BackupMode": raw.s3_backup_mode.clone().unwrap_or_else(|| "Disabled".into()),
+        "DataFormatConversionConfiguration": raw.data_format_conversion_configuration,
+        "DynamicPartitioningConfiguration": raw.dynamic_partitioning_configuration,
+        "FileExtension": raw.file_extension,
+        "CustomTimeZone": raw.custom_time_zone,
+    }))
+}
+
+impl Registry {
+    pub fn new(
+        data_dir: &Path,
+        sink: Arc<dyn Destination>,
+        metrics: Arc<Metrics>,
+        region: String,
+        account_id: String,
+    ) -> Self {
+        Registry {
+            streams: Mutex::new(BTreeMap::new()),
+            draining: Mutex::new(Vec::new()),
+            state_file: data_dir.join("streams.json"),
+            sink,
+            metrics,
+            region,
+            account_id,
+        }
+    }
+
+    pub fn account_id(&self) -> &str {
+        &self.account_id
+    }
+
+    pub fn arn(&self, name: &str) -> String {
+        format!(
+            "arn:aws:firehose:{}:{}:deliverystream/{name}",
+            self.region, self.account_id
+        )
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, Entry>> {
+        self.streams.lock().expect("registry lock poisoned")
+    }
+
+    fn start(&self, saved: Saved, spec: StreamSpec, from_config: bool) -> Entry {
+        let handle = spawn_pipeline(
+            &saved.name,
+            Versioned {
+                spec,
+                version: saved.version,
+            },
+            self.sink.clone(),
+            self.metrics.clone(),
+        );
+        Entry {
+            saved,
+            from_config,
+            handle,
+        }
+    }
+
+    /// Adds a stream declared in the config file.
+    pub fn add_declared(&self, spec: StreamSpec, input: CreateDeliveryStreamInput) {
+        let now = epoch_secs();
+        let tags = input
+            .tags
+            .iter()
+            .flatten()
+            .map(|t| (t.key.clone(), t.value.clone().unwrap_or_default()))
+            .collect();
+        let saved = Saved {
+            name: spec.name.clone(),
+            input,
+            version: 1,
+            created: now,
+            updated: now,
+            tags,
+        };
+        let entry = self.start(saved, spec, true);
+        self.lock().insert(entry.saved.name.clone(), entry);
+    }
+
+    /// Restores the streams created through the API before the last stop.
+    pub fn restore(&self) -> Result<usize, String> {
+        let text = match std::fs::read_to_string(&self.state_file) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(0),
+            Err(e) => return Err(format!("{}: {e}", self.state_file.display())),
+        };
+        let saved: Vec<Saved> = serde_json::from_str(&text)
+            .map_err(|e| format!("{}: {e}", self.state_file.display()))?;
+        let mut restored = 0;
+        for s in saved {
+            if self.lock().contains_key(&s.name) {
+                tracing::warn!(stream = %s.name, "a stream of this name is declared in the config file; the saved API definition is ignored");
+                continue;
+            }
+            match stream::validate(&s.name, &s.input) {
+                Ok(spec) => {
+                    let entry = self.start(s, spec, false);
+                    self.lock().insert(entry.saved.name.clone(), entry);
+                    restored += 1;
+                }
+                Err(errs) => {
+                    tracing::error!(stream = %s.name, errors = ?errs, "saved stream no longer validates; not started")
+                }
+            }
+        }
+        Ok(restored)
+    }
+
+    /// Writes the API-created streams (fsync, then rename over the old file).
+    fn persist(&self, streams: &BTreeMap<String, Entry>) -> Result<(), ApiError> {
+        let saved: Vec<&Saved> = streams
+            .values()
+            .filter(|e| !e.from_config)
+            .map(|e| &e.saved)
+            .collect();
+        let text = serde_json::to_vec_pretty(&saved).expect("saved streams serialise");
+        let write = || -> std::io::Result<()> {
+            if let Some(dir) = self.state_file.parent() {
+                std::fs::create_dir_all(dir)?;
+            }
+            let tmp = self.state_file.with_extension("json.tmp");
+            {
+                use std::io::Write;
+                let mut f = std::fs::File::create(&tmp)?;
+                f.write_all(&text)?;
+                f.sync_all()?;
+            }
+            std::fs::rename(&tmp, &self.state_file)?;
+            if let Some(dir) = self.state_file.parent() {
+                std::fs::File::open(dir)?.sync_all()?;
+            }
+            Ok(())
+        };
+        write().map_err(|e| {
+            tracing::error!(file = %self.state_file.display(), error = %e, "cannot save stream definitions");
+            ApiError::InternalFailure(format!("cannot save stream definitions: {e}"))
+        })
+    }
+
+    pub fn create(&self, input: CreateDeliveryStreamInput) -> Result<String, ApiError> {
+        let name = input
+            .delivery_stream_name
+            .clone()
+            .ok_or_else(|| ApiError::InvalidArgument("DeliveryStreamName is required".into()))?;
+        let spec = stream::validate(&name, &input).map_err(|e| ApiError::from_field_errors(&e))?;
+        let mut streams = self.lock();
+        if streams.contains_key(&name) {
+            return Err(ApiError::ResourceInUse(format!(
+                "Firehose {name} under accountId {} already exists",
+                self.account_id
+            )));
+        }
+        if streams.len() >= 5000 {
+            return Err(ApiError::LimitExceeded(
+                "at most 5000 delivery streams may exist".into(),
+            ));
+        }
+        let now = epoch_secs();
+        let tags = input
+            .tags
+            .iter()
+            .flatten()
+            .map(|t| (t.key.clone(), t.value.clone().unwrap_or_default()))
+            .collect();
+        let saved = Saved {
+            name: name.clone(),
+            input,
+            version: 1,
+            created: now,
+            updated: now,
+            tags,
+        };
+        let entry = self.start(saved, spec, false);
+        streams.insert(name.clone(), entry);
+        if let Err(e) = self.persist(&streams) {
+            if let Some(entry) = streams.remove(&name) {
+                self.retire(entry);
+            }
+            return Err(e);
+        }
+        Ok(self.arn(&name))
+    }
+
+    /// Stops a stream's intake; it flushes and drains in the background.
+    fn retire(&self, entry: Entry) {
+        let Entry { handle, .. } = entry;
+        drop(handle.ingest);
+        self.draining
+            .lock()
+            .expect("draining lock")
+            .push(handle.done);
+    }
+
+    pub fn delete(&self, name: &str) -> Result<(), ApiError> {
+        let mut streams = self.lock();
+        let entry = streams
+            .remove(name)
+            .ok_or_else(|| ApiError::not_found(name, &self.account_id))?;
+        let persisted = self.persist(&streams);
+        self.retire(entry);
+        persisted
+    }
+
+    /// The intake of a stream.
+    pub fn ingest(&self, name: &str) -> Result<mpsc::Sender<Vec<Record>>, ApiError> {
+        self.lock()
+            .get(name)
+            .map(|e| e.handle.ingest.clone())
+            .ok_or_else(|| ApiError::not_found(name, &self.account_id))
+    }
+
+    pub fn describe(&self, name: &str) -> Result<Value, ApiError> {
+        let streams = self.lock();
+        let entry = streams
+            .get(name)
+            .ok_or_else(|| ApiError::not_found(name, &self.account_id))?;
+        let current = entry.handle.config.borrow().clone();
+        let DestinationSpec::S3(s3) = &current.spec.destination;
+        let extended = s3_description(s3);
+        let mut destination = json!({
+            "DestinationId": DESTINATION_ID,
+            "ExtendedS3DestinationDescription": extended.clone(),
+        });
+        // The deprecated S3 description: the fields the old shape has.
+        let mut legacy = serde_json::Map::new();
+        for field in [
+            "RoleARN",
+            "BucketARN",
+            "Prefix",
+            "ErrorOutputPrefix",
+            "BufferingHints",
+            "CompressionFormat",
+            "EncryptionConfiguration",
+            "CloudWatchLoggingOptions",
+        ] {
+            if let Some(v) = extended.get(field) {
+                legacy.insert(field.to_string(), v.clone());
+            }
+        }
+        destination["S3DestinationDescription"] = Value::Object(legacy);
+        Ok(json!({
+            "DeliveryStreamDescription": {
+                "DeliveryStreamName": name,
+                "DeliveryStreamARN": self.arn(name),
+                "DeliveryStreamStatus": "ACTIVE",
+                "DeliveryStreamEncryptionConfiguration": {"Status": "DISABLED"},
+                "DeliveryStreamType": current.spec.stream_type,
+                "VersionId": entry.saved.version.to_string(),
+                "CreateTimestamp": entry.saved.created,
+                "LastUpdateTimestamp": entry.saved.updated,
+                "Destinations": [destination],
+                "HasMoreDestinations": false,
+            }
+        }))
+    }
+
+    pub fn list(
+        &self,
+        limit: usize,
+        start_after: Option<&str>,
+        type_filter: Option<&str>,
+    ) -> (Vec<String>, bool) {
+        let streams = self.lock();
+        let mut names = streams
+            .iter()
+            .filter(|(n, _)| start_after.is_none_or(|s| n.as_str() > s))
+            .filter(|(_, e)| {
+                type_filter.is_none_or(|t| {
+                    e.saved
+                        .input
+                        .delivery_stream_type
+                        .as_deref()
+                        .unwrap_or("DirectPut")
+                        == t
+                })
+            })
+            .map(|(n, _)| n.clone());
+        let page: Vec<String> = names.by_ref().take(limit).collect();
+        let more = names.next().is_some();
+        (page, more)
+    }
+
+    pub fn update_destination(
+        &self,
+        name: &str,
+        version_id: &str,
+        destination_id: &str,
+        update: &ExtendedS3DestinationConfiguration,
+    ) -> Result<(), ApiError> {
+        let mut streams = self.lock();
+        let entry = streams
+            .get_mut(name)
+            .ok_or_else(|| ApiError::not_found(name, &self.account_id))?;
+        if version_id != entry.saved.version.to_string() {
+            return Err(ApiError::ConcurrentModification(format!(
+                "Cannot update firehose: {name} since the current version id: {} and specified version id: {version_id} do not match",
+                entry.saved.version
+            )));
+        }
+        if destination_id != DESTINATION_ID {
+            return Err(ApiError::InvalidArgument(format!(
+                "Destination Id {destination_id} not found"
+            )));
+        }
+        let mut input = entry.saved.input.clone();
+        let legacy = input.extended_s3_destination_configuration.is_none();
+        let base = input
+            .extended_s3_destination_configuration
+            .clone()
+            .or_else(|| input.s3_destination_configuration.clone())
+            .unwrap_or_default();
+        let merged = merge(&base, update)?;
+        if legacy {
+            input.s3_destination_configuration = Some(merged);
+        } else {
+            input.extended_s3_destination_configuration = Some(merged);
+        }
+        let spec = stream::validate(name, &input).map_err(|e| {
+            // Report the update's paths, not the create's.
+            let errs: Vec<_> = e
+                .into_iter()
+                .map(|mut fe| {
+                    if let Some(first) = fe.path.first_mut() {
+                        if first.ends_with("_destination_configuration") {
+                            *first = first.replace("_configuration", "_update");
+                        }
+                    }
+                    fe
+                })
+                .collect();
+            ApiError::from_field_errors(&errs)
+        })?;
+        let previous = entry.saved.clone();
+        entry.saved.input = input;
+        entry.saved.version += 1;
+        entry.saved.updated = epoch_secs();
+        let version = entry.saved.version;
+        let from_config = entry.from_config;
+        if !from_config {
+            if let Err(e) = self.persist(&streams) {
+                if let Some(entry) = streams.get_mut(name) {
+                    entry.saved = previous;
+                }
+                return Err(e);
+            }
+        }
+        let entry = streams.get_mut(name).expect("entry exists under the lock");
+        entry
+            .handle
+            .config
+            .send_replace(Arc::new(Versioned { spec, version }));
+        Ok(())
+    }
+
+    pub fn tag(&self, name: &str, tags: &[Tag]) -> Result<(), ApiError> {
+        stream::validate_tags(tags, &["tags"]).map_err(|e| ApiError::from_field_errors(&[e]))?;
+        if tags.is_empty() {
+            return Err(ApiError::InvalidArgument("Tags must hold 1-50 tags".into()));
+        }
+        let mut streams = self.lock();
+        let entry = streams
+            .get_mut(name)
+            .ok_or_else(|| ApiError::not_found(name, &self.account_id))?;
+        let mut next = entry.saved.tags.clone();
+        for t in tags {
+            next.insert(t.key.clone(), t.value.clone().unwrap_or_default());
+        }
+        if next.len() > 50 {
+            return Err(ApiError::LimitExceeded(format!(
+                "a stream may have at most 50 tags; this would make {}",
+                next.len()
+            )));
+        }
+        entry.saved.tags = next;
+        if !entry.from_config {
+            self.persist(&streams)?;
+        }
+        Ok(())
+    }
+
+    pub fn untag(&self, name: &str, keys: &[String]) -> Result<(), ApiError> {
+        if keys.is_empty() || keys.len() > 50 {
+            return Err(ApiError::InvalidArgument(
+                "TagKeys must hold 1-50 keys".into(),
+            ));
+        }
+        let mut streams = self.lock();
+        let entry = streams
+            .get_mut(name)
+            .ok_or_else(|| ApiError::not_found(name, &self.account_id))?;
+        for k in keys {
+            entry.saved.tags.remove(k);
+        }
+        if !entry.from_config {
+            self.persist(&streams)?;
+        }
+        Ok(())
+    }
+
+    pub fn list_tags(
+        &self,
+        name: &str,
+        start_after: Option<&str>,
+        limit: usize,
+    ) -> Result<(Vec<(String, String)>, bool), ApiError> {
+        let streams = self.lock();
+        let entry = streams
+            .get(name)
+            .ok_or_else(|| ApiError::not_found(name, &self.account_id))?;
+        let mut tags = entry
+            .saved
+            .tags
+            .iter()
+            .filter(|(k, _)| start_after.is_none_or(|s| k.as_str() > s))
+            .map(|(k, v)| (k.clone(), v.clone()));
+        let page: Vec<_> = tags.by_ref().take(limit).collect();
+        let more = tags.next().is_some();
+        Ok((page, more))
+    }
+
+    /// Every stream's live counters.
+    pub fn statuses(&self) -> Vec<StreamStatus> {
+        self.lock()
+            .iter()
+            .map(|(name, e)| StreamStatus {
+                name: name.clone(),
+                stats: e.handle.stats.clone(),
+            })
+            .collect()
+    }
+
+    /// Refreshes the freshness gauges (called before each scrape).
+    pub fn refresh_metrics(&self) {
+        let now = crate::pipeline::now_ms();
+        for s in self.statuses() {
+            let age = s
+                .stats
+                .oldest_undelivered_ms()
+                .map(|t| (now - t).max(0) as f64 / 1000.0)
+                .unwrap_or(0.0);
+            self.metrics
+                .delivery_to_s3_data_freshness
+                .get_or_create(&Metrics::stream(&s.name))
+                .set(age);
+        }
+    }
+
+    /// Stops intake everywhere, flushes every buffer and waits for deliveries up to `deadline`.
+    /// Returns the number of records still undelivered when it gave up.
+    pub async fn shutdown(&self, deadline: Duration) -> u64 {
+        let entries: Vec<(String, Entry)> = std::mem::take(&mut *self.lock()).into_iter().collect();
+        let mut waiting = Vec::new();
+        let mut stats = Vec::new();
+        for (name, entry) in entries {
+            stats.push((name, entry.handle.stats.clone()));
+            drop(entry.handle.ingest);
+            waiting.push(entry.handle.done);
+        }
+        waiting.extend(self.draining.lock().expect("draining lock").drain(..));
+        let all = async {
+            for w in waiting {
+                let _ = w.await;
+            }
+        };
+        if tokio::time::timeout(deadline, all).await.is_ok() {
+            return 0;
+        }
+        let mut lost = 0;
+        for (name, s) in stats {
+            let n = s.in_flight_records()
+                + s.buffered_records
+                    .load(std::sync::atomic::Ordering::Relaxed);
+            if n > 0 {
+                self.metrics
+                    .undelivered_records
+                    .get_or_create(&Metrics::stream(&name))
+                    .inc_by(n);
+                tracing::error!(stream = %name, records = n, "shutdown deadline passed with records undelivered (the destination is unreachable)");
+            }
+            lost += n;
+        }
+        lost
+    }
+}

@@ -1,0 +1,116 @@
+//! Starting and stopping the daemon: the object store, the registry of streams, the listener.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use hosepipe_sinks::{Destination, S3Sink};
+
+use crate::api::{self, AppState};
+use crate::config::Config;
+use crate::metrics::Metrics;
+use crate::registry::Registry;
+
+/// Why the daemon could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("cannot create the data directory {path}: {source}")]
+    DataDir {
+        path: std::path::PathBuf,
+        source: std::io::Error,
+    },
+    #[error("cannot listen on {addr}: {source}")]
+    Listen {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("cannot restore saved streams: {0}")]
+    Restore(String),
+}
+
+/// A started daemon.
+pub struct Server {
+    pub addr: SocketAddr,
+    pub registry: Arc<Registry>,
+    pub metrics: Arc<Metrics>,
+    pub config: Config,
+    listener: tokio::net::TcpListener,
+    state: Arc<AppState>,
+}
+
+impl Server {
+    /// Opens the data dir and the store, starts every stream, binds the listener.
+    pub async fn start(config: Config) -> Result<Server, StartError> {
+        std::fs::create_dir_all(&config.data_dir).map_err(|source| StartError::DataDir {
+            path: config.data_dir.clone(),
+            source,
+        })?;
+        tracing::info!(store = %config.store.describe(), "objects go to {}", config.store.describe());
+        let sink: Arc<dyn Destination> = Arc::new(S3Sink::new(config.store.clone()));
+        let metrics = Arc::new(Metrics::new());
+        let registry = Arc::new(Registry::new(
+            &config.data_dir,
+            sink,
+            metrics.clone(),
+            config.region.clone(),
+            config.account_id.clone(),
+        ));
+        for declared in &config.streams {
+            registry.add_declared(declared.spec.clone(), declared.input.clone());
+        }
+        let restored = registry.restore().map_err(StartError::Restore)?;
+        tracing::info!(
+            declared = config.streams.len(),
+            restored,
+            auth = if config.access_keys.is_empty() {
+                "off"
+            } else {
+                "SigV4"
+            },
+            "streams started"
+        );
+        let listener = tokio::net::TcpListener::bind(config.listen)
+            .await
+            .map_err(|source| StartError::Listen {
+                addr: config.listen,
+                source,
+            })?;
+        let addr = listener.local_addr().map_err(|source| StartError::Listen {
+            addr: config.listen,
+            source,
+        })?;
+        let state = Arc::new(AppState::new(
+            registry.clone(),
+            metrics.clone(),
+            config.access_keys.clone(),
+        ));
+        Ok(Server {
+            addr,
+            registry,
+            metrics,
+            config,
+            listener,
+            state,
+        })
+    }
+
+    /// Serves until `shutdown` resolves, then stops intake, flushes every buffer and waits for
+    /// deliveries up to the configured deadline. Returns the records left undelivered.
+    pub async fn run(
+        self,
+        shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+    ) -> u64 {
+        let app = api::router(self.state.clone());
+        if let Err(e) = axum::serve(self.listener, app)
+            .with_graceful_shutdown(shutdown)
+            .await
+        {
+            tracing::error!(error = %e, "the listener failed");
+        }
+        tracing::info!("intake stopped; flushing buffers");
+        let lost = self.registry.shutdown(self.config.shutdown_timeout).await;
+        if lost == 0 {
+            tracing::info!("every accepted record is delivered; bye");
+        }
+        lost
+    }
+}

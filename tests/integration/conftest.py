@@ -1,0 +1,252 @@
+"""Fixtures: a real SeaweedFS S3 server and real hosepipe daemons, on 127.0.0.1.
+
+The test command (.ci/run) builds the binary once and passes its path in HOSEPIPE_BIN.
+"""
+import json
+import os
+import random
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import boto3
+import pytest
+import requests
+from botocore.config import Config
+
+ROOT = Path(__file__).resolve().parents[2]
+BIN = os.environ.get("HOSEPIPE_BIN", str(ROOT / "target" / "debug" / "hosepipe"))
+S3_AK = "hosepipe-ci"
+S3_SK = "hosepipe-ci-secret"
+FH_AK = "AKIDHOSEPIPETEST"
+FH_SK = "firehose-test-secret"
+REGION = "us-east-1"
+
+
+def port_free(port):
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", port))
+            return True
+        except OSError:
+            return False
+
+
+def free_port_pair():
+    """A port whose +10000 neighbour (SeaweedFS's gRPC port) is free too."""
+    for _ in range(200):
+        p = random.randint(20000, 45000)
+        if port_free(p) and port_free(p + 10000):
+            return p
+    raise RuntimeError("no free port pair")
+
+
+def wait_for(predicate, timeout=30.0, interval=0.1, what="condition"):
+    deadline = time.monotonic() + timeout
+    last = None
+    while time.monotonic() < deadline:
+        try:
+            last = predicate()
+            if last:
+                return last
+        except Exception as e:  # noqa: BLE001 - keep polling until the deadline
+            last = e
+        time.sleep(interval)
+    raise AssertionError(f"timed out waiting for {what}; last: {last!r}")
+
+
+class S3Server:
+    """SeaweedFS `weed mini` with SigV4 enforced; restartable on the same directory."""
+
+    def __init__(self, root):
+        self.dir = Path(root)
+        self.dir.mkdir(parents=True, exist_ok=True)
+        ports = set()
+        while len(ports) < 5:
+            ports.add(free_port_pair())
+        self.ports = sorted(ports)
+        self.port = self.ports[3]
+        self.url = f"http://127.0.0.1:{self.port}"
+        (self.dir / "s3.json").write_text(json.dumps({"identities": [{
+            "name": "ci",
+            "credentials": [{"accessKey": S3_AK, "secretKey": S3_SK}],
+            "actions": ["Admin", "Read", "Write", "List", "Tagging"]}]}))
+        self.proc = None
+        self.start()
+
+    def start(self):
+        weed = shutil.which("weed") or str(Path(os.sys.executable).parent / "weed")
+        p1, p2, p3, s3, p5 = self.ports
+        log = open(self.dir / "weed.log", "ab")
+        self.proc = subprocess.Popen(
+            [weed, "mini", f"-dir={self.dir / 'data'}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1",
+             f"-master.port={p1}", f"-volume.port={p2}", f"-filer.port={p3}", f"-s3.port={s3}",
+             f"-admin.port={p5}", "-s3.port.iceberg=0", "-s3.port.lance=0", "-webdav=false",
+             "-admin.ui=false", "-master.telemetry=false", "-s3.autoCreateBucket=false",
+             f"-s3.config={self.dir / 's3.json'}"],
+            stdout=log, stderr=subprocess.STDOUT)
+        wait_for(lambda: requests.get(f"{self.url}/healthz", timeout=1).status_code == 200,
+                 timeout=60, what="SeaweedFS S3 to answer /healthz")
+
+    def stop(self):
+        if self.proc and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+    def client(self):
+        return boto3.client("s3", endpoint_url=self.url, aws_access_key_id=S3_AK,
+                            aws_secret_access_key=S3_SK, region_name=REGION,
+                            config=Config(s3={"addressing_style": "path"},
+                                          retries={"max_attempts": 2}))
+
+    def create_bucket(self, name):
+        self.client().create_bucket(Bucket=name)
+        return name
+
+    def objects(self, bucket, prefix=""):
+        """Every object under prefix: [(key, bytes, etag)]."""
+        c = self.client()
+        out = []
+        for page in c.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
+            for o in page.get("Contents", []):
+                body = c.get_object(Bucket=bucket, Key=o["Key"])["Body"].read()
+                out.append((o["Key"], body, o["ETag"]))
+        return out
+
+
+@pytest.fixture(scope="session")
+def s3():
+    root = tempfile.mkdtemp(prefix="hosepipe-s3-")
+    server = S3Server(root)
+    yield server
+    server.stop()
+    shutil.rmtree(root, ignore_errors=True)
+
+
+_bucket_seq = [0]
+
+
+@pytest.fixture
+def bucket(s3):
+    _bucket_seq[0] += 1
+    return s3.create_bucket(f"it-{os.getpid()}-{_bucket_seq[0]}-{random.randint(0, 10**6)}")
+
+
+class Daemon:
+    def __init__(self, s3, config_text="", data_dir=None, auth=True, extra_env=None):
+        self.data_dir = Path(data_dir or tempfile.mkdtemp(prefix="hosepipe-data-"))
+        self.config = self.data_dir.parent / f"{self.data_dir.name}.toml"
+        text = 'listen = "127.0.0.1:0"\nshutdown_timeout_seconds = 60\n'
+        if auth:
+            text += f'[[auth.keys]]\naccess_key_id = "{FH_AK}"\nsecret_access_key = "{FH_SK}"\n'
+        text += config_text
+        self.config.write_text(text)
+        self.env = dict(os.environ)
+        for k in list(self.env):
+            if k.startswith("AWS_"):
+                del self.env[k]
+        if s3 is not None:
+            self.env.update({"AWS_ENDPOINT_URL_S3": s3.url, "AWS_ACCESS_KEY_ID": S3_AK,
+                             "AWS_SECRET_ACCESS_KEY": S3_SK, "AWS_REGION": REGION})
+        self.env.update(extra_env or {})
+        self.env.setdefault("RUST_LOG", "info,hosepipe=debug")
+        self.proc = None
+        self.url = None
+        self.log_lines = []
+        self.start()
+
+    def start(self):
+        self.log_lines = []
+        self.proc = subprocess.Popen(
+            [BIN, "serve", "--config", str(self.config), "--data-dir", str(self.data_dir)],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=self.env, text=True)
+        threading.Thread(target=self._drain, args=(self.proc.stderr,), daemon=True).start()
+        line = self.proc.stdout.readline()
+        m = re.search(r"listening on (http://\S+)", line)
+        if not m:
+            self.proc.wait(timeout=10)
+            raise AssertionError(f"daemon did not start: {line!r}\n" + "".join(self.log_lines))
+        self.url = m.group(1)
+        threading.Thread(target=self._drain, args=(self.proc.stdout,), daemon=True).start()
+
+    def _drain(self, stream):
+        for line in stream:
+            self.log_lines.append(line)
+
+    def log(self):
+        return "".join(self.log_lines)
+
+    def stop(self, sig=signal.SIGTERM, timeout=90):
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            try:
+                return self.proc.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+                raise
+        return self.proc.returncode if self.proc else None
+
+    def firehose(self, ak=FH_AK, sk=FH_SK):
+        return boto3.client("firehose", endpoint_url=self.url, aws_access_key_id=ak,
+                            aws_secret_access_key=sk, region_name=REGION,
+                            config=Config(retries={"max_attempts": 1}))
+
+    def metrics(self):
+        return requests.get(f"{self.url}/metrics", timeout=5).text
+
+    def metric(self, name, stream):
+        m = re.search(rf'^{re.escape(name)}\{{stream="{re.escape(stream)}"\}} (\S+)$',
+                      self.metrics(), re.M)
+        return float(m.group(1)) if m else 0.0
+
+
+@pytest.fixture
+def daemon_factory(s3):
+    started = []
+
+    def make(config_text="", **kw):
+        d = Daemon(s3, config_text, **kw)
+        started.append(d)
+        return d
+
+    yield make
+    for d in started:
+        try:
+            d.stop()
+        except Exception:  # noqa: BLE001 - best effort cleanup
+            pass
+
+
+@pytest.fixture
+def daemon(daemon_factory):
+    return daemon_factory()
+
+
+def signed_call(url, target, body, ak=FH_AK, sk=FH_SK, sign=True):
+    """A raw JSON 1.1 call, signed with botocore's SigV4 signer (for requests boto3 would refuse
+    to send)."""
+    from botocore.auth import SigV4Auth
+    from botocore.awsrequest import AWSRequest
+    from botocore.credentials import Credentials
+
+    data = body if isinstance(body, (bytes, str)) else json.dumps(body)
+    headers = {"Content-Type": "application/x-amz-json-1.1"}
+    if target is not None:
+        headers["X-Amz-Target"] = f"Firehose_20150804.{target}"
+    req = AWSRequest(method="POST", url=url + "/", data=data, headers=headers)
+    if sign:
+        SigV4Auth(Credentials(ak, sk), "firehose", REGION).add_auth(req)
+    prepared = req.prepare()
+    return requests.post(prepared.url, data=prepared.body, headers=dict(prepared.headers),
+                         timeout=30)

@@ -139,6 +139,7 @@ fn main() -> ExitCode {
             })
         }
         Command::Bench(args) => {
+            init_tracing();
             let runtime = match tokio::runtime::Runtime::new() {
                 Ok(rt) => rt,
                 Err(e) => {

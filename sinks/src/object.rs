@@ -184,7 +184,8 @@ impl S3Sink {
             source,
         })?;
         let mut attributes = Attributes::new();
-        if let Some(ct) = content_type {
+        // The local store keeps no metadata (and refuses attributes), so only S3 gets them.
+        if let (Some(ct), Some(_)) = (content_type, &self.settings.s3) {
             attributes.insert(Attribute::ContentType, ct.to_string().into());
         }
         let write_err = |source| ObjectError::Write {
@@ -265,6 +266,14 @@ impl Destination for S3Sink {
                     Err(e @ (ObjectError::InvalidBucket(_) | ObjectError::InvalidKey { .. })) => {
                         Outcome::Rejected(e.to_string())
                     }
+                    Err(
+                        e @ ObjectError::Write {
+                            source:
+                                object_store::Error::NotImplemented { .. }
+                                | object_store::Error::NotSupported { .. },
+                            ..
+                        },
+                    ) => Outcome::Rejected(e.to_string()),
                     // Everything else may heal: the server comes back, the bucket is created,
                     // the credentials are fixed. Firehose keeps retrying S3 for 24 h too.
                     Err(e) => Outcome::Retryable(e.to_string()),
@@ -303,9 +312,14 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let sink = local(dir.path(), 1024);
         let small = Bytes::from_static(b"hello");
-        sink.put("bkt", "a/b/small.txt", small.clone(), None)
-            .await
-            .unwrap();
+        sink.put(
+            "bkt",
+            "a/b/small.txt",
+            small.clone(),
+            Some("application/gzip"),
+        )
+        .await
+        .unwrap();
         assert_eq!(sink.get("bkt", "a/b/small.txt").await.unwrap(), small);
         let big = Bytes::from(vec![7u8; 6 * 1024 * 1024]);
         sink.put("bkt", "a/big.bin", big.clone(), None)

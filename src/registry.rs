@@ -36,6 +36,27 @@ struct Saved {
     tags: BTreeMap<String, String>,
 }
 
+impl Saved {
+    /// A new stream at version 1, with the tags its creation carried.
+    fn new(name: String, input: CreateDeliveryStreamInput) -> Self {
+        let now = epoch_secs();
+        let tags = input
+            .tags
+            .iter()
+            .flatten()
+            .map(|t| (t.key.clone(), t.value.clone().unwrap_or_default()))
+            .collect();
+        Saved {
+            name,
+            input,
+            version: 1,
+            created: now,
+            updated: now,
+            tags,
+        }
+    }
+}
+
 struct Entry {
     saved: Saved,
     from_config: bool,
@@ -172,21 +193,7 @@ impl Registry {
 
     /// Adds a stream declared in the config file.
     pub fn add_declared(&self, spec: StreamSpec, input: CreateDeliveryStreamInput) {
-        let now = epoch_secs();
-        let tags = input
-            .tags
-            .iter()
-            .flatten()
-            .map(|t| (t.key.clone(), t.value.clone().unwrap_or_default()))
-            .collect();
-        let saved = Saved {
-            name: spec.name.clone(),
-            input,
-            version: 1,
-            created: now,
-            updated: now,
-            tags,
-        };
+        let saved = Saved::new(spec.name.clone(), input);
         let entry = self.start(saved, spec, true);
         self.lock().insert(entry.saved.name.clone(), entry);
     }
@@ -269,21 +276,7 @@ impl Registry {
                 "at most 5000 delivery streams may exist".into(),
             ));
         }
-        let now = epoch_secs();
-        let tags = input
-            .tags
-            .iter()
-            .flatten()
-            .map(|t| (t.key.clone(), t.value.clone().unwrap_or_default()))
-            .collect();
-        let saved = Saved {
-            name: name.clone(),
-            input,
-            version: 1,
-            created: now,
-            updated: now,
-            tags,
-        };
+        let saved = Saved::new(name.clone(), input);
         let entry = self.start(saved, spec, false);
         streams.insert(name.clone(), entry);
         if let Err(e) = self.persist(&streams) {

@@ -280,3 +280,20 @@ def test_delivery_survives_an_s3_outage(tmp_path, daemon_factory):
         assert 'outcome="failure"' in d.metrics()
     finally:
         server.stop()
+
+
+def test_a_stuck_stream_never_blocks_another(s3, bucket, daemon):
+    fh = daemon.firehose()
+    missing = f"later-{uuid.uuid4().hex[:10]}"
+    create(fh, "stuck", missing, Prefix="x/")  # its bucket does not exist yet
+    create(fh, "flowing", bucket, Prefix="y/")
+    stuck, flowing = records(100, "stuck"), records(100, "flowing")
+    put_all(fh, "stuck", stuck)
+    put_all(fh, "flowing", flowing)
+    objs = wait_objects(s3, bucket, "y/", sum(map(len, flowing)))
+    assert sorted(b"".join(b for _, b, _ in objs).splitlines(keepends=True)) == sorted(flowing)
+    wait_for(lambda: "S3 write failed; will retry" in daemon.log(), what="the stuck stream's retries")
+    assert daemon.metric("hosepipe_delivery_to_s3_data_freshness_seconds", "stuck") > 0
+    s3.create_bucket(missing)  # the operator fixes it: the held records go out
+    objs = wait_objects(s3, missing, "x/", sum(map(len, stuck)), timeout=90)
+    assert sorted(set(b"".join(b for _, b, _ in objs).splitlines(keepends=True))) == sorted(stuck)

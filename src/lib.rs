@@ -13,3 +13,4 @@ pub mod metrics;
 pub mod pipeline;
 pub mod registry;
 pub mod server;
+pub mod spool;

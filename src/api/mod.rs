@@ -332,6 +332,7 @@ fn decode_records(records: &[RecordIn<'_>], arrival_ms: i64) -> Result<Vec<Recor
         .map(|(a, b)| Record {
             data: all.slice(a..b),
             arrival_ms,
+            seq: 0,
         })
         .collect())
 }

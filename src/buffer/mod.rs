@@ -14,6 +14,8 @@ pub struct Record {
     pub data: Bytes,
     /// Approximate arrival time, epoch milliseconds (Firehose's `approximateArrivalTimestamp`).
     pub arrival_ms: i64,
+    /// Position in the stream's spool (0 until spooled).
+    pub seq: u64,
 }
 
 /// Why a buffer was flushed.
@@ -187,6 +189,7 @@ mod tests {
         Record {
             data: Bytes::from(vec![b'a'; n]),
             arrival_ms: at,
+            seq: 0,
         }
     }
 
@@ -269,7 +272,7 @@ mod tests {
             let now = Instant::now();
             let mut out: Vec<Batch> = Vec::new();
             for (i, n) in sizes.iter().enumerate() {
-                if let Some(batch) = b.push(Record { data: Bytes::from(vec![0u8; *n]), arrival_ms: i as i64 }, now, 0) {
+                if let Some(batch) = b.push(Record { data: Bytes::from(vec![0u8; *n]), arrival_ms: i as i64, seq: i as u64 }, now, 0) {
                     out.push(batch);
                 }
             }

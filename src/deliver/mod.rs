@@ -173,10 +173,12 @@ mod tests {
                 Record {
                     data: Bytes::from_static(b"b"),
                     arrival_ms: t + 5,
+                    seq: 1,
                 },
                 Record {
                     data: Bytes::from_static(b"a"),
                     arrival_ms: t,
+                    seq: 0,
                 },
             ],
             bytes: 2,

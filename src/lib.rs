@@ -3,6 +3,7 @@
 //! The data path, one module per stage: [`api`] → [`buffer`] → [`deliver`] (naming, with
 //! [`compress`]) → the `hosepipe-sinks` destinations, wired per stream in [`pipeline`].
 
+pub mod admission;
 pub mod api;
 pub mod bench;
 pub mod buffer;

@@ -17,10 +17,12 @@ use tokio::task::JoinSet;
 use tokio::time::Instant;
 use tracing::Instrument;
 
+use crate::admission::Admission;
 use crate::buffer::{Batch, Buffer, FlushReason, Record};
 use crate::config::stream::{DestinationSpec, StreamSpec};
 use crate::deliver::{self, DeliveryResult, EncodedObject};
 use crate::metrics::{FlushLabels, Metrics};
+use crate::spool::Spool;
 
 /// How many batches compress at once (the machine has 2 cores).
 const ENCODE_WORKERS: usize = 2;
@@ -118,12 +120,22 @@ pub struct StreamHandle {
     pub done: tokio::task::JoinHandle<()>,
 }
 
+/// What every stream's pipeline is given by the daemon.
+#[derive(Clone)]
+pub struct Shared {
+    pub sink: Arc<dyn Destination>,
+    pub metrics: Arc<Metrics>,
+    pub admission: Arc<Admission>,
+    /// Records undelivered for longer are counted as expired.
+    pub retention: std::time::Duration,
+}
+
 /// Everything a stream's stages share.
 #[derive(Clone)]
 pub struct StreamContext {
     pub name: String,
-    pub sink: Arc<dyn Destination>,
-    pub metrics: Arc<Metrics>,
+    pub shared: Shared,
+    pub spool: Arc<Spool>,
     pub stats: Arc<StreamStats>,
 }
 
@@ -135,14 +147,14 @@ pub fn now_ms() -> i64 {
 pub fn spawn_pipeline(
     name: &str,
     initial: Versioned,
-    sink: Arc<dyn Destination>,
-    metrics: Arc<Metrics>,
+    shared: Shared,
+    spool: Arc<Spool>,
 ) -> StreamHandle {
     let stats = Arc::new(StreamStats::default());
     let ctx = StreamContext {
         name: name.to_string(),
-        sink,
-        metrics,
+        shared,
+        spool,
         stats: stats.clone(),
     };
     let (config_tx, config_rx) = watch::channel(Arc::new(initial));
@@ -183,7 +195,8 @@ async fn buffer_stage(
     let mut open = true;
     let mut config_open = true;
     let flushed = |batch: Batch, pending: &mut VecDeque<Batch>| {
-        ctx.metrics
+        ctx.shared
+            .metrics
             .buffer_flushes
             .get_or_create(&FlushLabels {
                 stream: ctx.name.clone(),
@@ -257,7 +270,8 @@ async fn buffer_stage(
             else => break,
         }
         ctx.stats.observe_buffer(&buffer);
-        ctx.metrics
+        ctx.shared
+            .metrics
             .buffered_bytes
             .get_or_create(&Metrics::stream(&ctx.name))
             .set(buffer.bytes() as i64);
@@ -290,6 +304,7 @@ async fn encode_stage(
                     let current = config.borrow().clone();
                     let name = ctx.name.clone();
                     let stats = ctx.stats.clone();
+                    let admission = ctx.shared.admission.clone();
                     running.spawn_blocking(move || {
                         let DestinationSpec::S3(spec) = &current.spec.destination;
                         match deliver::encode_s3(&batch, spec, &name, current.version) {
@@ -298,6 +313,7 @@ async fn encode_stage(
                                 // Compression into memory only fails on a bug.
                                 tracing::error!(batch = batch.id, records = batch.records.len(), error = %e, "encoding failed; these records are not delivered");
                                 stats.settled(batch.id);
+                                admission.release(batch.bytes + 24 * batch.records.len() as u64);
                                 None
                             }
                         }
@@ -344,28 +360,51 @@ async fn deliver_stage(ctx: StreamContext, mut objects: mpsc::Receiver<EncodedOb
 }
 
 async fn deliver_one(ctx: &StreamContext, obj: EncodedObject) {
-    let result = deliver::deliver_with_retry(&ctx.sink, &obj, |reason, attempt| {
+    let oldest = obj.arrivals_ms.iter().copied().min().unwrap_or_default();
+    let expired = std::sync::atomic::AtomicBool::new(false);
+    let result = deliver::deliver_with_retry(&ctx.shared.sink, &obj, |reason, attempt| {
         ctx.stats.failed_attempts.fetch_add(1, Ordering::Relaxed);
-        ctx.metrics.s3_failure(&ctx.name);
+        ctx.shared.metrics.s3_failure(&ctx.name);
         tracing::warn!(key = %obj.key, attempt, reason, "S3 write failed; will retry");
+        let age = std::time::Duration::from_millis((now_ms() - oldest).max(0) as u64);
+        if age > ctx.shared.retention && !expired.swap(true, Ordering::Relaxed) {
+            // The S3 error output is the same bucket, so there is nowhere else to put them:
+            // they stay in the spool and keep being retried, and are counted.
+            ctx.shared
+                .metrics
+                .spool_expired_records
+                .get_or_create(&Metrics::stream(&ctx.name))
+                .inc_by(obj.seqs.len() as u64);
+            tracing::error!(key = %obj.key, records = obj.seqs.len(), age_secs = age.as_secs(), "records are past the retention age and still undelivered; retrying");
+        }
     })
     .await;
     match result {
         DeliveryResult::Delivered { attempts } => {
-            ctx.metrics
-                .delivered_to_s3(&ctx.name, &obj.arrivals_ms, obj.raw_bytes, now_ms());
+            ctx.shared.metrics.delivered_to_s3(
+                &ctx.name,
+                &obj.arrivals_ms,
+                obj.raw_bytes,
+                now_ms(),
+            );
             ctx.stats
                 .delivered_records
                 .fetch_add(obj.arrivals_ms.len() as u64, Ordering::Relaxed);
             tracing::debug!(key = %obj.key, attempts, records = obj.arrivals_ms.len(), "delivered");
         }
         DeliveryResult::Rejected { attempts, reason } => {
-            ctx.metrics
+            ctx.shared
+                .metrics
                 .undelivered_records
                 .get_or_create(&Metrics::stream(&ctx.name))
                 .inc_by(obj.arrivals_ms.len() as u64);
             tracing::error!(key = %obj.key, attempts, reason, records = obj.arrivals_ms.len(), "S3 refused the object for good; its records are not delivered");
         }
     }
+    // Delivered, or refused for good and logged: either way the spool may let them go.
+    ctx.spool.delivered(obj.seqs.clone());
+    ctx.shared
+        .admission
+        .release(obj.raw_bytes + 24 * obj.seqs.len() as u64);
     ctx.stats.settled(obj.batch_id);
 }

@@ -8,11 +8,11 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use hosepipe_sinks::Destination;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use tokio::sync::mpsc;
 
+use crate::admission::Admission;
 use crate::api::error::ApiError;
 use crate::buffer::Record;
 use crate::config::stream::{
@@ -20,7 +20,8 @@ use crate::config::stream::{
     StreamSpec, Tag,
 };
 use crate::metrics::Metrics;
-use crate::pipeline::{StreamHandle, StreamStats, Versioned, spawn_pipeline};
+use crate::pipeline::{Shared, StreamHandle, StreamStats, Versioned, spawn_pipeline};
+use crate::spool::{Spool, SpoolSettings};
 
 /// The only destination id a stream has (one destination per stream).
 pub const DESTINATION_ID: &str = "destinationId-000000000001";
@@ -61,23 +62,46 @@ struct Entry {
     saved: Saved,
     from_config: bool,
     handle: StreamHandle,
+    spool: Arc<Spool>,
+}
+
+/// Where a stream's records enter: its spool, then its pipeline.
+#[derive(Clone)]
+pub struct Intake {
+    pub spool: Arc<Spool>,
+    pub ingest: mpsc::Sender<Vec<Record>>,
+}
+
+/// A stream leaving (deleted, or the daemon stopping): its pipeline drains, then its spool closes.
+struct Draining {
+    name: String,
+    done: tokio::task::JoinHandle<()>,
 }
 
 /// A live view of one stream for `status`.
 pub struct StreamStatus {
     pub name: String,
     pub stats: Arc<StreamStats>,
+    pub spool: Arc<crate::spool::SpoolStats>,
 }
 
 pub struct Registry {
     streams: Mutex<BTreeMap<String, Entry>>,
-    /// Streams being deleted or stopped, still draining.
-    draining: Mutex<Vec<tokio::task::JoinHandle<()>>>,
+    /// Streams being deleted, still draining.
+    draining: Mutex<Vec<Draining>>,
     state_file: PathBuf,
-    sink: Arc<dyn Destination>,
-    metrics: Arc<Metrics>,
+    shared: Shared,
+    spool_settings: SpoolSettings,
     region: String,
     account_id: String,
+}
+
+/// Why a stream could not start.
+#[derive(Debug, thiserror::Error)]
+#[error("stream {stream}: cannot open its spool: {source}")]
+pub struct StartError {
+    pub stream: String,
+    pub source: crate::spool::SpoolError,
 }
 
 fn epoch_secs() -> f64 {
@@ -143,8 +167,8 @@ fn s3_description(spec: &stream::S3Spec) -> Value {
 impl Registry {
     pub fn new(
         data_dir: &Path,
-        sink: Arc<dyn Destination>,
-        metrics: Arc<Metrics>,
+        shared: Shared,
+        spool_settings: SpoolSettings,
         region: String,
         account_id: String,
     ) -> Self {
@@ -152,11 +176,20 @@ impl Registry {
             streams: Mutex::new(BTreeMap::new()),
             draining: Mutex::new(Vec::new()),
             state_file: data_dir.join("streams.json"),
-            sink,
-            metrics,
+            shared,
+            spool_settings,
             region,
             account_id,
         }
+    }
+
+    fn metrics(&self) -> &Metrics {
+        &self.shared.metrics
+    }
+
+    fn spool_dir(&self, name: &str) -> PathBuf {
+        // The prefix keeps names like "." and ".." ordinary directory names.
+        self.spool_settings.root.join(format!("s-{name}"))
     }
 
     pub fn account_id(&self) -> &str {
@@ -174,28 +207,87 @@ impl Registry {
         self.streams.lock().expect("registry lock poisoned")
     }
 
-    fn start(&self, saved: Saved, spec: StreamSpec, from_config: bool) -> Entry {
+    /// Opens the stream's spool, starts its pipeline, and replays what the spool still holds.
+    fn start(
+        &self,
+        saved: Saved,
+        spec: StreamSpec,
+        from_config: bool,
+    ) -> Result<Entry, StartError> {
+        let name = saved.name.clone();
+        let observer = self.shared.admission.spool_observer(&name);
+        let (spool, recovery) = Spool::open(&self.spool_dir(&name), &self.spool_settings, observer)
+            .map_err(|source| StartError {
+                stream: name.clone(),
+                source,
+            })?;
+        let spool = Arc::new(spool);
+        let labels = Metrics::stream(&name);
+        let metrics = self.metrics();
+        metrics
+            .spool_corrupt_segments
+            .get_or_create(&labels)
+            .inc_by(recovery.corrupt_segments.len() as u64);
+        metrics
+            .spool_truncated_bytes
+            .get_or_create(&labels)
+            .inc_by(recovery.truncated_bytes);
         let handle = spawn_pipeline(
-            &saved.name,
+            &name,
             Versioned {
                 spec,
                 version: saved.version,
             },
-            self.sink.clone(),
-            self.metrics.clone(),
+            self.shared.clone(),
+            spool.clone(),
         );
-        Entry {
+        let replayed = recovery.records.len() + recovery.salvaged.len();
+        if replayed > 0 {
+            metrics
+                .spool_replayed_records
+                .get_or_create(&labels)
+                .inc_by(replayed as u64);
+            tracing::info!(stream = %name, records = replayed, salvaged = recovery.salvaged.len(), "replaying undelivered records from the spool");
+            let ingest = handle.ingest.clone();
+            let admission = self.shared.admission.clone();
+            let spool = spool.clone();
+            tokio::spawn(async move {
+                let mut records = recovery.records;
+                let mut salvaged = recovery.salvaged;
+                if !salvaged.is_empty() {
+                    // Their segment was moved aside: make them durable again first.
+                    if let Err(e) = spool.append(&mut salvaged).await {
+                        tracing::error!(error = %e, records = salvaged.len(), "cannot re-spool records salvaged from a corrupt segment; delivering them from memory only");
+                    }
+                    records.extend(salvaged);
+                }
+                let bytes: u64 = records.iter().map(|r| Admission::cost(r.data.len())).sum();
+                admission.force_reserve(bytes);
+                for chunk in records.chunks(500) {
+                    if ingest.send(chunk.to_vec()).await.is_err() {
+                        break;
+                    }
+                }
+            });
+        }
+        Ok(Entry {
             saved,
             from_config,
             handle,
-        }
+            spool,
+        })
     }
 
     /// Adds a stream declared in the config file.
-    pub fn add_declared(&self, spec: StreamSpec, input: CreateDeliveryStreamInput) {
+    pub fn add_declared(
+        &self,
+        spec: StreamSpec,
+        input: CreateDeliveryStreamInput,
+    ) -> Result<(), StartError> {
         let saved = Saved::new(spec.name.clone(), input);
-        let entry = self.start(saved, spec, true);
+        let entry = self.start(saved, spec, true)?;
         self.lock().insert(entry.saved.name.clone(), entry);
+        Ok(())
     }
 
     /// Restores the streams created through the API before the last stop.
@@ -215,7 +307,7 @@ impl Registry {
             }
             match stream::validate(&s.name, &s.input) {
                 Ok(spec) => {
-                    let entry = self.start(s, spec, false);
+                    let entry = self.start(s, spec, false).map_err(|e| e.to_string())?;
                     self.lock().insert(entry.saved.name.clone(), entry);
                     restored += 1;
                 }
@@ -264,6 +356,11 @@ impl Registry {
             .clone()
             .ok_or_else(|| ApiError::InvalidArgument("DeliveryStreamName is required".into()))?;
         let spec = stream::validate(&name, &input).map_err(|e| ApiError::from_field_errors(&e))?;
+        if self.is_draining(&name) {
+            return Err(ApiError::ResourceInUse(format!(
+                "Firehose {name} is still being deleted; try again shortly"
+            )));
+        }
         let mut streams = self.lock();
         if streams.contains_key(&name) {
             return Err(ApiError::ResourceInUse(format!(
@@ -277,7 +374,10 @@ impl Registry {
             ));
         }
         let saved = Saved::new(name.clone(), input);
-        let entry = self.start(saved, spec, false);
+        let entry = self.start(saved, spec, false).map_err(|e| {
+            tracing::error!(error = %e, "cannot start a new stream");
+            ApiError::InternalFailure(e.to_string())
+        })?;
         streams.insert(name.clone(), entry);
         if let Err(e) = self.persist(&streams) {
             if let Some(entry) = streams.remove(&name) {
@@ -288,14 +388,33 @@ impl Registry {
         Ok(self.arn(&name))
     }
 
-    /// Stops a stream's intake; it flushes and drains in the background.
+    fn is_draining(&self, name: &str) -> bool {
+        let mut draining = self.draining.lock().expect("draining lock");
+        draining.retain(|d| !d.done.is_finished());
+        draining.iter().any(|d| d.name == name)
+    }
+
+    /// Stops a deleted stream's intake; it flushes and drains in the background, then its spool
+    /// is removed.
     fn retire(&self, entry: Entry) {
-        let Entry { handle, .. } = entry;
+        let Entry {
+            handle,
+            spool,
+            saved,
+            ..
+        } = entry;
         drop(handle.ingest);
-        self.draining
-            .lock()
-            .expect("draining lock")
-            .push(handle.done);
+        let done = tokio::spawn(async move {
+            let _ = handle.done.await;
+            spool.close().await;
+            if let Err(e) = std::fs::remove_dir_all(spool.dir()) {
+                tracing::warn!(dir = %spool.dir().display(), error = %e, "cannot remove a deleted stream's spool");
+            }
+        });
+        self.draining.lock().expect("draining lock").push(Draining {
+            name: saved.name,
+            done,
+        });
     }
 
     pub fn delete(&self, name: &str) -> Result<(), ApiError> {
@@ -308,11 +427,14 @@ impl Registry {
         persisted
     }
 
-    /// The intake of a stream.
-    pub fn ingest(&self, name: &str) -> Result<mpsc::Sender<Vec<Record>>, ApiError> {
+    /// Where a stream's records enter.
+    pub fn intake(&self, name: &str) -> Result<Intake, ApiError> {
         self.lock()
             .get(name)
-            .map(|e| e.handle.ingest.clone())
+            .map(|e| Intake {
+                spool: e.spool.clone(),
+                ingest: e.handle.ingest.clone(),
+            })
             .ok_or_else(|| ApiError::not_found(name, &self.account_id))
     }
 
@@ -532,6 +654,7 @@ impl Registry {
             .map(|(name, e)| StreamStatus {
                 name: name.clone(),
                 stats: e.handle.stats.clone(),
+                spool: e.spool.stats.clone(),
             })
             .collect()
     }
@@ -545,47 +668,58 @@ impl Registry {
                 .oldest_undelivered_ms()
                 .map(|t| (now - t).max(0) as f64 / 1000.0)
                 .unwrap_or(0.0);
-            self.metrics
+            let labels = Metrics::stream(&s.name);
+            self.metrics()
                 .delivery_to_s3_data_freshness
-                .get_or_create(&Metrics::stream(&s.name))
+                .get_or_create(&labels)
                 .set(age);
+            self.metrics()
+                .spool_segments
+                .get_or_create(&labels)
+                .set(s.spool.segments.load(std::sync::atomic::Ordering::Relaxed) as i64);
         }
     }
 
-    /// Stops intake everywhere, flushes every buffer and waits for deliveries up to `deadline`.
-    /// Returns the number of records still undelivered when it gave up.
+    /// Stops intake everywhere, flushes every buffer and waits for deliveries up to `deadline`,
+    /// then checkpoints every spool. Returns the number of records still undelivered (they stay
+    /// in the spool and are delivered after the next start).
     pub async fn shutdown(&self, deadline: Duration) -> u64 {
         let entries: Vec<(String, Entry)> = std::mem::take(&mut *self.lock()).into_iter().collect();
         let mut waiting = Vec::new();
-        let mut stats = Vec::new();
+        let mut open = Vec::new();
         for (name, entry) in entries {
-            stats.push((name, entry.handle.stats.clone()));
+            open.push((name, entry.handle.stats.clone(), entry.spool.clone()));
             drop(entry.handle.ingest);
             waiting.push(entry.handle.done);
         }
-        waiting.extend(self.draining.lock().expect("draining lock").drain(..));
+        waiting.extend(
+            self.draining
+                .lock()
+                .expect("draining lock")
+                .drain(..)
+                .map(|d| d.done),
+        );
         let all = async {
             for w in waiting {
                 let _ = w.await;
             }
         };
-        if tokio::time::timeout(deadline, all).await.is_ok() {
-            return 0;
-        }
-        let mut lost = 0;
-        for (name, s) in stats {
-            let n = s.in_flight_records()
-                + s.buffered_records
+        let finished = tokio::time::timeout(deadline, all).await.is_ok();
+        let mut left = 0;
+        for (name, stats, spool) in open {
+            spool.close().await;
+            if finished {
+                continue;
+            }
+            let n = stats.in_flight_records()
+                + stats
+                    .buffered_records
                     .load(std::sync::atomic::Ordering::Relaxed);
             if n > 0 {
-                self.metrics
-                    .undelivered_records
-                    .get_or_create(&Metrics::stream(&name))
-                    .inc_by(n);
-                tracing::error!(stream = %name, records = n, "shutdown deadline passed with records undelivered (the destination is unreachable)");
+                tracing::warn!(stream = %name, records = n, "shutdown deadline passed with records undelivered; they stay in the spool and go out after the next start");
             }
-            lost += n;
+            left += n;
         }
-        lost
+        left
     }
 }

@@ -5,9 +5,11 @@ use std::sync::Arc;
 
 use hosepipe_sinks::{Destination, S3Sink};
 
+use crate::admission::Admission;
 use crate::api::{self, AppState};
 use crate::config::Config;
 use crate::metrics::Metrics;
+use crate::pipeline::Shared;
 use crate::registry::Registry;
 
 /// Why the daemon could not start.
@@ -23,7 +25,7 @@ pub enum StartError {
         addr: SocketAddr,
         source: std::io::Error,
     },
-    #[error("cannot restore saved streams: {0}")]
+    #[error("cannot start the streams: {0}")]
     Restore(String),
 }
 
@@ -47,15 +49,36 @@ impl Server {
         tracing::info!(store = %config.store.describe(), "objects go to {}", config.store.describe());
         let sink: Arc<dyn Destination> = Arc::new(S3Sink::new(config.store.clone()));
         let metrics = Arc::new(Metrics::new());
+        let admission = Arc::new(Admission::new(
+            config.spool.max_bytes,
+            config.spool.max_buffered_bytes,
+            &config.quotas,
+            metrics.clone(),
+        ));
+        tracing::info!(
+            sync = ?config.spool.settings.sync,
+            dir = %config.spool.settings.root.display(),
+            max_mb = config.spool.max_bytes / (1024 * 1024),
+            max_buffered_mb = config.spool.max_buffered_bytes / (1024 * 1024),
+            "spool"
+        );
+        let shared = Shared {
+            sink,
+            metrics: metrics.clone(),
+            admission: admission.clone(),
+            retention: config.spool.retention,
+        };
         let registry = Arc::new(Registry::new(
             &config.data_dir,
-            sink,
-            metrics.clone(),
+            shared,
+            config.spool.settings.clone(),
             config.region.clone(),
             config.account_id.clone(),
         ));
         for declared in &config.streams {
-            registry.add_declared(declared.spec.clone(), declared.input.clone());
+            registry
+                .add_declared(declared.spec.clone(), declared.input.clone())
+                .map_err(|e| StartError::Restore(e.to_string()))?;
         }
         let restored = registry.restore().map_err(StartError::Restore)?;
         tracing::info!(
@@ -81,6 +104,7 @@ impl Server {
         let state = Arc::new(AppState::new(
             registry.clone(),
             metrics.clone(),
+            admission,
             config.access_keys.clone(),
         ));
         Ok(Server {
@@ -107,10 +131,10 @@ impl Server {
             tracing::error!(error = %e, "the listener failed");
         }
         tracing::info!("intake stopped; flushing buffers");
-        let lost = self.registry.shutdown(self.config.shutdown_timeout).await;
-        if lost == 0 {
+        let left = self.registry.shutdown(self.config.shutdown_timeout).await;
+        if left == 0 {
             tracing::info!("every accepted record is delivered; bye");
         }
-        lost
+        left
     }
 }

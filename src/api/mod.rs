@@ -19,6 +19,7 @@ use bytes::BytesMut;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
+use crate::admission::Admission;
 use crate::buffer::Record;
 use crate::config::AccessKey;
 use crate::config::stream::{
@@ -42,6 +43,7 @@ pub const TARGET_PREFIX: &str = "Firehose_20150804.";
 pub struct AppState {
     pub registry: Arc<Registry>,
     pub metrics: Arc<Metrics>,
+    pub admission: Arc<Admission>,
     pub access_keys: Vec<AccessKey>,
     record_seq: AtomicU64,
     record_nonce: u64,
@@ -51,11 +53,13 @@ impl AppState {
     pub fn new(
         registry: Arc<Registry>,
         metrics: Arc<Metrics>,
+        admission: Arc<Admission>,
         access_keys: Vec<AccessKey>,
     ) -> Self {
         AppState {
             registry,
             metrics,
+            admission,
             access_keys,
             record_seq: AtomicU64::new(0),
             record_nonce: uuid::Uuid::new_v4().as_u64_pair().0,
@@ -81,6 +85,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/", post(api))
         .route("/metrics", get(metrics))
         .route("/health", get(|| async { "ok\n" }))
+        .route("/status", get(status))
         .layer(DefaultBodyLimit::disable())
         .with_state(state)
 }
@@ -91,6 +96,43 @@ async fn metrics(State(state): State<Arc<AppState>>) -> Response {
     resp.headers_mut().insert(
         header::CONTENT_TYPE,
         HeaderValue::from_static("application/openmetrics-text; version=1.0.0; charset=utf-8"),
+    );
+    resp
+}
+
+/// Per-stream state for `hosepipe status`.
+async fn status(State(state): State<Arc<AppState>>) -> Response {
+    use std::sync::atomic::Ordering::Relaxed;
+    let now = now_ms();
+    let streams: Vec<Value> = state
+        .registry
+        .statuses()
+        .into_iter()
+        .map(|s| {
+            json!({
+                "name": s.name,
+                "state": "ACTIVE",
+                "buffered_bytes": s.stats.buffered_bytes.load(Relaxed),
+                "buffered_records": s.stats.buffered_records.load(Relaxed),
+                "in_flight_records": s.stats.in_flight_records(),
+                "oldest_undelivered_age_seconds": s.stats.oldest_undelivered_ms()
+                    .map(|t| (now - t).max(0) as f64 / 1000.0),
+                "delivered_records": s.stats.delivered_records.load(Relaxed),
+                "failed_attempts": s.stats.failed_attempts.load(Relaxed),
+                "spool_bytes": s.spool.bytes.load(Relaxed),
+                "spool_segments": s.spool.segments.load(Relaxed),
+            })
+        })
+        .collect();
+    let body = json!({
+        "streams": streams,
+        "spool_bytes": state.admission.spool_bytes(),
+        "buffered_bytes": state.admission.buffered_bytes(),
+    });
+    let mut resp = (StatusCode::OK, body.to_string()).into_response();
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
     );
     resp
 }
@@ -337,20 +379,55 @@ fn decode_records(records: &[RecordIn<'_>], arrival_ms: i64) -> Result<Vec<Recor
         .collect())
 }
 
-/// Hands accepted records to their stream.
-async fn accept(state: &AppState, name: &str, records: Vec<Record>) -> Result<(), ApiError> {
-    let ingest = state.registry.ingest(name)?;
-    let count = records.len() as u64;
+/// What became of a put's records: the first `accepted` got a RecordId, the rest are refused
+/// with "Slow down.".
+struct Accepted {
+    accepted: usize,
+    total: usize,
+}
+
+const SLOW_DOWN: &str = "Slow down.";
+
+/// Takes what admission allows, makes it durable in the stream's spool, and hands it to the
+/// stream. Only records that reached the spool are acknowledged.
+async fn accept(
+    state: &AppState,
+    name: &str,
+    mut records: Vec<Record>,
+) -> Result<Accepted, ApiError> {
+    let intake = state.registry.intake(name)?;
+    let total = records.len();
+    let sizes: Vec<usize> = records.iter().map(|r| r.data.len()).collect();
+    let (admitted, _) = state.admission.admit(name, &sizes);
+    records.truncate(admitted);
+    let reserved: u64 = records.iter().map(|r| Admission::cost(r.data.len())).sum();
+    if records.is_empty() {
+        return Ok(Accepted { accepted: 0, total });
+    }
+    if let Err(e) = intake.spool.append(&mut records).await {
+        state.admission.release(reserved);
+        state
+            .metrics
+            .throttled_records
+            .get_or_create(&Metrics::stream(name))
+            .inc_by(records.len() as u64);
+        tracing::warn!(stream = name, error = %e, records = records.len(), "spool append failed; records refused with Slow down.");
+        return Ok(Accepted { accepted: 0, total });
+    }
+    let count = records.len();
     let bytes: u64 = records.iter().map(|r| r.data.len() as u64).sum();
-    ingest.send(records).await.map_err(|_| {
-        ApiError::ServiceUnavailable(format!("Firehose {name} is shutting down. Slow down."))
-    })?;
+    if intake.ingest.send(records).await.is_err() {
+        // The stream is stopping. The records are in its spool; refuse them anyway so the
+        // producer keeps them (a duplicate is possible if the stream comes back).
+        state.admission.release(reserved);
+        return Ok(Accepted { accepted: 0, total });
+    }
     let labels = Metrics::stream(name);
     state
         .metrics
         .incoming_records
         .get_or_create(&labels)
-        .inc_by(count);
+        .inc_by(count as u64);
     state
         .metrics
         .incoming_bytes
@@ -361,7 +438,10 @@ async fn accept(state: &AppState, name: &str, records: Vec<Record>) -> Result<()
         .incoming_put_requests
         .get_or_create(&labels)
         .inc();
-    Ok(())
+    Ok(Accepted {
+        accepted: count,
+        total,
+    })
 }
 
 async fn dispatch(state: &AppState, operation: &str, body: &[u8]) -> Result<Value, ApiError> {
@@ -380,13 +460,20 @@ async fn dispatch(state: &AppState, operation: &str, body: &[u8]) -> Result<Valu
                 )));
             }
             let decoded = decode_records(&records, now_ms())?;
-            let n = decoded.len();
-            accept(state, &name, decoded).await?;
-            let responses: Vec<Value> = state
-                .record_ids(n)
+            let Accepted { accepted, total } = accept(state, &name, decoded).await?;
+            let mut responses: Vec<Value> = state
+                .record_ids(accepted)
                 .map(|id| json!({ "RecordId": id }))
                 .collect();
-            Ok(json!({ "FailedPutCount": 0, "Encrypted": false, "RequestResponses": responses }))
+            responses.resize(
+                total,
+                json!({ "ErrorCode": "ServiceUnavailableException", "ErrorMessage": SLOW_DOWN }),
+            );
+            Ok(json!({
+                "FailedPutCount": total - accepted,
+                "Encrypted": false,
+                "RequestResponses": responses,
+            }))
         }
         "PutRecord" => {
             let input: PutRecordIn = parse(body)?;
@@ -395,7 +482,9 @@ async fn dispatch(state: &AppState, operation: &str, body: &[u8]) -> Result<Valu
                 .record
                 .ok_or_else(|| ApiError::InvalidArgument("Record is required".into()))?;
             let decoded = decode_records(std::slice::from_ref(&record), now_ms())?;
-            accept(state, &name, decoded).await?;
+            if accept(state, &name, decoded).await?.accepted == 0 {
+                return Err(ApiError::ServiceUnavailable(SLOW_DOWN.into()));
+            }
             let id = state.record_ids(1).next().expect("one id");
             Ok(json!({ "RecordId": id, "Encrypted": false }))
         }

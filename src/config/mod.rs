@@ -30,8 +30,51 @@ pub struct RawConfig {
     pub object_store: Option<String>,
     pub auth: Option<RawAuth>,
     pub s3: Option<RawS3>,
+    pub spool: Option<RawSpool>,
+    /// Per-stream Direct PUT quotas, keyed by stream name.
+    #[serde(default)]
+    pub quotas: BTreeMap<String, RawQuota>,
     #[serde(default)]
     pub streams: BTreeMap<String, toml::Value>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawSpool {
+    /// `fsync` (default): acknowledge after fdatasync; `os`: after write (page cache).
+    pub sync: Option<String>,
+    pub segment_mb: Option<u64>,
+    /// Cap on spool bytes on disk, all streams together.
+    pub max_mb: Option<u64>,
+    /// Cap on accepted-but-undelivered record bytes held in memory, all streams together.
+    pub max_buffered_mb: Option<u64>,
+    /// Records undelivered for longer are counted as expired (default 24, like Firehose).
+    pub retention_hours: Option<u64>,
+}
+
+#[derive(Debug, Default, Deserialize, Clone)]
+#[serde(deny_unknown_fields)]
+pub struct RawQuota {
+    pub records_per_second: Option<u32>,
+    pub bytes_per_second: Option<u32>,
+    pub requests_per_second: Option<u32>,
+}
+
+/// A stream's Direct PUT quota (Firehose's per-stream throughput limits).
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Quota {
+    pub records_per_second: Option<std::num::NonZeroU32>,
+    pub bytes_per_second: Option<std::num::NonZeroU32>,
+    pub requests_per_second: Option<std::num::NonZeroU32>,
+}
+
+/// Spool and memory limits.
+#[derive(Debug, Clone)]
+pub struct SpoolConfig {
+    pub settings: crate::spool::SpoolSettings,
+    pub max_bytes: u64,
+    pub max_buffered_bytes: u64,
+    pub retention: Duration,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -84,6 +127,8 @@ pub struct Config {
     /// Empty: authentication off.
     pub access_keys: Vec<AccessKey>,
     pub store: ObjectStoreSettings,
+    pub spool: SpoolConfig,
+    pub quotas: BTreeMap<String, Quota>,
     pub streams: Vec<DeclaredStream>,
 }
 
@@ -301,6 +346,73 @@ impl Config {
                 }
             }
         }
+        let sp = raw.spool.unwrap_or_default();
+        let sync_text = sp.sync.unwrap_or_else(|| "fsync".into());
+        let sync = crate::spool::SyncMode::from_config(&sync_text).unwrap_or_else(|| {
+            errors.push(format!("spool.sync: {sync_text:?} is not one of fsync, os"));
+            crate::spool::SyncMode::Fsync
+        });
+        let mb = |v: u64| v * 1024 * 1024;
+        let segment_mb = sp.segment_mb.unwrap_or(64);
+        if !(1..=1024).contains(&segment_mb) {
+            errors.push(format!(
+                "spool.segment_mb: {segment_mb} is outside 1..=1024"
+            ));
+        }
+        let max_mb = sp.max_mb.unwrap_or(8192);
+        let max_buffered_mb = sp.max_buffered_mb.unwrap_or(1024);
+        if max_mb < 1 {
+            errors.push(format!("spool.max_mb: {max_mb} is outside 1.."));
+        }
+        if max_buffered_mb < 1 {
+            errors.push(format!(
+                "spool.max_buffered_mb: {max_buffered_mb} is outside 1.."
+            ));
+        }
+        let retention_hours = sp.retention_hours.unwrap_or(24);
+        if !(1..=24 * 365).contains(&retention_hours) {
+            errors.push(format!(
+                "spool.retention_hours: {retention_hours} is outside 1..=8760"
+            ));
+        }
+        let spool = SpoolConfig {
+            settings: crate::spool::SpoolSettings {
+                root: data_dir.join("spool"),
+                sync,
+                segment_bytes: mb(segment_mb),
+            },
+            max_bytes: mb(max_mb),
+            max_buffered_bytes: mb(max_buffered_mb),
+            retention: Duration::from_secs(retention_hours * 3600),
+        };
+        let nz = |v: Option<u32>, path: String, errors: &mut Vec<String>| match v {
+            None => None,
+            Some(n) => std::num::NonZeroU32::new(n).or_else(|| {
+                errors.push(format!("{path}: 0 is outside 1.."));
+                None
+            }),
+        };
+        let mut quotas = BTreeMap::new();
+        for (name, q) in raw.quotas {
+            let quota = Quota {
+                records_per_second: nz(
+                    q.records_per_second,
+                    format!("quotas.{name}.records_per_second"),
+                    &mut errors,
+                ),
+                bytes_per_second: nz(
+                    q.bytes_per_second,
+                    format!("quotas.{name}.bytes_per_second"),
+                    &mut errors,
+                ),
+                requests_per_second: nz(
+                    q.requests_per_second,
+                    format!("quotas.{name}.requests_per_second"),
+                    &mut errors,
+                ),
+            };
+            quotas.insert(name, quota);
+        }
         let timeout = raw.shutdown_timeout_seconds.unwrap_or(30);
         if errors.is_empty() {
             Ok(Config {
@@ -311,6 +423,8 @@ impl Config {
                 shutdown_timeout: Duration::from_secs(timeout),
                 access_keys,
                 store,
+                spool,
+                quotas,
                 streams,
             })
         } else {

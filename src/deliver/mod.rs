@@ -28,6 +28,8 @@ pub struct EncodedObject {
     pub raw_bytes: u64,
     /// Arrival time of each record, epoch ms (for latency metrics).
     pub arrivals_ms: Vec<i64>,
+    /// Spool position of each record (released from the spool once delivered).
+    pub seqs: Vec<u64>,
 }
 
 /// The instant, in the stream's time zone, an epoch-ms timestamp names.
@@ -91,6 +93,7 @@ pub fn encode_s3(
         content_type: spec.compression.content_type(),
         raw_bytes: batch.bytes,
         arrivals_ms: batch.records.iter().map(|r| r.arrival_ms).collect(),
+        seqs: batch.records.iter().map(|r| r.seq).collect(),
     })
 }
 

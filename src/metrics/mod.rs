@@ -39,6 +39,11 @@ pub struct ApiLabels {
 
 type HistogramFamily<L> = Family<L, Histogram, fn() -> Histogram>;
 
+fn fsync_histogram() -> Histogram {
+    // 50 µs … ~3 s.
+    Histogram::new(exponential_buckets(0.00005, 2.0, 16))
+}
+
 fn latency_histogram() -> Histogram {
     // 5 ms … ~45 min: covers zero buffering up to the 900 s interval plus retries.
     Histogram::new(exponential_buckets(0.005, 2.0, 20))
@@ -60,6 +65,15 @@ pub struct Metrics {
     pub delivery_to_s3_data_freshness: Family<StreamLabels, Gauge<f64, AtomicU64>>,
     pub delivery_to_s3_latency: HistogramFamily<StreamLabels>,
     pub undelivered_records: Family<StreamLabels, Counter>,
+    pub spool_bytes: Family<StreamLabels, Gauge>,
+    pub spool_segments: Family<StreamLabels, Gauge>,
+    pub spool_fsync: HistogramFamily<StreamLabels>,
+    pub spool_replayed_records: Family<StreamLabels, Counter>,
+    pub spool_expired_records: Family<StreamLabels, Counter>,
+    pub spool_corrupt_segments: Family<StreamLabels, Counter>,
+    pub spool_truncated_bytes: Family<StreamLabels, Counter>,
+    /// Every fsync's latency, kept only when a benchmark asks for them.
+    fsync_log: Mutex<Option<Vec<f64>>>,
     /// Per-record arrival → delivered latencies, kept only when a benchmark asks for them.
     latency_log: Mutex<Option<Vec<f64>>>,
 }
@@ -87,6 +101,14 @@ impl Metrics {
             delivery_to_s3_data_freshness: Family::default(),
             delivery_to_s3_latency: Family::new_with_constructor(latency_histogram),
             undelivered_records: Family::default(),
+            spool_bytes: Family::default(),
+            spool_segments: Family::default(),
+            spool_fsync: Family::new_with_constructor(fsync_histogram),
+            spool_replayed_records: Family::default(),
+            spool_expired_records: Family::default(),
+            spool_corrupt_segments: Family::default(),
+            spool_truncated_bytes: Family::default(),
+            fsync_log: Mutex::new(None),
             latency_log: Mutex::new(None),
             registry: Registry::default(),
         };
@@ -159,7 +181,65 @@ impl Metrics {
             "Accepted records that could not be delivered before shutdown gave up",
             m.undelivered_records.clone(),
         );
+        registry.register_with_unit(
+            "spool",
+            "Bytes in the stream's spool segments on disk",
+            prometheus_client::registry::Unit::Bytes,
+            m.spool_bytes.clone(),
+        );
+        registry.register(
+            "spool_segments",
+            "Spool segment files of the stream",
+            m.spool_segments.clone(),
+        );
+        registry.register_with_unit(
+            "spool_fsync",
+            "Latency of one group-commit fsync of the spool",
+            prometheus_client::registry::Unit::Seconds,
+            m.spool_fsync.clone(),
+        );
+        registry.register(
+            "spool_replayed_records",
+            "Undelivered records replayed from the spool at start",
+            m.spool_replayed_records.clone(),
+        );
+        registry.register(
+            "spool_expired_records",
+            "Records still undelivered after the retention age (they keep being retried)",
+            m.spool_expired_records.clone(),
+        );
+        registry.register(
+            "spool_corrupt_segments",
+            "Corrupt spool segments found at start and moved aside",
+            m.spool_corrupt_segments.clone(),
+        );
+        registry.register_with_unit(
+            "spool_truncated",
+            "Bytes of torn writes cut off the end of the spool at start",
+            prometheus_client::registry::Unit::Bytes,
+            m.spool_truncated_bytes.clone(),
+        );
         Metrics { registry, ..m }
+    }
+
+    /// Starts keeping every fsync latency (benchmarks only).
+    pub fn keep_fsyncs(&self) {
+        *self.fsync_log.lock().expect("fsync log lock") = Some(Vec::new());
+    }
+
+    pub fn record_fsync(&self, seconds: f64) {
+        if let Some(log) = self.fsync_log.lock().expect("fsync log lock").as_mut() {
+            log.push(seconds);
+        }
+    }
+
+    pub fn take_fsyncs(&self) -> Vec<f64> {
+        self.fsync_log
+            .lock()
+            .expect("fsync log lock")
+            .as_mut()
+            .map(std::mem::take)
+            .unwrap_or_default()
     }
 
     pub fn stream(stream: &str) -> StreamLabels {

@@ -120,6 +120,9 @@ struct Segment {
     live: u64,
 }
 
+/// Records waiting for the next group commit, and whom to tell their first seq.
+type PendingAppend = (Vec<Record>, oneshot::Sender<Result<u64, SpoolError>>);
+
 enum Cmd {
     Append {
         records: Vec<Record>,
@@ -373,8 +376,7 @@ impl Writer {
                 Err(mpsc::RecvTimeoutError::Timeout) => None,
                 Err(mpsc::RecvTimeoutError::Disconnected) => break,
             };
-            let mut appends: Vec<(Vec<Record>, oneshot::Sender<Result<u64, SpoolError>>)> =
-                Vec::new();
+            let mut appends: Vec<PendingAppend> = Vec::new();
             let mut pending_bytes = 0usize;
             let mut close = None;
             let mut next = first;
@@ -460,10 +462,7 @@ impl Writer {
         self.observer.bytes_changed(delta);
     }
 
-    fn append_group(
-        &mut self,
-        appends: Vec<(Vec<Record>, oneshot::Sender<Result<u64, SpoolError>>)>,
-    ) {
+    fn append_group(&mut self, appends: Vec<PendingAppend>) {
         let needs_new = match &self.active {
             None => true,
             Some((base, _)) => self

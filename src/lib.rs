@@ -15,3 +15,4 @@ pub mod pipeline;
 pub mod registry;
 pub mod server;
 pub mod spool;
+pub mod status;

@@ -37,6 +37,12 @@ enum Command {
         #[arg(long)]
         config: PathBuf,
     },
+    /// Print a table of the running daemon's streams.
+    Status {
+        /// The daemon's address.
+        #[arg(long, default_value = "http://127.0.0.1:4573")]
+        endpoint: String,
+    },
     /// Measure accepted-and-delivered throughput against bare gzip of the same bytes.
     Bench(hosepipe::bench::BenchArgs),
 }
@@ -81,6 +87,17 @@ async fn shutdown_signal() {
     }
 }
 
+/// Runs `f` on a multi-threaded runtime.
+fn block_on(f: impl std::future::Future<Output = ExitCode>) -> ExitCode {
+    match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt.block_on(f),
+        Err(e) => {
+            eprintln!("cannot start the runtime: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
@@ -115,14 +132,7 @@ fn main() -> ExitCode {
                     return ExitCode::from(2);
                 }
             };
-            let runtime = match tokio::runtime::Runtime::new() {
-                Ok(rt) => rt,
-                Err(e) => {
-                    eprintln!("cannot start the runtime: {e}");
-                    return ExitCode::FAILURE;
-                }
-            };
-            runtime.block_on(async {
+            block_on(async {
                 let server = match Server::start(cfg).await {
                     Ok(s) => s,
                     Err(e) => {
@@ -138,22 +148,29 @@ fn main() -> ExitCode {
                 }
             })
         }
-        Command::Bench(args) => {
-            init_tracing();
-            let runtime = match tokio::runtime::Runtime::new() {
-                Ok(rt) => rt,
-                Err(e) => {
-                    eprintln!("cannot start the runtime: {e}");
-                    return ExitCode::FAILURE;
+        Command::Status { endpoint } => block_on(async {
+            match hosepipe::status::run(&endpoint).await {
+                Ok(table) => {
+                    print!("{table}");
+                    ExitCode::SUCCESS
                 }
-            };
-            match runtime.block_on(hosepipe::bench::run(args)) {
-                Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
-                    eprintln!("bench failed: {e:#}");
+                    eprintln!("status: {e:#}");
                     ExitCode::FAILURE
                 }
             }
+        }),
+        Command::Bench(args) => {
+            init_tracing();
+            block_on(async {
+                match hosepipe::bench::run(args).await {
+                    Ok(()) => ExitCode::SUCCESS,
+                    Err(e) => {
+                        eprintln!("bench failed: {e:#}");
+                        ExitCode::FAILURE
+                    }
+                }
+            })
         }
     }
 }

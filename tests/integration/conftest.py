@@ -38,6 +38,12 @@ def port_free(port):
             return False
 
 
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 def free_port_pair():
     """A port whose +10000 neighbour (SeaweedFS's gRPC port) is free too."""
     for _ in range(200):
@@ -143,10 +149,11 @@ def bucket(s3):
 
 
 class Daemon:
-    def __init__(self, s3, config_text="", data_dir=None, auth=True, extra_env=None):
+    def __init__(self, s3, config_text="", data_dir=None, auth=True, extra_env=None, listen=None):
         self.data_dir = Path(data_dir or tempfile.mkdtemp(prefix="hosepipe-data-"))
         self.config = self.data_dir.parent / f"{self.data_dir.name}.toml"
-        text = 'listen = "127.0.0.1:0"\nshutdown_timeout_seconds = 60\n'
+        listen = listen or "127.0.0.1:0"
+        text = f'listen = "{listen}"\nshutdown_timeout_seconds = 60\n'
         if auth:
             text += f'[[auth.keys]]\naccess_key_id = "{FH_AK}"\nsecret_access_key = "{FH_SK}"\n'
         text += config_text
@@ -185,6 +192,15 @@ class Daemon:
 
     def log(self):
         return "".join(self.log_lines)
+
+    def crash(self):
+        """kill -9: no flush, no checkpoint, no goodbye."""
+        self.proc.kill()
+        self.proc.wait()
+
+    def rss_peak_kib(self):
+        status = Path(f"/proc/{self.proc.pid}/status").read_text()
+        return int(re.search(r"VmHWM:\s+(\d+) kB", status).group(1))
 
     def stop(self, sig=signal.SIGTERM, timeout=90):
         if self.proc and self.proc.poll() is None:

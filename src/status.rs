@@ -1,0 +1,124 @@
+//! `hosepipe status`: a table of the running daemon's streams, from its `/status` endpoint.
+
+use anyhow::Context;
+use serde::Deserialize;
+
+#[derive(Debug, Deserialize)]
+pub struct StreamRow {
+    pub name: String,
+    pub state: String,
+    pub buffered_bytes: u64,
+    pub buffered_records: u64,
+    pub in_flight_records: u64,
+    pub oldest_undelivered_age_seconds: Option<f64>,
+    pub delivered_records: u64,
+    pub failed_attempts: u64,
+    pub spool_bytes: u64,
+    pub spool_segments: u64,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct Status {
+    pub streams: Vec<StreamRow>,
+    pub spool_bytes: u64,
+    pub buffered_bytes: u64,
+}
+
+fn human(bytes: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = bytes as f64;
+    let mut u = 0;
+    while v >= 1024.0 && u < UNITS.len() - 1 {
+        v /= 1024.0;
+        u += 1;
+    }
+    if u == 0 {
+        format!("{bytes} B")
+    } else {
+        format!("{v:.1} {}", UNITS[u])
+    }
+}
+
+/// Renders the table.
+pub fn render(status: &Status) -> String {
+    let header = [
+        "STREAM",
+        "STATE",
+        "BUFFERED",
+        "RECORDS",
+        "IN FLIGHT",
+        "OLDEST AGE",
+        "DELIVERED",
+        "FAILED TRIES",
+        "SPOOL",
+    ];
+    let mut rows: Vec<Vec<String>> = vec![header.iter().map(|s| s.to_string()).collect()];
+    for s in &status.streams {
+        rows.push(vec![
+            s.name.clone(),
+            s.state.clone(),
+            human(s.buffered_bytes),
+            s.buffered_records.to_string(),
+            s.in_flight_records.to_string(),
+            s.oldest_undelivered_age_seconds
+                .map(|a| format!("{a:.1}s"))
+                .unwrap_or_else(|| "-".into()),
+            s.delivered_records.to_string(),
+            s.failed_attempts.to_string(),
+            format!("{} ({} seg)", human(s.spool_bytes), s.spool_segments),
+        ]);
+    }
+    let widths: Vec<usize> = (0..header.len())
+        .map(|i| rows.iter().map(|r| r[i].len()).max().unwrap_or(0))
+        .collect();
+    let mut out = String::new();
+    for r in rows {
+        let line: Vec<String> = r
+            .iter()
+            .zip(&widths)
+            .map(|(c, w)| format!("{c:<w$}"))
+            .collect();
+        out.push_str(line.join("  ").trim_end());
+        out.push('\n');
+    }
+    out.push_str(&format!(
+        "spool {} on disk, {} accepted and not yet delivered in memory\n",
+        human(status.spool_bytes),
+        human(status.buffered_bytes)
+    ));
+    out
+}
+
+pub async fn run(endpoint: &str) -> anyhow::Result<String> {
+    let url = format!("{}/status", endpoint.trim_end_matches('/'));
+    let status: Status = reqwest::get(&url)
+        .await
+        .with_context(|| format!("cannot reach {url}"))?
+        .error_for_status()?
+        .json()
+        .await
+        .context("the daemon's answer is not a status")?;
+    Ok(render(&status))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_one_row_per_stream() {
+        let status: Status = serde_json::from_value(serde_json::json!({
+            "streams": [{"name": "clicks", "state": "ACTIVE", "buffered_bytes": 2048,
+                "buffered_records": 2, "in_flight_records": 0,
+                "oldest_undelivered_age_seconds": 1.25, "delivered_records": 10,
+                "failed_attempts": 0, "spool_bytes": 4096, "spool_segments": 1}],
+            "spool_bytes": 4096, "buffered_bytes": 2048
+        }))
+        .unwrap();
+        let table = render(&status);
+        let lines: Vec<&str> = table.lines().collect();
+        assert!(lines[0].starts_with("STREAM"));
+        assert!(lines[1].starts_with("clicks  ACTIVE  2.0 KiB"), "{table}");
+        assert!(lines[1].contains("1.2s") || lines[1].contains("1.3s"));
+    }
+}

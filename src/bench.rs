@@ -39,6 +39,20 @@ pub struct BenchArgs {
     /// The stream's BufferingHints.IntervalInSeconds.
     #[arg(long, default_value_t = 1)]
     pub interval: u64,
+    /// Spool sync mode for the run: fsync, os, or both (one run each, compared).
+    #[arg(long, default_value = "both")]
+    pub sync: String,
+}
+
+/// What one run measured.
+struct RunResult {
+    sync: String,
+    sent: u64,
+    refused: u64,
+    push_secs: f64,
+    total_secs: f64,
+    latencies: Vec<f64>,
+    fsyncs: Vec<f64>,
 }
 
 /// One JSON record of about `size` bytes, like a clickstream event.
@@ -112,12 +126,100 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
 }
 
 pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
-    let dir = tempfile::tempdir().context("temp dir")?;
+    let modes: Vec<&str> = match args.sync.as_str() {
+        "both" => vec!["os", "fsync"],
+        "fsync" => vec!["fsync"],
+        "os" => vec!["os"],
+        other => bail!("--sync {other:?} is not one of fsync, os, both"),
+    };
+    let (bodies, raw) = make_bodies(&args, 32);
+    let bodies = Arc::new(bodies);
+    let baseline =
+        tokio::task::spawn_blocking(move || gzip_baseline(&raw, Duration::from_secs(3))).await?;
+    println!(
+        "hosepipe bench: {} connections x {}-record batches of {}-byte JSON records, {} s push, {} to local disk (gzip level {GZIP_LEVEL}), buffer {} MiB / {} s",
+        args.connections,
+        args.batch,
+        args.record_bytes,
+        args.seconds,
+        args.compression,
+        args.size_mb,
+        args.interval
+    );
+    println!("  bare gzip, same bytes  {baseline:.1} MiB/s (one core, level {GZIP_LEVEL})");
+    let mut results = Vec::new();
+    for mode in modes {
+        let r = run_once(&args, mode, bodies.clone()).await?;
+        report(&args, &r, baseline);
+        results.push(r);
+    }
+    if let [os, fsync] = &results[..] {
+        let rate = |r: &RunResult| r.sent as f64 / r.push_secs;
+        println!(
+            "fsync vs os: accepted {:.2}x, accepted+delivered {:.2}x",
+            rate(fsync) / rate(os),
+            (fsync.sent as f64 / fsync.total_secs) / (os.sent as f64 / os.total_secs)
+        );
+    }
+    Ok(())
+}
+
+fn report(args: &BenchArgs, r: &RunResult, baseline: f64) {
+    let mib = |n: u64| n as f64 * args.record_bytes as f64 / (1024.0 * 1024.0);
+    let mut lat = r.latencies.clone();
+    lat.sort_by(|a, b| a.partial_cmp(b).unwrap_or(std::cmp::Ordering::Equal));
+    let mut fs = r.fsyncs.clone();
+    fs.sort_by(|a, b| a.partial_cmp(b).unwrap_or(std::cmp::Ordering::Equal));
+    println!("[spool sync = {}]", r.sync);
+    println!(
+        "  accepted records       {} ({} refused with Slow down.)",
+        r.sent, r.refused
+    );
+    println!(
+        "  accepted during push   {:.0} records/s, {:.1} MiB/s",
+        r.sent as f64 / r.push_secs,
+        mib(r.sent) / r.push_secs
+    );
+    println!(
+        "  accepted+delivered     {:.0} records/s, {:.1} MiB/s (all in objects after {:.2} s)",
+        r.sent as f64 / r.total_secs,
+        mib(r.sent) / r.total_secs,
+        r.total_secs
+    );
+    println!(
+        "  freshness (arrival -> object written)  p50 {:.3} s, p99 {:.3} s",
+        percentile(&lat, 0.50),
+        percentile(&lat, 0.99)
+    );
+    if !fs.is_empty() {
+        println!(
+            "  fsync latency          p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms over {} group commits ({:.0} records each)",
+            percentile(&fs, 0.50) * 1e3,
+            percentile(&fs, 0.99) * 1e3,
+            fs.last().copied().unwrap_or(0.0) * 1e3,
+            fs.len(),
+            r.sent as f64 / fs.len() as f64
+        );
+    }
+    println!(
+        "  ratio                  {:.2}x bare gzip",
+        (mib(r.sent) / r.total_secs) / baseline
+    );
+}
+
+async fn run_once(
+    args: &BenchArgs,
+    sync: &str,
+    bodies: Arc<Vec<Bytes>>,
+) -> anyhow::Result<RunResult> {
+    let dir = tempfile::tempdir_in(".").context("temp dir")?;
     let toml_text = format!(
         r#"
 listen = "127.0.0.1:0"
 object_store = "local"
 shutdown_timeout_seconds = 120
+[spool]
+sync = "{sync}"
 [streams.bench.extended_s3_destination_configuration]
 bucket_arn = "arn:aws:s3:::bench"
 compression_format = "{}"
@@ -133,18 +235,12 @@ buffering_hints = {{ size_in_mbs = {}, interval_in_seconds = {} }}
     let config = Config::from_raw(raw_cfg, &overrides, &|_| None)
         .map_err(|e| anyhow::anyhow!(e.join("\n")))?;
 
-    let (bodies, raw) = make_bodies(&args, 32);
-    let baseline = tokio::task::spawn_blocking({
-        let raw = raw.clone();
-        move || gzip_baseline(&raw, Duration::from_secs(3))
-    })
-    .await?;
-
     let server = Server::start(config).await?;
     let addr = server.addr;
     let registry = server.registry.clone();
     let metrics = server.metrics.clone();
     metrics.keep_latencies();
+    metrics.keep_fsyncs();
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let serving = tokio::spawn(server.run(async {
         let _ = stop_rx.await;
@@ -155,14 +251,14 @@ buffering_hints = {{ size_in_mbs = {}, interval_in_seconds = {} }}
         .build()?;
     let url = format!("http://{addr}/");
     let accepted = Arc::new(AtomicU64::new(0));
+    let refused = Arc::new(AtomicU64::new(0));
     let failed = Arc::new(AtomicU64::new(0));
-    let bodies = Arc::new(bodies);
     let start = Instant::now();
     let until = start + Duration::from_secs(args.seconds);
     let mut tasks = Vec::new();
     for c in 0..args.connections {
         let (client, url, bodies) = (client.clone(), url.clone(), bodies.clone());
-        let (accepted, failed) = (accepted.clone(), failed.clone());
+        let (accepted, refused, failed) = (accepted.clone(), refused.clone(), failed.clone());
         let batch = args.batch as u64;
         tasks.push(tokio::spawn(async move {
             let mut i = c;
@@ -178,8 +274,13 @@ buffering_hints = {{ size_in_mbs = {}, interval_in_seconds = {} }}
                     .await;
                 match resp {
                     Ok(r) if r.status().is_success() => {
-                        let _ = r.bytes().await;
-                        accepted.fetch_add(batch, Ordering::Relaxed);
+                        let body = r.bytes().await.unwrap_or_default();
+                        let failed_put = serde_json::from_slice::<serde_json::Value>(&body)
+                            .ok()
+                            .and_then(|v| v["FailedPutCount"].as_u64())
+                            .unwrap_or(batch);
+                        accepted.fetch_add(batch - failed_put, Ordering::Relaxed);
+                        refused.fetch_add(failed_put, Ordering::Relaxed);
                     }
                     _ => {
                         failed.fetch_add(1, Ordering::Relaxed);
@@ -215,38 +316,16 @@ buffering_hints = {{ size_in_mbs = {}, interval_in_seconds = {} }}
     if lost > 0 {
         bail!("{lost} records undelivered at shutdown");
     }
-    let mut lat = metrics.take_latencies();
-    lat.sort_by(|a, b| a.partial_cmp(b).unwrap_or(std::cmp::Ordering::Equal));
-    let record_mib = (sent as f64 * args.record_bytes as f64) / (1024.0 * 1024.0);
-    let mib_s = record_mib / total_secs;
-    println!(
-        "hosepipe bench: {} connections x {}-record batches of {}-byte JSON records, {} s push, {} to local disk (gzip level {GZIP_LEVEL}), buffer {} MiB / {} s",
-        args.connections,
-        args.batch,
-        args.record_bytes,
-        args.seconds,
-        args.compression,
-        args.size_mb,
-        args.interval
-    );
-    println!(
-        "  accepted records       {sent} ({} failed requests)",
-        failed.load(Ordering::Relaxed)
-    );
-    println!("  push time              {push_secs:.2} s; all delivered after {total_secs:.2} s");
-    println!(
-        "  accepted+delivered     {:.0} records/s, {mib_s:.1} MiB/s",
-        sent as f64 / total_secs
-    );
-    println!(
-        "  freshness (arrival -> object written)  p50 {:.3} s, p99 {:.3} s",
-        percentile(&lat, 0.50),
-        percentile(&lat, 0.99)
-    );
-    println!("  bare gzip, same bytes  {baseline:.1} MiB/s (one core, level {GZIP_LEVEL})");
-    println!(
-        "  ratio                  {:.2}x bare gzip",
-        mib_s / baseline
-    );
-    Ok(())
+    if failed.load(Ordering::Relaxed) > 0 {
+        bail!("{} requests failed", failed.load(Ordering::Relaxed));
+    }
+    Ok(RunResult {
+        sync: sync.to_string(),
+        sent,
+        refused: refused.load(Ordering::Relaxed),
+        push_secs,
+        total_secs,
+        latencies: metrics.take_latencies(),
+        fsyncs: metrics.take_fsyncs(),
+    })
 }

@@ -408,6 +408,8 @@ impl Writer {
                 last_checkpoint = Instant::now();
             }
             if let Some(done) = close {
+                // Nothing more will be appended: the active segment may go too if delivered.
+                self.active = None;
                 self.collect_garbage();
                 self.write_checkpoint();
                 let _ = done.send(());

@@ -231,11 +231,7 @@ async fn buffer_stage(
                     let (now, wall) = (Instant::now(), now_ms());
                     for _ in 0..64 {
                         let Ok(records) = ingest.try_recv() else { break };
-                        for r in records {
-                            if let Some(batch) = buffer.push(r, now, wall) {
-                                flushed(batch, &mut pending);
-                            }
-                        }
+                        push_all(&mut buffer, records, now, wall, |b| flushed(b, &mut pending));
                     }
                     if let Some(batch) = buffer.on_timer(id, Instant::now()) {
                         flushed(batch, &mut pending);
@@ -254,11 +250,7 @@ async fn buffer_stage(
             msg = ingest.recv(), if open => match msg {
                 Some(records) => {
                     let (now, wall) = (Instant::now(), now_ms());
-                    for r in records {
-                        if let Some(batch) = buffer.push(r, now, wall) {
-                            flushed(batch, &mut pending);
-                        }
-                    }
+                    push_all(&mut buffer, records, now, wall, |b| flushed(b, &mut pending));
                 }
                 None => {
                     open = false;
@@ -277,6 +269,21 @@ async fn buffer_stage(
             .set(buffer.bytes() as i64);
         if !open && pending.is_empty() && buffer.is_empty() {
             break;
+        }
+    }
+}
+
+/// Adds records to the buffer, handing every batch they fill to `on_flush`.
+fn push_all(
+    buffer: &mut Buffer,
+    records: Vec<Record>,
+    now: Instant,
+    wall_ms: i64,
+    mut on_flush: impl FnMut(Batch),
+) {
+    for r in records {
+        if let Some(batch) = buffer.push(r, now, wall_ms) {
+            on_flush(batch);
         }
     }
 }

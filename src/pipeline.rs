@@ -367,51 +367,57 @@ async fn deliver_stage(ctx: StreamContext, mut objects: mpsc::Receiver<EncodedOb
 }
 
 async fn deliver_one(ctx: &StreamContext, obj: EncodedObject) {
-    let oldest = obj.arrivals_ms.iter().copied().min().unwrap_or_default();
-    let expired = std::sync::atomic::AtomicBool::new(false);
-    let result = deliver::deliver_with_retry(&ctx.shared.sink, &obj, |reason, attempt| {
-        ctx.stats.failed_attempts.fetch_add(1, Ordering::Relaxed);
-        ctx.shared.metrics.s3_failure(&ctx.name);
-        tracing::warn!(key = %obj.key, attempt, reason, "S3 write failed; will retry");
-        let age = std::time::Duration::from_millis((now_ms() - oldest).max(0) as u64);
-        if age > ctx.shared.retention && !expired.swap(true, Ordering::Relaxed) {
-            // The S3 error output is the same bucket, so there is nowhere else to put them:
-            // they stay in the spool and keep being retried, and are counted.
-            ctx.shared
-                .metrics
-                .spool_expired_records
-                .get_or_create(&Metrics::stream(&ctx.name))
-                .inc_by(obj.seqs.len() as u64);
-            tracing::error!(key = %obj.key, records = obj.seqs.len(), age_secs = age.as_secs(), "records are past the retention age and still undelivered; retrying");
-        }
-    })
+    let records = obj.records.len() as u64;
+    let expired_counted = std::sync::atomic::AtomicBool::new(false);
+    let labels = Metrics::stream(&ctx.name);
+    let result = deliver::deliver_with_retry(
+        &ctx.shared.sink,
+        &obj,
+        ctx.shared.retention,
+        now_ms,
+        |reason, attempt, expired| {
+            ctx.stats.failed_attempts.fetch_add(1, Ordering::Relaxed);
+            ctx.shared.metrics.s3_failure(&ctx.name);
+            tracing::warn!(key = %obj.key, attempt, reason, "S3 write failed; will retry");
+            if expired && !expired_counted.swap(true, Ordering::Relaxed) {
+                ctx.shared
+                    .metrics
+                    .spool_expired_records
+                    .get_or_create(&labels)
+                    .inc_by(records);
+                tracing::error!(key = %obj.key, records, error_key = %obj.error_key, "records are past the retention age and still undelivered; trying the error output too");
+            }
+        },
+    )
     .await;
     match result {
         DeliveryResult::Delivered { attempts } => {
             ctx.shared.metrics.delivered_to_s3(
                 &ctx.name,
-                &obj.arrivals_ms,
+                &obj.arrivals_ms(),
                 obj.raw_bytes,
                 now_ms(),
             );
             ctx.stats
                 .delivered_records
-                .fetch_add(obj.arrivals_ms.len() as u64, Ordering::Relaxed);
-            tracing::debug!(key = %obj.key, attempts, records = obj.arrivals_ms.len(), "delivered");
+                .fetch_add(records, Ordering::Relaxed);
+            tracing::debug!(key = %obj.key, attempts, records, "delivered");
+        }
+        DeliveryResult::ErrorOutput { attempts, reason } => {
+            tracing::error!(key = %obj.error_key, attempts, records, reason, "records past the retention age written to the error output");
         }
         DeliveryResult::Rejected { attempts, reason } => {
             ctx.shared
                 .metrics
                 .undelivered_records
-                .get_or_create(&Metrics::stream(&ctx.name))
-                .inc_by(obj.arrivals_ms.len() as u64);
-            tracing::error!(key = %obj.key, attempts, reason, records = obj.arrivals_ms.len(), "S3 refused the object for good; its records are not delivered");
+                .get_or_create(&labels)
+                .inc_by(records);
+            tracing::error!(key = %obj.key, attempts, reason, records, "S3 refused the object for good; its records are not delivered");
         }
     }
-    // Delivered, or refused for good and logged: either way the spool may let them go.
-    ctx.spool.delivered(obj.seqs.clone());
-    ctx.shared
-        .admission
-        .release(obj.raw_bytes + 24 * obj.seqs.len() as u64);
+    // Delivered, in the error output, or refused for good and logged: either way the spool may
+    // let them go.
+    ctx.spool.delivered(obj.seqs());
+    ctx.shared.admission.release(obj.raw_bytes + 24 * records);
     ctx.stats.settled(obj.batch_id);
 }

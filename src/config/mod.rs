@@ -48,8 +48,9 @@ pub struct RawSpool {
     pub max_mb: Option<u64>,
     /// Cap on accepted-but-undelivered record bytes held in memory, all streams together.
     pub max_buffered_mb: Option<u64>,
-    /// Records undelivered for longer are counted as expired (default 24, like Firehose).
-    pub retention_hours: Option<u64>,
+    /// Records undelivered for longer go to the error output when it is reachable, and are
+    /// counted (default 86400 s = 24 h, like Firehose).
+    pub retention_seconds: Option<u64>,
 }
 
 #[derive(Debug, Default, Deserialize, Clone)]
@@ -369,10 +370,10 @@ impl Config {
                 "spool.max_buffered_mb: {max_buffered_mb} is outside 1.."
             ));
         }
-        let retention_hours = sp.retention_hours.unwrap_or(24);
-        if !(1..=24 * 365).contains(&retention_hours) {
+        let retention_seconds = sp.retention_seconds.unwrap_or(86_400);
+        if !(1..=31_536_000).contains(&retention_seconds) {
             errors.push(format!(
-                "spool.retention_hours: {retention_hours} is outside 1..=8760"
+                "spool.retention_seconds: {retention_seconds} is outside 1..=31536000"
             ));
         }
         let spool = SpoolConfig {
@@ -383,7 +384,7 @@ impl Config {
             },
             max_bytes: mb(max_mb),
             max_buffered_bytes: mb(max_buffered_mb),
-            retention: Duration::from_secs(retention_hours * 3600),
+            retention: Duration::from_secs(retention_seconds),
         };
         let nz = |v: Option<u32>, path: String, errors: &mut Vec<String>| match v {
             None => None,

@@ -1,5 +1,6 @@
 //! Turning a flushed batch into an object (name, compressed body) and delivering it with retries.
 
+pub mod error_output;
 pub mod prefix;
 
 use std::collections::BTreeMap;
@@ -11,10 +12,10 @@ use chrono::{DateTime, TimeZone, Utc};
 use chrono_tz::Tz;
 use hosepipe_sinks::{Destination, Outcome, Payload};
 
-use crate::buffer::Batch;
+use crate::buffer::{Batch, Record};
 use crate::compress::{self, CompressError};
 use crate::config::stream::S3Spec;
-use prefix::{RenderContext, Template};
+use prefix::{ErrorOutputType, RenderContext, Template};
 
 /// An object ready for upload.
 #[derive(Debug, Clone)]
@@ -26,10 +27,29 @@ pub struct EncodedObject {
     pub content_type: &'static str,
     /// Record bytes before compression.
     pub raw_bytes: u64,
-    /// Arrival time of each record, epoch ms (for latency metrics).
-    pub arrivals_ms: Vec<i64>,
-    /// Spool position of each record (released from the spool once delivered).
-    pub seqs: Vec<u64>,
+    /// The records themselves: their arrival times feed the latency metrics, their seqs release
+    /// the spool, and their data goes to the error output if they can never be delivered.
+    pub records: Vec<Record>,
+    /// Where they go if they outlive the retention age undelivered.
+    pub error_key: String,
+}
+
+impl EncodedObject {
+    pub fn arrivals_ms(&self) -> Vec<i64> {
+        self.records.iter().map(|r| r.arrival_ms).collect()
+    }
+
+    pub fn seqs(&self) -> Vec<u64> {
+        self.records.iter().map(|r| r.seq).collect()
+    }
+
+    pub fn oldest_arrival_ms(&self) -> i64 {
+        self.records
+            .iter()
+            .map(|r| r.arrival_ms)
+            .min()
+            .unwrap_or_default()
+    }
 }
 
 /// The instant, in the stream's time zone, an epoch-ms timestamp names.
@@ -40,12 +60,16 @@ pub fn zoned(ms: i64, tz: Tz) -> DateTime<Tz> {
         .with_timezone(&tz)
 }
 
-fn render_prefix(template: &Template, time: &DateTime<Tz>) -> String {
+fn render_prefix(
+    template: &Template,
+    time: &DateTime<Tz>,
+    error_output_type: Option<ErrorOutputType>,
+) -> String {
     let keys = BTreeMap::new();
     template
         .render(&RenderContext {
             time,
-            error_output_type: None,
+            error_output_type,
             partition_keys: &keys,
         })
         .unwrap_or_else(|e| {
@@ -71,8 +95,14 @@ pub fn encode_s3(
     version: u64,
 ) -> Result<EncodedObject, CompressError> {
     let time = zoned(batch.oldest_arrival_ms(), spec.time_zone);
-    let prefix = render_prefix(&spec.prefix, &time);
+    let prefix = render_prefix(&spec.prefix, &time, None);
     let key = prefix::object_key(&prefix, stream, version, &time, &spec.extension);
+    let error_prefix = render_prefix(
+        &spec.error_prefix,
+        &time,
+        Some(ErrorOutputType::RetentionExpired),
+    );
+    let error_key = prefix::object_key(&error_prefix, stream, version, &time, "");
     let entry_name = key
         .rsplit('/')
         .next()
@@ -92,8 +122,8 @@ pub fn encode_s3(
         body,
         content_type: spec.compression.content_type(),
         raw_bytes: batch.bytes,
-        arrivals_ms: batch.records.iter().map(|r| r.arrival_ms).collect(),
-        seqs: batch.records.iter().map(|r| r.seq).collect(),
+        records: batch.records.clone(),
+        error_key,
     })
 }
 
@@ -102,6 +132,11 @@ pub fn encode_s3(
 pub enum DeliveryResult {
     Delivered {
         attempts: u32,
+    },
+    /// Past the retention age and still failing: written to the error output instead.
+    ErrorOutput {
+        attempts: u32,
+        reason: String,
     },
     /// The destination refused the object for good.
     Rejected {
@@ -116,12 +151,20 @@ pub fn backoff(attempt: u32) -> Duration {
     Duration::from_millis(ms.min(30_000))
 }
 
-/// Delivers one object, retrying retryable failures until it succeeds. The caller bounds the
+/// The error code hosepipe gives records written to the error output after the retention age.
+pub const RETENTION_EXPIRED_CODE: &str = "S3.RetentionExpired";
+
+/// Delivers one object, retrying retryable failures until it succeeds. Once its oldest record
+/// is older than `retention`, each failed attempt is followed by one at writing the records to
+/// the error output (Firehose's failed-record JSON under `error_key`). The caller bounds the
 /// total time (shutdown deadline); nothing here gives up on a retryable failure.
+/// `on_failure(reason, attempt, expired)` is told of every failed attempt.
 pub async fn deliver_with_retry(
     sink: &Arc<dyn Destination>,
     object: &EncodedObject,
-    on_failure: impl Fn(&str, u32),
+    retention: Duration,
+    now_ms: impl Fn() -> i64,
+    on_failure: impl Fn(&str, u32, bool),
 ) -> DeliveryResult {
     let payload = Payload::Object {
         bucket: object.bucket.clone(),
@@ -130,11 +173,12 @@ pub async fn deliver_with_retry(
         content_type: Some(object.content_type.to_string()),
         records: 1,
     };
+    let oldest = object.oldest_arrival_ms();
     let mut attempt = 0u32;
     loop {
         attempt += 1;
         let report = sink.deliver(&payload).await;
-        match report.outcomes.first() {
+        let reason = match report.outcomes.first() {
             Some(Outcome::Delivered) | None => {
                 return DeliveryResult::Delivered { attempts: attempt };
             }
@@ -144,18 +188,41 @@ pub async fn deliver_with_retry(
                     reason: reason.clone(),
                 };
             }
-            Some(Outcome::Retryable(reason)) => {
-                on_failure(reason, attempt);
-                tokio::time::sleep(backoff(attempt - 1)).await;
+            Some(Outcome::Retryable(reason)) => reason.clone(),
+        };
+        let now = now_ms();
+        let expired = now.saturating_sub(oldest) > retention.as_millis() as i64;
+        on_failure(&reason, attempt, expired);
+        if expired {
+            let documents = error_output::failed_record_documents(
+                &object.records,
+                attempt,
+                RETENTION_EXPIRED_CODE,
+                &reason,
+                now,
+            );
+            let error_payload = Payload::Object {
+                bucket: object.bucket.clone(),
+                key: object.error_key.clone(),
+                body: documents,
+                content_type: Some("application/x-ndjson".into()),
+                records: 1,
+            };
+            if sink.deliver(&error_payload).await.all_delivered() {
+                return DeliveryResult::ErrorOutput {
+                    attempts: attempt,
+                    reason,
+                };
             }
         }
+        tokio::time::sleep(backoff(attempt - 1)).await;
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::buffer::{FlushReason, Record};
+    use crate::buffer::FlushReason;
     use crate::config::stream::{CreateDeliveryStreamInput, DestinationSpec, validate};
 
     #[test]
@@ -195,7 +262,119 @@ mod tests {
             obj.key
         );
         assert!(obj.key.ends_with(".gz"));
-        assert_eq!(obj.arrivals_ms.len(), 2);
+        assert_eq!(obj.arrivals_ms().len(), 2);
+    }
+
+    /// A destination that refuses keys outside `ok_prefix` until `heal_after` attempts.
+    #[derive(Debug)]
+    struct Flaky {
+        ok_prefix: &'static str,
+        heal_after: u32,
+        attempts: std::sync::Mutex<Vec<(String, Bytes)>>,
+    }
+
+    #[async_trait::async_trait]
+    impl Destination for Flaky {
+        fn kind(&self) -> &'static str {
+            "flaky"
+        }
+        async fn deliver(&self, payload: &Payload) -> hosepipe_sinks::Report {
+            let Payload::Object {
+                key, body, records, ..
+            } = payload;
+            let mut log = self.attempts.lock().unwrap();
+            log.push((key.clone(), body.clone()));
+            let ok = key.starts_with(self.ok_prefix) || log.len() as u32 > self.heal_after;
+            let outcome = if ok {
+                Outcome::Delivered
+            } else {
+                Outcome::Retryable("503 Slow Down".into())
+            };
+            hosepipe_sinks::Report::uniform(*records, outcome)
+        }
+    }
+
+    fn object(arrival_ms: i64) -> EncodedObject {
+        EncodedObject {
+            batch_id: 1,
+            bucket: "bkt".into(),
+            key: "data/obj".into(),
+            body: Bytes::from_static(b"ab"),
+            content_type: "application/octet-stream",
+            raw_bytes: 2,
+            records: vec![
+                Record {
+                    data: Bytes::from_static(b"a"),
+                    arrival_ms,
+                    seq: 0,
+                },
+                Record {
+                    data: Bytes::from_static(b"b"),
+                    arrival_ms,
+                    seq: 1,
+                },
+            ],
+            error_key: "errors/retention-expired/obj".into(),
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn retryable_failures_are_retried_until_they_heal() {
+        let sink: Arc<dyn Destination> = Arc::new(Flaky {
+            ok_prefix: "nothing",
+            heal_after: 3,
+            attempts: Default::default(),
+        });
+        let seen = std::sync::Mutex::new(Vec::new());
+        let result = deliver_with_retry(
+            &sink,
+            &object(1_000),
+            Duration::from_secs(60),
+            || 2_000,
+            |_, a, expired| {
+                seen.lock().unwrap().push((a, expired));
+            },
+        )
+        .await;
+        assert_eq!(result, DeliveryResult::Delivered { attempts: 4 });
+        assert_eq!(
+            *seen.lock().unwrap(),
+            vec![(1, false), (2, false), (3, false)]
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn past_retention_the_records_go_to_the_error_output() {
+        let flaky = Arc::new(Flaky {
+            ok_prefix: "errors/",
+            heal_after: u32::MAX,
+            attempts: Default::default(),
+        });
+        let sink: Arc<dyn Destination> = flaky.clone();
+        let day = 86_400_000;
+        let result = deliver_with_retry(
+            &sink,
+            &object(0),
+            Duration::from_secs(86_400),
+            || day + 1,
+            |_, _, _| {},
+        )
+        .await;
+        assert_eq!(
+            result,
+            DeliveryResult::ErrorOutput {
+                attempts: 1,
+                reason: "503 Slow Down".into()
+            }
+        );
+        let attempts = flaky.attempts.lock().unwrap();
+        assert_eq!(attempts.len(), 2);
+        let (key, body) = &attempts[1];
+        assert_eq!(key, "errors/retention-expired/obj");
+        let first: serde_json::Value =
+            serde_json::from_slice(body.split(|b| *b == b'\n').next().unwrap()).unwrap();
+        assert_eq!(first["errorCode"], RETENTION_EXPIRED_CODE);
+        assert_eq!(first["rawData"], "YQ==");
     }
 
     #[test]

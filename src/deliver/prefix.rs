@@ -31,6 +31,9 @@ pub enum ErrorOutputType {
     SplunkFailed,
     HttpEndpointFailed,
     DecompressionFailed,
+    /// hosepipe's own: records still undelivered after the retention age (Firehose would drop
+    /// them; hosepipe writes them to the error output when it can, and otherwise keeps trying).
+    RetentionExpired,
 }
 
 impl ErrorOutputType {
@@ -42,6 +45,7 @@ impl ErrorOutputType {
             ErrorOutputType::SplunkFailed => "splunk-failed",
             ErrorOutputType::HttpEndpointFailed => "http-endpoint-failed",
             ErrorOutputType::DecompressionFailed => "decompression-failed",
+            ErrorOutputType::RetentionExpired => "retention-expired",
         }
     }
 }

@@ -2,6 +2,7 @@
 
 Objects are read back through S3 and decoded with independent decoders (the gzip and unzip
 command-line tools, python-snappy's framing and Hadoop stream decoders)."""
+import base64
 import gzip
 import io
 import json
@@ -261,9 +262,11 @@ def test_delivery_survives_an_s3_outage(tmp_path, daemon_factory):
     server = S3Server(tmp_path / "s3")
     try:
         bucket = server.create_bucket("outage")
-        d = daemon_factory(extra_env={"AWS_ENDPOINT_URL_S3": server.url})
+        d = daemon_factory("[spool]\nretention_seconds = 2\n",
+                           extra_env={"AWS_ENDPOINT_URL_S3": server.url})
         fh = d.firehose()
-        create(fh, "outage", bucket, interval=1, Prefix="o/")
+        create(fh, "outage", bucket, interval=1, Prefix="o/",
+               ErrorOutputPrefix="err/!{firehose:error-output-type}/")
         first = records(50, "before")
         put_all(fh, "outage", first)
         wait_objects(server, bucket, "o/", sum(map(len, first)))
@@ -272,11 +275,25 @@ def test_delivery_survives_an_s3_outage(tmp_path, daemon_factory):
         put_all(fh, "outage", during)  # accepted and buffered while S3 is down
         wait_for(lambda: "S3 write failed; will retry" in d.log(), timeout=60,
                  what="a failed S3 write")
+        # Past the retention age the records are counted, and the error output is tried too
+        # (it is in the same, unreachable, bucket: so they wait for whichever comes back).
+        wait_for(lambda: d.metric("hosepipe_spool_expired_records_total", "outage") >= len(during),
+                 timeout=60, what="records counted as expired")
         server.start()
         sent = first + during
-        objs = wait_objects(server, bucket, "o/", sum(map(len, sent)), timeout=120)
-        got = b"".join(b for _, b, _ in objs)
-        assert sorted(set(got.splitlines(keepends=True))) == sorted(sent), "nothing lost"
+
+        def landed():
+            """Record lines in objects, and records in the error output's failed-record JSON."""
+            main = {line for _, b, _ in server.objects(bucket, "o/")
+                    for line in b.splitlines(keepends=True)}
+            docs = [json.loads(line) for _, b, _ in server.objects(bucket, "err/retention-expired/")
+                    for line in b.splitlines()]
+            assert all(doc["errorCode"] == "S3.RetentionExpired" for doc in docs)
+            return main | {base64.b64decode(doc["rawData"]) for doc in docs}
+
+        wait_for(lambda: landed() >= set(sent), timeout=120, interval=0.5,
+                 what="every record in S3 or its error output")
+        assert landed() == set(sent), "nothing lost, nothing invented"
         assert 'outcome="failure"' in d.metrics()
     finally:
         server.stop()

@@ -192,6 +192,43 @@ impl Registry {
         self.spool_settings.root.join(format!("s-{name}"))
     }
 
+    /// Moves a spool that belongs to no stream (one deleted while its destination was down) to
+    /// `spool/orphaned/`, so a new stream of the same name does not inherit its records.
+    fn set_aside(&self, dir: &Path) {
+        let aside = self.spool_settings.root.join("orphaned");
+        let name = dir.file_name().and_then(|n| n.to_str()).unwrap_or("spool");
+        let target = aside.join(format!(
+            "{name}-{}",
+            chrono::Utc::now().format("%Y%m%dT%H%M%S%.3f")
+        ));
+        match std::fs::create_dir_all(&aside).and_then(|()| std::fs::rename(dir, &target)) {
+            Ok(()) => {
+                tracing::warn!(from = %dir.display(), to = %target.display(), "a spool that belongs to no stream was set aside; its records are not delivered")
+            }
+            Err(e) => {
+                tracing::error!(dir = %dir.display(), error = %e, "cannot set aside a spool that belongs to no stream")
+            }
+        }
+    }
+
+    /// Sets aside every spool directory whose stream does not exist (call after start-up).
+    pub fn set_aside_orphans(&self) {
+        let Ok(entries) = std::fs::read_dir(&self.spool_settings.root) else {
+            return;
+        };
+        let known: Vec<PathBuf> = self.lock().keys().map(|n| self.spool_dir(n)).collect();
+        for entry in entries.flatten() {
+            let path = entry.path();
+            let is_spool = path
+                .file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with("s-"));
+            if is_spool && path.is_dir() && !known.contains(&path) {
+                self.set_aside(&path);
+            }
+        }
+    }
+
     pub fn account_id(&self) -> &str {
         &self.account_id
     }
@@ -373,6 +410,10 @@ impl Registry {
                 "at most 5000 delivery streams may exist".into(),
             ));
         }
+        let leftover = self.spool_dir(&name);
+        if leftover.exists() {
+            self.set_aside(&leftover);
+        }
         let saved = Saved::new(name.clone(), input);
         let entry = self.start(saved, spec, false).map_err(|e| {
             tracing::error!(error = %e, "cannot start a new stream");
@@ -549,10 +590,10 @@ impl Registry {
             let errs: Vec<_> = e
                 .into_iter()
                 .map(|mut fe| {
-                    if let Some(first) = fe.path.first_mut() {
-                        if first.ends_with("_destination_configuration") {
-                            *first = first.replace("_configuration", "_update");
-                        }
+                    if let Some(first) = fe.path.first_mut()
+                        && first.ends_with("_destination_configuration")
+                    {
+                        *first = first.replace("_configuration", "_update");
                     }
                     fe
                 })
@@ -565,13 +606,11 @@ impl Registry {
         entry.saved.updated = epoch_secs();
         let version = entry.saved.version;
         let from_config = entry.from_config;
-        if !from_config {
-            if let Err(e) = self.persist(&streams) {
-                if let Some(entry) = streams.get_mut(name) {
-                    entry.saved = previous;
-                }
-                return Err(e);
+        if !from_config && let Err(e) = self.persist(&streams) {
+            if let Some(entry) = streams.get_mut(name) {
+                entry.saved = previous;
             }
+            return Err(e);
         }
         let entry = streams.get_mut(name).expect("entry exists under the lock");
         entry

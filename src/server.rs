@@ -81,6 +81,7 @@ impl Server {
                 .map_err(|e| StartError::Restore(e.to_string()))?;
         }
         let restored = registry.restore().map_err(StartError::Restore)?;
+        registry.set_aside_orphans();
         tracing::info!(
             declared = config.streams.len(),
             restored,

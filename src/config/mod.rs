@@ -271,12 +271,12 @@ impl Config {
         let endpoint = s3
             .endpoint
             .or_else(|| env_first(env, &["AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL"]));
-        if let Some(url) = &endpoint {
-            if !(url.starts_with("http://") || url.starts_with("https://")) {
-                errors.push(format!(
-                    "s3.endpoint: {url:?} must start with http:// or https://"
-                ));
-            }
+        if let Some(url) = &endpoint
+            && !(url.starts_with("http://") || url.starts_with("https://"))
+        {
+            errors.push(format!(
+                "s3.endpoint: {url:?} must start with http:// or https://"
+            ));
         }
         let ak = s3
             .access_key_id
@@ -328,13 +328,13 @@ impl Config {
             match parse_stream_table(name, value) {
                 Err(e) => errors.extend(e),
                 Ok(input) => {
-                    if let Some(n) = &input.delivery_stream_name {
-                        if n != name {
-                            errors.push(format!(
+                    if let Some(n) = &input.delivery_stream_name
+                        && n != name
+                    {
+                        errors.push(format!(
                                 "streams.{name}.delivery_stream_name: {n:?} differs from the table name; leave it out"
                             ));
-                            continue;
-                        }
+                        continue;
                     }
                     match stream::validate(name, &input) {
                         Ok(spec) => streams.push(DeclaredStream { spec, input }),

@@ -376,13 +376,13 @@ pub fn validate_s3(
             "dynamic partitioning is not supported by this hosepipe version",
         ));
     }
-    if let Some(enc) = &raw.encryption_configuration {
-        if enc.get("KMSEncryptionConfig").is_some() {
-            errors.push(FieldError::new(
-                &[path, "encryption_configuration"],
-                "KMSEncryptionConfig is not supported by this hosepipe version; use NoEncryptionConfig",
-            ));
-        }
+    if let Some(enc) = &raw.encryption_configuration
+        && enc.get("KMSEncryptionConfig").is_some()
+    {
+        errors.push(FieldError::new(
+            &[path, "encryption_configuration"],
+            "KMSEncryptionConfig is not supported by this hosepipe version; use NoEncryptionConfig",
+        ));
     }
     match raw.s3_backup_mode.as_deref() {
         None | Some("Disabled") => {}
@@ -441,13 +441,13 @@ pub fn validate(
             format!("{other:?} is not one of DirectPut, KinesisStreamAsSource, MSKAsSource, DatabaseAsSource"),
         )),
     }
-    if let Some(v) = &input.delivery_stream_encryption_configuration_input {
-        if !v.is_null() {
-            errors.push(FieldError::new(
-                &["delivery_stream_encryption_configuration_input"],
-                "stream encryption is not supported by this hosepipe version",
-            ));
-        }
+    if let Some(v) = &input.delivery_stream_encryption_configuration_input
+        && !v.is_null()
+    {
+        errors.push(FieldError::new(
+            &["delivery_stream_encryption_configuration_input"],
+            "stream encryption is not supported by this hosepipe version",
+        ));
     }
     if let Some(tags) = &input.tags {
         if tags.is_empty() {

@@ -539,10 +539,10 @@ impl Writer {
             if seq < self.low || !self.delivered.insert(seq) {
                 continue;
             }
-            if let Some((_, seg)) = self.segments.range_mut(..=seq).next_back() {
-                if seq < seg.end {
-                    seg.live = seg.live.saturating_sub(1);
-                }
+            if let Some((_, seg)) = self.segments.range_mut(..=seq).next_back()
+                && seq < seg.end
+            {
+                seg.live = seg.live.saturating_sub(1);
             }
             self.dirty = true;
         }

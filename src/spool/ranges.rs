@@ -30,12 +30,12 @@ impl RangeSet {
         if start >= end {
             return;
         }
-        if let Some((&s, &e)) = self.ranges.range(..=start).next_back() {
-            if e >= start {
-                start = s;
-                end = end.max(e);
-                self.ranges.remove(&s);
-            }
+        if let Some((&s, &e)) = self.ranges.range(..=start).next_back()
+            && e >= start
+        {
+            start = s;
+            end = end.max(e);
+            self.ranges.remove(&s);
         }
         while let Some((&s, &e)) = self.ranges.range(start..=end).next() {
             end = end.max(e);
@@ -47,13 +47,13 @@ impl RangeSet {
     /// Forgets everything below `low`.
     pub fn remove_below(&mut self, low: u64) {
         let keep = self.ranges.split_off(&low);
-        if let Some((&s, &e)) = self.ranges.iter().next_back() {
-            if e > low {
-                let _ = s;
-                self.ranges = keep;
-                self.ranges.insert(low, e);
-                return;
-            }
+        if let Some((&s, &e)) = self.ranges.iter().next_back()
+            && e > low
+        {
+            let _ = s;
+            self.ranges = keep;
+            self.ranges.insert(low, e);
+            return;
         }
         self.ranges = keep;
     }

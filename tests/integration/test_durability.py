@@ -273,3 +273,23 @@ def test_status_prints_a_table_per_stream(s3, bucket, daemon_factory):
     assert lines[0].split()[:3] == ["STREAM", "STATE", "BUFFERED"]
     row = next(l for l in lines if l.startswith("shown"))
     assert "ACTIVE" in row and "12 B" in row and " 3 " in row, out
+
+
+def test_a_deleted_streams_spool_is_not_inherited_by_a_new_stream(s3, bucket, daemon_factory):
+    d = daemon_factory()
+    fh = d.firehose()
+    cfg = lambda b: {"RoleARN": "r", "BucketARN": f"arn:aws:s3:::{b}", "Prefix": "n/",  # noqa: E731
+                     "BufferingHints": {"SizeInMBs": 1, "IntervalInSeconds": 1}}
+    fh.create_delivery_stream(DeliveryStreamName="reborn",
+                              ExtendedS3DestinationConfiguration=cfg("no-such-bucket-here"))
+    fh.put_record_batch(DeliveryStreamName="reborn", Records=[{"Data": b"old\n"}] * 10)
+    fh.delete_delivery_stream(DeliveryStreamName="reborn")  # its records can never go out
+    d.crash()
+    d.start()
+    assert "set aside" in d.log()
+    fh = d.firehose()
+    fh.create_delivery_stream(DeliveryStreamName="reborn", ExtendedS3DestinationConfiguration=cfg(bucket))
+    fh.put_record_batch(DeliveryStreamName="reborn", Records=[{"Data": b"new\n"}] * 3)
+    assert d.stop() == 0
+    assert delivered_ids(s3, bucket, "n/") == ["new"] * 3
+    assert list((d.data_dir / "spool" / "orphaned").iterdir())

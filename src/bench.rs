@@ -42,6 +42,9 @@ pub struct BenchArgs {
     /// Spool sync mode for the run: fsync, os, or both (one run each, compared).
     #[arg(long, default_value = "both")]
     pub sync: String,
+    /// Target records/s over all connections; 0 pushes as fast as the daemon accepts.
+    #[arg(long, default_value_t = 0)]
+    pub rate: u64,
 }
 
 /// What one run measured.
@@ -137,11 +140,16 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     let baseline =
         tokio::task::spawn_blocking(move || gzip_baseline(&raw, Duration::from_secs(3))).await?;
     println!(
-        "hosepipe bench: {} connections x {}-record batches of {}-byte JSON records, {} s push, {} to local disk (gzip level {GZIP_LEVEL}), buffer {} MiB / {} s",
+        "hosepipe bench: {} connections x {}-record batches of {}-byte JSON records, {} s push at {}, {} to local disk (gzip level {GZIP_LEVEL}), buffer {} MiB / {} s",
         args.connections,
         args.batch,
         args.record_bytes,
         args.seconds,
+        if args.rate == 0 {
+            "full speed".to_string()
+        } else {
+            format!("{} records/s", args.rate)
+        },
         args.compression,
         args.size_mb,
         args.interval
@@ -260,9 +268,21 @@ buffering_hints = {{ size_in_mbs = {}, interval_in_seconds = {} }}
         let (client, url, bodies) = (client.clone(), url.clone(), bodies.clone());
         let (accepted, refused, failed) = (accepted.clone(), refused.clone(), failed.clone());
         let batch = args.batch as u64;
+        // Paced: each connection sends a batch every `period`.
+        let period = (args.rate > 0).then(|| {
+            Duration::from_secs_f64(batch as f64 * args.connections as f64 / args.rate as f64)
+        });
         tasks.push(tokio::spawn(async move {
             let mut i = c;
+            let mut tick = period.map(|p| {
+                let mut t = tokio::time::interval(p);
+                t.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                t
+            });
             while Instant::now() < until {
+                if let Some(t) = tick.as_mut() {
+                    t.tick().await;
+                }
                 let body = bodies[i % bodies.len()].clone();
                 i += 1;
                 let resp = client

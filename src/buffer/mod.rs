@@ -55,14 +55,19 @@ pub struct Batch {
     pub reason: FlushReason,
 }
 
+/// The arrival time of the oldest of `records` (0 for none).
+pub fn oldest_arrival_ms(records: &[Record]) -> i64 {
+    records
+        .iter()
+        .map(|r| r.arrival_ms)
+        .min()
+        .unwrap_or_default()
+}
+
 impl Batch {
     /// The arrival time of the oldest record (names the object and evaluates its prefix).
     pub fn oldest_arrival_ms(&self) -> i64 {
-        self.records
-            .iter()
-            .map(|r| r.arrival_ms)
-            .min()
-            .unwrap_or_default()
+        oldest_arrival_ms(&self.records)
     }
 }
 

@@ -44,11 +44,7 @@ impl EncodedObject {
     }
 
     pub fn oldest_arrival_ms(&self) -> i64 {
-        self.records
-            .iter()
-            .map(|r| r.arrival_ms)
-            .min()
-            .unwrap_or_default()
+        crate::buffer::oldest_arrival_ms(&self.records)
     }
 }
 

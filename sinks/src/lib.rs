@@ -25,15 +25,6 @@ pub enum Payload {
     },
 }
 
-impl Payload {
-    /// The number of records this payload carries.
-    pub fn records(&self) -> usize {
-        match self {
-            Payload::Object { records, .. } => *records,
-        }
-    }
-}
-
 /// What became of one record.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Outcome {
@@ -62,14 +53,6 @@ impl Report {
     /// True when every record was delivered.
     pub fn all_delivered(&self) -> bool {
         self.outcomes.iter().all(|o| *o == Outcome::Delivered)
-    }
-
-    /// The first reason a record was not delivered, if any.
-    pub fn first_failure(&self) -> Option<&str> {
-        self.outcomes.iter().find_map(|o| match o {
-            Outcome::Delivered => None,
-            Outcome::Retryable(r) | Outcome::Rejected(r) => Some(r.as_str()),
-        })
     }
 }
 

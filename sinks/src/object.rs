@@ -110,10 +110,6 @@ impl S3Sink {
         }
     }
 
-    pub fn settings(&self) -> &ObjectStoreSettings {
-        &self.settings
-    }
-
     /// The store for `bucket`, made on first use.
     pub fn store(&self, bucket: &str) -> Result<Arc<dyn ObjectStore>, ObjectError> {
         if !valid_bucket_name(bucket) {

@@ -16,3 +16,4 @@ pub mod registry;
 pub mod server;
 pub mod spool;
 pub mod status;
+pub mod transform;

@@ -1,13 +1,17 @@
 //! One delivery stream's whole path, wired in one place:
 //!
 //! ```text
-//! api ──records──▶ buffer ──batch──▶ encode (name + compress) ──object──▶ deliver (S3, retries)
+//! api ──records──▶ processing buffer ──batch──▶ process (transforms) ──records──▶ buffer
+//!     ──batch──▶ encode (name + compress) ──object──▶ deliver (S3, retries)
+//!                       process ──failed records (error output object)──▶ deliver
 //! ```
 //!
-//! Bounded channels sit between the stages. The buffer keeps accepting while downstream is slow
-//! (an outage): flushed batches wait in its pending queue, in memory, until they can move on.
+//! Bounded channels sit between the stages. The buffers keep accepting while downstream is slow
+//! (an outage): flushed batches wait in their pending queue, in memory, until they can move on.
+//! Without a `ProcessingConfiguration` the processing buffer and the process stage pass records
+//! straight through.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
@@ -20,20 +24,36 @@ use tracing::Instrument;
 use crate::admission::Admission;
 use crate::buffer::{Batch, Buffer, FlushReason, Record};
 use crate::config::stream::{DestinationSpec, StreamSpec};
+use crate::deliver::error_output::FailedRecord;
 use crate::deliver::{self, DeliveryResult, EncodedObject};
 use crate::metrics::{FlushLabels, Metrics};
 use crate::spool::Spool;
+use crate::transform::catalog::Catalog;
+use crate::transform::{Fate, Processing};
 
 /// How many batches compress at once (the machine has 2 cores).
 const ENCODE_WORKERS: usize = 2;
 /// How many objects upload at once.
 const DELIVER_WORKERS: usize = 4;
+/// How many batches are transformed at once.
+const PROCESS_WORKERS: usize = 2;
 
 /// A stream's definition with its version (`VersionId`, also in object names).
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Versioned {
     pub spec: StreamSpec,
     pub version: u64,
+    /// The processor chain built from the spec's `ProcessingConfiguration`.
+    pub processing: Option<Arc<Processing>>,
+}
+
+/// Which of a stream's two buffers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Stage {
+    /// Before the transforms, with the Lambda processor's buffering hints.
+    Processing,
+    /// Before the destination, with its buffering hints.
+    Destination,
 }
 
 /// Live counters of one stream, read by `/metrics` and `status`.
@@ -42,8 +62,9 @@ pub struct StreamStats {
     pub buffered_bytes: AtomicU64,
     pub buffered_records: AtomicU64,
     buffer_oldest_ms: AtomicI64,
-    /// Flushed but not yet delivered: batch id → (oldest arrival ms, records).
-    in_flight: Mutex<BTreeMap<u64, (i64, u64)>>,
+    processing_oldest_ms: AtomicI64,
+    /// Flushed but not yet delivered: (stage, batch id) → (oldest arrival ms, records).
+    in_flight: Mutex<BTreeMap<(Stage, u64), (i64, u64)>>,
     pub delivered_records: AtomicU64,
     pub failed_attempts: AtomicU64,
 }
@@ -54,6 +75,7 @@ impl Default for StreamStats {
             buffered_bytes: AtomicU64::new(0),
             buffered_records: AtomicU64::new(0),
             buffer_oldest_ms: AtomicI64::new(i64::MAX),
+            processing_oldest_ms: AtomicI64::new(i64::MAX),
             in_flight: Mutex::new(BTreeMap::new()),
             delivered_records: AtomicU64::new(0),
             failed_attempts: AtomicU64::new(0),
@@ -71,10 +93,11 @@ impl StreamStats {
             .values()
             .map(|(oldest, _)| *oldest)
             .min();
-        let buffered = self.buffer_oldest_ms.load(Ordering::Relaxed);
+        let buffered =
+            [&self.buffer_oldest_ms, &self.processing_oldest_ms].map(|a| a.load(Ordering::Relaxed));
         in_flight
             .into_iter()
-            .chain((buffered != i64::MAX).then_some(buffered))
+            .chain(buffered.into_iter().filter(|b| *b != i64::MAX))
             .min()
     }
 
@@ -88,25 +111,31 @@ impl StreamStats {
             .sum()
     }
 
-    fn observe_buffer(&self, buffer: &Buffer) {
-        self.buffered_bytes.store(buffer.bytes(), Ordering::Relaxed);
-        self.buffered_records
-            .store(buffer.len() as u64, Ordering::Relaxed);
-        self.buffer_oldest_ms.store(
-            buffer.oldest_arrival_ms().unwrap_or(i64::MAX),
-            Ordering::Relaxed,
-        );
+    fn observe_buffer(&self, stage: Stage, buffer: &Buffer) {
+        let oldest = buffer.oldest_arrival_ms().unwrap_or(i64::MAX);
+        match stage {
+            Stage::Processing => self.processing_oldest_ms.store(oldest, Ordering::Relaxed),
+            Stage::Destination => {
+                self.buffered_bytes.store(buffer.bytes(), Ordering::Relaxed);
+                self.buffered_records
+                    .store(buffer.len() as u64, Ordering::Relaxed);
+                self.buffer_oldest_ms.store(oldest, Ordering::Relaxed);
+            }
+        }
     }
 
-    fn flushed(&self, batch: &Batch) {
+    fn flushed(&self, stage: Stage, batch: &Batch) {
         self.in_flight.lock().expect("stats lock").insert(
-            batch.id,
+            (stage, batch.id),
             (batch.oldest_arrival_ms(), batch.records.len() as u64),
         );
     }
 
-    fn settled(&self, batch_id: u64) {
-        self.in_flight.lock().expect("stats lock").remove(&batch_id);
+    fn settled(&self, stage: Stage, batch_id: u64) {
+        self.in_flight
+            .lock()
+            .expect("stats lock")
+            .remove(&(stage, batch_id));
     }
 }
 
@@ -128,6 +157,8 @@ pub struct Shared {
     pub admission: Arc<Admission>,
     /// Records undelivered for longer are counted as expired.
     pub retention: std::time::Duration,
+    /// Resolves `ProcessingConfiguration`s to transforms.
+    pub catalog: Arc<Catalog>,
 }
 
 /// Everything a stream's stages share.
@@ -137,6 +168,36 @@ pub struct StreamContext {
     pub shared: Shared,
     pub spool: Arc<Spool>,
     pub stats: Arc<StreamStats>,
+    /// Spool seqs that became several records (de-aggregation): how many are unsettled.
+    fragments: Arc<Mutex<HashMap<u64, u32>>>,
+}
+
+impl StreamContext {
+    /// Lets the spool forget the records of `seqs` once every record made from each has
+    /// settled (delivered, dropped, or in the error output).
+    fn settle(&self, seqs: Vec<u64>) {
+        let done: Vec<u64> = {
+            let mut fragments = self.fragments.lock().expect("fragments lock");
+            if fragments.is_empty() {
+                seqs
+            } else {
+                seqs.into_iter()
+                    .filter(|seq| match fragments.get_mut(seq) {
+                        None => true,
+                        Some(left) if *left <= 1 => {
+                            fragments.remove(seq);
+                            true
+                        }
+                        Some(left) => {
+                            *left -= 1;
+                            false
+                        }
+                    })
+                    .collect()
+            }
+        };
+        self.spool.delivered(done);
+    }
 }
 
 pub fn now_ms() -> i64 {
@@ -156,20 +217,52 @@ pub fn spawn_pipeline(
         shared,
         spool,
         stats: stats.clone(),
+        fragments: Arc::default(),
     };
     let (config_tx, config_rx) = watch::channel(Arc::new(initial));
     let (object_tx, object_rx) = mpsc::channel::<EncodedObject>(DELIVER_WORKERS);
     let (batch_tx, batch_rx) = mpsc::channel::<Batch>(ENCODE_WORKERS);
+    let (processed_tx, processed_rx) = mpsc::channel::<Vec<Record>>(64);
+    let (unprocessed_tx, unprocessed_rx) = mpsc::channel::<Batch>(PROCESS_WORKERS);
     let (ingest_tx, ingest_rx) = mpsc::channel::<Vec<Record>>(64);
 
     let span = tracing::info_span!("stream", stream = %name);
     let deliver = tokio::spawn(deliver_stage(ctx.clone(), object_rx).instrument(span.clone()));
     let encode = tokio::spawn(
-        encode_stage(ctx.clone(), config_rx.clone(), batch_rx, object_tx).instrument(span.clone()),
+        encode_stage(ctx.clone(), config_rx.clone(), batch_rx, object_tx.clone())
+            .instrument(span.clone()),
     );
-    let buffer = tokio::spawn(buffer_stage(ctx, config_rx, ingest_rx, batch_tx).instrument(span));
+    let buffer = tokio::spawn(
+        buffer_stage(
+            ctx.clone(),
+            Stage::Destination,
+            config_rx.clone(),
+            processed_rx,
+            batch_tx,
+        )
+        .instrument(span.clone()),
+    );
+    let process = tokio::spawn(
+        process_stage(
+            ctx.clone(),
+            config_rx.clone(),
+            unprocessed_rx,
+            processed_tx,
+            object_tx,
+        )
+        .instrument(span.clone()),
+    );
+    let processing_buffer = tokio::spawn(
+        buffer_stage(ctx, Stage::Processing, config_rx, ingest_rx, unprocessed_tx).instrument(span),
+    );
     let done = tokio::spawn(async move {
-        for (stage, task) in [("buffer", buffer), ("encode", encode), ("deliver", deliver)] {
+        for (stage, task) in [
+            ("processing buffer", processing_buffer),
+            ("process", process),
+            ("buffer", buffer),
+            ("encode", encode),
+            ("deliver", deliver),
+        ] {
             if let Err(e) = task.await {
                 tracing::error!(stage, error = %e, "pipeline stage panicked");
             }
@@ -183,34 +276,52 @@ pub fn spawn_pipeline(
     }
 }
 
+/// A buffer's hints under `v`; `None` when the stage passes records straight through (the
+/// processing buffer of a stream without processors).
+fn limits_for(stage: Stage, v: &Versioned) -> Option<crate::buffer::Limits> {
+    match stage {
+        Stage::Destination => Some(v.spec.limits()),
+        Stage::Processing => v.processing.as_ref().map(|p| p.spec.limits),
+    }
+}
+
 /// Buffers records and flushes by size or interval; on close, flushes what is left.
 async fn buffer_stage(
     ctx: StreamContext,
+    stage: Stage,
     mut config: watch::Receiver<Arc<Versioned>>,
     mut ingest: mpsc::Receiver<Vec<Record>>,
     batches: mpsc::Sender<Batch>,
 ) {
-    let mut buffer = Buffer::new(config.borrow().spec.limits());
+    let initial = limits_for(stage, &config.borrow());
+    let mut passthrough = initial.is_none();
+    let mut buffer = Buffer::new(initial.unwrap_or(crate::buffer::Limits {
+        size_bytes: 1024 * 1024,
+        interval: std::time::Duration::ZERO,
+    }));
     let mut pending: VecDeque<Batch> = VecDeque::new();
     let mut open = true;
     let mut config_open = true;
     let flushed = |batch: Batch, pending: &mut VecDeque<Batch>| {
-        ctx.shared
-            .metrics
-            .buffer_flushes
-            .get_or_create(&FlushLabels {
-                stream: ctx.name.clone(),
-                reason: batch.reason.as_str().to_string(),
-            })
-            .inc();
+        if stage == Stage::Destination {
+            ctx.shared
+                .metrics
+                .buffer_flushes
+                .get_or_create(&FlushLabels {
+                    stream: ctx.name.clone(),
+                    reason: batch.reason.as_str().to_string(),
+                })
+                .inc();
+        }
         tracing::debug!(
+            ?stage,
             batch = batch.id,
             reason = batch.reason.as_str(),
             records = batch.records.len(),
             bytes = batch.bytes,
             "flush"
         );
-        ctx.stats.flushed(&batch);
+        ctx.stats.flushed(stage, &batch);
         pending.push_back(batch);
     };
     loop {
@@ -220,7 +331,7 @@ async fn buffer_stage(
             permit = batches.reserve(), if !pending.is_empty() => match permit {
                 Ok(permit) => permit.send(pending.pop_front().expect("pending is not empty")),
                 Err(_) => {
-                    tracing::error!(batches = pending.len(), "encode stage is gone; records in these batches are not delivered");
+                    tracing::error!(?stage, batches = pending.len(), "the next stage is gone; records in these batches are not delivered");
                     return;
                 }
             },
@@ -240,14 +351,24 @@ async fn buffer_stage(
             },
             changed = config.changed(), if config_open => match changed {
                 Ok(()) => {
-                    let limits = config.borrow_and_update().spec.limits();
-                    if let Some(batch) = buffer.set_limits(limits, Instant::now(), now_ms()) {
+                    let limits = limits_for(stage, &config.borrow_and_update());
+                    passthrough = limits.is_none();
+                    let flush = match limits {
+                        Some(limits) => buffer.set_limits(limits, Instant::now(), now_ms()),
+                        None => buffer.flush(FlushReason::Interval),
+                    };
+                    if let Some(batch) = flush {
                         flushed(batch, &mut pending);
                     }
                 }
                 Err(_) => config_open = false,
             },
-            msg = ingest.recv(), if open => match msg {
+            msg = ingest.recv(), if open && !(passthrough && pending.len() >= 64) => match msg {
+                Some(records) if passthrough => {
+                    // Untracked: these records move on at once, and the next buffer counts them.
+                    let bytes = records.iter().map(|r| r.data.len() as u64).sum();
+                    pending.push_back(Batch { id: u64::MAX, records, bytes, reason: FlushReason::Size });
+                }
                 Some(records) => {
                     let (now, wall) = (Instant::now(), now_ms());
                     push_all(&mut buffer, records, now, wall, |b| flushed(b, &mut pending));
@@ -261,16 +382,183 @@ async fn buffer_stage(
             },
             else => break,
         }
-        ctx.stats.observe_buffer(&buffer);
-        ctx.shared
-            .metrics
-            .buffered_bytes
-            .get_or_create(&Metrics::stream(&ctx.name))
-            .set(buffer.bytes() as i64);
+        ctx.stats.observe_buffer(stage, &buffer);
+        if stage == Stage::Destination {
+            ctx.shared
+                .metrics
+                .buffered_bytes
+                .get_or_create(&Metrics::stream(&ctx.name))
+                .set(buffer.bytes() as i64);
+        }
         if !open && pending.is_empty() && buffer.is_empty() {
             break;
         }
     }
+}
+
+/// Runs batches through the stream's processors on the blocking pool, a few at a time; sends
+/// what they emit on to the destination buffer and what fails to the error output.
+async fn process_stage(
+    ctx: StreamContext,
+    config: watch::Receiver<Arc<Versioned>>,
+    mut batches: mpsc::Receiver<Batch>,
+    records: mpsc::Sender<Vec<Record>>,
+    objects: mpsc::Sender<EncodedObject>,
+) {
+    let mut running: JoinSet<(u64, Vec<Record>, Vec<EncodedObject>)> = JoinSet::new();
+    let mut open = true;
+    loop {
+        tokio::select! {
+            batch = batches.recv(), if open && running.len() < PROCESS_WORKERS => match batch {
+                Some(batch) => {
+                    let current = config.borrow().clone();
+                    match current.processing.clone() {
+                        Some(processing) => {
+                            let ctx = ctx.clone();
+                            running.spawn_blocking(move || process_batch(&ctx, &current, &processing, batch));
+                        }
+                        _ => {
+                            let id = batch.id;
+                            if records.send(batch.records).await.is_err() {
+                                tracing::error!("buffer stage is gone");
+                                return;
+                            }
+                            ctx.stats.settled(Stage::Processing, id);
+                        }
+                    }
+                }
+                None => open = false,
+            },
+            Some(done) = running.join_next(), if !running.is_empty() => match done {
+                Ok((id, emitted, failed)) => {
+                    for obj in failed {
+                        if objects.send(obj).await.is_err() {
+                            tracing::error!("deliver stage is gone");
+                            return;
+                        }
+                    }
+                    for chunk in emitted.chunks(500) {
+                        if records.send(chunk.to_vec()).await.is_err() {
+                            tracing::error!("buffer stage is gone");
+                            return;
+                        }
+                    }
+                    ctx.stats.settled(Stage::Processing, id);
+                }
+                Err(e) => tracing::error!(error = %e, "processing task panicked"),
+            },
+            else => break,
+        }
+    }
+}
+
+/// Runs one batch through the processors (blocking). Returns the batch id, the records to
+/// deliver, and the error-output objects for the records that failed.
+fn process_batch(
+    ctx: &StreamContext,
+    current: &Versioned,
+    processing: &Processing,
+    batch: Batch,
+) -> (u64, Vec<Record>, Vec<EncodedObject>) {
+    let started = std::time::Instant::now();
+    let fates = processing.run(&batch.records);
+    let seconds = started.elapsed().as_secs_f64();
+    let mut emitted = Vec::new();
+    let mut failed: BTreeMap<&'static str, (deliver::ErrorOutputType, Vec<FailedRecord>)> =
+        BTreeMap::new();
+    let mut dropped = Vec::new();
+    let (mut ok_bytes, mut dropped_bytes, mut failed_bytes, mut ok_records) = (0, 0, 0, 0);
+    let mut fragments = Vec::new();
+    for (record, fate) in batch.records.iter().zip(fates) {
+        match fate {
+            Fate::Emit(out) if out.is_empty() => {
+                dropped_bytes += record.data.len() as u64;
+                dropped.push(record.seq);
+            }
+            Fate::Emit(out) => {
+                if out.len() > 1 {
+                    fragments.push((record.seq, out.len() as u32));
+                }
+                ok_records += 1;
+                for e in out {
+                    ok_bytes += e.data.len() as u64;
+                    emitted.push(Record {
+                        data: e.data,
+                        arrival_ms: record.arrival_ms,
+                        seq: record.seq,
+                    });
+                }
+            }
+            Fate::Failed {
+                error_type,
+                failure,
+                attempts,
+                lambda_arn,
+            } => {
+                failed_bytes += record.data.len() as u64;
+                failed
+                    .entry(error_type.as_str())
+                    .or_insert_with(|| (error_type, Vec::new()))
+                    .1
+                    .push(FailedRecord {
+                        record: record.clone(),
+                        attempts,
+                        code: failure.code,
+                        message: failure.message,
+                        lambda_arn,
+                    });
+            }
+        }
+    }
+    let failed_records: u64 = failed.values().map(|(_, v)| v.len() as u64).sum();
+    ctx.shared.metrics.processed(
+        &ctx.name,
+        seconds,
+        &[
+            ("ok", ok_records, ok_bytes),
+            ("dropped", dropped.len() as u64, dropped_bytes),
+            ("failed", failed_records, failed_bytes),
+        ],
+    );
+    if failed_records > 0 {
+        tracing::warn!(
+            batch = batch.id,
+            records = failed_records,
+            "records failed processing; writing them to the error output"
+        );
+    }
+    // The memory budget now holds what goes on instead of what came in.
+    let cost = |n: u64, bytes: u64| bytes + 24 * n;
+    ctx.shared
+        .admission
+        .force_reserve(cost(emitted.len() as u64, ok_bytes) + cost(failed_records, failed_bytes));
+    ctx.shared
+        .admission
+        .release(cost(batch.records.len() as u64, batch.bytes));
+    if !fragments.is_empty() {
+        ctx.fragments
+            .lock()
+            .expect("fragments lock")
+            .extend(fragments);
+    }
+    ctx.settle(dropped);
+    let DestinationSpec::S3(spec) = &current.spec.destination;
+    let now = now_ms();
+    let objects = failed
+        .into_values()
+        .map(|(error_type, records)| {
+            deliver::encode_error_output(
+                &records,
+                error_type,
+                spec,
+                &ctx.name,
+                current.version,
+                batch.id,
+                now,
+            )
+        })
+        .collect();
+    (batch.id, emitted, objects)
 }
 
 /// Adds records to the buffer, handing every batch they fill to `on_flush`.
@@ -319,7 +607,7 @@ async fn encode_stage(
                             Err(e) => {
                                 // Compression into memory only fails on a bug.
                                 tracing::error!(batch = batch.id, records = batch.records.len(), error = %e, "encoding failed; these records are not delivered");
-                                stats.settled(batch.id);
+                                stats.settled(Stage::Destination, batch.id);
                                 admission.release(batch.bytes + 24 * batch.records.len() as u64);
                                 None
                             }
@@ -391,6 +679,9 @@ async fn deliver_one(ctx: &StreamContext, obj: EncodedObject) {
     )
     .await;
     match result {
+        DeliveryResult::Delivered { attempts } if obj.error_output.is_some() => {
+            tracing::info!(key = %obj.key, attempts, records, "failed records written to the error output");
+        }
         DeliveryResult::Delivered { attempts } => {
             ctx.shared.metrics.delivered_to_s3(
                 &ctx.name,
@@ -417,7 +708,9 @@ async fn deliver_one(ctx: &StreamContext, obj: EncodedObject) {
     }
     // Delivered, in the error output, or refused for good and logged: either way the spool may
     // let them go.
-    ctx.spool.delivered(obj.seqs());
+    ctx.settle(obj.seqs());
     ctx.shared.admission.release(obj.raw_bytes + 24 * records);
-    ctx.stats.settled(obj.batch_id);
+    if obj.error_output.is_none() {
+        ctx.stats.settled(Stage::Destination, obj.batch_id);
+    }
 }

@@ -22,6 +22,7 @@ use crate::config::stream::{
 use crate::metrics::Metrics;
 use crate::pipeline::{Shared, StreamHandle, StreamStats, Versioned, spawn_pipeline};
 use crate::spool::{Spool, SpoolSettings};
+use crate::transform::Processing;
 
 /// The only destination id a stream has (one destination per stream).
 pub const DESTINATION_ID: &str = "destinationId-000000000001";
@@ -98,10 +99,14 @@ pub struct Registry {
 
 /// Why a stream could not start.
 #[derive(Debug, thiserror::Error)]
-#[error("stream {stream}: cannot open its spool: {source}")]
-pub struct StartError {
-    pub stream: String,
-    pub source: crate::spool::SpoolError,
+pub enum StartError {
+    #[error("stream {stream}: cannot open its spool: {source}")]
+    Spool {
+        stream: String,
+        source: crate::spool::SpoolError,
+    },
+    #[error("stream {stream}: processing_configuration: {message}")]
+    Processing { stream: String, message: String },
 }
 
 fn epoch_secs() -> f64 {
@@ -245,16 +250,26 @@ impl Registry {
     }
 
     /// Opens the stream's spool, starts its pipeline, and replays what the spool still holds.
+    /// Builds the processor chain a spec asks for (resolving its Lambda function).
+    fn processing(&self, spec: &StreamSpec) -> Result<Option<Arc<Processing>>, String> {
+        let DestinationSpec::S3(s3) = &spec.destination;
+        s3.processing
+            .as_ref()
+            .map(|p| self.shared.catalog.build(p))
+            .transpose()
+    }
+
     fn start(
         &self,
         saved: Saved,
         spec: StreamSpec,
+        processing: Option<Arc<Processing>>,
         from_config: bool,
     ) -> Result<Entry, StartError> {
         let name = saved.name.clone();
         let observer = self.shared.admission.spool_observer(&name);
         let (spool, recovery) = Spool::open(&self.spool_dir(&name), &self.spool_settings, observer)
-            .map_err(|source| StartError {
+            .map_err(|source| StartError::Spool {
                 stream: name.clone(),
                 source,
             })?;
@@ -274,6 +289,7 @@ impl Registry {
             Versioned {
                 spec,
                 version: saved.version,
+                processing,
             },
             self.shared.clone(),
             spool.clone(),
@@ -321,8 +337,14 @@ impl Registry {
         spec: StreamSpec,
         input: CreateDeliveryStreamInput,
     ) -> Result<(), StartError> {
+        let processing = self
+            .processing(&spec)
+            .map_err(|message| StartError::Processing {
+                stream: spec.name.clone(),
+                message,
+            })?;
         let saved = Saved::new(spec.name.clone(), input);
-        let entry = self.start(saved, spec, true)?;
+        let entry = self.start(saved, spec, processing, true)?;
         self.lock().insert(entry.saved.name.clone(), entry);
         Ok(())
     }
@@ -344,7 +366,17 @@ impl Registry {
             }
             match stream::validate(&s.name, &s.input) {
                 Ok(spec) => {
-                    let entry = self.start(s, spec, false).map_err(|e| e.to_string())?;
+                    let processing = match self.processing(&spec) {
+                        Ok(p) => p,
+                        Err(message) => {
+                            // Its spool stays as it is until the transform is back.
+                            tracing::error!(stream = %s.name, error = %message, "saved stream's transform cannot be loaded; not started");
+                            continue;
+                        }
+                    };
+                    let entry = self
+                        .start(s, spec, processing, false)
+                        .map_err(|e| e.to_string())?;
                     self.lock().insert(entry.saved.name.clone(), entry);
                     restored += 1;
                 }
@@ -393,6 +425,9 @@ impl Registry {
             .clone()
             .ok_or_else(|| ApiError::InvalidArgument("DeliveryStreamName is required".into()))?;
         let spec = stream::validate(&name, &input).map_err(|e| ApiError::from_field_errors(&e))?;
+        let processing = self
+            .processing(&spec)
+            .map_err(|m| ApiError::InvalidArgument(format!("ProcessingConfiguration: {m}")))?;
         if self.is_draining(&name) {
             return Err(ApiError::ResourceInUse(format!(
                 "Firehose {name} is still being deleted; try again shortly"
@@ -415,7 +450,7 @@ impl Registry {
             self.set_aside(&leftover);
         }
         let saved = Saved::new(name.clone(), input);
-        let entry = self.start(saved, spec, false).map_err(|e| {
+        let entry = self.start(saved, spec, processing, false).map_err(|e| {
             tracing::error!(error = %e, "cannot start a new stream");
             ApiError::InternalFailure(e.to_string())
         })?;
@@ -600,6 +635,9 @@ impl Registry {
                 .collect();
             ApiError::from_field_errors(&errs)
         })?;
+        let processing = self
+            .processing(&spec)
+            .map_err(|m| ApiError::InvalidArgument(format!("ProcessingConfiguration: {m}")))?;
         let previous = entry.saved.clone();
         entry.saved.input = input;
         entry.saved.version += 1;
@@ -613,10 +651,11 @@ impl Registry {
             return Err(e);
         }
         let entry = streams.get_mut(name).expect("entry exists under the lock");
-        entry
-            .handle
-            .config
-            .send_replace(Arc::new(Versioned { spec, version }));
+        entry.handle.config.send_replace(Arc::new(Versioned {
+            spec,
+            version,
+            processing,
+        }));
         Ok(())
     }
 

@@ -67,6 +67,9 @@ impl Server {
             metrics: metrics.clone(),
             admission: admission.clone(),
             retention: config.spool.retention,
+            catalog: Arc::new(crate::transform::catalog::Catalog::new(
+                config.transforms.clone(),
+            )),
         };
         let registry = Arc::new(Registry::new(
             &config.data_dir,

@@ -3,6 +3,7 @@
 //! error names its dotted path and what is allowed.
 
 pub mod names;
+pub mod processing;
 pub mod stream;
 
 use std::collections::BTreeMap;
@@ -31,11 +32,24 @@ pub struct RawConfig {
     pub auth: Option<RawAuth>,
     pub s3: Option<RawS3>,
     pub spool: Option<RawSpool>,
+    pub transforms: Option<RawTransforms>,
     /// Per-stream Direct PUT quotas, keyed by stream name.
     #[serde(default)]
     pub quotas: BTreeMap<String, RawQuota>,
     #[serde(default)]
     pub streams: BTreeMap<String, toml::Value>,
+}
+
+/// `[transforms]`: where WebAssembly transforms live and the sandbox's limits.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawTransforms {
+    /// Directory of `<function-name>.wasm` components, named by `LambdaArn`s.
+    pub dir: Option<PathBuf>,
+    /// Deadline of one transform call (Firehose: the Lambda timeout). Default 10000.
+    pub timeout_ms: Option<u64>,
+    /// Memory cap of one transform instance. Default 128.
+    pub memory_mb: Option<u64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -131,6 +145,7 @@ pub struct Config {
     pub spool: SpoolConfig,
     pub quotas: BTreeMap<String, Quota>,
     pub streams: Vec<DeclaredStream>,
+    pub transforms: crate::transform::catalog::CatalogSettings,
 }
 
 /// Overrides from the command line and the environment.
@@ -414,6 +429,27 @@ impl Config {
             };
             quotas.insert(name, quota);
         }
+        let tr = raw.transforms.unwrap_or_default();
+        let timeout_ms = tr.timeout_ms.unwrap_or(10_000);
+        if !(1..=900_000).contains(&timeout_ms) {
+            errors.push(format!(
+                "transforms.timeout_ms: {timeout_ms} is outside 1..=900000"
+            ));
+        }
+        let memory_mb = tr.memory_mb.unwrap_or(128);
+        if !(1..=4096).contains(&memory_mb) {
+            errors.push(format!(
+                "transforms.memory_mb: {memory_mb} is outside 1..=4096"
+            ));
+        }
+        let transforms = crate::transform::catalog::CatalogSettings {
+            dir: tr.dir,
+            cache_dir: Some(data_dir.join("transform-cache")),
+            limits: crate::transform::wasm::SandboxLimits {
+                timeout: Duration::from_millis(timeout_ms),
+                memory_bytes: mb(memory_mb) as usize,
+            },
+        };
         let timeout = raw.shutdown_timeout_seconds.unwrap_or(30);
         if errors.is_empty() {
             Ok(Config {
@@ -427,6 +463,7 @@ impl Config {
                 spool,
                 quotas,
                 streams,
+                transforms,
             })
         } else {
             Err(errors)

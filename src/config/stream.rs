@@ -119,6 +119,8 @@ pub struct S3Spec {
     pub compression: CompressionFormat,
     pub extension: String,
     pub time_zone: Tz,
+    /// `ProcessingConfiguration`, when enabled.
+    pub processing: Option<super::processing::ProcessingSpec>,
     /// The configuration as given, for DescribeDeliveryStream and UpdateDestination merges.
     pub raw: ExtendedS3DestinationConfiguration,
     /// Created through the deprecated `S3DestinationConfiguration`.
@@ -358,12 +360,11 @@ pub fn validate_s3(
             Tz::UTC
         }),
     };
-    if enabled(&raw.processing_configuration) {
-        errors.push(FieldError::new(
-            &[path, "processing_configuration"],
-            "record transformation is not supported by this hosepipe version; set Enabled to false",
-        ));
-    }
+    let processing = super::processing::validate(
+        &raw.processing_configuration,
+        &[path, "processing_configuration"],
+        errors,
+    );
     if enabled(&raw.data_format_conversion_configuration) {
         errors.push(FieldError::new(
             &[path, "data_format_conversion_configuration"],
@@ -409,6 +410,7 @@ pub fn validate_s3(
         compression,
         extension,
         time_zone,
+        processing,
         raw: raw.clone(),
         legacy,
     })
@@ -556,7 +558,7 @@ mod tests {
             serde_json::json!({"BucketARN": "arn:aws:s3:::bkt", "FileExtension": "gz"}),
             serde_json::json!({"BucketARN": "arn:aws:s3:::bkt", "CustomTimeZone": "Mars/Olympus"}),
             serde_json::json!({"BucketARN": "arn:aws:s3:::bkt", "Prefix": "!{timestamp:yyyy}/", }),
-            serde_json::json!({"BucketARN": "arn:aws:s3:::bkt", "ProcessingConfiguration": {"Enabled": true, "Processors": []}}),
+            serde_json::json!({"BucketARN": "arn:aws:s3:::bkt", "ProcessingConfiguration": {"Enabled": true, "Processors": [{"Type": "Lambda"}]}}),
         ];
         for b in bad {
             assert!(validate("s", &s3(b.clone())).is_err(), "{b}");

@@ -6,8 +6,41 @@ use bytes::Bytes;
 
 use crate::buffer::Record;
 
+/// One record bound for the error output, with why.
+#[derive(Debug, Clone)]
+pub struct FailedRecord {
+    pub record: Record,
+    pub attempts: u32,
+    pub code: String,
+    pub message: String,
+    /// `lambdaArn`, for records the Lambda processor failed.
+    pub lambda_arn: Option<String>,
+}
+
 /// `{"attemptsMade", "arrivalTimestamp", "errorCode", "errorMessage", "attemptEndingTimestamp",
-/// "rawData"}` per record.
+/// "rawData"[, "lambdaArn"]}` per record, newline-delimited.
+pub fn documents(failed: &[FailedRecord], attempt_ending_ms: i64) -> Bytes {
+    let engine = base64::engine::general_purpose::STANDARD;
+    let mut out = Vec::new();
+    for f in failed {
+        let mut doc = serde_json::json!({
+            "attemptsMade": f.attempts,
+            "arrivalTimestamp": f.record.arrival_ms,
+            "errorCode": f.code,
+            "errorMessage": f.message,
+            "attemptEndingTimestamp": attempt_ending_ms,
+            "rawData": engine.encode(&f.record.data),
+        });
+        if let Some(arn) = &f.lambda_arn {
+            doc["lambdaArn"] = arn.clone().into();
+        }
+        serde_json::to_writer(&mut out, &doc).expect("JSON into memory");
+        out.push(b'\n');
+    }
+    out.into()
+}
+
+/// The same document for every record of `records`.
 pub fn failed_record_documents(
     records: &[Record],
     attempts: u32,
@@ -15,21 +48,17 @@ pub fn failed_record_documents(
     error_message: &str,
     attempt_ending_ms: i64,
 ) -> Bytes {
-    let engine = base64::engine::general_purpose::STANDARD;
-    let mut out = Vec::new();
-    for r in records {
-        let doc = serde_json::json!({
-            "attemptsMade": attempts,
-            "arrivalTimestamp": r.arrival_ms,
-            "errorCode": error_code,
-            "errorMessage": error_message,
-            "attemptEndingTimestamp": attempt_ending_ms,
-            "rawData": engine.encode(&r.data),
-        });
-        serde_json::to_writer(&mut out, &doc).expect("JSON into memory");
-        out.push(b'\n');
-    }
-    out.into()
+    let failed: Vec<FailedRecord> = records
+        .iter()
+        .map(|r| FailedRecord {
+            record: r.clone(),
+            attempts,
+            code: error_code.to_string(),
+            message: error_message.to_string(),
+            lambda_arn: None,
+        })
+        .collect();
+    documents(&failed, attempt_ending_ms)
 }
 
 #[cfg(test)]
@@ -63,5 +92,19 @@ mod tests {
         assert_eq!(docs[0]["errorCode"], "S3.RetentionExpired");
         assert_eq!(docs[0]["errorMessage"], "down");
         assert_eq!(docs[1]["attemptEndingTimestamp"], 99);
+        assert!(docs[0].get("lambdaArn").is_none());
+        let with_arn = documents(
+            &[FailedRecord {
+                record: recs[0].clone(),
+                attempts: 1,
+                code: "Lambda.ProcessingFailed".into(),
+                message: "bad line".into(),
+                lambda_arn: Some("arn:aws:lambda:r:1:function:f".into()),
+            }],
+            7,
+        );
+        let doc: serde_json::Value = serde_json::from_slice(with_arn.trim_ascii()).unwrap();
+        assert_eq!(doc["lambdaArn"], "arn:aws:lambda:r:1:function:f");
+        assert_eq!(doc["errorMessage"], "bad line");
     }
 }

@@ -15,7 +15,8 @@ use hosepipe_sinks::{Destination, Outcome, Payload};
 use crate::buffer::{Batch, Record};
 use crate::compress::{self, CompressError};
 use crate::config::stream::S3Spec;
-use prefix::{ErrorOutputType, RenderContext, Template};
+pub use prefix::ErrorOutputType;
+use prefix::{RenderContext, Template};
 
 /// An object ready for upload.
 #[derive(Debug, Clone)]
@@ -32,6 +33,8 @@ pub struct EncodedObject {
     pub records: Vec<Record>,
     /// Where they go if they outlive the retention age undelivered.
     pub error_key: String,
+    /// Set when this object is itself error output (failed-record documents).
+    pub error_output: Option<ErrorOutputType>,
 }
 
 impl EncodedObject {
@@ -120,7 +123,37 @@ pub fn encode_s3(
         raw_bytes: batch.bytes,
         records: batch.records.clone(),
         error_key,
+        error_output: None,
     })
+}
+
+/// Failed-record documents for `failed` as an object under the error prefix, named like
+/// Firehose's: `<ErrorOutputPrefix with error-output-type>/<stream>-<version>-<time>-<uuid>`.
+/// CPU only: no I/O.
+pub fn encode_error_output(
+    failed: &[error_output::FailedRecord],
+    error_type: ErrorOutputType,
+    spec: &S3Spec,
+    stream: &str,
+    version: u64,
+    batch_id: u64,
+    now_ms: i64,
+) -> EncodedObject {
+    let records: Vec<Record> = failed.iter().map(|f| f.record.clone()).collect();
+    let time = zoned(crate::buffer::oldest_arrival_ms(&records), spec.time_zone);
+    let prefix = render_prefix(&spec.error_prefix, &time, Some(error_type));
+    let key = prefix::object_key(&prefix, stream, version, &time, "");
+    EncodedObject {
+        batch_id,
+        bucket: spec.bucket.clone(),
+        error_key: key.clone(),
+        key,
+        body: error_output::documents(failed, now_ms),
+        content_type: "application/x-ndjson",
+        raw_bytes: records.iter().map(|r| r.data.len() as u64).sum(),
+        records,
+        error_output: Some(error_type),
+    }
 }
 
 /// How a delivery ended.
@@ -311,6 +344,7 @@ mod tests {
                 },
             ],
             error_key: "errors/retention-expired/obj".into(),
+            error_output: None,
         }
     }
 

@@ -49,6 +49,11 @@ fn latency_histogram() -> Histogram {
     Histogram::new(exponential_buckets(0.005, 2.0, 20))
 }
 
+fn processing_histogram() -> Histogram {
+    // 10 µs … ~5 min (the longest Lambda runtime).
+    Histogram::new(exponential_buckets(0.00001, 2.0, 25))
+}
+
 /// Every metric the daemon exports.
 pub struct Metrics {
     registry: Registry,
@@ -72,6 +77,10 @@ pub struct Metrics {
     pub spool_expired_records: Family<StreamLabels, Counter>,
     pub spool_corrupt_segments: Family<StreamLabels, Counter>,
     pub spool_truncated_bytes: Family<StreamLabels, Counter>,
+    pub processing_duration: HistogramFamily<StreamLabels>,
+    pub processing_invocations: Family<OutcomeLabels, Counter>,
+    pub processing_records: Family<OutcomeLabels, Counter>,
+    pub processing_bytes: Family<OutcomeLabels, Counter>,
     /// Every fsync's latency, kept only when a benchmark asks for them.
     fsync_log: Mutex<Option<Vec<f64>>>,
     /// Per-record arrival → delivered latencies, kept only when a benchmark asks for them.
@@ -108,6 +117,10 @@ impl Metrics {
             spool_expired_records: Family::default(),
             spool_corrupt_segments: Family::default(),
             spool_truncated_bytes: Family::default(),
+            processing_duration: Family::new_with_constructor(processing_histogram),
+            processing_invocations: Family::default(),
+            processing_records: Family::default(),
+            processing_bytes: Family::default(),
             fsync_log: Mutex::new(None),
             latency_log: Mutex::new(None),
             registry: Registry::default(),
@@ -219,6 +232,28 @@ impl Metrics {
             prometheus_client::registry::Unit::Bytes,
             m.spool_truncated_bytes.clone(),
         );
+        registry.register_with_unit(
+            "processing_duration",
+            "Time of one processing run over a batch (Firehose ExecuteProcessing.Duration)",
+            prometheus_client::registry::Unit::Seconds,
+            m.processing_duration.clone(),
+        );
+        registry.register(
+            "processing_invocations",
+            "Processing runs, success when no record failed (Firehose ExecuteProcessing.Success)",
+            m.processing_invocations.clone(),
+        );
+        registry.register(
+            "processing_records",
+            "Records processed by outcome ok, dropped or failed (Firehose SucceedProcessing.Records)",
+            m.processing_records.clone(),
+        );
+        registry.register_with_unit(
+            "processing",
+            "Bytes processed by outcome: ok counts output bytes, dropped and failed input bytes (Firehose SucceedProcessing.Bytes)",
+            prometheus_client::registry::Unit::Bytes,
+            m.processing_bytes.clone(),
+        );
         Metrics { registry, ..m }
     }
 
@@ -294,6 +329,29 @@ impl Metrics {
             if let Some(log) = log.as_mut() {
                 log.push(secs);
             }
+        }
+    }
+
+    /// Records one processing run: its duration and per-outcome records and bytes.
+    pub fn processed(&self, stream: &str, seconds: f64, counts: &[(&str, u64, u64)]) {
+        self.processing_duration
+            .get_or_create(&Self::stream(stream))
+            .observe(seconds);
+        let failed = counts.iter().any(|(o, n, _)| *o == "failed" && *n > 0);
+        let labels = |outcome: &str| OutcomeLabels {
+            stream: stream.to_string(),
+            outcome: outcome.to_string(),
+        };
+        self.processing_invocations
+            .get_or_create(&labels(if failed { FAILURE } else { SUCCESS }))
+            .inc();
+        for (outcome, records, bytes) in counts {
+            self.processing_records
+                .get_or_create(&labels(outcome))
+                .inc_by(*records);
+            self.processing_bytes
+                .get_or_create(&labels(outcome))
+                .inc_by(*bytes);
         }
     }
 

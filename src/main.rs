@@ -45,6 +45,8 @@ enum Command {
     },
     /// Measure accepted-and-delivered throughput against bare gzip of the same bytes.
     Bench(hosepipe::bench::BenchArgs),
+    /// Measure the WASM sandbox's per-record cost against the same transforms run natively.
+    BenchTransform(hosepipe::transform::bench::BenchTransformArgs),
 }
 
 fn env(name: &str) -> Option<String> {
@@ -160,6 +162,16 @@ fn main() -> ExitCode {
                 }
             }
         }),
+        Command::BenchTransform(args) => {
+            init_tracing();
+            match hosepipe::transform::bench::run(args) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("bench-transform failed: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
         Command::Bench(args) => {
             init_tracing();
             block_on(async {

@@ -62,30 +62,31 @@ fn init_tracing() {
         .init();
 }
 
-async fn shutdown_signal() {
-    let ctrl_c = async {
-        if let Err(e) = tokio::signal::ctrl_c().await {
-            tracing::error!(error = %e, "cannot listen for SIGINT");
-            std::future::pending::<()>().await;
-        }
+/// Waits for SIGINT or SIGTERM. The handlers are installed when this is called (not when the
+/// future is first polled), so a signal that arrives right after the "listening" line is not
+/// lost to the default action.
+fn shutdown_signal() -> impl std::future::Future<Output = ()> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let install = |kind: SignalKind, name: &'static str| {
+        signal(kind)
+            .map_err(|e| tracing::error!(error = %e, "cannot listen for {name}"))
+            .ok()
     };
-    #[cfg(unix)]
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
+    let mut int = install(SignalKind::interrupt(), "SIGINT");
+    let mut term = install(SignalKind::terminate(), "SIGTERM");
+    async fn wait(s: Option<&mut tokio::signal::unix::Signal>) {
+        match s {
+            Some(s) => {
                 s.recv().await;
             }
-            Err(e) => {
-                tracing::error!(error = %e, "cannot listen for SIGTERM");
-                std::future::pending::<()>().await;
-            }
+            None => std::future::pending::<()>().await,
         }
-    };
-    #[cfg(not(unix))]
-    let term = std::future::pending::<()>();
-    tokio::select! {
-        _ = ctrl_c => tracing::info!("SIGINT received"),
-        _ = term => tracing::info!("SIGTERM received"),
+    }
+    async move {
+        tokio::select! {
+            _ = wait(int.as_mut()) => tracing::info!("SIGINT received"),
+            _ = wait(term.as_mut()) => tracing::info!("SIGTERM received"),
+        }
     }
 }
 
@@ -142,9 +143,10 @@ fn main() -> ExitCode {
                         return ExitCode::FAILURE;
                     }
                 };
+                let stop = shutdown_signal();
                 // Tests and scripts read the address from this line.
                 println!("hosepipe listening on http://{}", server.addr);
-                match server.run(shutdown_signal()).await {
+                match server.run(stop).await {
                     0 => ExitCode::SUCCESS,
                     _ => ExitCode::FAILURE,
                 }

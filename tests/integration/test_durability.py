@@ -286,7 +286,7 @@ def test_a_deleted_streams_spool_is_not_inherited_by_a_new_stream(s3, bucket, da
     fh.delete_delivery_stream(DeliveryStreamName="reborn")  # its records can never go out
     d.crash()
     d.start()
-    assert "set aside" in d.log()
+    wait_for(lambda: "set aside" in d.log(), timeout=10, what="the set-aside log line")
     fh = d.firehose()
     fh.create_delivery_stream(DeliveryStreamName="reborn", ExtendedS3DestinationConfiguration=cfg(bucket))
     fh.put_record_batch(DeliveryStreamName="reborn", Records=[{"Data": b"new\n"}] * 3)

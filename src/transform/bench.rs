@@ -27,6 +27,9 @@ pub struct BenchTransformArgs {
     /// Seconds to run each measurement.
     #[arg(long, default_value_t = 3.0)]
     pub seconds: f64,
+    /// Only the identity transform in the sandbox (for profiling).
+    #[arg(long)]
+    pub wasm_identity_only: bool,
 }
 
 /// Runs `t` over `batch` repeatedly for `seconds`; nanoseconds per record.
@@ -106,6 +109,15 @@ pub fn run(args: BenchTransformArgs) -> Result<(), String> {
         }
         started.elapsed().as_nanos() as f64 / n as f64
     };
+    if args.wasm_identity_only {
+        let ns = measure(
+            wasm("general-processing")?.as_ref(),
+            &identity,
+            args.seconds,
+        )?;
+        println!("wasm identity: {ns:.1} ns/record");
+        return Ok(());
+    }
     let native_id = measure(
         builtin("general-processing")?.as_ref(),
         &identity,

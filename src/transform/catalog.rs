@@ -184,14 +184,14 @@ impl<T: hosepipe_transform::Transform + Send> Transform for Native<T> {
             };
             let record = hosepipe_transform::Record {
                 id: i as u64,
-                data: r.data.to_vec(),
+                data: &r.data,
                 arrival_ms: r.arrival_ms,
             };
             let mut t = t;
             match std::panic::catch_unwind(AssertUnwindSafe(|| t.process(record))) {
                 Ok(outcome) => {
                     out.push(Processed {
-                        outcome: from_sdk(outcome),
+                        outcome: from_sdk(outcome, &r.data),
                         attempts: 1,
                     });
                     instance = Some(t);
@@ -224,16 +224,26 @@ fn failed(failure: Failure) -> Processed {
     }
 }
 
-/// The SDK's outcome as the host's.
-pub fn from_sdk(outcome: hosepipe_transform::Outcome) -> Outcome {
+/// The SDK's outcome as the host's. Bytes borrowed from the input record are shared with it,
+/// not copied.
+pub fn from_sdk(outcome: hosepipe_transform::Outcome<'_>, input: &Bytes) -> Outcome {
     match outcome {
         hosepipe_transform::Outcome::Ok {
             data,
             partition_keys,
-        } => Outcome::Ok {
-            data: Bytes::from(data),
-            partition_keys,
-        },
+        } => {
+            let data = match data {
+                std::borrow::Cow::Borrowed(b) if input.as_ptr_range().contains(&b.as_ptr()) => {
+                    input.slice_ref(b)
+                }
+                std::borrow::Cow::Borrowed(b) => Bytes::copy_from_slice(b),
+                std::borrow::Cow::Owned(v) => Bytes::from(v),
+            };
+            Outcome::Ok {
+                data,
+                partition_keys,
+            }
+        }
         hosepipe_transform::Outcome::Dropped => Outcome::Dropped,
         hosepipe_transform::Outcome::Failed(m) => {
             Outcome::Failed(Failure::new("Lambda.ProcessingFailed", m))

@@ -239,6 +239,17 @@ struct Instance {
     store: Store<Host>,
     bindings: Transformer,
     output: MemoryOutputPipe,
+    /// Reused columns the batch is gathered into.
+    scratch: Columns,
+}
+
+/// A batch's columns (`batch` in the WIT).
+#[derive(Default)]
+struct Columns {
+    data: Vec<u8>,
+    ids: Vec<u64>,
+    lengths: Vec<u32>,
+    arrivals_ms: Vec<i64>,
 }
 
 /// A call that failed.
@@ -299,6 +310,7 @@ impl WasmTransform {
                 store,
                 bindings,
                 output,
+                scratch: Columns::default(),
             }),
             Ok(Err(message)) => Err(WasmError::Init(message)),
             Err(e) => Err(WasmError::Init(
@@ -321,17 +333,28 @@ impl WasmTransform {
             })?,
         };
         inst.store.set_epoch_deadline(self.deadline_ticks());
-        let inputs: Vec<wit::Input> = records
-            .iter()
-            .enumerate()
-            .map(|(i, r)| wit::Input {
-                id: i as u64,
-                data: &r.data,
-                arrival_ms: r.arrival_ms,
-            })
-            .collect();
-        let outputs = match inst.bindings.call_process(&mut inst.store, &inputs) {
-            Ok(outputs) => outputs,
+        // The batch as a few columns: one copy each into the guest, not one call per record.
+        let mut cols = std::mem::take(&mut inst.scratch);
+        cols.data.clear();
+        cols.ids.clear();
+        cols.lengths.clear();
+        cols.arrivals_ms.clear();
+        let mut starts = Vec::with_capacity(records.len());
+        for (i, r) in records.iter().enumerate() {
+            starts.push(cols.data.len());
+            cols.data.extend_from_slice(&r.data);
+            cols.ids.push(i as u64);
+            cols.lengths.push(r.data.len() as u32);
+            cols.arrivals_ms.push(r.arrival_ms);
+        }
+        let batch = wit::Batch {
+            data: &cols.data,
+            ids: &cols.ids,
+            lengths: &cols.lengths,
+            arrivals_ms: &cols.arrivals_ms,
+        };
+        let answer = match inst.bindings.call_process(&mut inst.store, batch) {
+            Ok(p) => p,
             Err(e) => {
                 // The instance may be mid-way through anything: never reuse it.
                 return Err(CallError::Fault(describe_fault(
@@ -341,45 +364,96 @@ impl WasmTransform {
                 )));
             }
         };
+        inst.scratch = cols;
         if inst.output.contents().len() < OUTPUT_CAPACITY / 2 {
             self.pool.lock().expect("pool lock").push(inst);
         }
-        if outputs.len() != records.len() {
+        let n = answer.ids.len();
+        if n != records.len() {
             return Err(CallError::Batch(Failure::new(
                 "Lambda.MissingRecordId",
                 format!(
-                    "the transform returned {} results for {} records",
-                    outputs.len(),
+                    "the transform returned {n} results for {} records",
                     records.len()
                 ),
             )));
         }
-        outputs
-            .into_iter()
-            .enumerate()
-            .map(|(i, o)| {
-                if o.id != i as u64 {
-                    return Err(CallError::Batch(Failure::new(
-                        "Lambda.DuplicatedRecordId",
-                        format!("result {i} carries record id {} (expected {i})", o.id),
+        if [
+            answer.statuses.len(),
+            answer.sources.len(),
+            answer.offsets.len(),
+            answer.lengths.len(),
+        ]
+        .iter()
+        .any(|len| *len != n)
+        {
+            return Err(bad_answer("the answer's columns differ in length".into()));
+        }
+        let new_bytes = Bytes::from(answer.data);
+        let mut keys: Vec<Vec<(String, String)>> = Vec::new();
+        for k in answer.partition_keys {
+            let i = k.output as usize;
+            if i >= n {
+                return Err(bad_answer(format!("a partition key names output {i}")));
+            }
+            if keys.is_empty() {
+                keys.resize(n, Vec::new());
+            }
+            keys[i].push((k.name, k.value));
+        }
+        let mut result = Vec::with_capacity(n);
+        for i in 0..n {
+            if answer.ids[i] != i as u64 {
+                return Err(CallError::Batch(Failure::new(
+                    "Lambda.DuplicatedRecordId",
+                    format!(
+                        "result {i} carries record id {} (expected {i})",
+                        answer.ids[i]
+                    ),
+                )));
+            }
+            let span =
+                answer.offsets[i] as usize..answer.offsets[i] as usize + answer.lengths[i] as usize;
+            let bytes = match answer.sources[i] {
+                wit::Source::Output if span.end <= new_bytes.len() => new_bytes.slice(span),
+                // Bytes of the batch: share the record's own buffer when they lie within it.
+                wit::Source::Input => match locate(&starts, records, i, &span) {
+                    Some(j) => records[j]
+                        .data
+                        .slice(span.start - starts[j]..span.end - starts[j]),
+                    None if span.end
+                        <= starts
+                            .last()
+                            .map_or(0, |s| s + records[records.len() - 1].data.len()) =>
+                    {
+                        Bytes::from(gather(&starts, records, span))
+                    }
+                    None => {
+                        return Err(bad_answer(format!(
+                            "result {i} names bytes {span:?} outside the batch"
+                        )));
+                    }
+                },
+                wit::Source::Output => {
+                    return Err(bad_answer(format!(
+                        "result {i} names bytes {span:?} of a {}-byte answer",
+                        new_bytes.len()
                     )));
                 }
-                Ok(match o.outcome {
-                    wit::Outcome::Ok(t) => Outcome::Ok {
-                        data: Bytes::from(t.data),
-                        partition_keys: t
-                            .partition_keys
-                            .into_iter()
-                            .map(|k| (k.name, k.value))
-                            .collect(),
-                    },
-                    wit::Outcome::Dropped => Outcome::Dropped,
-                    wit::Outcome::ProcessingFailed(m) => {
-                        Outcome::Failed(Failure::new("Lambda.ProcessingFailed", m))
-                    }
-                })
-            })
-            .collect()
+            };
+            result.push(match answer.statuses[i] {
+                wit::Status::Ok => Outcome::Ok {
+                    data: bytes,
+                    partition_keys: keys.get_mut(i).map(std::mem::take).unwrap_or_default(),
+                },
+                wit::Status::Dropped => Outcome::Dropped,
+                wit::Status::ProcessingFailed => Outcome::Failed(Failure::new(
+                    "Lambda.ProcessingFailed",
+                    String::from_utf8_lossy(&bytes).into_owned(),
+                )),
+            });
+        }
+        Ok(result)
     }
 
     /// Processes `records`, bisecting on faults; `prior` invocations already included them.
@@ -434,6 +508,41 @@ impl Transform for WasmTransform {
         self.run(records, 0, &mut out);
         out
     }
+}
+
+/// Which record's bytes hold `span` of the batch buffer: record `hint` (the usual case, a
+/// record answered with itself), else the last record starting at or before it.
+fn locate(
+    starts: &[usize],
+    records: &[Record],
+    hint: usize,
+    span: &std::ops::Range<usize>,
+) -> Option<usize> {
+    let holds = |j: usize| span.start >= starts[j] && span.end <= starts[j] + records[j].data.len();
+    if hint < starts.len() && holds(hint) {
+        return Some(hint);
+    }
+    let j = starts
+        .partition_point(|s| *s <= span.start)
+        .checked_sub(1)?;
+    holds(j).then_some(j)
+}
+
+fn bad_answer(message: String) -> CallError {
+    CallError::Batch(Failure::new("Lambda.JsonProcessingException", message))
+}
+
+/// The bytes `span` of the batch buffer, rebuilt from the records (a span across records).
+fn gather(starts: &[usize], records: &[Record], span: std::ops::Range<usize>) -> Vec<u8> {
+    let mut out = Vec::with_capacity(span.len());
+    for (start, r) in starts.iter().zip(records) {
+        let end = start + r.data.len();
+        let (from, to) = (span.start.max(*start), span.end.min(end));
+        if from < to {
+            out.extend_from_slice(&r.data[from - start..to - start]);
+        }
+    }
+    out
 }
 
 /// Names a fault for the failed-record document, with the guest's last output line.

@@ -15,44 +15,89 @@
 //!     fn init(_: &Params) -> Result<Self, String> {
 //!         Ok(Upper)
 //!     }
-//!     fn process(&mut self, record: Record) -> Outcome {
+//!     fn process<'a>(&mut self, record: Record<'a>) -> Outcome<'a> {
 //!         Outcome::ok(record.data.to_ascii_uppercase())
 //!     }
 //! }
 //!
 //! hosepipe_transform::export_transform!(Upper);
 //! # let mut t = Upper::init(&Params::default()).unwrap();
-//! # assert_eq!(t.process(Record::new(b"a".to_vec())), Outcome::ok(b"A".to_vec()));
+//! # assert_eq!(t.process(Record::new("a")), Outcome::ok("A"));
 //! ```
 
-/// One record of a batch.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Record {
+use std::borrow::Cow;
+
+/// One record of a batch. Its bytes are borrowed from the batch: return them (or a part of
+/// them) in an [`Outcome`] and nothing is copied until the SDK writes the answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Record<'a> {
     /// Opaque id; the SDK echoes it back for you.
     pub id: u64,
     /// The record's bytes.
-    pub data: Vec<u8>,
+    pub data: &'a [u8],
     /// When hosepipe accepted the record, epoch milliseconds.
     pub arrival_ms: i64,
 }
 
-impl Record {
+impl<'a> Record<'a> {
     /// A record with id 0 and arrival time 0 (for tests).
-    pub fn new(data: impl Into<Vec<u8>>) -> Self {
+    pub fn new<D: AsRef<[u8]> + ?Sized>(data: &'a D) -> Self {
         Record {
             id: 0,
-            data: data.into(),
+            data: data.as_ref(),
             arrival_ms: 0,
         }
     }
 }
 
+/// Bytes for an [`Outcome`]: borrowed from the record (`&[u8]`, `&str`) or new (`Vec<u8>`,
+/// `String`).
+pub trait IntoData<'a> {
+    fn into_data(self) -> Cow<'a, [u8]>;
+}
+
+impl<'a> IntoData<'a> for &'a [u8] {
+    fn into_data(self) -> Cow<'a, [u8]> {
+        Cow::Borrowed(self)
+    }
+}
+
+impl<'a, const N: usize> IntoData<'a> for &'a [u8; N] {
+    fn into_data(self) -> Cow<'a, [u8]> {
+        Cow::Borrowed(self)
+    }
+}
+
+impl<'a> IntoData<'a> for &'a str {
+    fn into_data(self) -> Cow<'a, [u8]> {
+        Cow::Borrowed(self.as_bytes())
+    }
+}
+
+impl<'a> IntoData<'a> for Vec<u8> {
+    fn into_data(self) -> Cow<'a, [u8]> {
+        Cow::Owned(self)
+    }
+}
+
+impl<'a> IntoData<'a> for String {
+    fn into_data(self) -> Cow<'a, [u8]> {
+        Cow::Owned(self.into_bytes())
+    }
+}
+
+impl<'a> IntoData<'a> for Cow<'a, [u8]> {
+    fn into_data(self) -> Cow<'a, [u8]> {
+        self
+    }
+}
+
 /// What became of one record (Firehose's `result`).
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Outcome {
+pub enum Outcome<'a> {
     /// `Ok`: deliver `data`, with optional dynamic-partitioning keys.
     Ok {
-        data: Vec<u8>,
+        data: Cow<'a, [u8]>,
         partition_keys: Vec<(String, String)>,
     },
     /// `Dropped`: deliver nothing; counts as success.
@@ -61,11 +106,11 @@ pub enum Outcome {
     Failed(String),
 }
 
-impl Outcome {
-    /// `Ok` with new data and no partition keys.
-    pub fn ok(data: impl Into<Vec<u8>>) -> Self {
+impl<'a> Outcome<'a> {
+    /// `Ok` with new data (or the record's own) and no partition keys.
+    pub fn ok(data: impl IntoData<'a>) -> Self {
         Outcome::Ok {
-            data: data.into(),
+            data: data.into_data(),
             partition_keys: Vec::new(),
         }
     }
@@ -141,13 +186,13 @@ pub trait Transform: Sized + 'static {
     /// created with them).
     fn init(params: &Params) -> Result<Self, String>;
 
-    /// Transforms one record.
-    fn process(&mut self, record: Record) -> Outcome;
+    /// Transforms one record. The outcome may borrow the record's bytes.
+    fn process<'a>(&mut self, record: Record<'a>) -> Outcome<'a>;
 }
 
 /// Runs a batch through a transform, as the host does: one outcome per record, in order.
-pub fn run_batch<T: Transform>(transform: &mut T, records: Vec<Record>) -> Vec<Outcome> {
-    records.into_iter().map(|r| transform.process(r)).collect()
+pub fn run_batch<'a, T: Transform>(transform: &mut T, records: &[Record<'a>]) -> Vec<Outcome<'a>> {
+    records.iter().map(|r| transform.process(*r)).collect()
 }
 
 /// Makes `$t` (a [`Transform`]) the component's `init` and `process` exports. Does nothing when
@@ -164,9 +209,7 @@ macro_rules! export_transform {
                 ) -> ::std::result::Result<(), ::std::string::String> {
                     $crate::guest::init::<$t>(parameters)
                 }
-                fn process(
-                    batch: ::std::vec::Vec<$crate::guest::Input>,
-                ) -> ::std::vec::Vec<$crate::guest::Output> {
+                fn process(batch: $crate::guest::Batch) -> $crate::guest::Processed {
                     $crate::guest::process::<$t>(batch)
                 }
             }
@@ -188,7 +231,7 @@ pub mod guest {
         default_bindings_module: "hosepipe_transform::guest",
     });
 
-    pub use self::hosepipe::transform::types::{Outcome as WitOutcome, PartitionKey, Transformed};
+    pub use self::hosepipe::transform::types::{PartitionKey, Source, Status};
 
     use std::any::Any;
     use std::cell::RefCell;
@@ -204,7 +247,9 @@ pub mod guest {
         Ok(())
     }
 
-    pub fn process<T: crate::Transform>(batch: Vec<Input>) -> Vec<Output> {
+    /// Runs every record of the batch through `T`, writing the transformed bytes one after
+    /// the other into the answer's buffer.
+    pub fn process<T: crate::Transform>(batch: Batch) -> Processed {
         STATE.with(|s| {
             let mut state = s.borrow_mut();
             if state.is_none() {
@@ -217,32 +262,68 @@ pub mod guest {
                 .as_mut()
                 .and_then(|b| b.downcast_mut::<T>())
                 .expect("the state is this transform");
-            batch
-                .into_iter()
-                .map(|input| {
-                    let id = input.id;
-                    let record = crate::Record {
-                        id,
-                        data: input.data,
-                        arrival_ms: input.arrival_ms,
-                    };
-                    let outcome = match t.process(record) {
-                        crate::Outcome::Ok {
-                            data,
-                            partition_keys,
-                        } => WitOutcome::Ok(Transformed {
-                            data,
-                            partition_keys: partition_keys
-                                .into_iter()
-                                .map(|(name, value)| PartitionKey { name, value })
-                                .collect(),
-                        }),
-                        crate::Outcome::Dropped => WitOutcome::Dropped,
-                        crate::Outcome::Failed(m) => WitOutcome::ProcessingFailed(m),
-                    };
-                    Output { id, outcome }
-                })
-                .collect()
+            let input = batch.data.as_slice();
+            let within = |b: &[u8]| {
+                let range = input.as_ptr_range();
+                (range.contains(&b.as_ptr()) || b.as_ptr() == range.end)
+                    && b.as_ptr() as usize + b.len() <= range.end as usize
+            };
+            let span = |bytes: &[u8], data: &mut Vec<u8>| {
+                if within(bytes) {
+                    (
+                        Source::Input,
+                        (bytes.as_ptr() as usize - input.as_ptr() as usize) as u32,
+                    )
+                } else {
+                    let offset = data.len() as u32;
+                    data.extend_from_slice(bytes);
+                    (Source::Output, offset)
+                }
+            };
+            let n = batch.ids.len();
+            let mut out = Processed {
+                data: Vec::new(),
+                ids: Vec::with_capacity(n),
+                statuses: Vec::with_capacity(n),
+                sources: Vec::with_capacity(n),
+                offsets: Vec::with_capacity(n),
+                lengths: Vec::with_capacity(n),
+                partition_keys: Vec::new(),
+            };
+            let mut start = 0usize;
+            for i in 0..n {
+                let len = batch.lengths.get(i).copied().unwrap_or(0) as usize;
+                let outcome = match input.get(start..start + len) {
+                    Some(bytes) => t.process(crate::Record {
+                        id: batch.ids[i],
+                        data: bytes,
+                        arrival_ms: batch.arrivals_ms.get(i).copied().unwrap_or(0),
+                    }),
+                    None => crate::Outcome::Failed("the host sent a record past the batch".into()),
+                };
+                start += len;
+                let (status, bytes, keys) = match &outcome {
+                    crate::Outcome::Ok {
+                        data,
+                        partition_keys,
+                    } => (Status::Ok, data.as_ref(), partition_keys.as_slice()),
+                    crate::Outcome::Dropped => (Status::Dropped, &[][..], &[][..]),
+                    crate::Outcome::Failed(m) => (Status::ProcessingFailed, m.as_bytes(), &[][..]),
+                };
+                let (source, offset) = span(bytes, &mut out.data);
+                out.partition_keys
+                    .extend(keys.iter().map(|(name, value)| PartitionKey {
+                        output: i as u32,
+                        name: name.clone(),
+                        value: value.clone(),
+                    }));
+                out.ids.push(batch.ids[i]);
+                out.statuses.push(status);
+                out.sources.push(source);
+                out.offsets.push(offset);
+                out.lengths.push(bytes.len() as u32);
+            }
+            out
         })
     }
 }
@@ -267,7 +348,7 @@ mod tests {
         assert_eq!(
             ok,
             Outcome::Ok {
-                data: b"x".to_vec(),
+                data: b"x".as_slice().into(),
                 partition_keys: vec![("k".into(), "v".into())]
             }
         );

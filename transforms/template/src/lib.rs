@@ -16,11 +16,11 @@ impl Transform for MyTransform {
         })
     }
 
-    fn process(&mut self, record: Record) -> Outcome {
+    fn process<'a>(&mut self, record: Record<'a>) -> Outcome<'a> {
         if record.data.is_empty() {
             return Outcome::Dropped;
         }
-        match std::str::from_utf8(&record.data) {
+        match std::str::from_utf8(record.data) {
             Ok(text) => Outcome::ok(format!("{}{}", text.to_uppercase(), self.suffix)),
             Err(e) => Outcome::failed(format!("not UTF-8: {e}")),
         }
@@ -39,7 +39,7 @@ mod tests {
         assert_eq!(t.process(Record::new("hi")), Outcome::ok("HI!"));
         assert_eq!(t.process(Record::new("")), Outcome::Dropped);
         assert!(matches!(
-            t.process(Record::new(vec![0xff])),
+            t.process(Record::new(&[0xff])),
             Outcome::Failed(_)
         ));
     }

@@ -20,8 +20,8 @@ impl Transform for ApacheLogToJson {
         })
     }
 
-    fn process(&mut self, record: Record) -> Outcome {
-        let line = match std::str::from_utf8(&record.data) {
+    fn process<'a>(&mut self, record: Record<'a>) -> Outcome<'a> {
+        let line = match std::str::from_utf8(record.data) {
             Ok(line) => line.trim_end_matches(['\r', '\n']),
             Err(e) => return Outcome::failed(format!("not UTF-8: {e}")),
         };
@@ -153,7 +153,7 @@ mod tests {
     use super::*;
     use serde_json::json;
 
-    fn run(line: &str) -> Outcome {
+    fn run(line: &str) -> Outcome<'_> {
         ApacheLogToJson::init(&Params::default())
             .unwrap()
             .process(Record::new(line))
@@ -211,7 +211,7 @@ mod tests {
         assert!(matches!(
             ApacheLogToJson::init(&Params::default())
                 .unwrap()
-                .process(Record::new(vec![0xc3])),
+                .process(Record::new(&[0xc3])),
             Outcome::Failed(_)
         ));
     }

@@ -18,10 +18,9 @@ impl Transform for CloudWatchLogsProcessor {
         Ok(CloudWatchLogsProcessor)
     }
 
-    fn process(&mut self, record: Record) -> Outcome {
+    fn process<'a>(&mut self, record: Record<'a>) -> Outcome<'a> {
         let mut json = Vec::new();
-        if let Err(e) = flate2::read::GzDecoder::new(record.data.as_slice()).read_to_end(&mut json)
-        {
+        if let Err(e) = flate2::read::GzDecoder::new(record.data).read_to_end(&mut json) {
             return Outcome::failed(format!("not gzip: {e}"));
         }
         let envelope: Value = match serde_json::from_slice(&json) {
@@ -62,8 +61,18 @@ mod tests {
         enc.finish().unwrap()
     }
 
-    fn run(data: Vec<u8>) -> Outcome {
-        CloudWatchLogsProcessor.process(Record::new(data))
+    fn run(data: Vec<u8>) -> Outcome<'static> {
+        match CloudWatchLogsProcessor.process(Record::new(&data)) {
+            Outcome::Ok {
+                data,
+                partition_keys,
+            } => Outcome::Ok {
+                data: data.into_owned().into(),
+                partition_keys,
+            },
+            Outcome::Dropped => Outcome::Dropped,
+            Outcome::Failed(m) => Outcome::Failed(m),
+        }
     }
 
     #[test]

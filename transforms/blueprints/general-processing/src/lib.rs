@@ -16,12 +16,14 @@ impl Transform for GeneralProcessing {
         })
     }
 
-    fn process(&mut self, record: Record) -> Outcome {
-        let mut data = record.data;
-        if self.append_newline && data.last() != Some(&b'\n') {
+    fn process<'a>(&mut self, record: Record<'a>) -> Outcome<'a> {
+        if self.append_newline && record.data.last() != Some(&b'\n') {
+            let mut data = Vec::with_capacity(record.data.len() + 1);
+            data.extend_from_slice(record.data);
             data.push(b'\n');
+            return Outcome::ok(data);
         }
-        Outcome::ok(data)
+        Outcome::ok(record.data)
     }
 }
 

@@ -58,8 +58,8 @@ impl Transform for JsonFieldFilter {
         Ok(t)
     }
 
-    fn process(&mut self, record: Record) -> Outcome {
-        let mut object: Map<String, Value> = match serde_json::from_slice(&record.data) {
+    fn process<'a>(&mut self, record: Record<'a>) -> Outcome<'a> {
+        let mut object: Map<String, Value> = match serde_json::from_slice(record.data) {
             Ok(Value::Object(o)) => o,
             Ok(other) => {
                 return Outcome::failed(format!(
@@ -140,13 +140,13 @@ mod tests {
     use super::*;
     use serde_json::json;
 
-    fn run(params: &[(&str, &str)], data: &str) -> Outcome {
+    fn run<'a>(params: &[(&str, &str)], data: &'a str) -> Outcome<'a> {
         JsonFieldFilter::init(&Params::new(params.iter().copied()))
             .unwrap()
             .process(Record::new(data))
     }
 
-    fn json_of(o: Outcome) -> Value {
+    fn json_of(o: Outcome<'_>) -> Value {
         let Outcome::Ok { data, .. } = o else {
             panic!("{o:?}")
         };

@@ -39,13 +39,13 @@ impl Transform for PartitionKeyFromField {
         Ok(PartitionKeyFromField { keys })
     }
 
-    fn process(&mut self, record: Record) -> Outcome {
-        let value: Value = match serde_json::from_slice(&record.data) {
+    fn process<'a>(&mut self, record: Record<'a>) -> Outcome<'a> {
+        let value: Value = match serde_json::from_slice(record.data) {
             Ok(v @ Value::Object(_)) => v,
             Ok(_) => return Outcome::failed("record is not a JSON object"),
             Err(e) => return Outcome::failed(format!("record is not JSON: {e}")),
         };
-        let mut outcome = Outcome::ok(Vec::new());
+        let mut outcome = Outcome::ok(record.data);
         for (name, pointer, path) in &self.keys {
             let text = match value.pointer(pointer) {
                 Some(Value::String(s)) => s.clone(),
@@ -58,9 +58,6 @@ impl Transform for PartitionKeyFromField {
                 None => return Outcome::failed(format!("field {path} is missing")),
             };
             outcome = outcome.with_partition_key(name.clone(), text);
-        }
-        if let Outcome::Ok { data, .. } = &mut outcome {
-            *data = record.data;
         }
         outcome
     }
@@ -82,7 +79,7 @@ mod tests {
         assert_eq!(
             t("customer_id=customer.id, region, ok").process(Record::new(rec)),
             Outcome::Ok {
-                data: rec.as_bytes().to_vec(),
+                data: rec.as_bytes().into(),
                 partition_keys: vec![
                     ("customer_id".into(), "42".into()),
                     ("region".into(), "eu".into()),

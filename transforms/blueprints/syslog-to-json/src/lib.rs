@@ -20,8 +20,8 @@ impl Transform for SyslogToJson {
         })
     }
 
-    fn process(&mut self, record: Record) -> Outcome {
-        let line = match std::str::from_utf8(&record.data) {
+    fn process<'a>(&mut self, record: Record<'a>) -> Outcome<'a> {
+        let line = match std::str::from_utf8(record.data) {
             Ok(line) => line.trim_end_matches(['\r', '\n']),
             Err(e) => return Outcome::failed(format!("not UTF-8: {e}")),
         };
@@ -189,7 +189,7 @@ mod tests {
     use super::*;
     use serde_json::json;
 
-    fn run(line: &str) -> Outcome {
+    fn run(line: &str) -> Outcome<'_> {
         SyslogToJson::init(&Params::default())
             .unwrap()
             .process(Record::new(line))

@@ -8,9 +8,7 @@
 
 #[cfg(target_arch = "wasm32")]
 mod guest {
-    use hosepipe_transform::guest::{
-        Guest, Input, Output, Parameter, Transformed, WitOutcome, export,
-    };
+    use hosepipe_transform::guest::{Batch, Guest, Parameter, Processed, Source, Status, export};
     use std::sync::atomic::{AtomicBool, Ordering};
 
     static WRONG_LENGTH: AtomicBool = AtomicBool::new(false);
@@ -29,52 +27,63 @@ mod guest {
             Ok(())
         }
 
-        fn process(batch: Vec<Input>) -> Vec<Output> {
-            let mut out: Vec<Output> = batch.into_iter().map(one).collect();
+        fn process(batch: Batch) -> Processed {
+            let mut out = Processed {
+                data: Vec::new(),
+                ids: Vec::new(),
+                statuses: Vec::new(),
+                sources: Vec::new(),
+                offsets: Vec::new(),
+                lengths: Vec::new(),
+                partition_keys: Vec::new(),
+            };
+            let mut start = 0usize;
+            for (i, id) in batch.ids.iter().enumerate() {
+                let len = batch.lengths[i] as usize;
+                let bytes = &batch.data[start..start + len];
+                start += len;
+                let answer: Vec<u8> = match bytes {
+                    b"loop" => {
+                        let mut n = 0u64;
+                        loop {
+                            n = std::hint::black_box(n.wrapping_add(1));
+                        }
+                    }
+                    b"alloc" => {
+                        let mut hoard: Vec<Vec<u8>> = Vec::new();
+                        loop {
+                            hoard.push(vec![1u8; 16 << 20]);
+                            std::hint::black_box(&hoard);
+                        }
+                    }
+                    b"trap" => panic!("poison record {id}"),
+                    b"stderr" => {
+                        eprintln!("hello from the guest");
+                        bytes.to_vec()
+                    }
+                    b"env" => std::env::vars().count().to_string().into_bytes(),
+                    b"fs" => match std::fs::read("/etc/passwd") {
+                        Ok(_) => b"read".to_vec(),
+                        Err(e) => format!("denied: {e}").into_bytes(),
+                    },
+                    other => other.to_vec(),
+                };
+                out.ids.push(*id);
+                out.statuses.push(Status::Ok);
+                out.sources.push(Source::Output);
+                out.offsets.push(out.data.len() as u32);
+                out.lengths.push(answer.len() as u32);
+                out.data.extend_from_slice(&answer);
+            }
             if WRONG_LENGTH.load(Ordering::Relaxed) {
-                out.pop();
+                for column in [&mut out.offsets, &mut out.lengths] {
+                    column.pop();
+                }
+                out.ids.pop();
+                out.statuses.pop();
+                out.sources.pop();
             }
             out
-        }
-    }
-
-    fn ok(data: Vec<u8>) -> WitOutcome {
-        WitOutcome::Ok(Transformed {
-            data,
-            partition_keys: Vec::new(),
-        })
-    }
-
-    fn one(input: Input) -> Output {
-        let outcome = match input.data.as_slice() {
-            b"loop" => {
-                let mut n = 0u64;
-                loop {
-                    n = std::hint::black_box(n.wrapping_add(1));
-                }
-            }
-            b"alloc" => {
-                let mut hoard: Vec<Vec<u8>> = Vec::new();
-                loop {
-                    hoard.push(vec![1u8; 16 << 20]);
-                    std::hint::black_box(&hoard);
-                }
-            }
-            b"trap" => panic!("poison record {}", input.id),
-            b"stderr" => {
-                eprintln!("hello from the guest");
-                ok(input.data)
-            }
-            b"env" => ok(std::env::vars().count().to_string().into_bytes()),
-            b"fs" => ok(match std::fs::read("/etc/passwd") {
-                Ok(_) => b"read".to_vec(),
-                Err(e) => format!("denied: {e}").into_bytes(),
-            }),
-            _ => ok(input.data),
-        };
-        Output {
-            id: input.id,
-            outcome,
         }
     }
 

@@ -5,6 +5,7 @@
 
 pub mod admission;
 pub mod api;
+pub mod aws_client;
 pub mod bench;
 pub mod buffer;
 pub mod compress;
@@ -13,6 +14,7 @@ pub mod deliver;
 pub mod metrics;
 pub mod pipeline;
 pub mod registry;
+pub mod schema;
 pub mod server;
 pub mod spool;
 pub mod status;

@@ -45,6 +45,21 @@ enum Command {
     },
     /// Measure accepted-and-delivered throughput against bare gzip of the same bytes.
     Bench(hosepipe::bench::BenchArgs),
+    /// Print the columns record format conversion would use for a table (local catalog or Glue).
+    Schema {
+        #[arg(long)]
+        config: Option<PathBuf>,
+        #[arg(long)]
+        database: String,
+        #[arg(long)]
+        table: String,
+        /// Glue catalog id (default: the caller's account).
+        #[arg(long)]
+        catalog_id: Option<String>,
+        /// A pinned table version (default: the latest).
+        #[arg(long)]
+        version_id: Option<String>,
+    },
     /// Measure the WASM sandbox's per-record cost against the same transforms run natively.
     BenchTransform(hosepipe::transform::bench::BenchTransformArgs),
 }
@@ -164,6 +179,62 @@ fn main() -> ExitCode {
                 }
             }
         }),
+        Command::Schema {
+            config,
+            database,
+            table,
+            catalog_id,
+            version_id,
+        } => {
+            let cfg = match Config::load(config.as_deref(), &Overrides::default(), &env) {
+                Ok(cfg) => cfg,
+                Err(errors) => {
+                    for e in &errors {
+                        eprintln!("{e}");
+                    }
+                    return ExitCode::from(2);
+                }
+            };
+            let table = hosepipe::schema::TableRef {
+                catalog_id,
+                database,
+                table,
+                region: None,
+                version_id,
+            };
+            block_on(async move {
+                let glue = match cfg
+                    .glue_endpoint
+                    .clone()
+                    .or_else(|| env("AWS_ENDPOINT_URL_GLUE"))
+                {
+                    None => None,
+                    Some(url) => match hosepipe::aws_client::ServiceEndpoint::from_env("glue") {
+                        Ok(mut e) => {
+                            e.url = url;
+                            if let Some(r) = &cfg.glue_region {
+                                e.region = r.clone();
+                            }
+                            Some(e)
+                        }
+                        Err(msg) => {
+                            eprintln!("schema: {msg}");
+                            return ExitCode::FAILURE;
+                        }
+                    },
+                };
+                match hosepipe::schema::resolve(&table, &cfg.catalog, glue.as_ref()).await {
+                    Ok(schema) => {
+                        print!("{}", hosepipe::schema::describe(&schema));
+                        ExitCode::SUCCESS
+                    }
+                    Err(e) => {
+                        eprintln!("schema: {e}");
+                        ExitCode::FAILURE
+                    }
+                }
+            })
+        }
         Command::BenchTransform(args) => {
             init_tracing();
             match hosepipe::transform::bench::run(args) {

@@ -33,11 +33,38 @@ pub struct RawConfig {
     pub s3: Option<RawS3>,
     pub spool: Option<RawSpool>,
     pub transforms: Option<RawTransforms>,
+    /// Tables for record format conversion, by database and table name.
+    #[serde(default)]
+    pub catalog: BTreeMap<String, BTreeMap<String, RawTable>>,
+    pub glue: Option<RawGlue>,
     /// Per-stream Direct PUT quotas, keyed by stream name.
     #[serde(default)]
     pub quotas: BTreeMap<String, RawQuota>,
     #[serde(default)]
     pub streams: BTreeMap<String, toml::Value>,
+}
+
+/// `[catalog.<database>.<table>]`: a table's columns in Hive/Glue type syntax.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawTable {
+    pub columns: Vec<RawColumn>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawColumn {
+    pub name: String,
+    #[serde(rename = "type")]
+    pub ty: String,
+}
+
+/// `[glue]`: the Glue Data Catalog to read tables from (else `AWS_ENDPOINT_URL_GLUE`).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawGlue {
+    pub endpoint: Option<String>,
+    pub region: Option<String>,
 }
 
 /// `[transforms]`: where WebAssembly transforms live and the sandbox's limits.
@@ -146,6 +173,10 @@ pub struct Config {
     pub quotas: BTreeMap<String, Quota>,
     pub streams: Vec<DeclaredStream>,
     pub transforms: crate::transform::catalog::CatalogSettings,
+    pub catalog: crate::schema::LocalCatalog,
+    /// Glue endpoint from the config (`[glue]`), overriding the environment's.
+    pub glue_endpoint: Option<String>,
+    pub glue_region: Option<String>,
 }
 
 /// Overrides from the command line and the environment.
@@ -450,6 +481,24 @@ impl Config {
                 memory_bytes: mb(memory_mb) as usize,
             },
         };
+        let mut catalog = crate::schema::LocalCatalog::default();
+        for (database, tables) in raw.catalog {
+            for (table, t) in tables {
+                let table_ref = crate::schema::TableRef {
+                    database: database.clone(),
+                    table: table.clone(),
+                    ..Default::default()
+                };
+                match crate::schema::TableSchema::from_columns(
+                    table_ref,
+                    t.columns.iter().map(|c| (c.name.as_str(), c.ty.as_str())),
+                ) {
+                    Ok(schema) => catalog.insert(schema),
+                    Err(e) => errors.push(format!("catalog.{database}.{table}.columns: {e}")),
+                }
+            }
+        }
+        let glue = raw.glue.unwrap_or_default();
         let timeout = raw.shutdown_timeout_seconds.unwrap_or(30);
         if errors.is_empty() {
             Ok(Config {
@@ -464,6 +513,9 @@ impl Config {
                 quotas,
                 streams,
                 transforms,
+                catalog,
+                glue_endpoint: glue.endpoint,
+                glue_region: glue.region,
             })
         } else {
             Err(errors)

@@ -11,6 +11,7 @@ pub mod buffer;
 pub mod compress;
 pub mod config;
 pub mod deliver;
+pub mod encode;
 pub mod metrics;
 pub mod pipeline;
 pub mod registry;

@@ -1,0 +1,697 @@
+//! Record format conversion (`DataFormatConversionConfiguration`): JSON records → one Parquet
+//! file, with the table's schema.
+//!
+//! Each record is first checked and coerced against the schema on its own (a record that does
+//! not fit fails alone, with the column and the reason); the records that fit become Arrow
+//! arrays, written by the `parquet` crate's `ArrowWriter`.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use arrow_array::{
+    ArrayRef, BinaryArray, BooleanArray, Date32Array, Decimal128Array, Float32Array, Float64Array,
+    Int8Array, Int16Array, Int32Array, Int64Array, ListArray, MapArray, RecordBatch, StringArray,
+    StructArray, TimestampMillisecondArray,
+};
+use arrow_buffer::{BooleanBufferBuilder, NullBuffer, OffsetBuffer};
+use arrow_schema::{DataType, Field, Fields};
+use base64::Engine;
+use chrono::{NaiveDate, NaiveDateTime};
+use parquet::arrow::ArrowWriter;
+use parquet::basic::{Compression, GzipLevel, ZstdLevel};
+use parquet::file::properties::{WriterProperties, WriterVersion};
+use serde_json::{Map, Value};
+
+use crate::schema::{Column, ColumnType, TableSchema};
+
+/// How JSON is read (`InputFormatConfiguration.Deserializer`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Deserializer {
+    /// `OpenXJsonSerDe`: lenient; keys matched case-insensitively by default, dots in keys
+    /// optionally turned into underscores, columns mapped to other keys.
+    OpenX {
+        case_insensitive: bool,
+        dots_to_underscores: bool,
+        column_to_key: BTreeMap<String, String>,
+    },
+    /// `HiveJsonSerDe`: strict types; timestamps in the given Joda patterns, or `millis`.
+    Hive { timestamp_formats: Vec<String> },
+}
+
+impl Default for Deserializer {
+    fn default() -> Self {
+        Deserializer::OpenX {
+            case_insensitive: true,
+            dots_to_underscores: false,
+            column_to_key: BTreeMap::new(),
+        }
+    }
+}
+
+/// `ParquetSerDe`'s compression, plus ZSTD.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ParquetCompression {
+    Uncompressed,
+    Snappy,
+    Gzip,
+    Zstd,
+}
+
+/// `ParquetSerDe`'s options.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ParquetOptions {
+    pub compression: ParquetCompression,
+    /// `BlockSizeBytes`: a row group is closed once it holds about this much.
+    pub block_size_bytes: usize,
+    /// `PageSizeBytes`.
+    pub page_size_bytes: usize,
+    /// `EnableDictionaryCompression`.
+    pub dictionary: bool,
+    /// `WriterVersion` V2 (else V1).
+    pub writer_v2: bool,
+}
+
+impl Default for ParquetOptions {
+    fn default() -> Self {
+        ParquetOptions {
+            compression: ParquetCompression::Snappy,
+            block_size_bytes: 256 * 1024 * 1024,
+            page_size_bytes: 1024 * 1024,
+            dictionary: true,
+            writer_v2: false,
+        }
+    }
+}
+
+/// A value checked against its column type.
+#[derive(Debug, Clone, PartialEq)]
+enum Typed {
+    Null,
+    Str(String),
+    Int(i64),
+    Bool(bool),
+    Float(f64),
+    Decimal(i128),
+    Date(i32),
+    Millis(i64),
+    Bytes(Vec<u8>),
+    List(Vec<Typed>),
+    Map(Vec<(Typed, Typed)>),
+    Struct(Vec<Typed>),
+}
+
+/// The outcome of converting a batch.
+#[derive(Debug)]
+pub struct Converted {
+    /// The Parquet file (empty when no record fitted).
+    pub parquet: Vec<u8>,
+    pub rows: usize,
+    /// Records that did not fit: (index in the batch, reason).
+    pub failures: Vec<(usize, String)>,
+}
+
+/// Converts records with one schema and one set of options.
+pub struct Converter {
+    schema: TableSchema,
+    arrow: arrow_schema::SchemaRef,
+    de: Deserializer,
+    out: ParquetOptions,
+}
+
+impl Converter {
+    pub fn new(schema: TableSchema, de: Deserializer, out: ParquetOptions) -> Self {
+        let arrow = Arc::new(schema.to_arrow());
+        Converter {
+            schema,
+            arrow,
+            de,
+            out,
+        }
+    }
+
+    /// Converts `records` (one JSON object each) into one Parquet file. Fails as a whole only
+    /// if the writer does (a bug).
+    pub fn convert<'a>(
+        &self,
+        records: impl IntoIterator<Item = &'a [u8]>,
+    ) -> Result<Converted, parquet::errors::ParquetError> {
+        let mut rows: Vec<Vec<Typed>> = Vec::new();
+        let mut sizes: Vec<usize> = Vec::new();
+        let mut failures = Vec::new();
+        for (i, data) in records.into_iter().enumerate() {
+            match self.row(data) {
+                Ok(row) => {
+                    rows.push(row);
+                    sizes.push(data.len());
+                }
+                Err(reason) => failures.push((i, reason)),
+            }
+        }
+        if rows.is_empty() {
+            return Ok(Converted {
+                parquet: Vec::new(),
+                rows: 0,
+                failures,
+            });
+        }
+        let props = self.properties();
+        let mut writer = ArrowWriter::try_new(Vec::new(), self.arrow.clone(), Some(props))?;
+        // Row groups by size (BlockSizeBytes, counted as the records' JSON bytes): write in
+        // slices, closing a group once it is full.
+        let mut group_bytes = 0usize;
+        let mut start = 0;
+        while start < rows.len() {
+            let mut end = start;
+            while end < rows.len() && end - start < 4096 {
+                group_bytes += sizes[end];
+                end += 1;
+                if group_bytes >= self.out.block_size_bytes {
+                    break;
+                }
+            }
+            let chunk = &rows[start..end];
+            start = end;
+            let columns: Vec<ArrayRef> = self
+                .schema
+                .columns
+                .iter()
+                .enumerate()
+                .map(|(c, col)| {
+                    let values: Vec<&Typed> = chunk.iter().map(|r| &r[c]).collect();
+                    build(&col.ty, &values)
+                })
+                .collect();
+            let batch = RecordBatch::try_new(self.arrow.clone(), columns)?;
+            writer.write(&batch)?;
+            if group_bytes >= self.out.block_size_bytes {
+                writer.flush()?;
+                group_bytes = 0;
+            }
+        }
+        let parquet = writer.into_inner()?;
+        Ok(Converted {
+            parquet,
+            rows: rows.len(),
+            failures,
+        })
+    }
+
+    fn properties(&self) -> WriterProperties {
+        let compression = match self.out.compression {
+            ParquetCompression::Uncompressed => Compression::UNCOMPRESSED,
+            ParquetCompression::Snappy => Compression::SNAPPY,
+            ParquetCompression::Gzip => Compression::GZIP(GzipLevel::default()),
+            ParquetCompression::Zstd => Compression::ZSTD(ZstdLevel::default()),
+        };
+        WriterProperties::builder()
+            .set_compression(compression)
+            .set_data_page_size_limit(self.out.page_size_bytes)
+            .set_dictionary_enabled(self.out.dictionary)
+            .set_writer_version(if self.out.writer_v2 {
+                WriterVersion::PARQUET_2_0
+            } else {
+                WriterVersion::PARQUET_1_0
+            })
+            .set_created_by("hosepipe".into())
+            .build()
+    }
+
+    /// One record checked against the schema: a value per column.
+    fn row(&self, data: &[u8]) -> Result<Vec<Typed>, String> {
+        let object = match serde_json::from_slice::<Value>(data) {
+            Ok(Value::Object(o)) => o,
+            Ok(Value::Array(_)) => return Err("the record is a JSON array, not an object".into()),
+            Ok(_) => return Err("the record is not a JSON object".into()),
+            Err(e) => return Err(format!("the record is not JSON: {e}")),
+        };
+        let object = self.normalise_keys(object);
+        self.schema
+            .columns
+            .iter()
+            .map(|col| {
+                let key = match &self.de {
+                    Deserializer::OpenX { column_to_key, .. } => column_to_key
+                        .get(&col.name)
+                        .map(|k| self.key(k))
+                        .unwrap_or_else(|| self.key(&col.name)),
+                    Deserializer::Hive { .. } => col.name.clone(),
+                };
+                let value = object.get(&key).unwrap_or(&Value::Null);
+                self.coerce(&col.ty, value)
+                    .map_err(|e| format!("column {}: {e}", col.name))
+            })
+            .collect()
+    }
+
+    fn key(&self, k: &str) -> String {
+        match &self.de {
+            Deserializer::OpenX {
+                case_insensitive: true,
+                ..
+            } => k.to_lowercase(),
+            _ => k.to_string(),
+        }
+    }
+
+    fn normalise_keys(&self, object: Map<String, Value>) -> Map<String, Value> {
+        let Deserializer::OpenX {
+            case_insensitive,
+            dots_to_underscores,
+            ..
+        } = &self.de
+        else {
+            return object;
+        };
+        if !case_insensitive && !dots_to_underscores {
+            return object;
+        }
+        object
+            .into_iter()
+            .map(|(k, v)| {
+                let k = if *dots_to_underscores {
+                    k.replace('.', "_")
+                } else {
+                    k
+                };
+                let k = if *case_insensitive {
+                    k.to_lowercase()
+                } else {
+                    k
+                };
+                let v = match v {
+                    Value::Object(inner) => Value::Object(self.normalise_keys(inner)),
+                    other => other,
+                };
+                (k, v)
+            })
+            .collect()
+    }
+
+    fn lenient(&self) -> bool {
+        matches!(self.de, Deserializer::OpenX { .. })
+    }
+
+    fn coerce(&self, ty: &ColumnType, v: &Value) -> Result<Typed, String> {
+        if v.is_null() {
+            return Ok(Typed::Null);
+        }
+        let wrong = || format!("{} is not a valid {}", short(v), ty.hive());
+        Ok(match ty {
+            ColumnType::String | ColumnType::Char(_) | ColumnType::Varchar(_) => {
+                let text = match v {
+                    Value::String(s) => s.clone(),
+                    Value::Number(_) | Value::Bool(_) => v.to_string(),
+                    _ if self.lenient() => v.to_string(),
+                    _ => return Err(wrong()),
+                };
+                match ty {
+                    ColumnType::Char(n) | ColumnType::Varchar(n) => {
+                        Typed::Str(text.chars().take(*n as usize).collect())
+                    }
+                    _ => Typed::Str(text),
+                }
+            }
+            ColumnType::TinyInt | ColumnType::SmallInt | ColumnType::Int | ColumnType::BigInt => {
+                let n = match v {
+                    Value::Number(n) => n.as_i64().ok_or_else(wrong)?,
+                    Value::String(s) if self.lenient() => s.trim().parse().map_err(|_| wrong())?,
+                    _ => return Err(wrong()),
+                };
+                let (lo, hi) = match ty {
+                    ColumnType::TinyInt => (i8::MIN as i64, i8::MAX as i64),
+                    ColumnType::SmallInt => (i16::MIN as i64, i16::MAX as i64),
+                    ColumnType::Int => (i32::MIN as i64, i32::MAX as i64),
+                    _ => (i64::MIN, i64::MAX),
+                };
+                if !(lo..=hi).contains(&n) {
+                    return Err(format!("{n} is out of range for {}", ty.hive()));
+                }
+                Typed::Int(n)
+            }
+            ColumnType::Boolean => match v {
+                Value::Bool(b) => Typed::Bool(*b),
+                Value::String(s) if self.lenient() && s.eq_ignore_ascii_case("true") => {
+                    Typed::Bool(true)
+                }
+                Value::String(s) if self.lenient() && s.eq_ignore_ascii_case("false") => {
+                    Typed::Bool(false)
+                }
+                _ => return Err(wrong()),
+            },
+            ColumnType::Float | ColumnType::Double => match v {
+                Value::Number(n) => Typed::Float(n.as_f64().ok_or_else(wrong)?),
+                Value::String(s) if self.lenient() => {
+                    Typed::Float(s.trim().parse().map_err(|_| wrong())?)
+                }
+                _ => return Err(wrong()),
+            },
+            ColumnType::Decimal { precision, scale } => {
+                let text = match v {
+                    Value::Number(n) => n.to_string(),
+                    Value::String(s) if self.lenient() => s.trim().to_string(),
+                    _ => return Err(wrong()),
+                };
+                Typed::Decimal(decimal(&text, *precision, *scale).ok_or_else(wrong)?)
+            }
+            ColumnType::Date => match v {
+                Value::String(s) => {
+                    let d = NaiveDate::parse_from_str(s.trim(), "%Y-%m-%d").map_err(|_| wrong())?;
+                    let epoch = NaiveDate::from_ymd_opt(1970, 1, 1).expect("the epoch is a date");
+                    Typed::Date((d - epoch).num_days() as i32)
+                }
+                _ => return Err(wrong()),
+            },
+            ColumnType::Timestamp => Typed::Millis(self.timestamp(v).ok_or_else(wrong)?),
+            ColumnType::Binary => match v {
+                Value::String(s) => Typed::Bytes(
+                    base64::engine::general_purpose::STANDARD
+                        .decode(s)
+                        .map_err(|_| format!("{} is not base64 for binary", short(v)))?,
+                ),
+                _ => return Err(wrong()),
+            },
+            ColumnType::Array(item) => match v {
+                Value::Array(items) => Typed::List(
+                    items
+                        .iter()
+                        .enumerate()
+                        .map(|(i, x)| self.coerce(item, x).map_err(|e| format!("[{i}]: {e}")))
+                        .collect::<Result<_, _>>()?,
+                ),
+                _ => return Err(wrong()),
+            },
+            ColumnType::Map(k, val) => match v {
+                Value::Object(entries) => Typed::Map(
+                    entries
+                        .iter()
+                        .map(|(key, x)| {
+                            let key_value = self
+                                .coerce(k, &Value::String(key.clone()))
+                                .or_else(|_| {
+                                    // Numeric keys are written as strings in JSON.
+                                    serde_json::from_str::<Value>(key)
+                                        .map_err(|e| e.to_string())
+                                        .and_then(|kv| self.coerce(k, &kv))
+                                })
+                                .map_err(|e| format!("key {key:?}: {e}"))?;
+                            Ok((
+                                key_value,
+                                self.coerce(val, x).map_err(|e| format!("[{key:?}]: {e}"))?,
+                            ))
+                        })
+                        .collect::<Result<_, String>>()?,
+                ),
+                _ => return Err(wrong()),
+            },
+            ColumnType::Struct(fields) => match v {
+                Value::Object(o) => Typed::Struct(
+                    fields
+                        .iter()
+                        .map(|f| {
+                            let x = o.get(&self.key(&f.name)).unwrap_or(&Value::Null);
+                            self.coerce(&f.ty, x)
+                                .map_err(|e| format!(".{}: {e}", f.name))
+                        })
+                        .collect::<Result<_, _>>()?,
+                ),
+                _ => return Err(wrong()),
+            },
+        })
+    }
+
+    /// Milliseconds since the epoch (UTC) of a timestamp value.
+    fn timestamp(&self, v: &Value) -> Option<i64> {
+        match &self.de {
+            Deserializer::OpenX { .. } => match v {
+                // Epoch seconds, milliseconds, or fractional seconds.
+                Value::Number(n) => {
+                    let f = n.as_f64()?;
+                    Some(if f.abs() >= 1e11 {
+                        f as i64
+                    } else {
+                        (f * 1000.0).round() as i64
+                    })
+                }
+                Value::String(s) => {
+                    let s = s.trim();
+                    if let Ok(n) = s.parse::<f64>() {
+                        return self.timestamp(&Value::from(n));
+                    }
+                    parse_datetime(
+                        s,
+                        &[
+                            "%Y-%m-%dT%H:%M:%S%.fZ",
+                            "%Y-%m-%dT%H:%M:%SZ",
+                            "%Y-%m-%d %H:%M:%S%.f",
+                            "%Y-%m-%d %H:%M:%S",
+                        ],
+                    )
+                }
+                _ => None,
+            },
+            Deserializer::Hive { timestamp_formats } => {
+                let Value::String(s) = v else {
+                    return match v {
+                        Value::Number(n) if timestamp_formats.iter().any(|f| f == "millis") => {
+                            n.as_i64()
+                        }
+                        _ => None,
+                    };
+                };
+                let s = s.trim();
+                if timestamp_formats.is_empty() {
+                    return parse_datetime(s, &["%Y-%m-%d %H:%M:%S%.f", "%Y-%m-%d %H:%M:%S"]);
+                }
+                timestamp_formats.iter().find_map(|f| {
+                    if f == "millis" {
+                        s.parse().ok()
+                    } else {
+                        parse_datetime(s, &[&joda_to_chrono(f)])
+                    }
+                })
+            }
+        }
+    }
+}
+
+fn parse_datetime(s: &str, formats: &[&str]) -> Option<i64> {
+    formats.iter().find_map(|f| {
+        NaiveDateTime::parse_from_str(s, f)
+            .ok()
+            .map(|t| t.and_utc().timestamp_millis())
+            .or_else(|| {
+                chrono::DateTime::parse_from_str(s, f)
+                    .ok()
+                    .map(|t| t.timestamp_millis())
+            })
+    })
+}
+
+/// A Joda-Time pattern (`yyyy-MM-dd'T'HH:mm:ss.SSSZ`) as a chrono format.
+fn joda_to_chrono(pattern: &str) -> String {
+    let mut out = String::new();
+    let chars: Vec<char> = pattern.chars().collect();
+    let mut i = 0;
+    while i < chars.len() {
+        let c = chars[i];
+        if c == '\'' {
+            let end = chars[i + 1..]
+                .iter()
+                .position(|&x| x == '\'')
+                .map(|p| i + 1 + p);
+            let end = end.unwrap_or(chars.len());
+            out.extend(chars[i + 1..end].iter());
+            i = end + 1;
+            continue;
+        }
+        let run = chars[i..].iter().take_while(|&&x| x == c).count();
+        out.push_str(match (c, run) {
+            ('y', _) => "%Y",
+            ('M', 1 | 2) => "%m",
+            ('M', 3) => "%b",
+            ('M', _) => "%B",
+            ('d', _) => "%d",
+            ('H', _) => "%H",
+            ('h', _) => "%I",
+            ('m', _) => "%M",
+            ('s', _) => "%S",
+            ('S', _) => "%.f",
+            ('a', _) => "%p",
+            ('Z', _) | ('X', _) => "%z",
+            _ => {
+                out.extend(std::iter::repeat_n(c, run));
+                i += run;
+                continue;
+            }
+        });
+        // `.SSS` already carries its dot in chrono's `%.f`.
+        if c == 'S' && out.ends_with(".%.f") {
+            let len = out.len();
+            out.replace_range(len - 4..len, "%.f");
+        }
+        i += run;
+    }
+    out
+}
+
+/// A decimal's text as an integer scaled by `scale`, if it fits `precision`.
+fn decimal(text: &str, precision: u8, scale: i8) -> Option<i128> {
+    let (neg, digits) = match text.strip_prefix('-') {
+        Some(rest) => (true, rest),
+        None => (false, text.strip_prefix('+').unwrap_or(text)),
+    };
+    let (int, frac) = digits.split_once('.').unwrap_or((digits, ""));
+    if int.is_empty() && frac.is_empty()
+        || !int.bytes().all(|b| b.is_ascii_digit())
+        || !frac.bytes().all(|b| b.is_ascii_digit())
+        || frac.len() > scale as usize
+    {
+        return None;
+    }
+    let int = int.trim_start_matches('0');
+    if int.len() + scale as usize > precision as usize {
+        return None;
+    }
+    let mut n: i128 = 0;
+    for b in int
+        .bytes()
+        .chain(frac.bytes())
+        .chain(std::iter::repeat_n(b'0', scale as usize - frac.len()))
+    {
+        n = n.checked_mul(10)?.checked_add((b - b'0') as i128)?;
+    }
+    Some(if neg { -n } else { n })
+}
+
+/// A JSON value, shortened for a message.
+fn short(v: &Value) -> String {
+    let s = v.to_string();
+    if s.chars().count() > 60 {
+        format!("{}…", s.chars().take(60).collect::<String>())
+    } else {
+        s
+    }
+}
+
+fn nulls(values: &[&Typed]) -> Option<NullBuffer> {
+    if values.iter().all(|v| !matches!(v, Typed::Null)) {
+        return None;
+    }
+    let mut b = BooleanBufferBuilder::new(values.len());
+    for v in values {
+        b.append(!matches!(v, Typed::Null));
+    }
+    Some(b.finish().into())
+}
+
+/// The Arrow array of one column's values.
+fn build(ty: &ColumnType, values: &[&Typed]) -> ArrayRef {
+    macro_rules! prim {
+        ($array:ty, $variant:ident, $conv:expr) => {
+            Arc::new(<$array>::from_iter(values.iter().map(|v| match v {
+                Typed::$variant(x) => Some($conv(x)),
+                _ => None,
+            }))) as ArrayRef
+        };
+    }
+    match ty {
+        ColumnType::String | ColumnType::Char(_) | ColumnType::Varchar(_) => {
+            Arc::new(StringArray::from_iter(values.iter().map(|v| match v {
+                Typed::Str(s) => Some(s.as_str()),
+                _ => None,
+            })))
+        }
+        ColumnType::TinyInt => prim!(Int8Array, Int, |x: &i64| *x as i8),
+        ColumnType::SmallInt => prim!(Int16Array, Int, |x: &i64| *x as i16),
+        ColumnType::Int => prim!(Int32Array, Int, |x: &i64| *x as i32),
+        ColumnType::BigInt => prim!(Int64Array, Int, |x: &i64| *x),
+        ColumnType::Boolean => prim!(BooleanArray, Bool, |x: &bool| *x),
+        ColumnType::Float => prim!(Float32Array, Float, |x: &f64| *x as f32),
+        ColumnType::Double => prim!(Float64Array, Float, |x: &f64| *x),
+        ColumnType::Date => prim!(Date32Array, Date, |x: &i32| *x),
+        ColumnType::Timestamp => prim!(TimestampMillisecondArray, Millis, |x: &i64| *x),
+        ColumnType::Decimal { precision, scale } => Arc::new(
+            Decimal128Array::from_iter(values.iter().map(|v| match v {
+                Typed::Decimal(x) => Some(*x),
+                _ => None,
+            }))
+            .with_precision_and_scale(*precision, *scale)
+            .expect("the parser bounds precision and scale"),
+        ),
+        ColumnType::Binary => Arc::new(BinaryArray::from_iter(values.iter().map(|v| match v {
+            Typed::Bytes(b) => Some(b.as_slice()),
+            _ => None,
+        }))),
+        ColumnType::Array(item) => {
+            let mut offsets = vec![0i32];
+            let mut children: Vec<&Typed> = Vec::new();
+            for v in values {
+                if let Typed::List(xs) = v {
+                    children.extend(xs.iter());
+                }
+                offsets.push(children.len() as i32);
+            }
+            let DataType::List(field) = ty.to_arrow() else {
+                unreachable!("an array column is an Arrow list")
+            };
+            Arc::new(ListArray::new(
+                field,
+                OffsetBuffer::new(offsets.into()),
+                build(item, &children),
+                nulls(values),
+            ))
+        }
+        ColumnType::Map(k, val) => {
+            let mut offsets = vec![0i32];
+            let (mut keys, mut vals): (Vec<&Typed>, Vec<&Typed>) = (Vec::new(), Vec::new());
+            for v in values {
+                if let Typed::Map(entries) = v {
+                    for (a, b) in entries {
+                        keys.push(a);
+                        vals.push(b);
+                    }
+                }
+                offsets.push(keys.len() as i32);
+            }
+            let DataType::Map(entries_field, sorted) = ty.to_arrow() else {
+                unreachable!("a map column is an Arrow map")
+            };
+            let DataType::Struct(kv_fields) = entries_field.data_type().clone() else {
+                unreachable!("map entries are a struct")
+            };
+            let entries =
+                StructArray::new(kv_fields, vec![build(k, &keys), build(val, &vals)], None);
+            Arc::new(MapArray::new(
+                entries_field,
+                OffsetBuffer::new(offsets.into()),
+                entries,
+                nulls(values),
+                sorted,
+            ))
+        }
+        ColumnType::Struct(fields) => {
+            let children: Vec<ArrayRef> = fields
+                .iter()
+                .enumerate()
+                .map(|(i, f)| {
+                    let column: Vec<&Typed> = values
+                        .iter()
+                        .map(|v| match v {
+                            Typed::Struct(xs) => &xs[i],
+                            _ => &Typed::Null,
+                        })
+                        .collect();
+                    build(&f.ty, &column)
+                })
+                .collect();
+            let arrow_fields: Fields = fields
+                .iter()
+                .map(|f: &Column| Field::new(&f.name, f.ty.to_arrow(), true))
+                .collect();
+            Arc::new(StructArray::new(arrow_fields, children, nulls(values)))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -45,6 +45,8 @@ pub struct Versioned {
     pub version: u64,
     /// The processor chain built from the spec's `ProcessingConfiguration`.
     pub processing: Option<Arc<Processing>>,
+    /// The Parquet converter built from `DataFormatConversionConfiguration` and its table.
+    pub converter: Option<Arc<crate::encode::parquet::Converter>>,
 }
 
 /// Which of a stream's two buffers.
@@ -159,6 +161,8 @@ pub struct Shared {
     pub retention: std::time::Duration,
     /// Resolves `ProcessingConfiguration`s to transforms.
     pub catalog: Arc<Catalog>,
+    /// Resolves format conversion's tables.
+    pub schemas: Arc<crate::schema::SchemaSource>,
 }
 
 /// Everything a stream's stages share.
@@ -506,6 +510,7 @@ fn process_batch(
                         code: failure.code,
                         message: failure.message,
                         lambda_arn,
+                        catalog_table: None,
                     });
             }
         }
@@ -590,44 +595,81 @@ async fn encode_stage(
     mut batches: mpsc::Receiver<Batch>,
     objects: mpsc::Sender<EncodedObject>,
 ) {
-    let mut running: JoinSet<Option<EncodedObject>> = JoinSet::new();
+    let mut running: JoinSet<Vec<EncodedObject>> = JoinSet::new();
     let mut open = true;
     loop {
         tokio::select! {
             batch = batches.recv(), if open && running.len() < ENCODE_WORKERS => match batch {
                 Some(batch) => {
                     let current = config.borrow().clone();
-                    let name = ctx.name.clone();
-                    let stats = ctx.stats.clone();
-                    let admission = ctx.shared.admission.clone();
-                    running.spawn_blocking(move || {
-                        let DestinationSpec::S3(spec) = &current.spec.destination;
-                        match deliver::encode_s3(&batch, spec, &name, current.version) {
-                            Ok(obj) => Some(obj),
-                            Err(e) => {
-                                // Compression into memory only fails on a bug.
-                                tracing::error!(batch = batch.id, records = batch.records.len(), error = %e, "encoding failed; these records are not delivered");
-                                stats.settled(Stage::Destination, batch.id);
-                                admission.release(batch.bytes + 24 * batch.records.len() as u64);
-                                None
-                            }
-                        }
-                    });
+                    let ctx = ctx.clone();
+                    running.spawn_blocking(move || encode_batch(&ctx, &current, batch));
                 }
                 None => open = false,
             },
             Some(done) = running.join_next(), if !running.is_empty() => match done {
-                Ok(Some(obj)) => {
-                    if objects.send(obj).await.is_err() {
-                        tracing::error!("deliver stage is gone");
-                        return;
+                Ok(objs) => {
+                    for obj in objs {
+                        if objects.send(obj).await.is_err() {
+                            tracing::error!("deliver stage is gone");
+                            return;
+                        }
                     }
                 }
-                Ok(None) => {}
                 Err(e) => tracing::error!(error = %e, "encoding task panicked"),
             },
             else => break,
         }
+    }
+}
+
+/// One batch's objects (blocking CPU work): compressed records, or a Parquet file plus the
+/// error output of the records that did not fit the table.
+fn encode_batch(ctx: &StreamContext, current: &Versioned, batch: Batch) -> Vec<EncodedObject> {
+    let DestinationSpec::S3(spec) = &current.spec.destination;
+    let failed = |error: &dyn std::fmt::Display| {
+        // Compression or Parquet writing into memory only fails on a bug.
+        tracing::error!(batch = batch.id, records = batch.records.len(), error = %error, "encoding failed; these records are not delivered");
+        ctx.stats.settled(Stage::Destination, batch.id);
+        ctx.shared
+            .admission
+            .release(batch.bytes + 24 * batch.records.len() as u64);
+        Vec::new()
+    };
+    match (&current.converter, &spec.conversion) {
+        (Some(converter), Some(conversion)) => {
+            match deliver::encode_s3_converted(
+                &batch,
+                spec,
+                converter,
+                &conversion.table,
+                &ctx.name,
+                current.version,
+                now_ms(),
+            ) {
+                Ok(out) => {
+                    ctx.shared
+                        .metrics
+                        .converted(&ctx.name, out.converted, out.failures);
+                    if out.failures.0 > 0 {
+                        tracing::warn!(
+                            batch = batch.id,
+                            records = out.failures.0,
+                            "records do not fit the table; writing them to the error output"
+                        );
+                    }
+                    if out.object.is_none() {
+                        ctx.stats.settled(Stage::Destination, batch.id);
+                    }
+                    out.object.into_iter().chain(out.failed).collect()
+                }
+                Err(e) => failed(&e),
+            }
+        }
+        _ => match deliver::encode_s3(&batch, spec, &ctx.name, current.version) {
+            Ok(obj) => vec![obj],
+            Err(e) => failed(&e),
+        },
     }
 }
 

@@ -19,10 +19,14 @@ use crate::config::stream::{
     self, CreateDeliveryStreamInput, DestinationSpec, ExtendedS3DestinationConfiguration,
     StreamSpec, Tag,
 };
+use crate::encode::parquet::Converter;
 use crate::metrics::Metrics;
 use crate::pipeline::{Shared, StreamHandle, StreamStats, Versioned, spawn_pipeline};
 use crate::spool::{Spool, SpoolSettings};
 use crate::transform::Processing;
+
+/// What a stream runs besides its spec: its processor chain and its Parquet converter.
+type Parts = (Option<Arc<Processing>>, Option<Arc<Converter>>);
 
 /// The only destination id a stream has (one destination per stream).
 pub const DESTINATION_ID: &str = "destinationId-000000000001";
@@ -259,11 +263,40 @@ impl Registry {
             .transpose()
     }
 
+    /// Builds the Parquet converter a spec asks for (resolving its table).
+    fn converter(&self, spec: &StreamSpec) -> Result<Option<Arc<Converter>>, String> {
+        let DestinationSpec::S3(s3) = &spec.destination;
+        let Some(c) = &s3.conversion else {
+            return Ok(None);
+        };
+        let schema = self
+            .shared
+            .schemas
+            .resolve_blocking(&c.table)
+            .map_err(|e| e.to_string())?;
+        Ok(Some(Arc::new(Converter::new(
+            schema,
+            c.deserializer.clone(),
+            c.parquet.clone(),
+        ))))
+    }
+
+    /// The processor chain and converter a spec needs, or why they cannot be built.
+    fn runtime_parts(&self, spec: &StreamSpec) -> Result<Parts, ApiError> {
+        let processing = self
+            .processing(spec)
+            .map_err(|m| ApiError::InvalidArgument(format!("ProcessingConfiguration: {m}")))?;
+        let converter = self.converter(spec).map_err(|m| {
+            ApiError::InvalidArgument(format!("DataFormatConversionConfiguration: {m}"))
+        })?;
+        Ok((processing, converter))
+    }
+
     fn start(
         &self,
         saved: Saved,
         spec: StreamSpec,
-        processing: Option<Arc<Processing>>,
+        (processing, converter): Parts,
         from_config: bool,
     ) -> Result<Entry, StartError> {
         let name = saved.name.clone();
@@ -290,6 +323,7 @@ impl Registry {
                 spec,
                 version: saved.version,
                 processing,
+                converter,
             },
             self.shared.clone(),
             spool.clone(),
@@ -337,14 +371,14 @@ impl Registry {
         spec: StreamSpec,
         input: CreateDeliveryStreamInput,
     ) -> Result<(), StartError> {
-        let processing = self
-            .processing(&spec)
-            .map_err(|message| StartError::Processing {
+        let parts = self
+            .runtime_parts(&spec)
+            .map_err(|e| StartError::Processing {
                 stream: spec.name.clone(),
-                message,
+                message: e.to_string(),
             })?;
         let saved = Saved::new(spec.name.clone(), input);
-        let entry = self.start(saved, spec, processing, true)?;
+        let entry = self.start(saved, spec, parts, true)?;
         self.lock().insert(entry.saved.name.clone(), entry);
         Ok(())
     }
@@ -366,16 +400,16 @@ impl Registry {
             }
             match stream::validate(&s.name, &s.input) {
                 Ok(spec) => {
-                    let processing = match self.processing(&spec) {
+                    let parts = match self.runtime_parts(&spec) {
                         Ok(p) => p,
-                        Err(message) => {
-                            // Its spool stays as it is until the transform is back.
-                            tracing::error!(stream = %s.name, error = %message, "saved stream's transform cannot be loaded; not started");
+                        Err(e) => {
+                            // Its spool stays as it is until the transform or table is back.
+                            tracing::error!(stream = %s.name, error = %e, "saved stream's transform or table cannot be loaded; not started");
                             continue;
                         }
                     };
                     let entry = self
-                        .start(s, spec, processing, false)
+                        .start(s, spec, parts, false)
                         .map_err(|e| e.to_string())?;
                     self.lock().insert(entry.saved.name.clone(), entry);
                     restored += 1;
@@ -425,9 +459,7 @@ impl Registry {
             .clone()
             .ok_or_else(|| ApiError::InvalidArgument("DeliveryStreamName is required".into()))?;
         let spec = stream::validate(&name, &input).map_err(|e| ApiError::from_field_errors(&e))?;
-        let processing = self
-            .processing(&spec)
-            .map_err(|m| ApiError::InvalidArgument(format!("ProcessingConfiguration: {m}")))?;
+        let parts = self.runtime_parts(&spec)?;
         if self.is_draining(&name) {
             return Err(ApiError::ResourceInUse(format!(
                 "Firehose {name} is still being deleted; try again shortly"
@@ -450,7 +482,7 @@ impl Registry {
             self.set_aside(&leftover);
         }
         let saved = Saved::new(name.clone(), input);
-        let entry = self.start(saved, spec, processing, false).map_err(|e| {
+        let entry = self.start(saved, spec, parts, false).map_err(|e| {
             tracing::error!(error = %e, "cannot start a new stream");
             ApiError::InternalFailure(e.to_string())
         })?;
@@ -635,9 +667,7 @@ impl Registry {
                 .collect();
             ApiError::from_field_errors(&errs)
         })?;
-        let processing = self
-            .processing(&spec)
-            .map_err(|m| ApiError::InvalidArgument(format!("ProcessingConfiguration: {m}")))?;
+        let (processing, converter) = self.runtime_parts(&spec)?;
         let previous = entry.saved.clone();
         entry.saved.input = input;
         entry.saved.version += 1;
@@ -655,6 +685,7 @@ impl Registry {
             spec,
             version,
             processing,
+            converter,
         }));
         Ok(())
     }

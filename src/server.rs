@@ -70,6 +70,10 @@ impl Server {
             catalog: Arc::new(crate::transform::catalog::Catalog::new(
                 config.transforms.clone(),
             )),
+            schemas: Arc::new(crate::schema::SchemaSource {
+                local: config.catalog.clone(),
+                glue: config.glue_endpoint(),
+            }),
         };
         let registry = Arc::new(Registry::new(
             &config.data_dir,

@@ -2,6 +2,7 @@
 //! reads (unknown fields refused); [`Config::from_raw`] validates it into typed values, and every
 //! error names its dotted path and what is allowed.
 
+pub mod conversion;
 pub mod names;
 pub mod processing;
 pub mod stream;
@@ -248,6 +249,23 @@ fn env_first(env: &dyn Fn(&str) -> Option<String>, names: &[&str]) -> Option<Str
 }
 
 impl Config {
+    /// The Glue endpoint to read tables from: `[glue] endpoint`, else `AWS_ENDPOINT_URL_GLUE`,
+    /// with the `AWS_*` credentials; `None` when neither is set or credentials are missing.
+    pub fn glue_endpoint(&self) -> Option<crate::aws_client::ServiceEndpoint> {
+        let url = self
+            .glue_endpoint
+            .clone()
+            .or_else(|| std::env::var("AWS_ENDPOINT_URL_GLUE").ok())?;
+        let mut endpoint = crate::aws_client::ServiceEndpoint::from_env("glue")
+            .map_err(|e| tracing::warn!(error = %e, "a Glue endpoint is configured but cannot be called"))
+            .ok()?;
+        endpoint.url = url;
+        if let Some(r) = &self.glue_region {
+            endpoint.region = r.clone();
+        }
+        Some(endpoint)
+    }
+
     /// Reads and validates a config file (or the defaults when `path` is `None`).
     pub fn load(
         path: Option<&Path>,

@@ -121,6 +121,8 @@ pub struct S3Spec {
     pub time_zone: Tz,
     /// `ProcessingConfiguration`, when enabled.
     pub processing: Option<super::processing::ProcessingSpec>,
+    /// `DataFormatConversionConfiguration`, when enabled.
+    pub conversion: Option<super::conversion::ConversionSpec>,
     /// The configuration as given, for DescribeDeliveryStream and UpdateDestination merges.
     pub raw: ExtendedS3DestinationConfiguration,
     /// Created through the deprecated `S3DestinationConfiguration`.
@@ -293,7 +295,14 @@ pub fn validate_s3(
         },
     };
     let hints = raw.buffering_hints.clone().unwrap_or_default();
-    let size = hints.size_in_mbs.unwrap_or(5);
+    let converting = raw
+        .data_format_conversion_configuration
+        .as_ref()
+        .is_some_and(|v| !v.is_null() && v.get("Enabled") != Some(&Value::Bool(false)));
+    // Firehose's default buffer becomes 128 MB with format conversion.
+    let size = hints
+        .size_in_mbs
+        .unwrap_or(if converting { 128 } else { 5 });
     let interval = hints.interval_in_seconds.unwrap_or(300);
     check_range(
         errors,
@@ -331,6 +340,7 @@ pub fn validate_s3(
         .map_err(|m| errors.push(FieldError::new(&[path, "error_output_prefix"], m)))
         .ok();
     let extension = match raw.file_extension.as_deref() {
+        None | Some("") if converting => ".parquet".to_string(),
         None | Some("") => compression.extension().to_string(),
         Some(ext) => {
             let ok = ext.len() <= 128
@@ -365,11 +375,24 @@ pub fn validate_s3(
         &[path, "processing_configuration"],
         errors,
     );
-    if enabled(&raw.data_format_conversion_configuration) {
-        errors.push(FieldError::new(
-            &[path, "data_format_conversion_configuration"],
-            "record format conversion is not supported by this hosepipe version",
-        ));
+    let conversion = super::conversion::validate(
+        &raw.data_format_conversion_configuration,
+        &[path, "data_format_conversion_configuration"],
+        errors,
+    );
+    if conversion.is_some() {
+        if compression != CompressionFormat::Uncompressed {
+            errors.push(FieldError::new(
+                &[path, "compression_format"],
+                "must be UNCOMPRESSED with data format conversion (set the Parquet codec in ParquetSerDe.Compression)",
+            ));
+        }
+        if size < 64 && hints.size_in_mbs.is_some() {
+            errors.push(FieldError::new(
+                &[path, "buffering_hints", "size_in_mbs"],
+                format!("{size} is below 64, the minimum with data format conversion"),
+            ));
+        }
     }
     if enabled(&raw.dynamic_partitioning_configuration) {
         errors.push(FieldError::new(
@@ -411,6 +434,7 @@ pub fn validate_s3(
         extension,
         time_zone,
         processing,
+        conversion,
         raw: raw.clone(),
         legacy,
     })

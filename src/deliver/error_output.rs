@@ -15,6 +15,9 @@ pub struct FailedRecord {
     pub message: String,
     /// `lambdaArn`, for records the Lambda processor failed.
     pub lambda_arn: Option<String>,
+    /// `dataCatalogTable`, for records format conversion failed (their documents then say
+    /// `lastErrorCode` / `lastErrorMessage`, as Firehose's do).
+    pub catalog_table: Option<serde_json::Value>,
 }
 
 /// `{"attemptsMade", "arrivalTimestamp", "errorCode", "errorMessage", "attemptEndingTimestamp",
@@ -23,16 +26,23 @@ pub fn documents(failed: &[FailedRecord], attempt_ending_ms: i64) -> Bytes {
     let engine = base64::engine::general_purpose::STANDARD;
     let mut out = Vec::new();
     for f in failed {
+        let (code_key, message_key) = match f.catalog_table {
+            Some(_) => ("lastErrorCode", "lastErrorMessage"),
+            None => ("errorCode", "errorMessage"),
+        };
         let mut doc = serde_json::json!({
             "attemptsMade": f.attempts,
             "arrivalTimestamp": f.record.arrival_ms,
-            "errorCode": f.code,
-            "errorMessage": f.message,
+            code_key: f.code,
+            message_key: f.message,
             "attemptEndingTimestamp": attempt_ending_ms,
             "rawData": engine.encode(&f.record.data),
         });
         if let Some(arn) = &f.lambda_arn {
             doc["lambdaArn"] = arn.clone().into();
+        }
+        if let Some(table) = &f.catalog_table {
+            doc["dataCatalogTable"] = table.clone();
         }
         serde_json::to_writer(&mut out, &doc).expect("JSON into memory");
         out.push(b'\n');
@@ -56,6 +66,7 @@ pub fn failed_record_documents(
             code: error_code.to_string(),
             message: error_message.to_string(),
             lambda_arn: None,
+            catalog_table: None,
         })
         .collect();
     documents(&failed, attempt_ending_ms)
@@ -100,6 +111,7 @@ mod tests {
                 code: "Lambda.ProcessingFailed".into(),
                 message: "bad line".into(),
                 lambda_arn: Some("arn:aws:lambda:r:1:function:f".into()),
+                catalog_table: None,
             }],
             7,
         );

@@ -86,13 +86,8 @@ fn render_prefix(
         })
 }
 
-/// Names and compresses one batch. CPU only: no I/O.
-pub fn encode_s3(
-    batch: &Batch,
-    spec: &S3Spec,
-    stream: &str,
-    version: u64,
-) -> Result<EncodedObject, CompressError> {
+/// A batch's object key and its retention-expired error key.
+fn object_names(batch: &Batch, spec: &S3Spec, stream: &str, version: u64) -> (String, String) {
     let time = zoned(batch.oldest_arrival_ms(), spec.time_zone);
     let prefix = render_prefix(&spec.prefix, &time, None);
     let key = prefix::object_key(&prefix, stream, version, &time, &spec.extension);
@@ -102,6 +97,100 @@ pub fn encode_s3(
         Some(ErrorOutputType::RetentionExpired),
     );
     let error_key = prefix::object_key(&error_prefix, stream, version, &time, "");
+    (key, error_key)
+}
+
+/// What format conversion made of a batch.
+pub struct ConvertedBatch {
+    /// The Parquet object of the records that fit (none if no record did).
+    pub object: Option<EncodedObject>,
+    /// The `format-conversion-failed` documents of those that did not.
+    pub failed: Option<EncodedObject>,
+    /// (records, bytes) converted and failed.
+    pub converted: (u64, u64),
+    pub failures: (u64, u64),
+}
+
+/// Converts one batch to Parquet and names it. CPU only: no I/O.
+pub fn encode_s3_converted(
+    batch: &Batch,
+    spec: &S3Spec,
+    converter: &crate::encode::parquet::Converter,
+    table: &crate::schema::TableRef,
+    stream: &str,
+    version: u64,
+    now_ms: i64,
+) -> Result<ConvertedBatch, parquet::errors::ParquetError> {
+    let out = converter.convert(batch.records.iter().map(|r| r.data.as_ref()))?;
+    let mut reasons: BTreeMap<usize, String> = out.failures.into_iter().collect();
+    let (mut good, mut failed) = (Vec::new(), Vec::new());
+    for (i, r) in batch.records.iter().enumerate() {
+        match reasons.remove(&i) {
+            None => good.push(r.clone()),
+            Some(reason) => failed.push(error_output::FailedRecord {
+                record: r.clone(),
+                attempts: 1,
+                code: "DataFormatConversion.MalformedData".into(),
+                message: reason,
+                lambda_arn: None,
+                catalog_table: Some(serde_json::json!({
+                    "catalogId": table.catalog_id,
+                    "databaseName": table.database,
+                    "tableName": table.table,
+                    "region": table.region,
+                    "versionId": table.version_id.clone().unwrap_or_else(|| "LATEST".into()),
+                })),
+            }),
+        }
+    }
+    let bytes =
+        |rs: &mut dyn Iterator<Item = &Record>| rs.map(|r| r.data.len() as u64).sum::<u64>();
+    let converted = (good.len() as u64, bytes(&mut good.iter()));
+    let failures = (
+        failed.len() as u64,
+        bytes(&mut failed.iter().map(|f| &f.record)),
+    );
+    let object = (!good.is_empty()).then(|| {
+        let (key, error_key) = object_names(batch, spec, stream, version);
+        EncodedObject {
+            batch_id: batch.id,
+            bucket: spec.bucket.clone(),
+            key,
+            body: out.parquet.into(),
+            content_type: "application/vnd.apache.parquet",
+            raw_bytes: converted.1,
+            records: good,
+            error_key,
+            error_output: None,
+        }
+    });
+    let failed = (!failed.is_empty()).then(|| {
+        encode_error_output(
+            &failed,
+            ErrorOutputType::FormatConversionFailed,
+            spec,
+            stream,
+            version,
+            batch.id,
+            now_ms,
+        )
+    });
+    Ok(ConvertedBatch {
+        object,
+        failed,
+        converted,
+        failures,
+    })
+}
+
+/// Names and compresses one batch. CPU only: no I/O.
+pub fn encode_s3(
+    batch: &Batch,
+    spec: &S3Spec,
+    stream: &str,
+    version: u64,
+) -> Result<EncodedObject, CompressError> {
+    let (key, error_key) = object_names(batch, spec, stream, version);
     let entry_name = key
         .rsplit('/')
         .next()

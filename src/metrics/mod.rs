@@ -81,6 +81,8 @@ pub struct Metrics {
     pub processing_invocations: Family<OutcomeLabels, Counter>,
     pub processing_records: Family<OutcomeLabels, Counter>,
     pub processing_bytes: Family<OutcomeLabels, Counter>,
+    pub conversion_records: Family<OutcomeLabels, Counter>,
+    pub conversion_bytes: Family<OutcomeLabels, Counter>,
     /// Every fsync's latency, kept only when a benchmark asks for them.
     fsync_log: Mutex<Option<Vec<f64>>>,
     /// Per-record arrival → delivered latencies, kept only when a benchmark asks for them.
@@ -121,6 +123,8 @@ impl Metrics {
             processing_invocations: Family::default(),
             processing_records: Family::default(),
             processing_bytes: Family::default(),
+            conversion_records: Family::default(),
+            conversion_bytes: Family::default(),
             fsync_log: Mutex::new(None),
             latency_log: Mutex::new(None),
             registry: Registry::default(),
@@ -254,6 +258,17 @@ impl Metrics {
             prometheus_client::registry::Unit::Bytes,
             m.processing_bytes.clone(),
         );
+        registry.register(
+            "conversion_records",
+            "Records converted to Parquet (outcome success) or failed (Firehose SucceedConversion / FailedConversion.Records)",
+            m.conversion_records.clone(),
+        );
+        registry.register_with_unit(
+            "conversion",
+            "Bytes of records converted or failed (Firehose SucceedConversion / FailedConversion.Bytes)",
+            prometheus_client::registry::Unit::Bytes,
+            m.conversion_bytes.clone(),
+        );
         Metrics { registry, ..m }
     }
 
@@ -352,6 +367,20 @@ impl Metrics {
             self.processing_bytes
                 .get_or_create(&labels(outcome))
                 .inc_by(*bytes);
+        }
+    }
+
+    /// Records one batch's format conversion: (records, bytes) converted and failed.
+    pub fn converted(&self, stream: &str, ok: (u64, u64), failed: (u64, u64)) {
+        for (outcome, (records, bytes)) in [(SUCCESS, ok), (FAILURE, failed)] {
+            let labels = OutcomeLabels {
+                stream: stream.to_string(),
+                outcome: outcome.to_string(),
+            };
+            self.conversion_records
+                .get_or_create(&labels)
+                .inc_by(records);
+            self.conversion_bytes.get_or_create(&labels).inc_by(bytes);
         }
     }
 

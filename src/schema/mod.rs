@@ -407,6 +407,34 @@ impl LocalCatalog {
     }
 }
 
+/// Where a running daemon finds tables: its local catalog, then Glue if configured.
+#[derive(Debug, Clone, Default)]
+pub struct SchemaSource {
+    pub local: LocalCatalog,
+    pub glue: Option<crate::aws_client::ServiceEndpoint>,
+}
+
+impl SchemaSource {
+    /// Resolves a table from synchronous code running on the daemon's multi-threaded runtime
+    /// (stream creation); a Glue call blocks this worker thread only.
+    pub fn resolve_blocking(&self, table: &TableRef) -> Result<TableSchema, SchemaError> {
+        if let Some(schema) = self.local.get(&table.database, &table.table) {
+            return Ok(schema.clone());
+        }
+        match tokio::runtime::Handle::try_current() {
+            Ok(handle) if handle.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
+                tokio::task::block_in_place(|| {
+                    handle.block_on(resolve(table, &self.local, self.glue.as_ref()))
+                })
+            }
+            _ => Err(SchemaError::Table {
+                table: table.to_string(),
+                message: "is not in the local catalog (and Glue cannot be called from here)".into(),
+            }),
+        }
+    }
+}
+
 /// Resolves a table: the local catalog first, then Glue when an endpoint is given.
 pub async fn resolve(
     table: &TableRef,

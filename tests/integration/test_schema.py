@@ -110,3 +110,32 @@ def test_a_pinned_version_id_reads_that_version(glue):
     assert [l.split()[:2] for l in latest.stdout.splitlines()[1:]] == [
         ["id", "bigint"], ["extra", "string"]]
     assert [l.split()[:2] for l in first.stdout.splitlines()[1:]] == [["id", "int"]]
+
+
+def test_a_stream_converts_with_a_glue_table(glue, daemon_factory, s3, bucket):
+    import io
+    import json as _json
+
+    import pyarrow.parquet as pq
+
+    url, table = glue
+    table("orders", [("id", "bigint"), ("amount", "decimal(8,2)"), ("items", "array<string>")])
+    d = daemon_factory(extra_env={"AWS_ENDPOINT_URL_GLUE": url})
+    fh = d.firehose()
+    fh.create_delivery_stream(DeliveryStreamName="orders", ExtendedS3DestinationConfiguration={
+        "RoleARN": "r", "BucketARN": f"arn:aws:s3:::{bucket}", "Prefix": "orders/",
+        "ErrorOutputPrefix": "errors/!{firehose:error-output-type}/",
+        "BufferingHints": {"SizeInMBs": 64, "IntervalInSeconds": 1},
+        "DataFormatConversionConfiguration": {
+            "SchemaConfiguration": {"DatabaseName": "web", "TableName": "orders"},
+            "InputFormatConfiguration": {"Deserializer": {"HiveJsonSerDe": {}}},
+            "OutputFormatConfiguration": {"Serializer": {"ParquetSerDe": {}}}}})
+    recs = [_json.dumps({"id": n, "amount": n + 0.5, "items": ["a"] * n}).encode()
+            for n in range(5)]
+    fh.put_record_batch(DeliveryStreamName="orders", Records=[{"Data": r} for r in recs])
+    wait_for(lambda: s3.objects(bucket, "orders/"), what="the Parquet object")
+    _, body, _ = s3.objects(bucket, "orders/")[0]
+    t = pq.read_table(io.BytesIO(body))
+    assert t.column("id").to_pylist() == [0, 1, 2, 3, 4]
+    assert str(t.schema.field("amount").type) == "decimal128(8, 2)"
+    assert t.column("items").to_pylist()[2] == ["a", "a"]

@@ -60,6 +60,8 @@ enum Command {
         #[arg(long)]
         version_id: Option<String>,
     },
+    /// Measure JSON → Parquet conversion against a bare JSON parse of the same bytes.
+    BenchConvert(hosepipe::encode::bench::BenchConvertArgs),
     /// Measure the WASM sandbox's per-record cost against the same transforms run natively.
     BenchTransform(hosepipe::transform::bench::BenchTransformArgs),
 }
@@ -235,6 +237,13 @@ fn main() -> ExitCode {
                 }
             })
         }
+        Command::BenchConvert(args) => match hosepipe::encode::bench::run(args) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("bench-convert failed: {e}");
+                ExitCode::FAILURE
+            }
+        },
         Command::BenchTransform(args) => {
             init_tracing();
             match hosepipe::transform::bench::run(args) {

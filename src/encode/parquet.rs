@@ -116,17 +116,32 @@ pub struct Converter {
     arrow: arrow_schema::SchemaRef,
     de: Deserializer,
     out: ParquetOptions,
+    /// The JSON key each column is read from (after the deserializer's key rules).
+    column_keys: Vec<String>,
 }
 
 impl Converter {
     pub fn new(schema: TableSchema, de: Deserializer, out: ParquetOptions) -> Self {
         let arrow = Arc::new(schema.to_arrow());
-        Converter {
+        let mut c = Converter {
             schema,
             arrow,
             de,
             out,
-        }
+            column_keys: Vec::new(),
+        };
+        c.column_keys = c
+            .schema
+            .columns
+            .iter()
+            .map(|col| match &c.de {
+                Deserializer::OpenX { column_to_key, .. } => c
+                    .key(column_to_key.get(&col.name).unwrap_or(&col.name))
+                    .into_owned(),
+                Deserializer::Hive { .. } => col.name.clone(),
+            })
+            .collect();
+        c
     }
 
     /// Converts `records` (one JSON object each) into one Parquet file. Fails as a whole only
@@ -224,98 +239,107 @@ impl Converter {
             Ok(_) => return Err("the record is not a JSON object".into()),
             Err(e) => return Err(format!("the record is not JSON: {e}")),
         };
-        let object = self.normalise_keys(object);
+        let mut object = object;
+        self.normalise_keys(&mut object);
         self.schema
             .columns
             .iter()
-            .map(|col| {
-                let key = match &self.de {
-                    Deserializer::OpenX { column_to_key, .. } => column_to_key
-                        .get(&col.name)
-                        .map(|k| self.key(k))
-                        .unwrap_or_else(|| self.key(&col.name)),
-                    Deserializer::Hive { .. } => col.name.clone(),
-                };
-                let value = object.get(&key).unwrap_or(&Value::Null);
+            .zip(&self.column_keys)
+            .map(|(col, key)| {
+                let value = object.remove(key).unwrap_or(Value::Null);
                 self.coerce(&col.ty, value)
                     .map_err(|e| format!("column {}: {e}", col.name))
             })
             .collect()
     }
 
-    fn key(&self, k: &str) -> String {
+    /// The JSON key a column or field name is looked up as (lowercased when case-insensitive).
+    fn key<'k>(&self, k: &'k str) -> std::borrow::Cow<'k, str> {
         match &self.de {
             Deserializer::OpenX {
                 case_insensitive: true,
                 ..
-            } => k.to_lowercase(),
-            _ => k.to_string(),
+            } if k.chars().any(|c| !c.is_lowercase() && c.is_alphabetic()) => {
+                std::borrow::Cow::Owned(k.to_lowercase())
+            }
+            _ => std::borrow::Cow::Borrowed(k),
         }
     }
 
-    fn normalise_keys(&self, object: Map<String, Value>) -> Map<String, Value> {
+    /// Applies the OpenX key rules in place, touching only the keys that change.
+    fn normalise_keys(&self, object: &mut Map<String, Value>) {
         let Deserializer::OpenX {
             case_insensitive,
             dots_to_underscores,
             ..
         } = &self.de
         else {
-            return object;
+            return;
         };
         if !case_insensitive && !dots_to_underscores {
-            return object;
+            return;
         }
-        object
-            .into_iter()
-            .map(|(k, v)| {
+        let changes = |k: &str| {
+            (*dots_to_underscores && k.contains('.'))
+                || (*case_insensitive && k.chars().any(|c| !c.is_lowercase() && c.is_alphabetic()))
+        };
+        let renamed: Vec<String> = object.keys().filter(|k| changes(k)).cloned().collect();
+        for old in renamed {
+            if let Some(v) = object.remove(&old) {
                 let k = if *dots_to_underscores {
-                    k.replace('.', "_")
+                    old.replace('.', "_")
                 } else {
-                    k
+                    old
                 };
                 let k = if *case_insensitive {
                     k.to_lowercase()
                 } else {
                     k
                 };
-                let v = match v {
-                    Value::Object(inner) => Value::Object(self.normalise_keys(inner)),
-                    other => other,
-                };
-                (k, v)
-            })
-            .collect()
+                object.insert(k, v);
+            }
+        }
+        for v in object.values_mut() {
+            if let Value::Object(inner) = v {
+                self.normalise_keys(inner);
+            }
+        }
     }
 
     fn lenient(&self) -> bool {
         matches!(self.de, Deserializer::OpenX { .. })
     }
 
-    fn coerce(&self, ty: &ColumnType, v: &Value) -> Result<Typed, String> {
+    /// Checks and converts one value, taking ownership so strings move rather than copy.
+    fn coerce(&self, ty: &ColumnType, v: Value) -> Result<Typed, String> {
         if v.is_null() {
             return Ok(Typed::Null);
         }
-        let wrong = || format!("{} is not a valid {}", short(v), ty.hive());
+        let wrong = |v: &Value| format!("{} is not a valid {}", short(v), ty.hive());
         Ok(match ty {
             ColumnType::String | ColumnType::Char(_) | ColumnType::Varchar(_) => {
                 let text = match v {
-                    Value::String(s) => s.clone(),
+                    Value::String(s) => s,
                     Value::Number(_) | Value::Bool(_) => v.to_string(),
                     _ if self.lenient() => v.to_string(),
-                    _ => return Err(wrong()),
+                    other => return Err(wrong(&other)),
                 };
                 match ty {
-                    ColumnType::Char(n) | ColumnType::Varchar(n) => {
+                    ColumnType::Char(n) | ColumnType::Varchar(n)
+                        if text.chars().nth(*n as usize).is_some() =>
+                    {
                         Typed::Str(text.chars().take(*n as usize).collect())
                     }
                     _ => Typed::Str(text),
                 }
             }
             ColumnType::TinyInt | ColumnType::SmallInt | ColumnType::Int | ColumnType::BigInt => {
-                let n = match v {
-                    Value::Number(n) => n.as_i64().ok_or_else(wrong)?,
-                    Value::String(s) if self.lenient() => s.trim().parse().map_err(|_| wrong())?,
-                    _ => return Err(wrong()),
+                let n = match &v {
+                    Value::Number(n) => n.as_i64().ok_or_else(|| wrong(&v))?,
+                    Value::String(s) if self.lenient() => {
+                        s.trim().parse().map_err(|_| wrong(&v))?
+                    }
+                    _ => return Err(wrong(&v)),
                 };
                 let (lo, hi) = match ty {
                     ColumnType::TinyInt => (i8::MIN as i64, i8::MAX as i64),
@@ -328,7 +352,7 @@ impl Converter {
                 }
                 Typed::Int(n)
             }
-            ColumnType::Boolean => match v {
+            ColumnType::Boolean => match &v {
                 Value::Bool(b) => Typed::Bool(*b),
                 Value::String(s) if self.lenient() && s.eq_ignore_ascii_case("true") => {
                     Typed::Bool(true)
@@ -336,62 +360,63 @@ impl Converter {
                 Value::String(s) if self.lenient() && s.eq_ignore_ascii_case("false") => {
                     Typed::Bool(false)
                 }
-                _ => return Err(wrong()),
+                _ => return Err(wrong(&v)),
             },
-            ColumnType::Float | ColumnType::Double => match v {
-                Value::Number(n) => Typed::Float(n.as_f64().ok_or_else(wrong)?),
+            ColumnType::Float | ColumnType::Double => match &v {
+                Value::Number(n) => Typed::Float(n.as_f64().ok_or_else(|| wrong(&v))?),
                 Value::String(s) if self.lenient() => {
-                    Typed::Float(s.trim().parse().map_err(|_| wrong())?)
+                    Typed::Float(s.trim().parse().map_err(|_| wrong(&v))?)
                 }
-                _ => return Err(wrong()),
+                _ => return Err(wrong(&v)),
             },
             ColumnType::Decimal { precision, scale } => {
-                let text = match v {
-                    Value::Number(n) => n.to_string(),
-                    Value::String(s) if self.lenient() => s.trim().to_string(),
-                    _ => return Err(wrong()),
+                let parsed = match &v {
+                    Value::Number(n) => decimal(&n.to_string(), *precision, *scale),
+                    Value::String(s) if self.lenient() => decimal(s.trim(), *precision, *scale),
+                    _ => None,
                 };
-                Typed::Decimal(decimal(&text, *precision, *scale).ok_or_else(wrong)?)
+                Typed::Decimal(parsed.ok_or_else(|| wrong(&v))?)
             }
-            ColumnType::Date => match v {
+            ColumnType::Date => match &v {
                 Value::String(s) => {
-                    let d = NaiveDate::parse_from_str(s.trim(), "%Y-%m-%d").map_err(|_| wrong())?;
+                    let d =
+                        NaiveDate::parse_from_str(s.trim(), "%Y-%m-%d").map_err(|_| wrong(&v))?;
                     let epoch = NaiveDate::from_ymd_opt(1970, 1, 1).expect("the epoch is a date");
                     Typed::Date((d - epoch).num_days() as i32)
                 }
-                _ => return Err(wrong()),
+                _ => return Err(wrong(&v)),
             },
-            ColumnType::Timestamp => Typed::Millis(self.timestamp(v).ok_or_else(wrong)?),
-            ColumnType::Binary => match v {
+            ColumnType::Timestamp => Typed::Millis(self.timestamp(&v).ok_or_else(|| wrong(&v))?),
+            ColumnType::Binary => match &v {
                 Value::String(s) => Typed::Bytes(
                     base64::engine::general_purpose::STANDARD
                         .decode(s)
-                        .map_err(|_| format!("{} is not base64 for binary", short(v)))?,
+                        .map_err(|_| format!("{} is not base64 for binary", short(&v)))?,
                 ),
-                _ => return Err(wrong()),
+                _ => return Err(wrong(&v)),
             },
             ColumnType::Array(item) => match v {
                 Value::Array(items) => Typed::List(
                     items
-                        .iter()
+                        .into_iter()
                         .enumerate()
                         .map(|(i, x)| self.coerce(item, x).map_err(|e| format!("[{i}]: {e}")))
                         .collect::<Result<_, _>>()?,
                 ),
-                _ => return Err(wrong()),
+                other => return Err(wrong(&other)),
             },
             ColumnType::Map(k, val) => match v {
                 Value::Object(entries) => Typed::Map(
                     entries
-                        .iter()
+                        .into_iter()
                         .map(|(key, x)| {
                             let key_value = self
-                                .coerce(k, &Value::String(key.clone()))
+                                .coerce(k, Value::String(key.clone()))
                                 .or_else(|_| {
                                     // Numeric keys are written as strings in JSON.
-                                    serde_json::from_str::<Value>(key)
+                                    serde_json::from_str::<Value>(&key)
                                         .map_err(|e| e.to_string())
-                                        .and_then(|kv| self.coerce(k, &kv))
+                                        .and_then(|kv| self.coerce(k, kv))
                                 })
                                 .map_err(|e| format!("key {key:?}: {e}"))?;
                             Ok((
@@ -401,20 +426,20 @@ impl Converter {
                         })
                         .collect::<Result<_, String>>()?,
                 ),
-                _ => return Err(wrong()),
+                other => return Err(wrong(&other)),
             },
             ColumnType::Struct(fields) => match v {
-                Value::Object(o) => Typed::Struct(
+                Value::Object(mut o) => Typed::Struct(
                     fields
                         .iter()
                         .map(|f| {
-                            let x = o.get(&self.key(&f.name)).unwrap_or(&Value::Null);
+                            let x = o.remove(self.key(&f.name).as_ref()).unwrap_or(Value::Null);
                             self.coerce(&f.ty, x)
                                 .map_err(|e| format!(".{}: {e}", f.name))
                         })
                         .collect::<Result<_, _>>()?,
                 ),
-                _ => return Err(wrong()),
+                other => return Err(wrong(&other)),
             },
         })
     }
@@ -474,16 +499,36 @@ impl Converter {
     }
 }
 
+thread_local! {
+    /// Compiled chrono formats, by format string (parsing a format string costs more than
+    /// parsing a timestamp with it).
+    static FORMATS: std::cell::RefCell<std::collections::HashMap<String, Vec<chrono::format::Item<'static>>>> =
+        std::cell::RefCell::default();
+}
+
+/// Milliseconds since the epoch of `s` in the first of `formats` that fits (UTC unless the
+/// format has an offset).
 fn parse_datetime(s: &str, formats: &[&str]) -> Option<i64> {
     formats.iter().find_map(|f| {
-        NaiveDateTime::parse_from_str(s, f)
-            .ok()
-            .map(|t| t.and_utc().timestamp_millis())
-            .or_else(|| {
-                chrono::DateTime::parse_from_str(s, f)
+        FORMATS.with(|cache| {
+            let mut cache = cache.borrow_mut();
+            if !cache.contains_key(*f) {
+                let items = chrono::format::StrftimeItems::new(f)
+                    .parse_to_owned()
+                    .ok()?;
+                cache.insert(f.to_string(), items);
+            }
+            let items = cache.get(*f)?;
+            let mut parsed = chrono::format::Parsed::new();
+            chrono::format::parse(&mut parsed, s, items.iter()).ok()?;
+            match parsed.offset {
+                Some(_) => parsed.to_datetime().ok().map(|t| t.timestamp_millis()),
+                None => parsed
+                    .to_naive_datetime_with_offset(0)
                     .ok()
-                    .map(|t| t.timestamp_millis())
-            })
+                    .map(|t: NaiveDateTime| t.and_utc().timestamp_millis()),
+            }
+        })
     })
 }
 

@@ -109,8 +109,9 @@ pub enum StartError {
         stream: String,
         source: crate::spool::SpoolError,
     },
-    #[error("stream {stream}: processing_configuration: {message}")]
-    Processing { stream: String, message: String },
+    /// Its transform or its conversion table cannot be loaded.
+    #[error("stream {stream}: {message}")]
+    Parts { stream: String, message: String },
 }
 
 fn epoch_secs() -> f64 {
@@ -253,7 +254,6 @@ impl Registry {
         self.streams.lock().expect("registry lock poisoned")
     }
 
-    /// Opens the stream's spool, starts its pipeline, and replays what the spool still holds.
     /// Builds the processor chain a spec asks for (resolving its Lambda function).
     fn processing(&self, spec: &StreamSpec) -> Result<Option<Arc<Processing>>, String> {
         let DestinationSpec::S3(s3) = &spec.destination;
@@ -292,6 +292,7 @@ impl Registry {
         Ok((processing, converter))
     }
 
+    /// Opens the stream's spool, starts its pipeline, and replays what the spool still holds.
     fn start(
         &self,
         saved: Saved,
@@ -371,12 +372,10 @@ impl Registry {
         spec: StreamSpec,
         input: CreateDeliveryStreamInput,
     ) -> Result<(), StartError> {
-        let parts = self
-            .runtime_parts(&spec)
-            .map_err(|e| StartError::Processing {
-                stream: spec.name.clone(),
-                message: e.to_string(),
-            })?;
+        let parts = self.runtime_parts(&spec).map_err(|e| StartError::Parts {
+            stream: spec.name.clone(),
+            message: e.to_string(),
+        })?;
         let saved = Saved::new(spec.name.clone(), input);
         let entry = self.start(saved, spec, parts, true)?;
         self.lock().insert(entry.saved.name.clone(), entry);

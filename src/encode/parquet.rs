@@ -116,8 +116,8 @@ pub struct Converter {
     arrow: arrow_schema::SchemaRef,
     de: Deserializer,
     out: ParquetOptions,
-    /// The JSON key each column is read from (after the deserializer's key rules).
-    column_keys: Vec<String>,
+    /// Column index by the JSON key it is read from (after the deserializer's key rules).
+    column_index: std::collections::HashMap<String, usize>,
 }
 
 impl Converter {
@@ -128,9 +128,9 @@ impl Converter {
             arrow,
             de,
             out,
-            column_keys: Vec::new(),
+            column_index: std::collections::HashMap::new(),
         };
-        c.column_keys = c
+        c.column_index = c
             .schema
             .columns
             .iter()
@@ -140,6 +140,8 @@ impl Converter {
                     .into_owned(),
                 Deserializer::Hive { .. } => col.name.clone(),
             })
+            .enumerate()
+            .map(|(i, key)| (key, i))
             .collect();
         c
     }
@@ -233,24 +235,50 @@ impl Converter {
 
     /// One record checked against the schema: a value per column.
     fn row(&self, data: &[u8]) -> Result<Vec<Typed>, String> {
-        let object = match serde_json::from_slice::<Value>(data) {
-            Ok(Value::Object(o)) => o,
-            Ok(Value::Array(_)) => return Err("the record is a JSON array, not an object".into()),
-            Ok(_) => return Err("the record is not a JSON object".into()),
-            Err(e) => return Err(format!("the record is not JSON: {e}")),
+        // Parsed straight into the row: only the columns' values become `Value`s, unknown keys
+        // are skipped, and no tree of the whole record is built.
+        let mut de = serde_json::Deserializer::from_slice(data);
+        let row = serde::de::DeserializeSeed::deserialize(RowSeed(self), &mut de)
+            .and_then(|row| de.end().map(|()| row));
+        match row {
+            Ok(row) => row,
+            Err(e) => Err(format!("the record is not JSON: {e}")),
+        }
+    }
+
+    /// The column a JSON key names, after the deserializer's key rules.
+    fn column_of(&self, key: &str) -> Option<usize> {
+        let normalised = match &self.de {
+            Deserializer::OpenX {
+                case_insensitive,
+                dots_to_underscores,
+                ..
+            } => {
+                let dotted = *dots_to_underscores && key.contains('.');
+                let upper = *case_insensitive
+                    && key.chars().any(|c| !c.is_lowercase() && c.is_alphabetic());
+                match (dotted, upper) {
+                    (false, false) => std::borrow::Cow::Borrowed(key),
+                    (true, _) if *case_insensitive => {
+                        std::borrow::Cow::Owned(key.replace('.', "_").to_lowercase())
+                    }
+                    (true, _) => std::borrow::Cow::Owned(key.replace('.', "_")),
+                    (false, true) => std::borrow::Cow::Owned(key.to_lowercase()),
+                }
+            }
+            Deserializer::Hive { .. } => std::borrow::Cow::Borrowed(key),
         };
-        let mut object = object;
-        self.normalise_keys(&mut object);
-        self.schema
-            .columns
-            .iter()
-            .zip(&self.column_keys)
-            .map(|(col, key)| {
-                let value = object.remove(key).unwrap_or(Value::Null);
-                self.coerce(&col.ty, value)
-                    .map_err(|e| format!("column {}: {e}", col.name))
-            })
-            .collect()
+        self.column_index.get(normalised.as_ref()).copied()
+    }
+
+    /// Checks one column's value (its nested keys under the deserializer's rules).
+    fn column_value(&self, i: usize, mut value: Value) -> Result<Typed, String> {
+        if let Value::Object(o) = &mut value {
+            self.normalise_keys(o);
+        }
+        let col = &self.schema.columns[i];
+        self.coerce(&col.ty, value)
+            .map_err(|e| format!("column {}: {e}", col.name))
     }
 
     /// The JSON key a column or field name is looked up as (lowercased when case-insensitive).
@@ -508,6 +536,100 @@ thread_local! {
 
 /// Milliseconds since the epoch of `s` in the first of `formats` that fits (UTC unless the
 /// format has an offset).
+/// An object key, borrowed from the input when it has no escapes.
+struct Key<'de>(std::borrow::Cow<'de, str>);
+
+impl<'de> serde::Deserialize<'de> for Key<'de> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = Key<'de>;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a string")
+            }
+            fn visit_borrowed_str<E>(self, v: &'de str) -> Result<Key<'de>, E> {
+                Ok(Key(std::borrow::Cow::Borrowed(v)))
+            }
+            fn visit_str<E>(self, v: &str) -> Result<Key<'de>, E> {
+                Ok(Key(std::borrow::Cow::Owned(v.to_string())))
+            }
+            fn visit_string<E>(self, v: String) -> Result<Key<'de>, E> {
+                Ok(Key(std::borrow::Cow::Owned(v)))
+            }
+        }
+        d.deserialize_str(V)
+    }
+}
+
+/// Parses a record into its row: `Ok(Err(reason))` when it is JSON but does not fit.
+struct RowSeed<'a>(&'a Converter);
+
+impl<'de> serde::de::DeserializeSeed<'de> for RowSeed<'_> {
+    type Value = Result<Vec<Typed>, String>;
+
+    fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+        d.deserialize_any(self)
+    }
+}
+
+impl<'de> serde::de::Visitor<'de> for RowSeed<'_> {
+    type Value = Result<Vec<Typed>, String>;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("a JSON object")
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+        let conv = self.0;
+        let mut row = vec![Typed::Null; conv.schema.columns.len()];
+        let mut failure = None;
+        while let Some(Key(key)) = map.next_key::<Key<'de>>()? {
+            match conv.column_of(&key).filter(|_| failure.is_none()) {
+                Some(i) => match conv.column_value(i, map.next_value::<Value>()?) {
+                    Ok(v) => row[i] = v,
+                    Err(e) => failure = Some(e),
+                },
+                None => {
+                    map.next_value::<serde::de::IgnoredAny>()?;
+                }
+            }
+        }
+        Ok(match failure {
+            Some(e) => Err(e),
+            None => Ok(row),
+        })
+    }
+
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+        while seq.next_element::<serde::de::IgnoredAny>()?.is_some() {}
+        Ok(Err("the record is a JSON array, not an object".into()))
+    }
+
+    fn visit_bool<E>(self, _: bool) -> Result<Self::Value, E> {
+        Ok(Err("the record is not a JSON object".into()))
+    }
+
+    fn visit_i64<E>(self, _: i64) -> Result<Self::Value, E> {
+        Ok(Err("the record is not a JSON object".into()))
+    }
+
+    fn visit_u64<E>(self, _: u64) -> Result<Self::Value, E> {
+        Ok(Err("the record is not a JSON object".into()))
+    }
+
+    fn visit_f64<E>(self, _: f64) -> Result<Self::Value, E> {
+        Ok(Err("the record is not a JSON object".into()))
+    }
+
+    fn visit_str<E>(self, _: &str) -> Result<Self::Value, E> {
+        Ok(Err("the record is not a JSON object".into()))
+    }
+
+    fn visit_unit<E>(self) -> Result<Self::Value, E> {
+        Ok(Err("the record is not a JSON object".into()))
+    }
+}
+
 fn parse_datetime(s: &str, formats: &[&str]) -> Option<i64> {
     formats.iter().find_map(|f| {
         FORMATS.with(|cache| {

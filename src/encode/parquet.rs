@@ -110,6 +110,9 @@ pub struct Converted {
     pub failures: Vec<(usize, String)>,
 }
 
+/// Rows parsed and turned into Arrow arrays at a time.
+const ROWS_PER_SLICE: usize = 4096;
+
 /// Converts records with one schema and one set of options.
 pub struct Converter {
     schema: TableSchema,
@@ -152,63 +155,65 @@ impl Converter {
         &self,
         records: impl IntoIterator<Item = &'a [u8]>,
     ) -> Result<Converted, parquet::errors::ParquetError> {
-        let mut rows: Vec<Vec<Typed>> = Vec::new();
-        let mut sizes: Vec<usize> = Vec::new();
+        // Rows are parsed, written and dropped a slice at a time, so only one slice of typed
+        // values is in memory besides the Parquet file being built. Row groups close by size
+        // (BlockSizeBytes, counted as the records' JSON bytes).
+        let mut writer: Option<ArrowWriter<Vec<u8>>> = None;
         let mut failures = Vec::new();
-        for (i, data) in records.into_iter().enumerate() {
-            match self.row(data) {
-                Ok(row) => {
-                    rows.push(row);
-                    sizes.push(data.len());
-                }
-                Err(reason) => failures.push((i, reason)),
-            }
-        }
-        if rows.is_empty() {
-            return Ok(Converted {
-                parquet: Vec::new(),
-                rows: 0,
-                failures,
-            });
-        }
-        let props = self.properties();
-        let mut writer = ArrowWriter::try_new(Vec::new(), self.arrow.clone(), Some(props))?;
-        // Row groups by size (BlockSizeBytes, counted as the records' JSON bytes): write in
-        // slices, closing a group once it is full.
-        let mut group_bytes = 0usize;
-        let mut start = 0;
-        while start < rows.len() {
-            let mut end = start;
-            while end < rows.len() && end - start < 4096 {
-                group_bytes += sizes[end];
-                end += 1;
-                if group_bytes >= self.out.block_size_bytes {
+        let mut chunk: Vec<Vec<Typed>> = Vec::with_capacity(ROWS_PER_SLICE);
+        let (mut rows, mut group_bytes) = (0usize, 0usize);
+        let mut records = records.into_iter().enumerate().peekable();
+        while records.peek().is_some() {
+            chunk.clear();
+            while chunk.len() < ROWS_PER_SLICE && group_bytes < self.out.block_size_bytes {
+                let Some((i, data)) = records.next() else {
                     break;
+                };
+                match self.row(data) {
+                    Ok(row) => {
+                        chunk.push(row);
+                        group_bytes += data.len();
+                    }
+                    Err(reason) => failures.push((i, reason)),
                 }
             }
-            let chunk = &rows[start..end];
-            start = end;
-            let columns: Vec<ArrayRef> = self
-                .schema
-                .columns
-                .iter()
-                .enumerate()
-                .map(|(c, col)| {
-                    let values: Vec<&Typed> = chunk.iter().map(|r| &r[c]).collect();
-                    build(&col.ty, &values)
-                })
-                .collect();
-            let batch = RecordBatch::try_new(self.arrow.clone(), columns)?;
-            writer.write(&batch)?;
+            if !chunk.is_empty() {
+                let columns: Vec<ArrayRef> = self
+                    .schema
+                    .columns
+                    .iter()
+                    .enumerate()
+                    .map(|(c, col)| {
+                        let values: Vec<&Typed> = chunk.iter().map(|r| &r[c]).collect();
+                        build(&col.ty, &values)
+                    })
+                    .collect();
+                let batch = RecordBatch::try_new(self.arrow.clone(), columns)?;
+                let w = match &mut writer {
+                    Some(w) => w,
+                    None => writer.insert(ArrowWriter::try_new(
+                        Vec::new(),
+                        self.arrow.clone(),
+                        Some(self.properties()),
+                    )?),
+                };
+                w.write(&batch)?;
+                rows += chunk.len();
+            }
             if group_bytes >= self.out.block_size_bytes {
-                writer.flush()?;
+                if let Some(w) = &mut writer {
+                    w.flush()?;
+                }
                 group_bytes = 0;
             }
         }
-        let parquet = writer.into_inner()?;
+        let parquet = match writer {
+            Some(w) => w.into_inner()?,
+            None => Vec::new(),
+        };
         Ok(Converted {
             parquet,
-            rows: rows.len(),
+            rows,
             failures,
         })
     }

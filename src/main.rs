@@ -205,25 +205,12 @@ fn main() -> ExitCode {
                 version_id,
             };
             block_on(async move {
-                let glue = match cfg
-                    .glue_endpoint
-                    .clone()
-                    .or_else(|| env("AWS_ENDPOINT_URL_GLUE"))
-                {
-                    None => None,
-                    Some(url) => match hosepipe::aws_client::ServiceEndpoint::from_env("glue") {
-                        Ok(mut e) => {
-                            e.url = url;
-                            if let Some(r) = &cfg.glue_region {
-                                e.region = r.clone();
-                            }
-                            Some(e)
-                        }
-                        Err(msg) => {
-                            eprintln!("schema: {msg}");
-                            return ExitCode::FAILURE;
-                        }
-                    },
+                let glue = match cfg.glue_endpoint() {
+                    Ok(glue) => glue,
+                    Err(msg) => {
+                        eprintln!("schema: {msg}");
+                        return ExitCode::FAILURE;
+                    }
                 };
                 match hosepipe::schema::resolve(&table, &cfg.catalog, glue.as_ref()).await {
                     Ok(schema) => {

@@ -72,7 +72,10 @@ impl Server {
             )),
             schemas: Arc::new(crate::schema::SchemaSource {
                 local: config.catalog.clone(),
-                glue: config.glue_endpoint(),
+                glue: config.glue_endpoint().unwrap_or_else(|e| {
+                    tracing::warn!(error = %e, "a Glue endpoint is configured but cannot be called; tables come from the local catalog only");
+                    None
+                }),
             }),
         };
         let registry = Arc::new(Registry::new(

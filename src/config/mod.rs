@@ -250,20 +250,22 @@ fn env_first(env: &dyn Fn(&str) -> Option<String>, names: &[&str]) -> Option<Str
 
 impl Config {
     /// The Glue endpoint to read tables from: `[glue] endpoint`, else `AWS_ENDPOINT_URL_GLUE`,
-    /// with the `AWS_*` credentials; `None` when neither is set or credentials are missing.
-    pub fn glue_endpoint(&self) -> Option<crate::aws_client::ServiceEndpoint> {
-        let url = self
+    /// with the `AWS_*` credentials. `Ok(None)` when no endpoint is set; an error when one is but
+    /// it cannot be called (no credentials).
+    pub fn glue_endpoint(&self) -> Result<Option<crate::aws_client::ServiceEndpoint>, String> {
+        let Some(url) = self
             .glue_endpoint
             .clone()
-            .or_else(|| std::env::var("AWS_ENDPOINT_URL_GLUE").ok())?;
-        let mut endpoint = crate::aws_client::ServiceEndpoint::from_env("glue")
-            .map_err(|e| tracing::warn!(error = %e, "a Glue endpoint is configured but cannot be called"))
-            .ok()?;
+            .or_else(|| std::env::var("AWS_ENDPOINT_URL_GLUE").ok())
+        else {
+            return Ok(None);
+        };
+        let mut endpoint = crate::aws_client::ServiceEndpoint::from_env("glue")?;
         endpoint.url = url;
         if let Some(r) = &self.glue_region {
             endpoint.region = r.clone();
         }
-        Some(endpoint)
+        Ok(Some(endpoint))
     }
 
     /// Reads and validates a config file (or the defaults when `path` is `None`).

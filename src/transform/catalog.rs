@@ -171,11 +171,7 @@ impl<T: hosepipe_transform::Transform + Send> Transform for Native<T> {
         let mut out = Vec::with_capacity(records.len());
         let mut instance = self.pool.lock().expect("pool lock").pop();
         for (i, r) in records.iter().enumerate() {
-            let t = match instance
-                .take()
-                .map(Ok)
-                .unwrap_or_else(|| T::init(&self.params))
-            {
+            let mut t = match instance.take().map_or_else(|| T::init(&self.params), Ok) {
                 Ok(t) => t,
                 Err(e) => {
                     out.push(failed(Failure::new("Lambda.FunctionError", e)));
@@ -187,7 +183,6 @@ impl<T: hosepipe_transform::Transform + Send> Transform for Native<T> {
                 data: &r.data,
                 arrival_ms: r.arrival_ms,
             };
-            let mut t = t;
             match std::panic::catch_unwind(AssertUnwindSafe(|| t.process(record))) {
                 Ok(outcome) => {
                     out.push(Processed {

@@ -4,7 +4,6 @@
 use std::io::Read;
 
 use bytes::Bytes;
-use serde_json::Value;
 
 use super::Failure;
 
@@ -30,32 +29,14 @@ pub fn gunzip(data: &[u8]) -> Result<Bytes, Failure> {
 /// `CloudWatchLogProcessing` with `DataMessageExtraction`: a CloudWatch Logs subscription
 /// envelope becomes one record per log event (its `message`); control messages become none.
 pub fn cloudwatch_messages(data: &[u8]) -> Result<Vec<Bytes>, Failure> {
-    let code = "CloudWatchLogProcessing.Failed";
-    let envelope: Value = serde_json::from_slice(data)
-        .map_err(|e| Failure::new(code, format!("not a CloudWatch Logs envelope: {e}")))?;
-    match envelope["messageType"].as_str() {
-        Some("CONTROL_MESSAGE") => return Ok(Vec::new()),
-        Some("DATA_MESSAGE") => {}
-        other => {
-            return Err(Failure::new(
-                code,
-                format!("messageType {other:?} is not DATA_MESSAGE or CONTROL_MESSAGE"),
-            ));
-        }
+    match cloudwatch_logs_processor::log_messages(data) {
+        Ok(messages) => Ok(messages
+            .unwrap_or_default()
+            .into_iter()
+            .map(Bytes::from)
+            .collect()),
+        Err(e) => Err(Failure::new("CloudWatchLogProcessing.Failed", e)),
     }
-    let events = envelope["logEvents"]
-        .as_array()
-        .ok_or_else(|| Failure::new(code, "DATA_MESSAGE has no logEvents array"))?;
-    events
-        .iter()
-        .enumerate()
-        .map(|(i, e)| {
-            e["message"]
-                .as_str()
-                .map(|m| Bytes::copy_from_slice(m.as_bytes()))
-                .ok_or_else(|| Failure::new(code, format!("logEvents[{i}] has no message")))
-        })
-        .collect()
 }
 
 /// `RecordDeAggregation` with `SubRecordType` JSON: a record of concatenated JSON values

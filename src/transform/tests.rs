@@ -156,7 +156,7 @@ fn rejected_parameters_are_an_error_at_load() {
 
 #[test]
 fn guests_see_no_environment_and_no_files() {
-    // SAFETY of the test: set before any guest runs; the guest must not see it.
+    // The test process has environment variables; the guest must see none of them.
     let t = wasm("hostile-guest", &[], quick());
     let out = t.process(&records(&["env", "fs", "stderr"]));
     assert_eq!(data(&out[0]), b"0");

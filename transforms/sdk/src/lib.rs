@@ -195,6 +195,39 @@ pub fn run_batch<'a, T: Transform>(transform: &mut T, records: &[Record<'a>]) ->
     records.iter().map(|r| transform.process(*r)).collect()
 }
 
+/// Helpers for transforms that emit JSON (feature `json`).
+#[cfg(feature = "json")]
+pub mod json {
+    use super::{Outcome, Record};
+    use serde_json::{Map, Value};
+
+    /// `value` as an `Ok` outcome, followed by `\n` when `append_newline`.
+    pub fn outcome(value: &Value, append_newline: bool) -> Outcome<'static> {
+        let mut out = serde_json::to_vec(value).expect("JSON into memory");
+        if append_newline {
+            out.push(b'\n');
+        }
+        Outcome::ok(out)
+    }
+
+    /// A text line (UTF-8, trailing CR/LF dropped) parsed by `parse` into a JSON object; a line
+    /// that is not UTF-8 or does not parse is `ProcessingFailed` with the reason.
+    pub fn line_to_object<'a>(
+        record: Record<'a>,
+        append_newline: bool,
+        parse: impl FnOnce(&str) -> Result<Map<String, Value>, String>,
+    ) -> Outcome<'a> {
+        let line = match std::str::from_utf8(record.data) {
+            Ok(line) => line.trim_end_matches(['\r', '\n']),
+            Err(e) => return Outcome::failed(format!("not UTF-8: {e}")),
+        };
+        match parse(line) {
+            Ok(fields) => outcome(&Value::Object(fields), append_newline),
+            Err(e) => Outcome::failed(e),
+        }
+    }
+}
+
 /// Makes `$t` (a [`Transform`]) the component's `init` and `process` exports. Does nothing when
 /// built for a non-wasm target, so the same crate is unit-tested natively.
 #[macro_export]

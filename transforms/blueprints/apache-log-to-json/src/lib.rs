@@ -21,20 +21,7 @@ impl Transform for ApacheLogToJson {
     }
 
     fn process<'a>(&mut self, record: Record<'a>) -> Outcome<'a> {
-        let line = match std::str::from_utf8(record.data) {
-            Ok(line) => line.trim_end_matches(['\r', '\n']),
-            Err(e) => return Outcome::failed(format!("not UTF-8: {e}")),
-        };
-        match parse(line) {
-            Ok(fields) => {
-                let mut out = serde_json::to_vec(&Value::Object(fields)).expect("JSON to memory");
-                if self.append_newline {
-                    out.push(b'\n');
-                }
-                Outcome::ok(out)
-            }
-            Err(e) => Outcome::failed(e),
-        }
+        hosepipe_transform::json::line_to_object(record, self.append_newline, parse)
     }
 }
 

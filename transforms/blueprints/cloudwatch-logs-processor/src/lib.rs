@@ -23,29 +23,47 @@ impl Transform for CloudWatchLogsProcessor {
         if let Err(e) = flate2::read::GzDecoder::new(record.data).read_to_end(&mut json) {
             return Outcome::failed(format!("not gzip: {e}"));
         }
-        let envelope: Value = match serde_json::from_slice(&json) {
-            Ok(v) => v,
-            Err(e) => return Outcome::failed(format!("not a CloudWatch Logs envelope: {e}")),
-        };
-        match envelope["messageType"].as_str() {
-            Some("CONTROL_MESSAGE") => return Outcome::Dropped,
-            Some("DATA_MESSAGE") => {}
-            Some(other) => return Outcome::failed(format!("unknown messageType {other:?}")),
-            None => return Outcome::failed("envelope has no messageType"),
+        match log_messages(&json) {
+            Ok(None) => Outcome::Dropped,
+            Ok(Some(messages)) => {
+                let mut out = Vec::new();
+                for m in messages {
+                    out.extend_from_slice(m.as_bytes());
+                    out.push(b'\n');
+                }
+                Outcome::ok(out)
+            }
+            Err(e) => Outcome::failed(e),
         }
-        let Some(events) = envelope["logEvents"].as_array() else {
-            return Outcome::failed("DATA_MESSAGE has no logEvents array");
-        };
-        let mut out = Vec::new();
-        for (i, event) in events.iter().enumerate() {
-            let Some(message) = event["message"].as_str() else {
-                return Outcome::failed(format!("logEvents[{i}] has no message"));
-            };
-            out.extend_from_slice(message.as_bytes());
-            out.push(b'\n');
-        }
-        Outcome::ok(out)
     }
+}
+
+/// The messages of a (decompressed) CloudWatch Logs subscription envelope: `None` for a
+/// `CONTROL_MESSAGE`, the `logEvents[].message`s for a `DATA_MESSAGE`. Also what the daemon's
+/// native `CloudWatchLogProcessing` processor uses.
+pub fn log_messages(json: &[u8]) -> Result<Option<Vec<String>>, String> {
+    let envelope: Value =
+        serde_json::from_slice(json).map_err(|e| format!("not a CloudWatch Logs envelope: {e}"))?;
+    match envelope["messageType"].as_str() {
+        Some("CONTROL_MESSAGE") => return Ok(None),
+        Some("DATA_MESSAGE") => {}
+        Some(other) => return Err(format!("unknown messageType {other:?}")),
+        None => return Err("envelope has no messageType".into()),
+    }
+    let Some(events) = envelope["logEvents"].as_array() else {
+        return Err("DATA_MESSAGE has no logEvents array".into());
+    };
+    events
+        .iter()
+        .enumerate()
+        .map(|(i, event)| {
+            event["message"]
+                .as_str()
+                .map(String::from)
+                .ok_or_else(|| format!("logEvents[{i}] has no message"))
+        })
+        .collect::<Result<Vec<_>, _>>()
+        .map(Some)
 }
 
 hosepipe_transform::export_transform!(CloudWatchLogsProcessor);

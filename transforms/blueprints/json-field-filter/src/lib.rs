@@ -86,11 +86,7 @@ impl Transform for JsonFieldFilter {
                 put(&mut object, path, Value::String(self.mask_with.clone()));
             }
         }
-        let mut out = serde_json::to_vec(&object).expect("JSON to memory");
-        if self.append_newline {
-            out.push(b'\n');
-        }
-        Outcome::ok(out)
+        hosepipe_transform::json::outcome(&Value::Object(object), self.append_newline)
     }
 }
 

@@ -95,7 +95,11 @@ class S3Server:
              f"-master.port={p1}", f"-volume.port={p2}", f"-filer.port={p3}", f"-s3.port={s3}",
              f"-admin.port={p5}", "-s3.port.iceberg=0", "-s3.port.lance=0", "-webdav=false",
              "-admin.ui=false", "-master.telemetry=false", "-s3.autoCreateBucket=false",
-             f"-s3.config={self.dir / 's3.json'}"],
+             f"-s3.config={self.dir / 's3.json'}",
+             # Every bucket takes a volume of its own, and `weed mini` otherwise sizes the volume
+             # count from free disk (1 GiB each): a CI machine with 30 GiB free stopped taking
+             # writes at the 31st test bucket. Volumes are sparse files, so cap them small.
+             "-master.volumeSizeLimitMB=64", "-volume.max=4000"],
             stdout=log, stderr=subprocess.STDOUT)
         wait_for(lambda: requests.get(f"{self.url}/healthz", timeout=1).status_code == 200,
                  timeout=60, what="SeaweedFS S3 to answer /healthz")

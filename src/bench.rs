@@ -349,3 +349,15 @@ buffering_hints = {{ size_in_mbs = {}, interval_in_seconds = {} }}
         fsyncs: metrics.take_fsyncs(),
     })
 }
+
+/// Bytes per second of `run` (which returns the bytes it handled), repeated for `seconds`
+/// after one warm-up call. Shared by the CPU benchmarks.
+pub fn per_second(seconds: f64, mut run: impl FnMut() -> usize) -> f64 {
+    run();
+    let started = Instant::now();
+    let mut bytes = 0usize;
+    while started.elapsed() < Duration::from_secs_f64(seconds) {
+        bytes += run();
+    }
+    bytes as f64 / started.elapsed().as_secs_f64()
+}

@@ -13,6 +13,7 @@ pub mod config;
 pub mod deliver;
 pub mod encode;
 pub mod metrics;
+pub mod partition;
 pub mod pipeline;
 pub mod registry;
 pub mod schema;

@@ -64,6 +64,8 @@ enum Command {
     BenchConvert(hosepipe::encode::bench::BenchConvertArgs),
     /// Measure the WASM sandbox's per-record cost against the same transforms run natively.
     BenchTransform(hosepipe::transform::bench::BenchTransformArgs),
+    /// Measure dynamic partitioning (jq keys, a buffer per partition) against one partition.
+    BenchPartition(hosepipe::partition::bench::BenchPartitionArgs),
 }
 
 fn env(name: &str) -> Option<String> {
@@ -224,6 +226,13 @@ fn main() -> ExitCode {
                 }
             })
         }
+        Command::BenchPartition(args) => match hosepipe::partition::bench::run(args) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("bench-partition failed: {e}");
+                ExitCode::FAILURE
+            }
+        },
         Command::BenchConvert(args) => match hosepipe::encode::bench::run(args) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {

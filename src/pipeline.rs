@@ -22,14 +22,16 @@ use tokio::time::Instant;
 use tracing::Instrument;
 
 use crate::admission::Admission;
-use crate::buffer::{Batch, Buffer, FlushReason, Record};
+use crate::buffer::{Batch, FlushReason, Partitioned, Record};
 use crate::config::stream::{DestinationSpec, StreamSpec};
 use crate::deliver::error_output::FailedRecord;
+use crate::deliver::prefix::RenderContext;
 use crate::deliver::{self, DeliveryResult, EncodedObject};
 use crate::metrics::{FlushLabels, Metrics};
+use crate::partition::Partitioner;
 use crate::spool::Spool;
 use crate::transform::catalog::Catalog;
-use crate::transform::{Fate, Processing};
+use crate::transform::{Failure, Fate, METADATA_EXTRACTION_FAILED, Processing};
 
 /// How many batches compress at once (the machine has 2 cores).
 const ENCODE_WORKERS: usize = 2;
@@ -58,6 +60,9 @@ pub enum Stage {
     Destination,
 }
 
+/// A flushed batch not yet delivered: (oldest arrival ms, records, partition).
+type InFlight = (i64, u64, Option<crate::partition::Partition>);
+
 /// Live counters of one stream, read by `/metrics` and `status`.
 #[derive(Debug)]
 pub struct StreamStats {
@@ -65,10 +70,14 @@ pub struct StreamStats {
     pub buffered_records: AtomicU64,
     buffer_oldest_ms: AtomicI64,
     processing_oldest_ms: AtomicI64,
-    /// Flushed but not yet delivered: (stage, batch id) → (oldest arrival ms, records).
-    in_flight: Mutex<BTreeMap<(Stage, u64), (i64, u64)>>,
+    /// Flushed but not yet delivered: (stage, batch id) → (oldest arrival ms, records,
+    /// partition).
+    in_flight: Mutex<BTreeMap<(Stage, u64), InFlight>>,
     pub delivered_records: AtomicU64,
     pub failed_attempts: AtomicU64,
+    /// Dynamic partitioning: the partitions with an open buffer, and the limit (`None`
+    /// without partitioning).
+    partitions: Mutex<(Vec<Option<crate::partition::Partition>>, Option<usize>)>,
 }
 
 impl Default for StreamStats {
@@ -81,6 +90,7 @@ impl Default for StreamStats {
             in_flight: Mutex::new(BTreeMap::new()),
             delivered_records: AtomicU64::new(0),
             failed_attempts: AtomicU64::new(0),
+            partitions: Mutex::new((Vec::new(), None)),
         }
     }
 }
@@ -93,7 +103,7 @@ impl StreamStats {
             .lock()
             .expect("stats lock")
             .values()
-            .map(|(oldest, _)| *oldest)
+            .map(|(oldest, _, _)| *oldest)
             .min();
         let buffered =
             [&self.buffer_oldest_ms, &self.processing_oldest_ms].map(|a| a.load(Ordering::Relaxed));
@@ -109,11 +119,52 @@ impl StreamStats {
             .lock()
             .expect("stats lock")
             .values()
-            .map(|(_, n)| n)
+            .map(|(_, n, _)| n)
             .sum()
     }
 
-    fn observe_buffer(&self, stage: Stage, buffer: &Buffer) {
+    /// The partitions of the destination batches flushed and not yet delivered.
+    fn in_flight_partitions(&self) -> Vec<Option<crate::partition::Partition>> {
+        let in_flight = self.in_flight.lock().expect("stats lock");
+        let mut out: Vec<_> = in_flight
+            .iter()
+            .filter(|((stage, _), _)| *stage == Stage::Destination)
+            .map(|(_, (_, _, p))| p.clone())
+            .collect();
+        out.sort();
+        out.dedup();
+        out
+    }
+
+    fn is_in_flight(&self, partition: &Option<crate::partition::Partition>) -> bool {
+        self.in_flight
+            .lock()
+            .expect("stats lock")
+            .iter()
+            .any(|((stage, _), (_, _, p))| *stage == Stage::Destination && p == partition)
+    }
+
+    /// Active partitions (open, or flushed and not yet delivered) and the limit, when the
+    /// stream partitions dynamically.
+    pub fn active_partitions(&self) -> Option<(usize, usize)> {
+        let (open, limit) = &*self.partitions.lock().expect("stats lock");
+        let limit = (*limit)?;
+        let mut active: std::collections::HashSet<Option<crate::partition::Partition>> =
+            open.iter().cloned().collect();
+        active.extend(self.in_flight_partitions());
+        Some((active.len(), limit))
+    }
+
+    fn observe_partitions(&self, buffer: &Partitioned, limit: Option<usize>) {
+        let mut p = self.partitions.lock().expect("stats lock");
+        p.0.clear();
+        if limit.is_some() {
+            p.0.extend(buffer.partitions().cloned());
+        }
+        p.1 = limit;
+    }
+
+    fn observe_buffer(&self, stage: Stage, buffer: &Partitioned) {
         let oldest = buffer.oldest_arrival_ms().unwrap_or(i64::MAX);
         match stage {
             Stage::Processing => self.processing_oldest_ms.store(oldest, Ordering::Relaxed),
@@ -129,7 +180,11 @@ impl StreamStats {
     fn flushed(&self, stage: Stage, batch: &Batch) {
         self.in_flight.lock().expect("stats lock").insert(
             (stage, batch.id),
-            (batch.oldest_arrival_ms(), batch.records.len() as u64),
+            (
+                batch.oldest_arrival_ms(),
+                batch.records.len() as u64,
+                batch.partition.clone(),
+            ),
         );
     }
 
@@ -159,6 +214,8 @@ pub struct Shared {
     pub admission: Arc<Admission>,
     /// Records undelivered for longer are counted as expired.
     pub retention: std::time::Duration,
+    /// Per-stream quotas (the active-partition limit).
+    pub quotas: Arc<BTreeMap<String, crate::config::Quota>>,
     /// Resolves `ProcessingConfiguration`s to transforms.
     pub catalog: Arc<Catalog>,
     /// Resolves format conversion's tables.
@@ -177,6 +234,15 @@ pub struct StreamContext {
 }
 
 impl StreamContext {
+    /// A destination batch has left the pipeline: it no longer counts as in flight, and its
+    /// partition may no longer be active.
+    fn settled_destination(&self, batch_id: u64) {
+        self.stats.settled(Stage::Destination, batch_id);
+        if let Some((active, limit)) = self.stats.active_partitions() {
+            self.shared.metrics.partitions(&self.name, active, limit);
+        }
+    }
+
     /// Lets the spool forget the records of `seqs` once every record made from each has
     /// settled (delivered, dropped, or in the error output).
     fn settle(&self, seqs: Vec<u64>) {
@@ -243,6 +309,7 @@ pub fn spawn_pipeline(
             config_rx.clone(),
             processed_rx,
             batch_tx,
+            object_tx.clone(),
         )
         .instrument(span.clone()),
     );
@@ -252,12 +319,20 @@ pub fn spawn_pipeline(
             config_rx.clone(),
             unprocessed_rx,
             processed_tx,
-            object_tx,
+            object_tx.clone(),
         )
         .instrument(span.clone()),
     );
     let processing_buffer = tokio::spawn(
-        buffer_stage(ctx, Stage::Processing, config_rx, ingest_rx, unprocessed_tx).instrument(span),
+        buffer_stage(
+            ctx,
+            Stage::Processing,
+            config_rx,
+            ingest_rx,
+            unprocessed_tx,
+            object_tx,
+        )
+        .instrument(span),
     );
     let done = tokio::spawn(async move {
         for (stage, task) in [
@@ -289,21 +364,38 @@ fn limits_for(stage: Stage, v: &Versioned) -> Option<crate::buffer::Limits> {
     }
 }
 
-/// Buffers records and flushes by size or interval; on close, flushes what is left.
+/// The active-partition limit when `v` partitions dynamically.
+fn partition_limit(ctx: &StreamContext, stage: Stage, v: &Versioned) -> Option<usize> {
+    let DestinationSpec::S3(s3) = &v.spec.destination;
+    (stage == Stage::Destination && s3.partitioning.is_some()).then(|| {
+        ctx.shared
+            .quotas
+            .get(&ctx.name)
+            .and_then(|q| q.active_partitions)
+            .map_or(crate::config::DEFAULT_ACTIVE_PARTITIONS, |n| n.get()) as usize
+    })
+}
+
+/// Buffers records (one buffer per partition) and flushes by size or interval; on close,
+/// flushes what is left. Records of a new partition over the active-partition limit go to the
+/// error output through `objects`.
 async fn buffer_stage(
     ctx: StreamContext,
     stage: Stage,
     mut config: watch::Receiver<Arc<Versioned>>,
     mut ingest: mpsc::Receiver<Vec<Record>>,
     batches: mpsc::Sender<Batch>,
+    objects: mpsc::Sender<EncodedObject>,
 ) {
     let initial = limits_for(stage, &config.borrow());
     let mut passthrough = initial.is_none();
-    let mut buffer = Buffer::new(initial.unwrap_or(crate::buffer::Limits {
+    let mut limit = partition_limit(&ctx, stage, &config.borrow());
+    let mut buffer = Partitioned::new(initial.unwrap_or(crate::buffer::Limits {
         size_bytes: 1024 * 1024,
         interval: std::time::Duration::ZERO,
     }));
     let mut pending: VecDeque<Batch> = VecDeque::new();
+    let mut refused: VecDeque<EncodedObject> = VecDeque::new();
     let mut open = true;
     let mut config_open = true;
     let flushed = |batch: Batch, pending: &mut VecDeque<Batch>| {
@@ -339,29 +431,38 @@ async fn buffer_stage(
                     return;
                 }
             },
-            _ = sleep_until(deadline), if deadline.is_some() => {
-                if let Some((id, _)) = deadline {
-                    // Take what has already arrived into this batch (zero buffering under load
-                    // still makes objects of more than one request).
-                    let (now, wall) = (Instant::now(), now_ms());
-                    for _ in 0..64 {
-                        let Ok(records) = ingest.try_recv() else { break };
-                        push_all(&mut buffer, records, now, wall, |b| flushed(b, &mut pending));
-                    }
-                    if let Some(batch) = buffer.on_timer(id, Instant::now()) {
-                        flushed(batch, &mut pending);
-                    }
+            permit = objects.reserve(), if !refused.is_empty() => match permit {
+                Ok(permit) => permit.send(refused.pop_front().expect("refused is not empty")),
+                Err(_) => {
+                    tracing::error!(?stage, "the deliver stage is gone; records over the partition limit are not delivered");
+                    return;
                 }
+            },
+            _ = sleep_until(deadline), if deadline.is_some() => {
+                // Take what has already arrived into this batch (zero buffering under load
+                // still makes objects of more than one request).
+                let (now, wall) = (Instant::now(), now_ms());
+                let mut over = Vec::new();
+                for _ in 0..64 {
+                    let Ok(records) = ingest.try_recv() else { break };
+                    push_all(&ctx, &mut buffer, limit, records, now, wall, &mut over, |b| flushed(b, &mut pending));
+                }
+                for batch in buffer.on_timer(Instant::now()) {
+                    flushed(batch, &mut pending);
+                }
+                refused.extend(over_limit(&ctx, &config.borrow(), over));
             },
             changed = config.changed(), if config_open => match changed {
                 Ok(()) => {
-                    let limits = limits_for(stage, &config.borrow_and_update());
+                    let current = config.borrow_and_update().clone();
+                    let limits = limits_for(stage, &current);
+                    limit = partition_limit(&ctx, stage, &current);
                     passthrough = limits.is_none();
                     let flush = match limits {
                         Some(limits) => buffer.set_limits(limits, Instant::now(), now_ms()),
-                        None => buffer.flush(FlushReason::Interval),
+                        None => buffer.flush_all(FlushReason::Interval),
                     };
-                    if let Some(batch) = flush {
+                    for batch in flush {
                         flushed(batch, &mut pending);
                     }
                 }
@@ -371,15 +472,17 @@ async fn buffer_stage(
                 Some(records) if passthrough => {
                     // Untracked: these records move on at once, and the next buffer counts them.
                     let bytes = records.iter().map(|r| r.data.len() as u64).sum();
-                    pending.push_back(Batch { id: u64::MAX, records, bytes, reason: FlushReason::Size });
+                    pending.push_back(Batch { id: u64::MAX, records, bytes, reason: FlushReason::Size, partition: None });
                 }
                 Some(records) => {
                     let (now, wall) = (Instant::now(), now_ms());
-                    push_all(&mut buffer, records, now, wall, |b| flushed(b, &mut pending));
+                    let mut over = Vec::new();
+                    push_all(&ctx, &mut buffer, limit, records, now, wall, &mut over, |b| flushed(b, &mut pending));
+                    refused.extend(over_limit(&ctx, &config.borrow(), over));
                 }
                 None => {
                     open = false;
-                    if let Some(batch) = buffer.flush(FlushReason::Shutdown) {
+                    for batch in buffer.flush_all(FlushReason::Shutdown) {
                         flushed(batch, &mut pending);
                     }
                 }
@@ -388,17 +491,86 @@ async fn buffer_stage(
         }
         ctx.stats.observe_buffer(stage, &buffer);
         if stage == Stage::Destination {
+            let labels = Metrics::stream(&ctx.name);
             ctx.shared
                 .metrics
                 .buffered_bytes
-                .get_or_create(&Metrics::stream(&ctx.name))
+                .get_or_create(&labels)
                 .set(buffer.bytes() as i64);
+            ctx.stats.observe_partitions(&buffer, limit);
+            if let Some((active, limit)) = ctx.stats.active_partitions() {
+                ctx.shared.metrics.partitions(&ctx.name, active, limit);
+            }
         }
-        if !open && pending.is_empty() && buffer.is_empty() {
+        if !open && pending.is_empty() && refused.is_empty() && buffer.is_empty() {
             break;
         }
     }
 }
+
+/// Partitions with records buffered or flushed and not yet delivered (Firehose's active
+/// partitions: an undeliverable partition stays active).
+fn active_partitions(ctx: &StreamContext, buffer: &Partitioned) -> usize {
+    let mut active: std::collections::HashSet<&Option<crate::partition::Partition>> =
+        buffer.partitions().collect();
+    let in_flight = ctx.stats.in_flight_partitions();
+    active.extend(in_flight.iter());
+    active.len()
+}
+
+/// The error output for records refused by the active-partition limit.
+fn over_limit(
+    ctx: &StreamContext,
+    current: &Versioned,
+    records: Vec<Record>,
+) -> Option<EncodedObject> {
+    if records.is_empty() {
+        return None;
+    }
+    let DestinationSpec::S3(spec) = &current.spec.destination;
+    tracing::warn!(
+        records = records.len(),
+        "the active-partition limit is reached; records of new partitions go to the error output"
+    );
+    ctx.shared
+        .metrics
+        .partition_limit_records
+        .get_or_create(&Metrics::stream(&ctx.name))
+        .inc_by(records.len() as u64);
+    let failed: Vec<FailedRecord> = records
+        .into_iter()
+        .map(|record| {
+            let message = format!(
+                "partition {} would exceed the active-partition limit",
+                record
+                    .partition
+                    .as_ref()
+                    .map(|p| p.describe())
+                    .unwrap_or_default()
+            );
+            FailedRecord {
+                record,
+                attempts: 0,
+                code: PARTITION_LIMIT_EXCEEDED.into(),
+                message,
+                lambda_arn: None,
+                catalog_table: None,
+            }
+        })
+        .collect();
+    Some(deliver::encode_error_output(
+        &failed,
+        deliver::ErrorOutputType::ProcessingFailed,
+        spec,
+        &ctx.name,
+        current.version,
+        0,
+        now_ms(),
+    ))
+}
+
+/// The `errorCode` of records refused by the active-partition limit.
+pub const PARTITION_LIMIT_EXCEEDED: &str = "DynamicPartitioning.ActivePartitionsLimitExceeded";
 
 /// Runs batches through the stream's processors on the blocking pool, a few at a time; sends
 /// what they emit on to the destination buffer and what fails to the error output.
@@ -465,8 +637,32 @@ fn process_batch(
     batch: Batch,
 ) -> (u64, Vec<Record>, Vec<EncodedObject>) {
     let started = std::time::Instant::now();
-    let fates = processing.run(&batch.records);
+    let (fates, jq_time) = processing.run_timed(&batch.records);
     let seconds = started.elapsed().as_secs_f64();
+    let DestinationSpec::S3(spec) = &current.spec.destination;
+    if processing.query.is_some() {
+        ctx.shared
+            .metrics
+            .jq_processing_duration
+            .get_or_create(&Metrics::stream(&ctx.name))
+            .observe(jq_time.as_secs_f64());
+    }
+    // With dynamic partitioning each output record gets its partition here; one whose keys
+    // are missing, or whose prefix does not evaluate, fails its input record.
+    let now = now_ms();
+    let mut partitioner = spec.partitioning.as_ref().map(|_| {
+        let time = deliver::zoned(now, spec.time_zone);
+        Partitioner::new(spec.prefix.partition_keys(), move |keys| {
+            spec.prefix
+                .render(&RenderContext {
+                    time: &time,
+                    error_output_type: None,
+                    partition: Some(keys),
+                })
+                .map(drop)
+                .map_err(|e| e.to_string())
+        })
+    });
     let mut emitted = Vec::new();
     let mut failed: BTreeMap<&'static str, (deliver::ErrorOutputType, Vec<FailedRecord>)> =
         BTreeMap::new();
@@ -474,6 +670,27 @@ fn process_batch(
     let (mut ok_bytes, mut dropped_bytes, mut failed_bytes, mut ok_records) = (0, 0, 0, 0);
     let mut fragments = Vec::new();
     for (record, fate) in batch.records.iter().zip(fates) {
+        let (fate, partitions) = match (fate, partitioner.as_mut()) {
+            (Fate::Emit(out), Some(p)) => {
+                match out
+                    .iter()
+                    .map(|e| p.assign(&e.query_keys, &e.partition_keys).map(Some))
+                    .collect::<Result<Vec<_>, String>>()
+                {
+                    Ok(partitions) => (Fate::Emit(out), partitions),
+                    Err(message) => (
+                        Fate::Failed {
+                            error_type: deliver::ErrorOutputType::ProcessingFailed,
+                            failure: Failure::new(METADATA_EXTRACTION_FAILED, message),
+                            attempts: 1,
+                            lambda_arn: None,
+                        },
+                        Vec::new(),
+                    ),
+                }
+            }
+            (fate, _) => (fate, Vec::new()),
+        };
         match fate {
             Fate::Emit(out) if out.is_empty() => {
                 dropped_bytes += record.data.len() as u64;
@@ -484,12 +701,14 @@ fn process_batch(
                     fragments.push((record.seq, out.len() as u32));
                 }
                 ok_records += 1;
+                let mut partitions = partitions.into_iter();
                 for e in out {
                     ok_bytes += e.data.len() as u64;
                     emitted.push(Record {
                         data: e.data,
                         arrival_ms: record.arrival_ms,
                         seq: record.seq,
+                        partition: partitions.next().flatten(),
                     });
                 }
             }
@@ -547,8 +766,6 @@ fn process_batch(
             .extend(fragments);
     }
     ctx.settle(dropped);
-    let DestinationSpec::S3(spec) = &current.spec.destination;
-    let now = now_ms();
     let objects = failed
         .into_values()
         .map(|(error_type, records)| {
@@ -566,24 +783,37 @@ fn process_batch(
     (batch.id, emitted, objects)
 }
 
-/// Adds records to the buffer, handing every batch they fill to `on_flush`.
+/// Adds records to the buffer, handing every batch they fill to `on_flush`. With an
+/// active-partition `limit`, records that would open a partition over it go to `over`.
+#[allow(clippy::too_many_arguments)]
 fn push_all(
-    buffer: &mut Buffer,
+    ctx: &StreamContext,
+    buffer: &mut Partitioned,
+    limit: Option<usize>,
     records: Vec<Record>,
     now: Instant,
     wall_ms: i64,
+    over: &mut Vec<Record>,
     mut on_flush: impl FnMut(Batch),
 ) {
     for r in records {
+        if let Some(limit) = limit
+            && !buffer.is_open(&r.partition)
+            && !ctx.stats.is_in_flight(&r.partition)
+            && active_partitions(ctx, buffer) >= limit
+        {
+            over.push(r);
+            continue;
+        }
         if let Some(batch) = buffer.push(r, now, wall_ms) {
             on_flush(batch);
         }
     }
 }
 
-async fn sleep_until(deadline: Option<(u64, Instant)>) {
+async fn sleep_until(deadline: Option<Instant>) {
     match deadline {
-        Some((_, at)) => tokio::time::sleep_until(at).await,
+        Some(at) => tokio::time::sleep_until(at).await,
         None => std::future::pending().await,
     }
 }
@@ -630,7 +860,7 @@ fn encode_batch(ctx: &StreamContext, current: &Versioned, batch: Batch) -> Vec<E
     let failed = |error: &dyn std::fmt::Display| {
         // Compression or Parquet writing into memory only fails on a bug.
         tracing::error!(batch = batch.id, records = batch.records.len(), error = %error, "encoding failed; these records are not delivered");
-        ctx.stats.settled(Stage::Destination, batch.id);
+        ctx.settled_destination(batch.id);
         ctx.shared
             .admission
             .release(batch.bytes + 24 * batch.records.len() as u64);
@@ -659,7 +889,7 @@ fn encode_batch(ctx: &StreamContext, current: &Versioned, batch: Batch) -> Vec<E
                         );
                     }
                     if out.object.is_none() {
-                        ctx.stats.settled(Stage::Destination, batch.id);
+                        ctx.settled_destination(batch.id);
                     }
                     out.object.into_iter().chain(out.failed).collect()
                 }
@@ -715,7 +945,7 @@ async fn deliver_one(ctx: &StreamContext, obj: EncodedObject) {
                     .spool_expired_records
                     .get_or_create(&labels)
                     .inc_by(records);
-                tracing::error!(key = %obj.key, records, error_key = %obj.error_key, "records are past the retention age and still undelivered; trying the error output too");
+                tracing::error!(key = %obj.key, records, error_key = %obj.error_key, "records are past the retention age (or dynamic partitioning's retry duration) and still undelivered; trying the error output too");
             }
         },
     )
@@ -753,6 +983,6 @@ async fn deliver_one(ctx: &StreamContext, obj: EncodedObject) {
     ctx.settle(obj.seqs());
     ctx.shared.admission.release(obj.raw_bytes + 24 * records);
     if obj.error_output.is_none() {
-        ctx.stats.settled(Stage::Destination, obj.batch_id);
+        ctx.settled_destination(obj.batch_id);
     }
 }

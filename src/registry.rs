@@ -646,6 +646,23 @@ impl Registry {
             .or_else(|| input.s3_destination_configuration.clone())
             .unwrap_or_default();
         let merged = merge(&base, update)?;
+        match (
+            stream::enabled(&base.dynamic_partitioning_configuration),
+            stream::enabled(&merged.dynamic_partitioning_configuration),
+        ) {
+            (false, true) => {
+                return Err(ApiError::InvalidArgument(
+                    "Dynamic partitioning can only be enabled when the delivery stream is created"
+                        .into(),
+                ));
+            }
+            (true, false) => {
+                return Err(ApiError::InvalidArgument(
+                    "Dynamic partitioning cannot be disabled once enabled".into(),
+                ));
+            }
+            _ => {}
+        }
         if legacy {
             input.s3_destination_configuration = Some(merged);
         } else {

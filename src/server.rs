@@ -67,6 +67,7 @@ impl Server {
             metrics: metrics.clone(),
             admission: admission.clone(),
             retention: config.spool.retention,
+            quotas: Arc::new(config.quotas.clone()),
             catalog: Arc::new(crate::transform::catalog::Catalog::new(
                 config.transforms.clone(),
             )),

@@ -375,6 +375,7 @@ fn decode_records(records: &[RecordIn<'_>], arrival_ms: i64) -> Result<Vec<Recor
             data: all.slice(a..b),
             arrival_ms,
             seq: 0,
+            partition: None,
         })
         .collect())
 }

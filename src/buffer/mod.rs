@@ -5,6 +5,9 @@
 
 use std::time::Duration;
 
+mod partitioned;
+pub use partitioned::Partitioned;
+
 use bytes::Bytes;
 use tokio::time::Instant;
 
@@ -16,6 +19,8 @@ pub struct Record {
     pub arrival_ms: i64,
     /// Position in the stream's spool (0 until spooled).
     pub seq: u64,
+    /// Its dynamic-partitioning keys (set by processing; `None` without partitioning).
+    pub partition: Option<crate::partition::Partition>,
 }
 
 /// Why a buffer was flushed.
@@ -53,6 +58,8 @@ pub struct Batch {
     pub records: Vec<Record>,
     pub bytes: u64,
     pub reason: FlushReason,
+    /// The partition every record of the batch belongs to (dynamic partitioning).
+    pub partition: Option<crate::partition::Partition>,
 }
 
 /// The arrival time of the oldest of `records` (0 for none).
@@ -168,6 +175,7 @@ impl Buffer {
             records: std::mem::take(&mut self.records),
             bytes: std::mem::take(&mut self.bytes),
             reason,
+            partition: None,
         };
         self.batch_id += 1;
         self.deadline = None;
@@ -195,6 +203,7 @@ mod tests {
             data: Bytes::from(vec![b'a'; n]),
             arrival_ms: at,
             seq: 0,
+            partition: None,
         }
     }
 
@@ -277,7 +286,7 @@ mod tests {
             let now = Instant::now();
             let mut out: Vec<Batch> = Vec::new();
             for (i, n) in sizes.iter().enumerate() {
-                if let Some(batch) = b.push(Record { data: Bytes::from(vec![0u8; *n]), arrival_ms: i as i64, seq: i as u64 }, now, 0) {
+                if let Some(batch) = b.push(Record { data: Bytes::from(vec![0u8; *n]), arrival_ms: i as i64, seq: i as u64, partition: None }, now, 0) {
                     out.push(batch);
                 }
             }

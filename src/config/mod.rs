@@ -101,6 +101,8 @@ pub struct RawQuota {
     pub records_per_second: Option<u32>,
     pub bytes_per_second: Option<u32>,
     pub requests_per_second: Option<u32>,
+    /// Dynamic partitioning's active-partition limit (Firehose: 500, raisable to 5,000).
+    pub active_partitions: Option<u32>,
 }
 
 /// A stream's Direct PUT quota (Firehose's per-stream throughput limits).
@@ -109,7 +111,12 @@ pub struct Quota {
     pub records_per_second: Option<std::num::NonZeroU32>,
     pub bytes_per_second: Option<std::num::NonZeroU32>,
     pub requests_per_second: Option<std::num::NonZeroU32>,
+    /// Active partitions beyond which records go to the error output (default 500).
+    pub active_partitions: Option<std::num::NonZeroU32>,
 }
+
+/// Firehose's default active-partition limit.
+pub const DEFAULT_ACTIVE_PARTITIONS: u32 = 500;
 
 /// Spool and memory limits.
 #[derive(Debug, Clone)]
@@ -475,6 +482,11 @@ impl Config {
                 requests_per_second: nz(
                     q.requests_per_second,
                     format!("quotas.{name}.requests_per_second"),
+                    &mut errors,
+                ),
+                active_partitions: nz(
+                    q.active_partitions,
+                    format!("quotas.{name}.active_partitions"),
                     &mut errors,
                 ),
             };

@@ -38,6 +38,8 @@ pub struct ProcessingSpec {
     pub lambda: Option<LambdaSpec>,
     /// `AppendDelimiterToRecord`: the delimiter (default `\n`).
     pub append_delimiter: Option<Vec<u8>>,
+    /// `MetadataExtraction`'s `MetadataExtractionQuery` (jq; checked to compile).
+    pub metadata_query: Option<String>,
     /// The processing buffer: `BufferSizeInMBs` / `BufferIntervalInSeconds` of the Lambda
     /// processor (default 1 MB / 60 s); without a Lambda, records are processed as they come.
     pub limits: Limits,
@@ -52,6 +54,7 @@ fn allowed(kind: &str) -> &'static [&'static str] {
         "Decompression" => &["CompressionFormat"],
         "CloudWatchLogProcessing" => &["DataMessageExtraction"],
         "AppendDelimiterToRecord" => &["Delimiter"],
+        "MetadataExtraction" => &["MetadataExtractionQuery", "JsonParsingEngine"],
         _ => &[],
     }
 }
@@ -100,6 +103,7 @@ pub fn validate(
         deaggregation: None,
         lambda: None,
         append_delimiter: None,
+        metadata_query: None,
         limits: Limits {
             size_bytes: 1024 * 1024,
             interval: Duration::ZERO,
@@ -198,24 +202,38 @@ pub fn validate(
             "CloudWatchLogProcessing" => match get("DataMessageExtraction") {
                 Some("true") => spec.cloudwatch_extraction = true,
                 Some("false") | None => {}
-                Some(v) => perr(errors, "DataMessageExtraction", format!("{v:?} is not true or false")),
+                Some(v) => perr(
+                    errors,
+                    "DataMessageExtraction",
+                    format!("{v:?} is not true or false"),
+                ),
             },
             "RecordDeAggregation" => {
                 spec.deaggregation = match get("SubRecordType") {
                     Some("JSON") | None => Some(Deaggregation::Json),
-                    Some("DELIMITED") => match get("Delimiter").map(|d| base64::engine::general_purpose::STANDARD.decode(d)) {
+                    Some("DELIMITED") => match get("Delimiter")
+                        .map(|d| base64::engine::general_purpose::STANDARD.decode(d))
+                    {
                         Some(Ok(d)) if !d.is_empty() => Some(Deaggregation::Delimited(d)),
                         Some(_) => {
                             perr(errors, "Delimiter", "is not non-empty base64".into());
                             None
                         }
                         None => {
-                            err(errors, &here, "DELIMITED needs a Delimiter parameter (base64)".into());
+                            err(
+                                errors,
+                                &here,
+                                "DELIMITED needs a Delimiter parameter (base64)".into(),
+                            );
                             None
                         }
                     },
                     Some(v) => {
-                        perr(errors, "SubRecordType", format!("{v:?} is not JSON or DELIMITED"));
+                        perr(
+                            errors,
+                            "SubRecordType",
+                            format!("{v:?} is not JSON or DELIMITED"),
+                        );
                         None
                     }
                 }
@@ -248,14 +266,22 @@ pub fn validate(
                                 lambda.arn = v.clone();
                                 lambda.function = f.to_string();
                             }
-                            None => perr(errors, n, format!("{v:?} is not a Lambda function ARN (arn:aws:lambda:REGION:ACCOUNT:function:NAME)")),
+                            None => perr(
+                                errors,
+                                n,
+                                format!(
+                                    "{v:?} is not a Lambda function ARN (arn:aws:lambda:REGION:ACCOUNT:function:NAME)"
+                                ),
+                            ),
                         },
                         "NumberOfRetries" => match v.parse::<u32>() {
                             Ok(r) if r <= 300 => lambda.retries = r,
                             _ => perr(errors, n, format!("{v:?} is outside 0..=300")),
                         },
                         "BufferSizeInMBs" => match v.parse::<f64>() {
-                            Ok(mb) if (0.2..=3.0).contains(&mb) => size = (mb * 1024.0 * 1024.0) as u64,
+                            Ok(mb) if (0.2..=3.0).contains(&mb) => {
+                                size = (mb * 1024.0 * 1024.0) as u64
+                            }
                             _ => perr(errors, n, format!("{v:?} is outside 0.2..=3")),
                         },
                         "BufferIntervalInSeconds" => match v.parse::<u64>() {
@@ -276,12 +302,28 @@ pub fn validate(
                 };
                 spec.lambda = Some(lambda);
             }
-            "MetadataExtraction" => err(
+            "MetadataExtraction" => {
+                match get("JsonParsingEngine") {
+                    Some("JQ-1.6") | None => {}
+                    Some(v) => perr(errors, "JsonParsingEngine", format!("{v:?} is not JQ-1.6")),
+                }
+                match get("MetadataExtractionQuery") {
+                    None => err(
+                        errors,
+                        &here,
+                        "MetadataExtraction needs a MetadataExtractionQuery parameter (jq)".into(),
+                    ),
+                    Some(q) => match crate::partition::jq::Query::compile(q) {
+                        Ok(_) => spec.metadata_query = Some(q.to_string()),
+                        Err(e) => perr(errors, "MetadataExtractionQuery", e),
+                    },
+                }
+            }
+            other => err(
                 errors,
                 &[&here[..], &["type"]].concat(),
-                "MetadataExtraction (dynamic partitioning) is not supported by this hosepipe version".into(),
+                format!("{other:?} is not one of {TYPES}"),
             ),
-            other => err(errors, &[&here[..], &["type"]].concat(), format!("{other:?} is not one of {TYPES}")),
         }
     }
     if spec.cloudwatch_extraction && !spec.decompression {

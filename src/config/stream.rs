@@ -10,7 +10,7 @@ use serde_json::Value;
 
 use crate::buffer::Limits;
 use crate::compress::CompressionFormat;
-use crate::deliver::prefix::Template;
+use crate::deliver::prefix::{PrefixKind, Template};
 
 /// One validation failure: where (snake_case path segments) and what.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -123,10 +123,104 @@ pub struct S3Spec {
     pub processing: Option<super::processing::ProcessingSpec>,
     /// `DataFormatConversionConfiguration`, when enabled.
     pub conversion: Option<super::conversion::ConversionSpec>,
+    /// `DynamicPartitioningConfiguration`, when enabled.
+    pub partitioning: Option<PartitioningSpec>,
     /// The configuration as given, for DescribeDeliveryStream and UpdateDestination merges.
     pub raw: ExtendedS3DestinationConfiguration,
     /// Created through the deprecated `S3DestinationConfiguration`.
     pub legacy: bool,
+}
+
+/// Dynamic partitioning's settings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PartitioningSpec {
+    /// `RetryOptions.DurationInSeconds` (default 300): how long an object that S3 keeps failing
+    /// is retried before its records are also offered to the error output.
+    pub retry: Duration,
+}
+
+/// Validates `DynamicPartitioningConfiguration` against the rest of the S3 block.
+fn validate_partitioning(
+    raw: &ExtendedS3DestinationConfiguration,
+    path: &str,
+    prefix: Option<&Template>,
+    processing: Option<&super::processing::ProcessingSpec>,
+    errors: &mut Vec<FieldError>,
+) -> Option<PartitioningSpec> {
+    let block = &raw.dynamic_partitioning_configuration;
+    let here = [path, "dynamic_partitioning_configuration"];
+    let (query_keys, lambda_keys) = prefix.map(Template::partition_keys).unwrap_or_default();
+    if !enabled(block) {
+        let used = query_keys.iter().chain(&lambda_keys).next();
+        if let Some(key) = used {
+            errors.push(FieldError::new(
+                &[path, "prefix"],
+                format!("uses partition key {key:?}, which needs DynamicPartitioningConfiguration.Enabled"),
+            ));
+        }
+        if processing.is_some_and(|p| p.metadata_query.is_some()) {
+            errors.push(FieldError::new(
+                &[path, "processing_configuration"],
+                "MetadataExtraction needs DynamicPartitioningConfiguration.Enabled",
+            ));
+        }
+        return None;
+    }
+    let block = block.as_ref().expect("enabled implies present");
+    match block.get("Enabled") {
+        None | Some(Value::Bool(_)) => {}
+        Some(other) => errors.push(FieldError::new(
+            &[&here[..], &["enabled"]].concat(),
+            format!("{other} is not true or false"),
+        )),
+    }
+    let retry = match block
+        .get("RetryOptions")
+        .and_then(|r| r.get("DurationInSeconds"))
+    {
+        None | Some(Value::Null) => 300,
+        Some(v) => match v.as_i64() {
+            Some(secs) => {
+                check_range(
+                    errors,
+                    &[&here[..], &["retry_options", "duration_in_seconds"]].concat(),
+                    secs,
+                    0..=7200,
+                );
+                secs.max(0)
+            }
+            None => {
+                errors.push(FieldError::new(
+                    &[&here[..], &["retry_options", "duration_in_seconds"]].concat(),
+                    format!("{v} is not a number of seconds"),
+                ));
+                300
+            }
+        },
+    };
+    if raw.error_output_prefix.as_deref().unwrap_or("").is_empty() {
+        errors.push(FieldError::new(
+            &[path, "error_output_prefix"],
+            "is required when dynamic partitioning is enabled",
+        ));
+    }
+    let has_query = processing.is_some_and(|p| p.metadata_query.is_some());
+    let has_lambda = processing.is_some_and(|p| p.lambda.is_some());
+    if let Some(key) = query_keys.first().filter(|_| !has_query) {
+        errors.push(FieldError::new(
+            &[path, "prefix"],
+            format!("!{{partitionKeyFromQuery:{key}}} needs a MetadataExtraction processor"),
+        ));
+    }
+    if let Some(key) = lambda_keys.first().filter(|_| !has_lambda) {
+        errors.push(FieldError::new(
+            &[path, "prefix"],
+            format!("!{{partitionKeyFromLambda:{key}}} needs a Lambda processor"),
+        ));
+    }
+    Some(PartitioningSpec {
+        retry: Duration::from_secs(retry as u64),
+    })
 }
 
 /// A validated destination.
@@ -241,7 +335,7 @@ pub fn validate_tags(tags: &[Tag], path: &[&str]) -> Result<(), FieldError> {
 }
 
 /// True when a processing/conversion/partitioning block is present and not disabled.
-fn enabled(block: &Option<Value>) -> bool {
+pub fn enabled(block: &Option<Value>) -> bool {
     match block {
         None | Some(Value::Null) => false,
         Some(v) => v.get("Enabled").and_then(Value::as_bool).unwrap_or(true),
@@ -333,9 +427,15 @@ pub fn validate_s3(
             "is longer than 1024 characters",
         ));
     }
-    let prefix = Template::for_prefix(&prefix_text)
-        .map_err(|m| errors.push(FieldError::new(&[path, "prefix"], m)))
-        .ok();
+    // With dynamic partitioning the prefix is used as written: the partition keys name the
+    // object's place, and no default time prefix is appended.
+    let prefix = if enabled(&raw.dynamic_partitioning_configuration) {
+        Template::parse(&prefix_text, PrefixKind::Prefix)
+    } else {
+        Template::for_prefix(&prefix_text)
+    }
+    .map_err(|m| errors.push(FieldError::new(&[path, "prefix"], m)))
+    .ok();
     let error_prefix = Template::for_error_prefix(raw.error_output_prefix.as_deref(), &prefix_text)
         .map_err(|m| errors.push(FieldError::new(&[path, "error_output_prefix"], m)))
         .ok();
@@ -394,12 +494,8 @@ pub fn validate_s3(
             ));
         }
     }
-    if enabled(&raw.dynamic_partitioning_configuration) {
-        errors.push(FieldError::new(
-            &[path, "dynamic_partitioning_configuration"],
-            "dynamic partitioning is not supported by this hosepipe version",
-        ));
-    }
+    let partitioning =
+        validate_partitioning(raw, path, prefix.as_ref(), processing.as_ref(), errors);
     if let Some(enc) = &raw.encryption_configuration
         && enc.get("KMSEncryptionConfig").is_some()
     {
@@ -435,6 +531,7 @@ pub fn validate_s3(
         time_zone,
         processing,
         conversion,
+        partitioning,
         raw: raw.clone(),
         legacy,
     })
@@ -597,6 +694,99 @@ mod tests {
         let none: CreateDeliveryStreamInput =
             serde_json::from_value(serde_json::json!({})).unwrap();
         assert!(validate("s", &none).is_err());
+    }
+
+    fn partitioned(extra: serde_json::Value) -> serde_json::Value {
+        let mut base = serde_json::json!({
+            "BucketARN": "arn:aws:s3:::bkt",
+            "Prefix": "customer_id=!{partitionKeyFromQuery:customer_id}/",
+            "ErrorOutputPrefix": "errors/!{firehose:error-output-type}/",
+            "DynamicPartitioningConfiguration": {"Enabled": true, "RetryOptions": {"DurationInSeconds": 60}},
+            "ProcessingConfiguration": {"Enabled": true, "Processors": [{
+                "Type": "MetadataExtraction",
+                "Parameters": [
+                    {"ParameterName": "MetadataExtractionQuery", "ParameterValue": "{customer_id:.customer_id}"},
+                    {"ParameterName": "JsonParsingEngine", "ParameterValue": "JQ-1.6"}
+                ]
+            }]}
+        });
+        for (k, v) in extra.as_object().unwrap() {
+            base[k] = v.clone();
+        }
+        base
+    }
+
+    #[test]
+    fn dynamic_partitioning_is_validated_with_its_rules() {
+        let spec = validate("s", &s3(partitioned(serde_json::json!({})))).unwrap();
+        let DestinationSpec::S3(s3spec) = spec.destination;
+        assert_eq!(
+            s3spec.partitioning,
+            Some(PartitioningSpec {
+                retry: Duration::from_secs(60)
+            })
+        );
+        assert_eq!(
+            s3spec.processing.unwrap().metadata_query.as_deref(),
+            Some("{customer_id:.customer_id}")
+        );
+        let refused = |extra: serde_json::Value, path: &str, needle: &str| {
+            let errs = validate("s", &s3(partitioned(extra.clone()))).unwrap_err();
+            assert!(
+                errs.iter().any(|e| e.config_path()
+                    == format!("extended_s3_destination_configuration.{path}")
+                    && e.message.contains(needle)),
+                "{extra}: {errs:?}"
+            );
+        };
+        refused(
+            serde_json::json!({"ErrorOutputPrefix": null}),
+            "error_output_prefix",
+            "required when dynamic partitioning",
+        );
+        refused(
+            serde_json::json!({"ErrorOutputPrefix": "e/!{firehose:error-output-type}/!{partitionKeyFromQuery:customer_id}/"}),
+            "error_output_prefix",
+            "may not be used in ErrorOutputPrefix",
+        );
+        refused(
+            serde_json::json!({"DynamicPartitioningConfiguration": {"Enabled": true, "RetryOptions": {"DurationInSeconds": 7201}}}),
+            "dynamic_partitioning_configuration.retry_options.duration_in_seconds",
+            "outside 0..=7200",
+        );
+        refused(
+            serde_json::json!({"DynamicPartitioningConfiguration": {"Enabled": false}}),
+            "prefix",
+            "needs DynamicPartitioningConfiguration.Enabled",
+        );
+        refused(
+            serde_json::json!({"Prefix": "d=!{partitionKeyFromLambda:day}/"}),
+            "prefix",
+            "needs a Lambda processor",
+        );
+        refused(
+            serde_json::json!({"ProcessingConfiguration": {"Processors": [{"Type": "AppendDelimiterToRecord"}]}}),
+            "prefix",
+            "needs a MetadataExtraction processor",
+        );
+        refused(
+            serde_json::json!({"ProcessingConfiguration": {"Processors": [{"Type": "MetadataExtraction",
+                "Parameters": [{"ParameterName": "MetadataExtractionQuery", "ParameterValue": "{a: .a"}]}]}}),
+            "processing_configuration.processors.0.parameters.0.parameter_value",
+            "does not parse",
+        );
+        refused(
+            serde_json::json!({"ProcessingConfiguration": {"Processors": [{"Type": "MetadataExtraction",
+                "Parameters": [{"ParameterName": "MetadataExtractionQuery", "ParameterValue": "{a: .a}"},
+                               {"ParameterName": "JsonParsingEngine", "ParameterValue": "JQ-1.7"}]}]}}),
+            "processing_configuration.processors.0.parameters.1.parameter_value",
+            "not JQ-1.6",
+        );
+        refused(
+            serde_json::json!({"Prefix": "p/", "DynamicPartitioningConfiguration": null}),
+            "processing_configuration",
+            "MetadataExtraction needs DynamicPartitioningConfiguration.Enabled",
+        );
     }
 
     #[test]

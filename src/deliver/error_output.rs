@@ -83,11 +83,13 @@ mod tests {
                 data: Bytes::from_static(b"hello"),
                 arrival_ms: 5,
                 seq: 0,
+                partition: None,
             },
             Record {
                 data: Bytes::from_static(b""),
                 arrival_ms: 6,
                 seq: 1,
+                partition: None,
             },
         ];
         let out = failed_record_documents(&recs, 3, "S3.RetentionExpired", "down", 99);

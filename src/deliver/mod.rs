@@ -15,6 +15,7 @@ use hosepipe_sinks::{Destination, Outcome, Payload};
 use crate::buffer::{Batch, Record};
 use crate::compress::{self, CompressError};
 use crate::config::stream::S3Spec;
+use crate::partition::PartitionKeys;
 pub use prefix::ErrorOutputType;
 use prefix::{RenderContext, Template};
 
@@ -35,6 +36,9 @@ pub struct EncodedObject {
     pub error_key: String,
     /// Set when this object is itself error output (failed-record documents).
     pub error_output: Option<ErrorOutputType>,
+    /// Dynamic partitioning's `RetryOptions`: after failing this long, the records are also
+    /// offered to the error output (as past the retention age are).
+    pub retry_window: Option<Duration>,
 }
 
 impl EncodedObject {
@@ -63,16 +67,16 @@ fn render_prefix(
     template: &Template,
     time: &DateTime<Tz>,
     error_output_type: Option<ErrorOutputType>,
+    partition: Option<&PartitionKeys>,
 ) -> String {
-    let keys = BTreeMap::new();
     template
         .render(&RenderContext {
             time,
             error_output_type,
-            partition_keys: &keys,
+            partition,
         })
         .unwrap_or_else(|e| {
-            // Validation bounds the evaluated length and S3 streams have no partition keys, so
+            // Processing sends records whose prefix cannot be evaluated to the error output, so
             // this is a bug; the records still go out under the default time prefix.
             tracing::error!(error = %e, "prefix evaluation failed; using the default time prefix");
             Template::for_prefix("")
@@ -80,7 +84,7 @@ fn render_prefix(
                 .render(&RenderContext {
                     time,
                     error_output_type: None,
-                    partition_keys: &keys,
+                    partition: None,
                 })
                 .expect("the default prefix renders")
         })
@@ -89,12 +93,13 @@ fn render_prefix(
 /// A batch's object key and its retention-expired error key.
 fn object_names(batch: &Batch, spec: &S3Spec, stream: &str, version: u64) -> (String, String) {
     let time = zoned(batch.oldest_arrival_ms(), spec.time_zone);
-    let prefix = render_prefix(&spec.prefix, &time, None);
+    let prefix = render_prefix(&spec.prefix, &time, None, batch.partition.as_deref());
     let key = prefix::object_key(&prefix, stream, version, &time, &spec.extension);
     let error_prefix = render_prefix(
         &spec.error_prefix,
         &time,
         Some(ErrorOutputType::RetentionExpired),
+        None,
     );
     let error_key = prefix::object_key(&error_prefix, stream, version, &time, "");
     (key, error_key)
@@ -162,6 +167,7 @@ pub fn encode_s3_converted(
             records: good,
             error_key,
             error_output: None,
+            retry_window: spec.partitioning.as_ref().map(|p| p.retry),
         }
     });
     let failed = (!failed.is_empty()).then(|| {
@@ -213,6 +219,7 @@ pub fn encode_s3(
         records: batch.records.clone(),
         error_key,
         error_output: None,
+        retry_window: spec.partitioning.as_ref().map(|p| p.retry),
     })
 }
 
@@ -230,7 +237,7 @@ pub fn encode_error_output(
 ) -> EncodedObject {
     let records: Vec<Record> = failed.iter().map(|f| f.record.clone()).collect();
     let time = zoned(crate::buffer::oldest_arrival_ms(&records), spec.time_zone);
-    let prefix = render_prefix(&spec.error_prefix, &time, Some(error_type));
+    let prefix = render_prefix(&spec.error_prefix, &time, Some(error_type), None);
     let key = prefix::object_key(&prefix, stream, version, &time, "");
     EncodedObject {
         batch_id,
@@ -242,6 +249,7 @@ pub fn encode_error_output(
         raw_bytes: records.iter().map(|r| r.data.len() as u64).sum(),
         records,
         error_output: Some(error_type),
+        retry_window: None,
     }
 }
 
@@ -273,8 +281,9 @@ pub fn backoff(attempt: u32) -> Duration {
 pub const RETENTION_EXPIRED_CODE: &str = "S3.RetentionExpired";
 
 /// Delivers one object, retrying retryable failures until it succeeds. Once its oldest record
-/// is older than `retention`, each failed attempt is followed by one at writing the records to
-/// the error output (Firehose's failed-record JSON under `error_key`). The caller bounds the
+/// is older than `retention`, or it has failed for its `retry_window`, each failed attempt is
+/// followed by one at writing the records to the error output (Firehose's failed-record JSON
+/// under `error_key`). The caller bounds the
 /// total time (shutdown deadline); nothing here gives up on a retryable failure.
 /// `on_failure(reason, attempt, expired)` is told of every failed attempt.
 pub async fn deliver_with_retry(
@@ -292,6 +301,7 @@ pub async fn deliver_with_retry(
         records: 1,
     };
     let oldest = object.oldest_arrival_ms();
+    let mut first_failure = None;
     let mut attempt = 0u32;
     loop {
         attempt += 1;
@@ -309,7 +319,11 @@ pub async fn deliver_with_retry(
             Some(Outcome::Retryable(reason)) => reason.clone(),
         };
         let now = now_ms();
-        let expired = now.saturating_sub(oldest) > retention.as_millis() as i64;
+        let failing_since = *first_failure.get_or_insert(now);
+        let expired = now.saturating_sub(oldest) > retention.as_millis() as i64
+            || object
+                .retry_window
+                .is_some_and(|w| now.saturating_sub(failing_since) >= w.as_millis() as i64);
         on_failure(&reason, attempt, expired);
         if expired {
             let documents = error_output::failed_record_documents(
@@ -362,15 +376,18 @@ mod tests {
                     data: Bytes::from_static(b"b"),
                     arrival_ms: t + 5,
                     seq: 1,
+                    partition: None,
                 },
                 Record {
                     data: Bytes::from_static(b"a"),
                     arrival_ms: t,
                     seq: 0,
+                    partition: None,
                 },
             ],
             bytes: 2,
             reason: FlushReason::Size,
+            partition: None,
         };
         let obj = encode_s3(&batch, &spec, "clicks", 2).unwrap();
         assert!(
@@ -425,15 +442,18 @@ mod tests {
                     data: Bytes::from_static(b"a"),
                     arrival_ms,
                     seq: 0,
+                    partition: None,
                 },
                 Record {
                     data: Bytes::from_static(b"b"),
                     arrival_ms,
                     seq: 1,
+                    partition: None,
                 },
             ],
             error_key: "errors/retention-expired/obj".into(),
             error_output: None,
+            retry_window: None,
         }
     }
 
@@ -494,6 +514,32 @@ mod tests {
             serde_json::from_slice(body.split(|b| *b == b'\n').next().unwrap()).unwrap();
         assert_eq!(first["errorCode"], RETENTION_EXPIRED_CODE);
         assert_eq!(first["rawData"], "YQ==");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_partition_retry_window_sends_records_to_the_error_output_early() {
+        let flaky = Arc::new(Flaky {
+            ok_prefix: "errors/",
+            heal_after: u32::MAX,
+            attempts: Default::default(),
+        });
+        let sink: Arc<dyn Destination> = flaky.clone();
+        let mut obj = object(0);
+        obj.retry_window = Some(Duration::from_secs(10));
+        let clock = std::sync::atomic::AtomicI64::new(1_000);
+        let result = deliver_with_retry(
+            &sink,
+            &obj,
+            Duration::from_secs(86_400),
+            || clock.fetch_add(4_000, std::sync::atomic::Ordering::Relaxed),
+            |_, _, _| {},
+        )
+        .await;
+        // Failures at 1 s, 5 s, 9 s are inside the window; the one at 13 s is past it.
+        assert!(
+            matches!(result, DeliveryResult::ErrorOutput { attempts: 4, .. }),
+            "{result:?}"
+        );
     }
 
     #[test]

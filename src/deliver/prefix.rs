@@ -4,10 +4,10 @@
 //! `!{firehose:error-output-type}`, `!{partitionKeyFromQuery:k}`, `!{partitionKeyFromLambda:k}`.
 //! Parsing validates; rendering does no I/O.
 
-use std::collections::BTreeMap;
-
 use chrono::{DateTime, Datelike, Offset, TimeZone, Timelike};
 use chrono_tz::Tz;
+
+use crate::partition::PartitionKeys;
 
 /// The default time expression appended to a prefix that has none.
 pub const DEFAULT_TIME_PATTERN: &str = "yyyy/MM/dd/HH/";
@@ -79,7 +79,8 @@ pub struct RenderContext<'a, T: TimeZone> {
     /// The arrival time of the oldest record in the object, in the stream's time zone.
     pub time: &'a DateTime<T>,
     pub error_output_type: Option<ErrorOutputType>,
-    pub partition_keys: &'a BTreeMap<String, String>,
+    /// The object's partition (dynamic partitioning), if any.
+    pub partition: Option<&'a PartitionKeys>,
 }
 
 /// Why a prefix could not be evaluated for one object.
@@ -388,6 +389,24 @@ impl Template {
             .any(|s| matches!(s, Segment::Timestamp(_)))
     }
 
+    /// The partition keys the template uses: (`partitionKeyFromQuery` names,
+    /// `partitionKeyFromLambda` names), each sorted and without repeats.
+    pub fn partition_keys(&self) -> (Vec<String>, Vec<String>) {
+        let (mut query, mut lambda) = (Vec::new(), Vec::new());
+        for s in &self.segments {
+            match s {
+                Segment::PartitionKeyFromQuery(k) => query.push(k.clone()),
+                Segment::PartitionKeyFromLambda(k) => lambda.push(k.clone()),
+                _ => {}
+            }
+        }
+        for v in [&mut query, &mut lambda] {
+            v.sort();
+            v.dedup();
+        }
+        (query, lambda)
+    }
+
     /// True when the text has any `!{…}` expression.
     pub fn has_expressions(&self) -> bool {
         self.segments
@@ -408,13 +427,16 @@ impl Template {
                         .map(ErrorOutputType::as_str)
                         .unwrap_or("unknown-error"),
                 ),
-                Segment::PartitionKeyFromQuery(k) | Segment::PartitionKeyFromLambda(k) => {
-                    let v = ctx
-                        .partition_keys
-                        .get(k)
-                        .ok_or_else(|| RenderError::MissingPartitionKey(k.clone()))?;
-                    out.push_str(v);
-                }
+                Segment::PartitionKeyFromQuery(k) => out.push_str(
+                    ctx.partition
+                        .and_then(|p| p.query(k))
+                        .ok_or_else(|| RenderError::MissingPartitionKey(k.clone()))?,
+                ),
+                Segment::PartitionKeyFromLambda(k) => out.push_str(
+                    ctx.partition
+                        .and_then(|p| p.lambda(k))
+                        .ok_or_else(|| RenderError::MissingPartitionKey(k.clone()))?,
+                ),
             }
         }
         if out.chars().count() > MAX_EVALUATED_LEN {
@@ -459,7 +481,7 @@ mod tests {
         t.render(&RenderContext {
             time,
             error_output_type: eot,
-            partition_keys: &BTreeMap::new(),
+            partition: None,
         })
         .unwrap()
     }
@@ -578,9 +600,42 @@ mod tests {
             .render(&RenderContext {
                 time: &Utc::now(),
                 error_output_type: None,
-                partition_keys: &BTreeMap::new(),
+                partition: None,
             })
             .unwrap_err();
         assert_eq!(err, RenderError::MissingPartitionKey("id".into()));
+    }
+
+    #[test]
+    fn query_and_lambda_keys_are_separate_namespaces() {
+        let t = Template::parse(
+            "q=!{partitionKeyFromQuery:id}/l=!{partitionKeyFromLambda:id}/",
+            PrefixKind::Prefix,
+        )
+        .unwrap();
+        assert_eq!(
+            t.partition_keys(),
+            (vec!["id".to_string()], vec!["id".to_string()])
+        );
+        let keys = PartitionKeys {
+            query: vec![("id".into(), "7".into())],
+            lambda: vec![("id".into(), "x".into())],
+        };
+        let render = |p: &PartitionKeys| {
+            t.render(&RenderContext {
+                time: &Utc::now(),
+                error_output_type: None,
+                partition: Some(p),
+            })
+        };
+        assert_eq!(render(&keys).unwrap(), "q=7/l=x/");
+        let only_query = PartitionKeys {
+            lambda: vec![],
+            ..keys
+        };
+        assert_eq!(
+            render(&only_query).unwrap_err(),
+            RenderError::MissingPartitionKey("id".into())
+        );
     }
 }

@@ -1,8 +1,6 @@
 //! `hosepipe bench-convert`: JSON → Parquet conversion throughput against a bare `serde_json`
 //! parse of the same bytes, measured in the same run.
 
-use std::time::{Duration, Instant};
-
 use super::parquet::{Converter, Deserializer, ParquetCompression, ParquetOptions};
 use crate::schema::{TableRef, TableSchema};
 
@@ -55,16 +53,6 @@ fn record(i: usize) -> Vec<u8> {
     .into_bytes()
 }
 
-fn per_second(seconds: f64, mut run: impl FnMut() -> usize) -> f64 {
-    run();
-    let started = Instant::now();
-    let mut bytes = 0usize;
-    while started.elapsed() < Duration::from_secs_f64(seconds) {
-        bytes += run();
-    }
-    bytes as f64 / started.elapsed().as_secs_f64()
-}
-
 pub fn run(args: BenchConvertArgs) -> Result<(), String> {
     let schema = TableSchema::from_columns(
         TableRef {
@@ -84,7 +72,7 @@ pub fn run(args: BenchConvertArgs) -> Result<(), String> {
         COLUMNS.len(),
         args.seconds
     );
-    let parse = per_second(args.seconds, || {
+    let parse = crate::bench::per_second(args.seconds, || {
         for r in &records {
             std::hint::black_box(
                 serde_json::from_slice::<serde_json::Value>(r).expect("valid JSON"),
@@ -111,7 +99,7 @@ pub fn run(args: BenchConvertArgs) -> Result<(), String> {
             },
         );
         let mut size = 0;
-        let rate = per_second(args.seconds, || {
+        let rate = crate::bench::per_second(args.seconds, || {
             let out = converter
                 .convert(records.iter().map(Vec::as_slice))
                 .expect("conversion into memory");

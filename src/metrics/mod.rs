@@ -83,6 +83,11 @@ pub struct Metrics {
     pub processing_bytes: Family<OutcomeLabels, Counter>,
     pub conversion_records: Family<OutcomeLabels, Counter>,
     pub conversion_bytes: Family<OutcomeLabels, Counter>,
+    pub partition_count: Family<StreamLabels, Gauge>,
+    pub partition_count_exceeded: Family<StreamLabels, Gauge>,
+    pub active_partitions_limit: Family<StreamLabels, Gauge>,
+    pub partition_limit_records: Family<StreamLabels, Counter>,
+    pub jq_processing_duration: HistogramFamily<StreamLabels>,
     /// Every fsync's latency, kept only when a benchmark asks for them.
     fsync_log: Mutex<Option<Vec<f64>>>,
     /// Per-record arrival → delivered latencies, kept only when a benchmark asks for them.
@@ -125,6 +130,11 @@ impl Metrics {
             processing_bytes: Family::default(),
             conversion_records: Family::default(),
             conversion_bytes: Family::default(),
+            partition_count: Family::default(),
+            partition_count_exceeded: Family::default(),
+            active_partitions_limit: Family::default(),
+            partition_limit_records: Family::default(),
+            jq_processing_duration: Family::new_with_constructor(processing_histogram),
             fsync_log: Mutex::new(None),
             latency_log: Mutex::new(None),
             registry: Registry::default(),
@@ -269,6 +279,32 @@ impl Metrics {
             prometheus_client::registry::Unit::Bytes,
             m.conversion_bytes.clone(),
         );
+        registry.register(
+            "partition_count",
+            "Active partitions: buffered, or flushed and not yet delivered (Firehose PartitionCount)",
+            m.partition_count.clone(),
+        );
+        registry.register(
+            "partition_count_exceeded",
+            "1 while the active-partition limit is reached (Firehose PartitionCountExceeded)",
+            m.partition_count_exceeded.clone(),
+        );
+        registry.register(
+            "active_partitions_limit",
+            "The stream's active-partition limit (Firehose ActivePartitionsLimit)",
+            m.active_partitions_limit.clone(),
+        );
+        registry.register(
+            "partition_limit_records",
+            "Records sent to the error output because their partition would exceed the active-partition limit",
+            m.partition_limit_records.clone(),
+        );
+        registry.register_with_unit(
+            "jq_processing_duration",
+            "Time the MetadataExtraction jq query took per processed batch (Firehose JQProcessing.Duration)",
+            prometheus_client::registry::Unit::Seconds,
+            m.jq_processing_duration.clone(),
+        );
         Metrics { registry, ..m }
     }
 
@@ -371,6 +407,20 @@ impl Metrics {
     }
 
     /// Records one batch's format conversion: (records, bytes) converted and failed.
+    /// Dynamic partitioning's gauges after a buffer change.
+    pub fn partitions(&self, stream: &str, active: usize, limit: usize) {
+        let labels = Self::stream(stream);
+        self.partition_count
+            .get_or_create(&labels)
+            .set(active as i64);
+        self.partition_count_exceeded
+            .get_or_create(&labels)
+            .set(i64::from(active >= limit));
+        self.active_partitions_limit
+            .get_or_create(&labels)
+            .set(limit as i64);
+    }
+
     pub fn converted(&self, stream: &str, ok: (u64, u64), failed: (u64, u64)) {
         for (outcome, (records, bytes)) in [(SUCCESS, ok), (FAILURE, failed)] {
             let labels = OutcomeLabels {

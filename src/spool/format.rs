@@ -100,6 +100,7 @@ pub fn scan_segment(data: &[u8]) -> Scan {
             data: all.slice(body_start + META_LEN..body_start + len),
             arrival_ms,
             seq,
+            partition: None,
         });
         pos = body_start + len;
     };

@@ -95,9 +95,15 @@ impl Catalog {
                 arn: l.arn.clone(),
             }),
         };
+        let query = spec
+            .metadata_query
+            .as_deref()
+            .map(crate::partition::jq::Query::compile)
+            .transpose()?;
         Ok(Arc::new(Processing {
             spec: spec.clone(),
             lambda,
+            query,
         }))
     }
 

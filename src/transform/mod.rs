@@ -20,6 +20,7 @@ use bytes::Bytes;
 use crate::buffer::Record;
 use crate::config::processing::{Deaggregation, ProcessingSpec};
 use crate::deliver::prefix::ErrorOutputType;
+use crate::partition::jq::Query;
 
 /// What a transform made of one record.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -78,14 +79,22 @@ pub struct LambdaStep {
 pub struct Processing {
     pub spec: ProcessingSpec,
     pub lambda: Option<LambdaStep>,
+    /// `MetadataExtraction`'s compiled query.
+    pub query: Option<Query>,
 }
 
 /// One output record of the chain.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Emitted {
     pub data: Bytes,
+    /// The transform's `partitionKeys` (`!{partitionKeyFromLambda:…}`).
     pub partition_keys: Vec<(String, String)>,
+    /// The jq query's keys (`!{partitionKeyFromQuery:…}`), sorted by name.
+    pub query_keys: Vec<(String, String)>,
 }
+
+/// The `errorCode` of records whose partition keys cannot be extracted or used.
+pub const METADATA_EXTRACTION_FAILED: &str = "DynamicPartitioning.MetadataExtractionFailed";
 
 /// What became of one input record.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -105,6 +114,11 @@ pub enum Fate {
 impl Processing {
     /// Runs the chain over a batch: one [`Fate`] per input record, in order.
     pub fn run(&self, records: &[Record]) -> Vec<Fate> {
+        self.run_timed(records).0
+    }
+
+    /// [`Processing::run`], also saying how long the `MetadataExtraction` query took.
+    pub fn run_timed(&self, records: &[Record]) -> (Vec<Fate>, std::time::Duration) {
         // Each intermediate record remembers which input it came from.
         let mut fates: Vec<Option<Fate>> = vec![None; records.len()];
         let mut current: Vec<(usize, Record)> = records.iter().cloned().enumerate().collect();
@@ -149,6 +163,7 @@ impl Processing {
                         } => out[*origin].push(Emitted {
                             data,
                             partition_keys,
+                            query_keys: Vec::new(),
                         }),
                         Outcome::Dropped => {}
                         Outcome::Failed(failure) => {
@@ -168,10 +183,39 @@ impl Processing {
                     out[origin].push(Emitted {
                         data: r.data,
                         partition_keys: Vec::new(),
+                        query_keys: Vec::new(),
                     });
                 }
             }
         }
+        // Dynamic partitioning reads the transform's output, before the delimiter is added.
+        let jq_started = std::time::Instant::now();
+        if let Some(query) = &self.query {
+            for (origin, emitted) in out.iter_mut().enumerate() {
+                if fates[origin].is_some() {
+                    continue;
+                }
+                for e in emitted.iter_mut() {
+                    match query.extract(&e.data) {
+                        Ok(keys) => e.query_keys = keys,
+                        Err(message) => {
+                            fail(
+                                &mut fates,
+                                origin,
+                                ErrorOutputType::ProcessingFailed,
+                                Failure::new(METADATA_EXTRACTION_FAILED, message),
+                            );
+                            break;
+                        }
+                    }
+                }
+            }
+        }
+        let jq_time = if self.query.is_some() {
+            jq_started.elapsed()
+        } else {
+            std::time::Duration::ZERO
+        };
         if let Some(delimiter) = &spec.append_delimiter {
             for e in out.iter_mut().flatten() {
                 let mut d = Vec::with_capacity(e.data.len() + delimiter.len());
@@ -180,11 +224,12 @@ impl Processing {
                 e.data = d.into();
             }
         }
-        fates
+        let fates = fates
             .into_iter()
             .zip(out)
             .map(|(fate, emitted)| fate.unwrap_or(Fate::Emit(emitted)))
-            .collect()
+            .collect();
+        (fates, jq_time)
     }
 }
 
@@ -217,6 +262,7 @@ fn expand(
                         data,
                         arrival_ms: r.arrival_ms,
                         seq: r.seq,
+                        partition: r.partition.clone(),
                     },
                 )
             })),

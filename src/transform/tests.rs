@@ -32,6 +32,7 @@ fn records(data: &[&str]) -> Vec<Record> {
             data: Bytes::copy_from_slice(d.as_bytes()),
             arrival_ms: 1_000 + i as i64,
             seq: i as u64,
+            partition: None,
         })
         .collect()
 }
@@ -246,6 +247,7 @@ fn blueprints_behave_the_same_in_the_sandbox() {
                     .collect(),
             }),
             append_delimiter: None,
+            metadata_query: None,
             limits: crate::buffer::Limits {
                 size_bytes: 1,
                 interval: Duration::ZERO,
@@ -286,6 +288,7 @@ fn chain(spec_lambda: Option<&str>, f: impl FnOnce(&mut ProcessingSpec)) -> Arc<
             parameters: vec![("Fields".into(), "k".into())],
         }),
         append_delimiter: None,
+        metadata_query: None,
         limits: crate::buffer::Limits {
             size_bytes: 1,
             interval: Duration::ZERO,
@@ -317,16 +320,19 @@ fn native_processors_decompress_extract_and_delimit() {
             data: enc.finish().unwrap().into(),
             arrival_ms: 1,
             seq: 0,
+            partition: None,
         },
         Record {
             data: Bytes::from_static(b"plain"),
             arrival_ms: 2,
             seq: 1,
+            partition: None,
         },
         Record {
             data: ctl.finish().unwrap().into(),
             arrival_ms: 3,
             seq: 2,
+            partition: None,
         },
     ];
     let fates = p.run(&recs);
@@ -405,6 +411,7 @@ fn the_catalog_prefers_components_and_names_what_it_has() {
             parameters: vec![],
         }),
         append_delimiter: None,
+        metadata_query: None,
         limits: crate::buffer::Limits {
             size_bytes: 1,
             interval: Duration::ZERO,

@@ -23,6 +23,9 @@ pub struct BenchPartitionArgs {
     /// Seconds to run each measurement.
     #[arg(long, default_value_t = 3.0)]
     pub seconds: f64,
+    /// The `MetadataExtractionQuery`; it must produce `customer_id` and `year`.
+    #[arg(long, default_value = QUERY)]
+    pub query: String,
 }
 
 /// The query a Firehose user would write for `customer_id=…/year=…/`.
@@ -73,12 +76,13 @@ pub fn run(args: BenchPartitionArgs) -> Result<(), String> {
         .map(|i| Bytes::from(record(i, args.partitions.max(1))))
         .collect();
     let total: usize = raw.iter().map(Bytes::len).sum();
-    let query = Query::compile(QUERY)?;
+    let query = Query::compile(&args.query)?;
     println!(
-        "{} records of ~{} B over {} partitions, query {QUERY}, {:.1} s per measurement",
+        "{} records of ~{} B over {} partitions, query {}, {:.1} s per measurement",
         raw.len(),
         total / raw.len().max(1),
         args.partitions,
+        args.query,
         args.seconds
     );
     let as_records = || -> Vec<Record> {

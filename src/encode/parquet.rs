@@ -85,9 +85,10 @@ impl Default for ParquetOptions {
 
 /// A value checked against its column type.
 #[derive(Debug, Clone, PartialEq)]
-enum Typed {
+enum Typed<'a> {
     Null,
-    Str(String),
+    /// Borrowed from the record when the JSON string has no escapes.
+    Str(std::borrow::Cow<'a, str>),
     Int(i64),
     Bool(bool),
     Float(f64),
@@ -95,9 +96,9 @@ enum Typed {
     Date(i32),
     Millis(i64),
     Bytes(Vec<u8>),
-    List(Vec<Typed>),
-    Map(Vec<(Typed, Typed)>),
-    Struct(Vec<Typed>),
+    List(Vec<Typed<'a>>),
+    Map(Vec<(Typed<'a>, Typed<'a>)>),
+    Struct(Vec<Typed<'a>>),
 }
 
 /// The outcome of converting a batch.
@@ -119,7 +120,9 @@ pub struct Converter {
     arrow: arrow_schema::SchemaRef,
     de: Deserializer,
     out: ParquetOptions,
-    /// Column index by the JSON key it is read from (after the deserializer's key rules).
+    /// The JSON key each column is read from (after the deserializer's key rules).
+    column_keys: Vec<String>,
+    /// Column index by that key.
     column_index: std::collections::HashMap<String, usize>,
 }
 
@@ -131,9 +134,10 @@ impl Converter {
             arrow,
             de,
             out,
+            column_keys: Vec::new(),
             column_index: std::collections::HashMap::new(),
         };
-        c.column_index = c
+        c.column_keys = c
             .schema
             .columns
             .iter()
@@ -143,8 +147,12 @@ impl Converter {
                     .into_owned(),
                 Deserializer::Hive { .. } => col.name.clone(),
             })
+            .collect();
+        c.column_index = c
+            .column_keys
+            .iter()
             .enumerate()
-            .map(|(i, key)| (key, i))
+            .map(|(i, key)| (key.clone(), i))
             .collect();
         c
     }
@@ -160,7 +168,7 @@ impl Converter {
         // (BlockSizeBytes, counted as the records' JSON bytes).
         let mut writer: Option<ArrowWriter<Vec<u8>>> = None;
         let mut failures = Vec::new();
-        let mut chunk: Vec<Vec<Typed>> = Vec::with_capacity(ROWS_PER_SLICE);
+        let mut chunk: Vec<Vec<Typed<'a>>> = Vec::with_capacity(ROWS_PER_SLICE);
         let (mut rows, mut group_bytes) = (0usize, 0usize);
         let mut records = records.into_iter().enumerate().peekable();
         while records.peek().is_some() {
@@ -239,7 +247,7 @@ impl Converter {
     }
 
     /// One record checked against the schema: a value per column.
-    fn row(&self, data: &[u8]) -> Result<Vec<Typed>, String> {
+    fn row<'d>(&self, data: &'d [u8]) -> Result<Vec<Typed<'d>>, String> {
         // Parsed straight into the row: only the columns' values become `Value`s, unknown keys
         // are skipped, and no tree of the whole record is built.
         let mut de = serde_json::Deserializer::from_slice(data);
@@ -253,7 +261,18 @@ impl Converter {
 
     /// The column a JSON key names, after the deserializer's key rules.
     fn column_of(&self, key: &str) -> Option<usize> {
-        let normalised = match &self.de {
+        let key = self.normalise_key(key);
+        // A narrow table is searched faster by comparing names than by hashing.
+        if self.column_keys.len() <= 32 {
+            return self.column_keys.iter().rposition(|k| *k == key);
+        }
+        self.column_index.get(key.as_ref()).copied()
+    }
+
+    /// A JSON key under the OpenX rules (dots to underscores, lowercase), borrowed when they
+    /// change nothing.
+    fn normalise_key<'k>(&self, key: &'k str) -> std::borrow::Cow<'k, str> {
+        match &self.de {
             Deserializer::OpenX {
                 case_insensitive,
                 dots_to_underscores,
@@ -272,18 +291,7 @@ impl Converter {
                 }
             }
             Deserializer::Hive { .. } => std::borrow::Cow::Borrowed(key),
-        };
-        self.column_index.get(normalised.as_ref()).copied()
-    }
-
-    /// Checks one column's value (its nested keys under the deserializer's rules).
-    fn column_value(&self, i: usize, mut value: Value) -> Result<Typed, String> {
-        if let Value::Object(o) = &mut value {
-            self.normalise_keys(o);
         }
-        let col = &self.schema.columns[i];
-        self.coerce(&col.ty, value)
-            .map_err(|e| format!("column {}: {e}", col.name))
     }
 
     /// The JSON key a column or field name is looked up as (lowercased when case-insensitive).
@@ -344,7 +352,7 @@ impl Converter {
     }
 
     /// Checks and converts one value, taking ownership so strings move rather than copy.
-    fn coerce(&self, ty: &ColumnType, v: Value) -> Result<Typed, String> {
+    fn coerce(&self, ty: &ColumnType, v: Value) -> Result<Typed<'static>, String> {
         if v.is_null() {
             return Ok(Typed::Null);
         }
@@ -363,7 +371,7 @@ impl Converter {
                     {
                         Typed::Str(text.chars().take(*n as usize).collect())
                     }
-                    _ => Typed::Str(text),
+                    _ => Typed::Str(text.into()),
                 }
             }
             ColumnType::TinyInt | ColumnType::SmallInt | ColumnType::Int | ColumnType::BigInt => {
@@ -443,17 +451,8 @@ impl Converter {
                     entries
                         .into_iter()
                         .map(|(key, x)| {
-                            let key_value = self
-                                .coerce(k, Value::String(key.clone()))
-                                .or_else(|_| {
-                                    // Numeric keys are written as strings in JSON.
-                                    serde_json::from_str::<Value>(&key)
-                                        .map_err(|e| e.to_string())
-                                        .and_then(|kv| self.coerce(k, kv))
-                                })
-                                .map_err(|e| format!("key {key:?}: {e}"))?;
                             Ok((
-                                key_value,
+                                self.map_key(k, &key)?,
                                 self.coerce(val, x).map_err(|e| format!("[{key:?}]: {e}"))?,
                             ))
                         })
@@ -475,6 +474,17 @@ impl Converter {
                 other => return Err(wrong(&other)),
             },
         })
+    }
+
+    /// A map's key, which JSON writes as a string even when the column's key type is numeric.
+    fn map_key(&self, ty: &ColumnType, key: &str) -> Result<Typed<'static>, String> {
+        self.coerce(ty, Value::String(key.to_string()))
+            .or_else(|_| {
+                serde_json::from_str::<Value>(key)
+                    .map_err(|e| e.to_string())
+                    .and_then(|kv| self.coerce(ty, kv))
+            })
+            .map_err(|e| format!("key {key:?}: {e}"))
     }
 
     /// Milliseconds since the epoch (UTC) of a timestamp value.
@@ -566,11 +576,187 @@ impl<'de> serde::Deserialize<'de> for Key<'de> {
     }
 }
 
+/// Parses one value straight into its column type: arrays, maps and structs without building a
+/// `Value` tree; scalars through [`Converter::coerce`]'s rules. `Ok(Err(reason))` when it is
+/// JSON but does not fit (the rest of the value is still read, so the record fails as one).
+struct TypedSeed<'a> {
+    conv: &'a Converter,
+    ty: &'a ColumnType,
+}
+
+type Fit<'de> = Result<Typed<'de>, String>;
+
+impl<'de> serde::de::DeserializeSeed<'de> for TypedSeed<'_> {
+    type Value = Fit<'de>;
+
+    fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<Fit<'de>, D::Error> {
+        d.deserialize_any(self)
+    }
+}
+
+impl TypedSeed<'_> {
+    fn scalar<'de>(&self, v: Value) -> Fit<'de> {
+        self.conv.coerce(self.ty, v)
+    }
+
+    fn text<'de>(&self, s: std::borrow::Cow<'de, str>) -> Fit<'de> {
+        match self.ty {
+            ColumnType::String => Ok(Typed::Str(s)),
+            _ => self.scalar(Value::String(s.into_owned())),
+        }
+    }
+
+    /// The value as a `Value` (the rare path: a container where the column wants a scalar,
+    /// which OpenX writes as JSON text and Hive refuses).
+    fn whole<'de>(&self, mut v: Value) -> Fit<'de> {
+        if let Value::Object(o) = &mut v {
+            self.conv.normalise_keys(o);
+        }
+        self.scalar(v)
+    }
+}
+
+impl<'de> serde::de::Visitor<'de> for TypedSeed<'_> {
+    type Value = Fit<'de>;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("a JSON value")
+    }
+
+    fn visit_unit<E>(self) -> Result<Fit<'de>, E> {
+        Ok(Ok(Typed::Null))
+    }
+
+    fn visit_none<E>(self) -> Result<Fit<'de>, E> {
+        Ok(Ok(Typed::Null))
+    }
+
+    fn visit_bool<E>(self, v: bool) -> Result<Fit<'de>, E> {
+        Ok(self.scalar(Value::Bool(v)))
+    }
+
+    fn visit_i64<E>(self, v: i64) -> Result<Fit<'de>, E> {
+        Ok(self.scalar(Value::from(v)))
+    }
+
+    fn visit_u64<E>(self, v: u64) -> Result<Fit<'de>, E> {
+        Ok(self.scalar(Value::from(v)))
+    }
+
+    fn visit_f64<E>(self, v: f64) -> Result<Fit<'de>, E> {
+        Ok(self.scalar(Value::from(v)))
+    }
+
+    fn visit_borrowed_str<E>(self, v: &'de str) -> Result<Fit<'de>, E> {
+        Ok(self.text(std::borrow::Cow::Borrowed(v)))
+    }
+
+    fn visit_str<E>(self, v: &str) -> Result<Fit<'de>, E> {
+        Ok(self.text(std::borrow::Cow::Owned(v.to_string())))
+    }
+
+    fn visit_string<E>(self, v: String) -> Result<Fit<'de>, E> {
+        Ok(self.text(std::borrow::Cow::Owned(v)))
+    }
+
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Fit<'de>, A::Error> {
+        let ColumnType::Array(item) = self.ty else {
+            let v =
+                serde::Deserialize::deserialize(serde::de::value::SeqAccessDeserializer::new(seq))?;
+            return Ok(self.whole(v));
+        };
+        let inner = TypedSeed {
+            conv: self.conv,
+            ty: item,
+        };
+        let mut items = Vec::new();
+        let mut failure = None;
+        while failure.is_none() {
+            let Some(fit) = seq.next_element_seed(TypedSeed { ..inner })? else {
+                break;
+            };
+            match fit {
+                Ok(v) => items.push(v),
+                Err(e) => failure = Some(format!("[{}]: {e}", items.len())),
+            }
+        }
+        if let Some(e) = failure {
+            while seq.next_element::<serde::de::IgnoredAny>()?.is_some() {}
+            return Ok(Err(e));
+        }
+        Ok(Ok(Typed::List(items)))
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Fit<'de>, A::Error> {
+        let conv = self.conv;
+        let mut failure: Option<String> = None;
+        match self.ty {
+            ColumnType::Struct(fields) => {
+                let mut values = vec![Typed::Null; fields.len()];
+                while let Some(Key(key)) = map.next_key::<Key<'de>>()? {
+                    let key = conv.normalise_key(&key);
+                    let field = fields
+                        .iter()
+                        .position(|f| conv.key(&f.name) == key)
+                        .filter(|_| failure.is_none());
+                    match field {
+                        Some(i) => {
+                            let f = &fields[i];
+                            match map.next_value_seed(TypedSeed { conv, ty: &f.ty })? {
+                                Ok(v) => values[i] = v,
+                                Err(e) => failure = Some(format!(".{}: {e}", f.name)),
+                            }
+                        }
+                        None => {
+                            map.next_value::<serde::de::IgnoredAny>()?;
+                        }
+                    }
+                }
+                Ok(failure.map_or(Ok(Typed::Struct(values)), Err))
+            }
+            ColumnType::Map(kt, vt) => {
+                // Later duplicates win, as they would in an object.
+                let mut entries: BTreeMap<String, Typed<'de>> = BTreeMap::new();
+                while let Some(Key(key)) = map.next_key::<Key<'de>>()? {
+                    if failure.is_some() {
+                        map.next_value::<serde::de::IgnoredAny>()?;
+                        continue;
+                    }
+                    let key = conv.normalise_key(&key).into_owned();
+                    match map.next_value_seed(TypedSeed { conv, ty: vt })? {
+                        Ok(v) => {
+                            entries.insert(key, v);
+                        }
+                        Err(e) => failure = Some(format!("[{key:?}]: {e}")),
+                    }
+                }
+                if let Some(e) = failure {
+                    return Ok(Err(e));
+                }
+                let mut out = Vec::with_capacity(entries.len());
+                for (key, v) in entries {
+                    match conv.map_key(kt, &key) {
+                        Ok(k) => out.push((k, v)),
+                        Err(e) => return Ok(Err(e)),
+                    }
+                }
+                Ok(Ok(Typed::Map(out)))
+            }
+            _ => {
+                let v = serde::Deserialize::deserialize(
+                    serde::de::value::MapAccessDeserializer::new(map),
+                )?;
+                Ok(self.whole(v))
+            }
+        }
+    }
+}
+
 /// Parses a record into its row: `Ok(Err(reason))` when it is JSON but does not fit.
 struct RowSeed<'a>(&'a Converter);
 
 impl<'de> serde::de::DeserializeSeed<'de> for RowSeed<'_> {
-    type Value = Result<Vec<Typed>, String>;
+    type Value = Result<Vec<Typed<'de>>, String>;
 
     fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
         d.deserialize_any(self)
@@ -578,7 +764,7 @@ impl<'de> serde::de::DeserializeSeed<'de> for RowSeed<'_> {
 }
 
 impl<'de> serde::de::Visitor<'de> for RowSeed<'_> {
-    type Value = Result<Vec<Typed>, String>;
+    type Value = Result<Vec<Typed<'de>>, String>;
 
     fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
         f.write_str("a JSON object")
@@ -590,10 +776,13 @@ impl<'de> serde::de::Visitor<'de> for RowSeed<'_> {
         let mut failure = None;
         while let Some(Key(key)) = map.next_key::<Key<'de>>()? {
             match conv.column_of(&key).filter(|_| failure.is_none()) {
-                Some(i) => match conv.column_value(i, map.next_value::<Value>()?) {
-                    Ok(v) => row[i] = v,
-                    Err(e) => failure = Some(e),
-                },
+                Some(i) => {
+                    let col = &conv.schema.columns[i];
+                    match map.next_value_seed(TypedSeed { conv, ty: &col.ty })? {
+                        Ok(v) => row[i] = v,
+                        Err(e) => failure = Some(format!("column {}: {e}", col.name)),
+                    }
+                }
                 None => {
                     map.next_value::<serde::de::IgnoredAny>()?;
                 }
@@ -745,7 +934,7 @@ fn short(v: &Value) -> String {
     }
 }
 
-fn nulls(values: &[&Typed]) -> Option<NullBuffer> {
+fn nulls(values: &[&Typed<'_>]) -> Option<NullBuffer> {
     if values.iter().all(|v| !matches!(v, Typed::Null)) {
         return None;
     }
@@ -757,7 +946,7 @@ fn nulls(values: &[&Typed]) -> Option<NullBuffer> {
 }
 
 /// The Arrow array of one column's values.
-fn build(ty: &ColumnType, values: &[&Typed]) -> ArrayRef {
+fn build(ty: &ColumnType, values: &[&Typed<'_>]) -> ArrayRef {
     macro_rules! prim {
         ($array:ty, $variant:ident, $conv:expr) => {
             Arc::new(<$array>::from_iter(values.iter().map(|v| match v {
@@ -769,7 +958,7 @@ fn build(ty: &ColumnType, values: &[&Typed]) -> ArrayRef {
     match ty {
         ColumnType::String | ColumnType::Char(_) | ColumnType::Varchar(_) => {
             Arc::new(StringArray::from_iter(values.iter().map(|v| match v {
-                Typed::Str(s) => Some(s.as_str()),
+                Typed::Str(s) => Some(s.as_ref()),
                 _ => None,
             })))
         }
@@ -796,7 +985,7 @@ fn build(ty: &ColumnType, values: &[&Typed]) -> ArrayRef {
         }))),
         ColumnType::Array(item) => {
             let mut offsets = vec![0i32];
-            let mut children: Vec<&Typed> = Vec::new();
+            let mut children: Vec<&Typed<'_>> = Vec::new();
             for v in values {
                 if let Typed::List(xs) = v {
                     children.extend(xs.iter());
@@ -815,7 +1004,7 @@ fn build(ty: &ColumnType, values: &[&Typed]) -> ArrayRef {
         }
         ColumnType::Map(k, val) => {
             let mut offsets = vec![0i32];
-            let (mut keys, mut vals): (Vec<&Typed>, Vec<&Typed>) = (Vec::new(), Vec::new());
+            let (mut keys, mut vals): (Vec<&Typed<'_>>, Vec<&Typed<'_>>) = (Vec::new(), Vec::new());
             for v in values {
                 if let Typed::Map(entries) = v {
                     for (a, b) in entries {
@@ -846,7 +1035,7 @@ fn build(ty: &ColumnType, values: &[&Typed]) -> ArrayRef {
                 .iter()
                 .enumerate()
                 .map(|(i, f)| {
-                    let column: Vec<&Typed> = values
+                    let column: Vec<&Typed<'_>> = values
                         .iter()
                         .map(|v| match v {
                             Typed::Struct(xs) => &xs[i],

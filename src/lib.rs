@@ -10,6 +10,7 @@ pub mod bench;
 pub mod buffer;
 pub mod compress;
 pub mod config;
+pub mod crypto;
 pub mod deliver;
 pub mod encode;
 pub mod metrics;

@@ -21,6 +21,8 @@ pub enum Payload {
         key: String,
         body: Bytes,
         content_type: Option<String>,
+        /// User metadata (`x-amz-meta-<name>`), S3 only.
+        metadata: Vec<(String, String)>,
         records: usize,
     },
 }

@@ -173,6 +173,7 @@ impl S3Sink {
         key: &str,
         body: Bytes,
         content_type: Option<&str>,
+        metadata: &[(String, String)],
     ) -> Result<(), ObjectError> {
         let store = self.store(bucket)?;
         let path = Path::parse(key).map_err(|source| ObjectError::InvalidKey {
@@ -183,6 +184,14 @@ impl S3Sink {
         // The local store keeps no metadata (and refuses attributes), so only S3 gets them.
         if let (Some(ct), Some(_)) = (content_type, &self.settings.s3) {
             attributes.insert(Attribute::ContentType, ct.to_string().into());
+        }
+        if self.settings.s3.is_some() {
+            for (name, value) in metadata {
+                attributes.insert(
+                    Attribute::Metadata(name.clone().into()),
+                    value.clone().into(),
+                );
+            }
         }
         let write_err = |source| ObjectError::Write {
             key: key.to_string(),
@@ -252,10 +261,11 @@ impl Destination for S3Sink {
                 key,
                 body,
                 content_type,
+                metadata,
                 records,
             } => {
                 let outcome = match self
-                    .put(bucket, key, body.clone(), content_type.as_deref())
+                    .put(bucket, key, body.clone(), content_type.as_deref(), metadata)
                     .await
                 {
                     Ok(()) => Outcome::Delivered,
@@ -313,12 +323,13 @@ mod tests {
             "a/b/small.txt",
             small.clone(),
             Some("application/gzip"),
+            &[],
         )
         .await
         .unwrap();
         assert_eq!(sink.get("bkt", "a/b/small.txt").await.unwrap(), small);
         let big = Bytes::from(vec![7u8; 6 * 1024 * 1024]);
-        sink.put("bkt", "a/big.bin", big.clone(), None)
+        sink.put("bkt", "a/big.bin", big.clone(), None, &[])
             .await
             .unwrap();
         assert_eq!(sink.get("bkt", "a/big.bin").await.unwrap(), big);
@@ -335,6 +346,7 @@ mod tests {
                 key: "k".into(),
                 body: Bytes::from_static(b"x"),
                 content_type: None,
+                metadata: Vec::new(),
                 records: 2,
             })
             .await;

@@ -33,6 +33,9 @@ pub enum ApiError {
     InvalidSignature(String),
     #[error("{0}")]
     InternalFailure(String),
+    /// The stream's KMS key cannot be used (unknown, disabled, no access).
+    #[error("{0}")]
+    InvalidKmsResource(String),
 }
 
 impl ApiError {
@@ -51,6 +54,7 @@ impl ApiError {
             ApiError::UnrecognizedClient(_) => "UnrecognizedClientException",
             ApiError::InvalidSignature(_) => "InvalidSignatureException",
             ApiError::InternalFailure(_) => "InternalFailure",
+            ApiError::InvalidKmsResource(_) => "InvalidKMSResourceException",
         }
     }
 

@@ -6,6 +6,7 @@
 pub mod format;
 pub mod keyring;
 pub mod kms;
+pub mod sink;
 
 use zeroize::Zeroizing;
 

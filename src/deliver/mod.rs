@@ -298,6 +298,7 @@ pub async fn deliver_with_retry(
         key: object.key.clone(),
         body: object.body.clone(),
         content_type: Some(object.content_type.to_string()),
+        metadata: Vec::new(),
         records: 1,
     };
     let oldest = object.oldest_arrival_ms();
@@ -338,6 +339,7 @@ pub async fn deliver_with_retry(
                 key: object.error_key.clone(),
                 body: documents,
                 content_type: Some("application/x-ndjson".into()),
+                metadata: Vec::new(),
                 records: 1,
             };
             if sink.deliver(&error_payload).await.all_delivered() {

@@ -1,0 +1,250 @@
+//! The last step before upload for a stream with `KMSEncryptionConfig`: every object it writes
+//! (records, error output, retention-expired documents) is encrypted on the way to the sink,
+//! under `<key>.enc` with S3 metadata saying so. A key-service failure is a retryable failure
+//! of the write: the object waits, and nothing is written unencrypted.
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use hosepipe_sinks::{Destination, Outcome, Payload, Report};
+use rand::RngCore;
+
+use super::format::{self, Header};
+use super::{CONTEXT_OBJECT_KEY, CONTEXT_STREAM, DataKey, KeyError, KeyService};
+
+/// The suffix encrypted objects get.
+pub const SUFFIX: &str = ".enc";
+/// S3 user metadata saying an object is encrypted (`x-amz-meta-hosepipe-encryption`).
+pub const METADATA_FORMAT: &str = "hosepipe-encryption";
+
+/// When a data key may serve another object.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Reuse {
+    /// Objects per data key (1: a fresh key for every object).
+    pub max_objects: u32,
+    pub max_age: Duration,
+}
+
+impl Default for Reuse {
+    fn default() -> Self {
+        Reuse {
+            max_objects: 1,
+            max_age: Duration::from_secs(300),
+        }
+    }
+}
+
+/// A stream's current data key, shared by its deliveries.
+#[derive(Default)]
+pub struct DataKeyCache {
+    current: Mutex<Option<Cached>>,
+}
+
+struct Cached {
+    key_id: String,
+    key: Arc<DataKey>,
+    uses: u32,
+    created: Instant,
+}
+
+impl DataKeyCache {
+    /// A data key for one more object: the cached one while `reuse` allows, else a new one.
+    /// `on_call` is told of every key-service call and its result.
+    fn take(
+        &self,
+        keys: &dyn KeyService,
+        key_id: &str,
+        stream: &str,
+        reuse: Reuse,
+        on_call: &dyn Fn(Result<(), &KeyError>),
+    ) -> Result<Arc<DataKey>, KeyError> {
+        let mut current = self.current.lock().expect("data key lock");
+        if let Some(c) = current.as_mut()
+            && c.key_id == key_id
+            && c.uses < reuse.max_objects
+            && c.created.elapsed() < reuse.max_age
+        {
+            c.uses += 1;
+            return Ok(c.key.clone());
+        }
+        let context = vec![(CONTEXT_STREAM.to_string(), stream.to_string())];
+        let result = keys.generate(key_id, &context);
+        on_call(result.as_ref().map(drop));
+        let key = Arc::new(result?);
+        *current = Some(Cached {
+            key_id: key_id.to_string(),
+            key: key.clone(),
+            uses: 1,
+            created: Instant::now(),
+        });
+        Ok(key)
+    }
+}
+
+/// Encrypts every object on its way to `inner`.
+pub struct Encrypting {
+    pub inner: Arc<dyn Destination>,
+    pub keys: Arc<dyn KeyService>,
+    /// The master key (`AWSKMSKeyARN` as configured).
+    pub key_id: String,
+    pub stream: String,
+    pub cache: Arc<DataKeyCache>,
+    pub reuse: Reuse,
+    /// Told of every key-service call: `Ok` or the failure.
+    pub on_call: Arc<dyn Fn(Result<(), &KeyError>) + Send + Sync>,
+}
+
+impl std::fmt::Debug for Encrypting {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Encrypting")
+            .field("key_id", &self.key_id)
+            .field("stream", &self.stream)
+            .finish()
+    }
+}
+
+/// Encrypts `body` as the object `key` of `stream` under `data_key`.
+pub fn seal(
+    keys_provider: &str,
+    data_key: &DataKey,
+    stream: &str,
+    key: &str,
+    body: &[u8],
+) -> Vec<u8> {
+    let mut prefix = [0u8; 8];
+    rand::rng().fill_bytes(&mut prefix);
+    let mut context = vec![
+        (CONTEXT_OBJECT_KEY.to_string(), key.to_string()),
+        (CONTEXT_STREAM.to_string(), stream.to_string()),
+    ];
+    context.sort();
+    let header = Header {
+        provider: keys_provider.to_string(),
+        key_id: data_key.key_id.clone(),
+        wrapped_key: data_key.wrapped.clone(),
+        context,
+        frame_size: format::DEFAULT_FRAME_SIZE,
+        nonce_prefix: prefix,
+    };
+    format::encrypt(&header, &data_key.plaintext, body)
+}
+
+#[async_trait]
+impl Destination for Encrypting {
+    fn kind(&self) -> &'static str {
+        self.inner.kind()
+    }
+
+    async fn deliver(&self, payload: &Payload) -> Report {
+        let Payload::Object {
+            bucket,
+            key,
+            body,
+            content_type,
+            metadata,
+            records,
+        } = payload;
+        let encrypted_key = format!("{key}{SUFFIX}");
+        // Key-service calls and AES-GCM are blocking work: keep them off the async workers.
+        let sealed = tokio::task::block_in_place(|| {
+            let data_key = self.cache.take(
+                self.keys.as_ref(),
+                &self.key_id,
+                &self.stream,
+                self.reuse,
+                self.on_call.as_ref(),
+            )?;
+            Ok::<_, KeyError>(seal(
+                self.keys.provider(),
+                &data_key,
+                &self.stream,
+                &encrypted_key,
+                body,
+            ))
+        });
+        let sealed = match sealed {
+            Ok(b) => b,
+            Err(e) => {
+                return Report::uniform(
+                    *records,
+                    Outcome::Retryable(format!("cannot get a data key: {e}")),
+                );
+            }
+        };
+        let mut metadata = metadata.clone();
+        metadata.push((METADATA_FORMAT.into(), "HPEN1".into()));
+        metadata.push(("hosepipe-key-id".into(), self.key_id.clone()));
+        if let Some(ct) = content_type {
+            metadata.push(("hosepipe-content-type".into(), ct.clone()));
+        }
+        self.inner
+            .deliver(&Payload::Object {
+                bucket: bucket.clone(),
+                key: encrypted_key,
+                body: sealed.into(),
+                content_type: Some("application/octet-stream".into()),
+                metadata,
+                records: *records,
+            })
+            .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::crypto::keyring::Keyring;
+
+    #[test]
+    fn data_keys_are_reused_within_the_limits() {
+        let dir = tempfile::tempdir().unwrap();
+        let ring = Keyring::new(&dir.path().join("k.json"));
+        ring.create("k").unwrap();
+        let cache = DataKeyCache::default();
+        let calls = std::sync::atomic::AtomicU32::new(0);
+        let on_call = |_: Result<(), &KeyError>| {
+            calls.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        };
+        let reuse = Reuse {
+            max_objects: 3,
+            max_age: Duration::from_secs(60),
+        };
+        let keys: Vec<_> = (0..7)
+            .map(|_| cache.take(&ring, "k", "s", reuse, &on_call).unwrap())
+            .collect();
+        assert_eq!(calls.load(std::sync::atomic::Ordering::Relaxed), 3);
+        assert!(Arc::ptr_eq(&keys[0], &keys[2]) && !Arc::ptr_eq(&keys[2], &keys[3]));
+        let fresh = DataKeyCache::default();
+        for _ in 0..2 {
+            fresh
+                .take(&ring, "k", "s", Reuse::default(), &on_call)
+                .unwrap();
+        }
+        assert_eq!(calls.load(std::sync::atomic::Ordering::Relaxed), 5);
+        assert!(matches!(
+            fresh.take(&ring, "missing", "s", Reuse::default(), &on_call),
+            Err(KeyError::NotFound(_))
+        ));
+    }
+
+    #[test]
+    fn sealed_objects_open_with_the_keyring() {
+        let dir = tempfile::tempdir().unwrap();
+        let ring = Keyring::new(&dir.path().join("k.json"));
+        ring.create("k").unwrap();
+        let dk = ring
+            .generate("k", &vec![(CONTEXT_STREAM.into(), "s".into())])
+            .unwrap();
+        let object = seal("local", &dk, "s", "p/o.gz.enc", b"hello");
+        let (header, d) = crate::crypto::open(&object[..], &ring, Some("p/o.gz.enc")).unwrap();
+        assert_eq!(header.context(CONTEXT_STREAM), Some("s"));
+        let mut out = Vec::new();
+        d.decrypt_to(&mut out).unwrap();
+        assert_eq!(out, b"hello");
+        assert!(matches!(
+            crate::crypto::open(&object[..], &ring, Some("another.enc")),
+            Err(crate::crypto::OpenError::KeyMismatch { .. })
+        ));
+    }
+}

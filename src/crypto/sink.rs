@@ -82,6 +82,9 @@ impl DataKeyCache {
     }
 }
 
+/// Told of every key-service call: `Ok` or the failure (metrics).
+pub type OnKeyCall = Arc<dyn Fn(Result<(), &KeyError>) + Send + Sync>;
+
 /// Encrypts every object on its way to `inner`.
 pub struct Encrypting {
     pub inner: Arc<dyn Destination>,
@@ -92,7 +95,7 @@ pub struct Encrypting {
     pub cache: Arc<DataKeyCache>,
     pub reuse: Reuse,
     /// Told of every key-service call: `Ok` or the failure.
-    pub on_call: Arc<dyn Fn(Result<(), &KeyError>) + Send + Sync>,
+    pub on_call: OnKeyCall,
 }
 
 impl std::fmt::Debug for Encrypting {

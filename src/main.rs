@@ -66,6 +66,23 @@ enum Command {
     BenchTransform(hosepipe::transform::bench::BenchTransformArgs),
     /// Measure dynamic partitioning (jq keys, a buffer per partition) against one partition.
     BenchPartition(hosepipe::partition::bench::BenchPartitionArgs),
+    /// Decrypt an object written by a stream with KMSEncryptionConfig (a file or s3://bucket/key).
+    Decrypt {
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// A local path, or s3://bucket/key through the configured S3.
+        input: String,
+        /// Where the plaintext goes (default: stdout, once all of it has authenticated).
+        #[arg(short, long)]
+        output: Option<PathBuf>,
+    },
+    /// Create, list and rotate the local keyring's master keys.
+    Keys {
+        #[arg(long)]
+        config: Option<PathBuf>,
+        #[command(subcommand)]
+        action: hosepipe::crypto::cli::KeysAction,
+    },
 }
 
 fn env(name: &str) -> Option<String> {
@@ -110,6 +127,16 @@ fn shutdown_signal() -> impl std::future::Future<Output = ()> {
 }
 
 /// Runs `f` on a multi-threaded runtime.
+/// Loads the config for a one-shot command; on errors prints them and gives the exit code.
+fn load_quietly(config: Option<&std::path::Path>) -> Result<Config, ExitCode> {
+    Config::load(config, &Overrides::default(), &env).map_err(|errors| {
+        for e in &errors {
+            eprintln!("{e}");
+        }
+        ExitCode::from(2)
+    })
+}
+
 fn block_on(f: impl std::future::Future<Output = ExitCode>) -> ExitCode {
     match tokio::runtime::Runtime::new() {
         Ok(rt) => rt.block_on(f),
@@ -226,6 +253,33 @@ fn main() -> ExitCode {
                 }
             })
         }
+        Command::Decrypt {
+            config,
+            input,
+            output,
+        } => match load_quietly(config.as_deref()) {
+            Err(code) => code,
+            Ok(cfg) => match hosepipe::crypto::cli::decrypt(&cfg, &input, output.as_deref()) {
+                Ok(_) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("decrypt: {e}");
+                    ExitCode::FAILURE
+                }
+            },
+        },
+        Command::Keys { config, action } => match load_quietly(config.as_deref()) {
+            Err(code) => code,
+            Ok(cfg) => match hosepipe::crypto::cli::keys(&cfg, &action) {
+                Ok(text) => {
+                    println!("{text}");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("keys: {e}");
+                    ExitCode::FAILURE
+                }
+            },
+        },
         Command::BenchPartition(args) => match hosepipe::partition::bench::run(args) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {

@@ -220,6 +220,9 @@ pub struct Shared {
     pub catalog: Arc<Catalog>,
     /// Resolves format conversion's tables.
     pub schemas: Arc<crate::schema::SchemaSource>,
+    /// The key service behind `KMSEncryptionConfig`, and its data-key reuse.
+    pub keys: Arc<dyn crate::crypto::KeyService>,
+    pub key_reuse: crate::crypto::sink::Reuse,
 }
 
 /// Everything a stream's stages share.
@@ -231,6 +234,8 @@ pub struct StreamContext {
     pub stats: Arc<StreamStats>,
     /// Spool seqs that became several records (de-aggregation): how many are unsettled.
     fragments: Arc<Mutex<HashMap<u64, u32>>>,
+    /// The data key the stream's objects are being encrypted with (when reused).
+    data_keys: Arc<crate::crypto::sink::DataKeyCache>,
 }
 
 impl StreamContext {
@@ -288,6 +293,7 @@ pub fn spawn_pipeline(
         spool,
         stats: stats.clone(),
         fragments: Arc::default(),
+        data_keys: Arc::default(),
     };
     let (config_tx, config_rx) = watch::channel(Arc::new(initial));
     let (object_tx, object_rx) = mpsc::channel::<EncodedObject>(DELIVER_WORKERS);
@@ -930,8 +936,24 @@ async fn deliver_one(ctx: &StreamContext, obj: EncodedObject) {
     let records = obj.records.len() as u64;
     let expired_counted = std::sync::atomic::AtomicBool::new(false);
     let labels = Metrics::stream(&ctx.name);
+    // A stream with KMSEncryptionConfig writes every object through the encrypting sink.
+    let sink: Arc<dyn hosepipe_sinks::Destination> = match &obj.encryption {
+        None => ctx.shared.sink.clone(),
+        Some(key_id) => {
+            let (metrics, stream) = (ctx.shared.metrics.clone(), ctx.name.clone());
+            Arc::new(crate::crypto::sink::Encrypting {
+                inner: ctx.shared.sink.clone(),
+                keys: ctx.shared.keys.clone(),
+                key_id: key_id.clone(),
+                stream: ctx.name.clone(),
+                cache: ctx.data_keys.clone(),
+                reuse: ctx.shared.key_reuse,
+                on_call: Arc::new(move |result| metrics.key_service_call(&stream, result)),
+            })
+        }
+    };
     let result = deliver::deliver_with_retry(
-        &ctx.shared.sink,
+        &sink,
         &obj,
         ctx.shared.retention,
         now_ms,

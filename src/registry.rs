@@ -281,6 +281,27 @@ impl Registry {
         ))))
     }
 
+    /// A stream with `KMSEncryptionConfig` needs a master key the key service can use: asking
+    /// it for a data key now turns an unknown or unusable key into InvalidKMSResourceException
+    /// before anything is accepted.
+    fn check_key(&self, spec: &StreamSpec) -> Result<(), ApiError> {
+        let DestinationSpec::S3(s3) = &spec.destination;
+        let Some(enc) = &s3.encryption else {
+            return Ok(());
+        };
+        let context = vec![(crate::crypto::CONTEXT_STREAM.to_string(), spec.name.clone())];
+        self.shared
+            .keys
+            .generate(&enc.key_id, &context)
+            .map(drop)
+            .map_err(|e| {
+                ApiError::InvalidKmsResource(format!(
+                    "AWSKMSKeyARN {:?} cannot be used: {e}",
+                    enc.key_id
+                ))
+            })
+    }
+
     /// The processor chain and converter a spec needs, or why they cannot be built.
     fn runtime_parts(&self, spec: &StreamSpec) -> Result<Parts, ApiError> {
         let processing = self
@@ -458,6 +479,7 @@ impl Registry {
             .clone()
             .ok_or_else(|| ApiError::InvalidArgument("DeliveryStreamName is required".into()))?;
         let spec = stream::validate(&name, &input).map_err(|e| ApiError::from_field_errors(&e))?;
+        self.check_key(&spec)?;
         let parts = self.runtime_parts(&spec)?;
         if self.is_draining(&name) {
             return Err(ApiError::ResourceInUse(format!(
@@ -683,6 +705,7 @@ impl Registry {
                 .collect();
             ApiError::from_field_errors(&errs)
         })?;
+        self.check_key(&spec)?;
         let (processing, converter) = self.runtime_parts(&spec)?;
         let previous = entry.saved.clone();
         entry.saved.input = input;

@@ -71,6 +71,11 @@ impl Server {
             catalog: Arc::new(crate::transform::catalog::Catalog::new(
                 config.transforms.clone(),
             )),
+            keys: config
+                .encryption
+                .key_service()
+                .map_err(|e| StartError::Restore(format!("[encryption]: {e}")))?,
+            key_reuse: config.encryption.reuse,
             schemas: Arc::new(crate::schema::SchemaSource {
                 local: config.catalog.clone(),
                 glue: config.glue_endpoint().unwrap_or_else(|e| {

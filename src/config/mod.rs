@@ -38,6 +38,7 @@ pub struct RawConfig {
     #[serde(default)]
     pub catalog: BTreeMap<String, BTreeMap<String, RawTable>>,
     pub glue: Option<RawGlue>,
+    pub encryption: Option<RawEncryption>,
     /// Per-stream Direct PUT quotas, keyed by stream name.
     #[serde(default)]
     pub quotas: BTreeMap<String, RawQuota>,
@@ -66,6 +67,63 @@ pub struct RawColumn {
 pub struct RawGlue {
     pub endpoint: Option<String>,
     pub region: Option<String>,
+}
+
+/// `[encryption]`: the key service behind `KMSEncryptionConfig` and `hosepipe decrypt`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawEncryption {
+    /// `local` (the keyring file, the default) or `aws-kms`.
+    pub provider: Option<String>,
+    /// The local keyring (default `<data_dir>/keyring.json`).
+    pub keyring: Option<PathBuf>,
+    /// KMS endpoint (else `AWS_ENDPOINT_URL_KMS`, else AWS).
+    pub kms_endpoint: Option<String>,
+    pub kms_region: Option<String>,
+    /// Objects one data key may encrypt (default 1: a fresh key per object).
+    pub data_key_max_objects: Option<u32>,
+    /// How long a data key may be reused (default 300).
+    pub data_key_max_age_seconds: Option<u64>,
+}
+
+/// Which key service holds the master keys.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum KeyProvider {
+    Local {
+        keyring: PathBuf,
+    },
+    AwsKms {
+        endpoint: Option<String>,
+        region: Option<String>,
+    },
+}
+
+/// The validated `[encryption]` section.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EncryptionConfig {
+    pub provider: KeyProvider,
+    pub reuse: crate::crypto::sink::Reuse,
+}
+
+impl EncryptionConfig {
+    /// The key service this configuration names.
+    pub fn key_service(&self) -> Result<std::sync::Arc<dyn crate::crypto::KeyService>, String> {
+        Ok(match &self.provider {
+            KeyProvider::Local { keyring } => {
+                std::sync::Arc::new(crate::crypto::keyring::Keyring::new(keyring))
+            }
+            KeyProvider::AwsKms { endpoint, region } => {
+                let mut ep = crate::aws_client::ServiceEndpoint::from_env("kms")?;
+                if let Some(url) = endpoint {
+                    ep.url = url.clone();
+                }
+                if let Some(r) = region {
+                    ep.region = r.clone();
+                }
+                std::sync::Arc::new(crate::crypto::kms::Kms::new(ep))
+            }
+        })
+    }
 }
 
 /// `[transforms]`: where WebAssembly transforms live and the sandbox's limits.
@@ -185,6 +243,7 @@ pub struct Config {
     /// Glue endpoint from the config (`[glue]`), overriding the environment's.
     pub glue_endpoint: Option<String>,
     pub glue_region: Option<String>,
+    pub encryption: EncryptionConfig,
 }
 
 /// Overrides from the command line and the environment.
@@ -531,6 +590,37 @@ impl Config {
             }
         }
         let glue = raw.glue.unwrap_or_default();
+        let enc = raw.encryption.unwrap_or_default();
+        let provider = match enc.provider.as_deref() {
+            None | Some("local") => KeyProvider::Local {
+                keyring: enc
+                    .keyring
+                    .clone()
+                    .unwrap_or_else(|| data_dir.join("keyring.json")),
+            },
+            Some("aws-kms") => KeyProvider::AwsKms {
+                endpoint: enc.kms_endpoint.clone(),
+                region: enc.kms_region.clone(),
+            },
+            Some(other) => {
+                errors.push(format!(
+                    "encryption.provider: {other:?} is not one of local, aws-kms"
+                ));
+                KeyProvider::Local {
+                    keyring: data_dir.join("keyring.json"),
+                }
+            }
+        };
+        if enc.data_key_max_objects == Some(0) {
+            errors.push("encryption.data_key_max_objects: 0 is outside 1..".into());
+        }
+        let encryption = EncryptionConfig {
+            provider,
+            reuse: crate::crypto::sink::Reuse {
+                max_objects: enc.data_key_max_objects.unwrap_or(1).max(1),
+                max_age: Duration::from_secs(enc.data_key_max_age_seconds.unwrap_or(300)),
+            },
+        };
         let timeout = raw.shutdown_timeout_seconds.unwrap_or(30);
         if errors.is_empty() {
             Ok(Config {
@@ -548,6 +638,7 @@ impl Config {
                 catalog,
                 glue_endpoint: glue.endpoint,
                 glue_region: glue.region,
+                encryption,
             })
         } else {
             Err(errors)

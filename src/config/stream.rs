@@ -125,10 +125,19 @@ pub struct S3Spec {
     pub conversion: Option<super::conversion::ConversionSpec>,
     /// `DynamicPartitioningConfiguration`, when enabled.
     pub partitioning: Option<PartitioningSpec>,
+    /// `EncryptionConfiguration.KMSEncryptionConfig`: every object is envelope-encrypted.
+    pub encryption: Option<EncryptionSpec>,
     /// The configuration as given, for DescribeDeliveryStream and UpdateDestination merges.
     pub raw: ExtendedS3DestinationConfiguration,
     /// Created through the deprecated `S3DestinationConfiguration`.
     pub legacy: bool,
+}
+
+/// Client-side envelope encryption of a stream's objects.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EncryptionSpec {
+    /// `AWSKMSKeyARN`: the master key, as the configured key service names it.
+    pub key_id: String,
 }
 
 /// Dynamic partitioning's settings.
@@ -496,14 +505,46 @@ pub fn validate_s3(
     }
     let partitioning =
         validate_partitioning(raw, path, prefix.as_ref(), processing.as_ref(), errors);
-    if let Some(enc) = &raw.encryption_configuration
-        && enc.get("KMSEncryptionConfig").is_some()
+    let encryption = match raw
+        .encryption_configuration
+        .as_ref()
+        .filter(|v| !v.is_null())
     {
-        errors.push(FieldError::new(
-            &[path, "encryption_configuration"],
-            "KMSEncryptionConfig is not supported by this hosepipe version; use NoEncryptionConfig",
-        ));
-    }
+        None => None,
+        Some(enc) => match (
+            enc.get("KMSEncryptionConfig"),
+            enc.get("NoEncryptionConfig"),
+        ) {
+            (Some(_), Some(_)) => {
+                errors.push(FieldError::new(
+                    &[path, "encryption_configuration"],
+                    "give KMSEncryptionConfig or NoEncryptionConfig, not both",
+                ));
+                None
+            }
+            (Some(kms), None) => match kms.get("AWSKMSKeyARN").and_then(Value::as_str) {
+                Some(key) if (1..=512).contains(&key.len()) => Some(EncryptionSpec {
+                    key_id: key.to_string(),
+                }),
+                _ => {
+                    errors.push(FieldError::new(
+                        &[path, "encryption_configuration", "kms_encryption_config", "aws_kms_key_arn"],
+                        "is required: the master key (a key ARN, an alias, or a local keyring key name)",
+                    ));
+                    None
+                }
+            },
+            (None, Some(v)) if v.as_str() == Some("NoEncryption") => None,
+            (None, Some(v)) => {
+                errors.push(FieldError::new(
+                    &[path, "encryption_configuration", "no_encryption_config"],
+                    format!("{v} is not NoEncryption"),
+                ));
+                None
+            }
+            (None, None) => None,
+        },
+    };
     match raw.s3_backup_mode.as_deref() {
         None | Some("Disabled") => {}
         Some("Enabled") => errors.push(FieldError::new(
@@ -532,6 +573,7 @@ pub fn validate_s3(
         processing,
         conversion,
         partitioning,
+        encryption,
         raw: raw.clone(),
         legacy,
     })

@@ -189,6 +189,17 @@ impl Keyring {
     }
 }
 
+/// The keyring name an `AWSKMSKeyARN` stands for: `arn:aws:kms:…:key/NAME`,
+/// `arn:aws:kms:…:alias/NAME`, `alias/NAME` and `NAME` all name key `NAME`.
+pub fn key_name(key_id: &str) -> &str {
+    let tail = if key_id.starts_with("arn:") {
+        key_id.rsplit('/').next().unwrap_or(key_id)
+    } else {
+        key_id
+    };
+    tail.strip_prefix("alias/").unwrap_or(tail)
+}
+
 fn info(name: &str, key: &Key) -> KeyInfo {
     let current = key.versions.iter().map(|v| v.version).max().unwrap_or(0);
     KeyInfo {
@@ -235,6 +246,7 @@ impl KeyService for Keyring {
     }
 
     fn generate(&self, key_id: &str, context: &Context) -> Result<DataKey, KeyError> {
+        let key_id = key_name(key_id);
         let (version, master) = self.version_key(key_id, None)?;
         let mut plaintext = Zeroizing::new([0u8; 32]);
         rand::rng().fill_bytes(plaintext.as_mut());
@@ -266,6 +278,7 @@ impl KeyService for Keyring {
         wrapped: &[u8],
         context: &Context,
     ) -> Result<Zeroizing<[u8; 32]>, KeyError> {
+        let key_id = key_name(key_id);
         if wrapped.len() != WRAPPED_LEN {
             return Err(KeyError::WrongKey(format!(
                 "a keyring data key is {WRAPPED_LEN} bytes, this one {}",
@@ -342,5 +355,14 @@ mod tests {
         assert!(ring.create("orders").is_err());
         let names: Vec<String> = ring.list().unwrap().into_iter().map(|k| k.name).collect();
         assert_eq!(names, vec!["orders", "other"]);
+        for id in [
+            "orders",
+            "alias/orders",
+            "arn:aws:kms:us-east-1:123456789012:key/orders",
+            "arn:aws:kms:us-east-1:123456789012:alias/orders",
+        ] {
+            assert_eq!(key_name(id), "orders");
+            assert!(ring.decrypt(id, &before.wrapped, &ctx("s")).is_ok());
+        }
     }
 }

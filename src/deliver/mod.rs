@@ -39,6 +39,9 @@ pub struct EncodedObject {
     /// Dynamic partitioning's `RetryOptions`: after failing this long, the records are also
     /// offered to the error output (as past the retention age are).
     pub retry_window: Option<Duration>,
+    /// `KMSEncryptionConfig`'s master key: the object (and its error output) is written
+    /// envelope-encrypted.
+    pub encryption: Option<String>,
 }
 
 impl EncodedObject {
@@ -168,6 +171,7 @@ pub fn encode_s3_converted(
             error_key,
             error_output: None,
             retry_window: spec.partitioning.as_ref().map(|p| p.retry),
+            encryption: spec.encryption.as_ref().map(|e| e.key_id.clone()),
         }
     });
     let failed = (!failed.is_empty()).then(|| {
@@ -220,6 +224,7 @@ pub fn encode_s3(
         error_key,
         error_output: None,
         retry_window: spec.partitioning.as_ref().map(|p| p.retry),
+        encryption: spec.encryption.as_ref().map(|e| e.key_id.clone()),
     })
 }
 
@@ -250,6 +255,7 @@ pub fn encode_error_output(
         records,
         error_output: Some(error_type),
         retry_window: None,
+        encryption: spec.encryption.as_ref().map(|e| e.key_id.clone()),
     }
 }
 
@@ -456,6 +462,7 @@ mod tests {
             error_key: "errors/retention-expired/obj".into(),
             error_output: None,
             retry_window: None,
+            encryption: None,
         }
     }
 

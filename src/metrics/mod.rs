@@ -88,6 +88,7 @@ pub struct Metrics {
     pub active_partitions_limit: Family<StreamLabels, Gauge>,
     pub partition_limit_records: Family<StreamLabels, Counter>,
     pub jq_processing_duration: HistogramFamily<StreamLabels>,
+    pub key_service_calls: Family<OutcomeLabels, Counter>,
     /// Every fsync's latency, kept only when a benchmark asks for them.
     fsync_log: Mutex<Option<Vec<f64>>>,
     /// Per-record arrival → delivered latencies, kept only when a benchmark asks for them.
@@ -135,6 +136,7 @@ impl Metrics {
             active_partitions_limit: Family::default(),
             partition_limit_records: Family::default(),
             jq_processing_duration: Family::new_with_constructor(processing_histogram),
+            key_service_calls: Family::default(),
             fsync_log: Mutex::new(None),
             latency_log: Mutex::new(None),
             registry: Registry::default(),
@@ -305,6 +307,11 @@ impl Metrics {
             prometheus_client::registry::Unit::Seconds,
             m.jq_processing_duration.clone(),
         );
+        registry.register(
+            "key_service_calls",
+            "Data-key requests to the key service, by outcome: success or Firehose's KMS condition (KMSKeyNotFound, KMSKeyAccessDenied, KMSKeyDisabled, KMSKeyInvalidState, KMSUnavailable)",
+            m.key_service_calls.clone(),
+        );
         Metrics { registry, ..m }
     }
 
@@ -407,6 +414,20 @@ impl Metrics {
     }
 
     /// Records one batch's format conversion: (records, bytes) converted and failed.
+    /// One data-key request and how it ended.
+    pub fn key_service_call(&self, stream: &str, result: Result<(), &crate::crypto::KeyError>) {
+        let outcome = match result {
+            Ok(()) => SUCCESS,
+            Err(e) => e.code(),
+        };
+        self.key_service_calls
+            .get_or_create(&OutcomeLabels {
+                stream: stream.to_string(),
+                outcome: outcome.to_string(),
+            })
+            .inc();
+    }
+
     /// Dynamic partitioning's gauges after a buffer change.
     pub fn partitions(&self, stream: &str, active: usize, limit: usize) {
         let labels = Self::stream(stream);

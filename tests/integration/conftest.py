@@ -44,6 +44,20 @@ def free_port():
         return s.getsockname()[1]
 
 
+@pytest.fixture(scope="module")
+def moto():
+    """moto's server: real AWS JSON APIs (Glue, KMS) on 127.0.0.1; yields its URL."""
+    port = free_port()
+    proc = subprocess.Popen(["moto_server", "-H", "127.0.0.1", "-p", str(port)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{port}"
+    wait_for(lambda: requests.get(f"{url}/moto-api/", timeout=1).status_code == 200,
+             timeout=60, what="moto server")
+    yield url
+    proc.terminate()
+    proc.wait()
+
+
 def free_port_pair():
     """A port whose +10000 neighbour (SeaweedFS's gRPC port) is free too."""
     for _ in range(200):

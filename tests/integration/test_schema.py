@@ -8,9 +8,8 @@ from pathlib import Path
 
 import boto3
 import pytest
-import requests
 
-from conftest import BIN, REGION, free_port, wait_for
+from conftest import BIN, REGION, wait_for
 
 ALL_TYPES = [
     ("s", "string"), ("c", "char(10)"), ("vc", "varchar(255)"), ("ti", "tinyint"),
@@ -22,13 +21,8 @@ ALL_TYPES = [
 
 
 @pytest.fixture(scope="module")
-def glue():
-    port = free_port()
-    proc = subprocess.Popen(["moto_server", "-H", "127.0.0.1", "-p", str(port)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    url = f"http://127.0.0.1:{port}"
-    wait_for(lambda: requests.get(f"{url}/moto-api/", timeout=1).status_code == 200,
-             timeout=60, what="moto server")
+def glue(moto):
+    url = moto
     client = boto3.client("glue", endpoint_url=url, region_name=REGION,
                           aws_access_key_id="AKIDGLUE", aws_secret_access_key="secret")
     client.create_database(DatabaseInput={"Name": "web"})
@@ -39,8 +33,6 @@ def glue():
             "StorageDescriptor": {"Columns": [{"Name": n, "Type": t} for n, t in columns]}})
 
     yield url, table
-    proc.terminate()
-    proc.wait()
 
 
 def schema(*args, env=None):

@@ -66,6 +66,8 @@ enum Command {
     BenchTransform(hosepipe::transform::bench::BenchTransformArgs),
     /// Measure dynamic partitioning (jq keys, a buffer per partition) against one partition.
     BenchPartition(hosepipe::partition::bench::BenchPartitionArgs),
+    /// Measure the encryption stage against bare AES-256-GCM of the same bytes.
+    BenchEncrypt(hosepipe::crypto::bench::BenchEncryptArgs),
     /// Decrypt an object written by a stream with KMSEncryptionConfig (a file or s3://bucket/key).
     Decrypt {
         #[arg(long)]
@@ -266,6 +268,13 @@ fn main() -> ExitCode {
                     ExitCode::FAILURE
                 }
             },
+        },
+        Command::BenchEncrypt(args) => match hosepipe::crypto::bench::run(args) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("bench-encrypt failed: {e}");
+                ExitCode::FAILURE
+            }
         },
         Command::Keys { config, action } => match load_quietly(config.as_deref()) {
             Err(code) => code,

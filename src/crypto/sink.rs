@@ -51,7 +51,7 @@ struct Cached {
 impl DataKeyCache {
     /// A data key for one more object: the cached one while `reuse` allows, else a new one.
     /// `on_call` is told of every key-service call and its result.
-    fn take(
+    pub fn take(
         &self,
         keys: &dyn KeyService,
         key_id: &str,

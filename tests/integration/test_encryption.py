@@ -147,3 +147,22 @@ def test_the_aws_kms_provider_against_moto(moto, daemon_factory, s3, bucket, tmp
                "arn:aws:kms:us-east-1:123456789012:key/00000000-0000-0000-0000-000000000000")
     assert e.value.response["Error"]["Code"] == "InvalidKMSResourceException"
     assert "KMSKeyNotFound" in e.value.response["Error"]["Message"]
+
+
+def test_records_wait_while_the_key_service_fails(daemon_factory, s3, bucket, tmp_path):
+    keyring = tmp_path / "keyring.json"
+    d = daemon_factory(f'[encryption]\nkeyring = "{keyring}"\n')
+    assert hosepipe(d, "keys", "--config", str(d.config), "create", "k").returncode == 0
+    fh = d.firehose()
+    create(fh, "waits", bucket, "k")
+    # The key goes away after the stream was created: objects wait, nothing is written in clear.
+    hidden = tmp_path / "elsewhere.json"
+    keyring.rename(hidden)
+    fh.put_record(DeliveryStreamName="waits", Record={"Data": b"held back\n"})
+    failures = r'hosepipe_key_service_calls_total\{stream="waits",outcome="KMSKeyNotFound"\} (\d+)'
+    wait_for(lambda: re.search(failures, d.metrics()), what="key-service failures counted")
+    assert s3.objects(bucket, "waits/") == []
+    hidden.rename(keyring)
+    wait_for(lambda: s3.objects(bucket, "waits/"), timeout=60, what="the held object")
+    (key, body, _), = s3.objects(bucket, "waits/")
+    assert lines(decrypt(body, local_unwrap(keyring), expected_key=key)) == [b"held back"]

@@ -129,6 +129,17 @@ fn shutdown_signal() -> impl std::future::Future<Output = ()> {
 }
 
 /// Runs `f` on a multi-threaded runtime.
+/// The exit code of a one-shot command, its error printed.
+fn finished(command: &str, result: Result<(), String>) -> ExitCode {
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("{command} failed: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
 /// Loads the config for a one-shot command; on errors prints them and gives the exit code.
 fn load_quietly(config: Option<&std::path::Path>) -> Result<Config, ExitCode> {
     Config::load(config, &Overrides::default(), &env).map_err(|errors| {
@@ -261,21 +272,14 @@ fn main() -> ExitCode {
             output,
         } => match load_quietly(config.as_deref()) {
             Err(code) => code,
-            Ok(cfg) => match hosepipe::crypto::cli::decrypt(&cfg, &input, output.as_deref()) {
-                Ok(_) => ExitCode::SUCCESS,
-                Err(e) => {
-                    eprintln!("decrypt: {e}");
-                    ExitCode::FAILURE
-                }
-            },
+            Ok(cfg) => finished(
+                "decrypt",
+                hosepipe::crypto::cli::decrypt(&cfg, &input, output.as_deref()).map(drop),
+            ),
         },
-        Command::BenchEncrypt(args) => match hosepipe::crypto::bench::run(args) {
-            Ok(()) => ExitCode::SUCCESS,
-            Err(e) => {
-                eprintln!("bench-encrypt failed: {e}");
-                ExitCode::FAILURE
-            }
-        },
+        Command::BenchEncrypt(args) => {
+            finished("bench-encrypt", hosepipe::crypto::bench::run(args))
+        }
         Command::Keys { config, action } => match load_quietly(config.as_deref()) {
             Err(code) => code,
             Ok(cfg) => match hosepipe::crypto::cli::keys(&cfg, &action) {
@@ -289,29 +293,15 @@ fn main() -> ExitCode {
                 }
             },
         },
-        Command::BenchPartition(args) => match hosepipe::partition::bench::run(args) {
-            Ok(()) => ExitCode::SUCCESS,
-            Err(e) => {
-                eprintln!("bench-partition failed: {e}");
-                ExitCode::FAILURE
-            }
-        },
-        Command::BenchConvert(args) => match hosepipe::encode::bench::run(args) {
-            Ok(()) => ExitCode::SUCCESS,
-            Err(e) => {
-                eprintln!("bench-convert failed: {e}");
-                ExitCode::FAILURE
-            }
-        },
+        Command::BenchPartition(args) => {
+            finished("bench-partition", hosepipe::partition::bench::run(args))
+        }
+        Command::BenchConvert(args) => {
+            finished("bench-convert", hosepipe::encode::bench::run(args))
+        }
         Command::BenchTransform(args) => {
             init_tracing();
-            match hosepipe::transform::bench::run(args) {
-                Ok(()) => ExitCode::SUCCESS,
-                Err(e) => {
-                    eprintln!("bench-transform failed: {e}");
-                    ExitCode::FAILURE
-                }
-            }
+            finished("bench-transform", hosepipe::transform::bench::run(args))
         }
         Command::Bench(args) => {
             init_tracing();

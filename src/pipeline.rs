@@ -124,16 +124,22 @@ impl StreamStats {
     }
 
     /// The partitions of the destination batches flushed and not yet delivered.
-    fn in_flight_partitions(&self) -> Vec<Option<crate::partition::Partition>> {
+    /// How many partitions are active: those in `open` (buffered) together with those of the
+    /// destination batches flushed and not yet delivered.
+    fn count_active<'a>(
+        &self,
+        open: impl Iterator<Item = &'a Option<crate::partition::Partition>>,
+    ) -> usize {
         let in_flight = self.in_flight.lock().expect("stats lock");
-        let mut out: Vec<_> = in_flight
-            .iter()
-            .filter(|((stage, _), _)| *stage == Stage::Destination)
-            .map(|(_, (_, _, p))| p.clone())
-            .collect();
-        out.sort();
-        out.dedup();
-        out
+        let mut active: std::collections::HashSet<&Option<crate::partition::Partition>> =
+            open.collect();
+        active.extend(
+            in_flight
+                .iter()
+                .filter(|((stage, _), _)| *stage == Stage::Destination)
+                .map(|(_, (_, _, p))| p),
+        );
+        active.len()
     }
 
     fn is_in_flight(&self, partition: &Option<crate::partition::Partition>) -> bool {
@@ -148,11 +154,7 @@ impl StreamStats {
     /// stream partitions dynamically.
     pub fn active_partitions(&self) -> Option<(usize, usize)> {
         let (open, limit) = &*self.partitions.lock().expect("stats lock");
-        let limit = (*limit)?;
-        let mut active: std::collections::HashSet<Option<crate::partition::Partition>> =
-            open.iter().cloned().collect();
-        active.extend(self.in_flight_partitions());
-        Some((active.len(), limit))
+        Some((self.count_active(open.iter()), (*limit)?))
     }
 
     fn observe_partitions(&self, buffer: &Partitioned, limit: Option<usize>) {
@@ -517,11 +519,7 @@ async fn buffer_stage(
 /// Partitions with records buffered or flushed and not yet delivered (Firehose's active
 /// partitions: an undeliverable partition stays active).
 fn active_partitions(ctx: &StreamContext, buffer: &Partitioned) -> usize {
-    let mut active: std::collections::HashSet<&Option<crate::partition::Partition>> =
-        buffer.partitions().collect();
-    let in_flight = ctx.stats.in_flight_partitions();
-    active.extend(in_flight.iter());
-    active.len()
+    ctx.stats.count_active(buffer.partitions())
 }
 
 /// The error output for records refused by the active-partition limit.

@@ -83,9 +83,10 @@ fn input(text: &str) -> Result<Input, String> {
 pub fn decrypt(cfg: &Config, from: &str, output: Option<&Path>) -> Result<u64, String> {
     let keys = cfg.encryption.key_service()?;
     let explain = |e: OpenError| format!("{from}: {e}");
-    let (reader, expected): (Box<dyn std::io::Read>, Option<String>) = match input(from)? {
+    let source = input(from)?;
+    let (reader, expected): (Box<dyn std::io::Read>, Option<String>) = match &source {
         Input::File(path) => {
-            let f = std::fs::File::open(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+            let f = std::fs::File::open(path).map_err(|e| format!("{}: {e}", path.display()))?;
             (Box::new(std::io::BufReader::new(f)), None)
         }
         Input::S3 { bucket, key } => {
@@ -95,14 +96,14 @@ pub fn decrypt(cfg: &Config, from: &str, output: Option<&Path>) -> Result<u64, S
                 .build()
                 .map_err(|e| e.to_string())?;
             let body = runtime
-                .block_on(sink.get(&bucket, &key))
+                .block_on(sink.get(bucket, key))
                 .map_err(|e| format!("{from}: {e}"))?;
-            (Box::new(std::io::Cursor::new(body)), Some(key))
+            (Box::new(std::io::Cursor::new(body)), Some(key.clone()))
         }
     };
     let (header, decryptor) =
         super::open(reader, keys.as_ref(), expected.as_deref()).map_err(explain)?;
-    if let (Input::File(path), Some(written)) = (input(from)?, header.context(CONTEXT_OBJECT_KEY)) {
+    if let (Input::File(path), Some(written)) = (&source, header.context(CONTEXT_OBJECT_KEY)) {
         // A local copy keeps its name: a header grafted from another object shows here.
         let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
         if !written.ends_with(name) {

@@ -182,7 +182,8 @@ impl<R: Read> FieldReader<'_, R> {
     }
 }
 
-fn put16(out: &mut Vec<u8>, b: &[u8]) {
+/// `u16 length ‖ bytes` (the format's `str16` / `bytes16`).
+pub(crate) fn put16(out: &mut Vec<u8>, b: &[u8]) {
     let n = u16::try_from(b.len()).expect("header strings are bounded by their producers");
     out.extend_from_slice(&n.to_be_bytes());
     out.extend_from_slice(b);
@@ -296,7 +297,6 @@ pub struct Decryptor<R> {
     cipher: Aes256Gcm,
     header_hash: [u8; 32],
     prefix: [u8; 8],
-    frame_size: usize,
     next: u32,
     done: bool,
     buf: Vec<u8>,
@@ -329,7 +329,6 @@ impl<R: Read> Decryptor<R> {
             cipher,
             header_hash: hasher.finalize().into(),
             prefix: header.nonce_prefix,
-            frame_size: header.frame_size as usize,
             next: 0,
             done: false,
             buf: vec![0; header.frame_size as usize + TAG_LEN],
@@ -378,7 +377,6 @@ impl<R: Read> Decryptor<R> {
             out.write_all(plain)?;
             total += plain.len() as u64;
         }
-        debug_assert!(self.frame_size > 0);
         Ok(total)
     }
 }

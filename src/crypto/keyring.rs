@@ -221,22 +221,16 @@ fn new_version(version: u32) -> Version {
 }
 
 fn aad(name: &str, version: u32, context: &Context) -> Vec<u8> {
+    use super::format::put16;
     let mut out = AAD_LABEL.to_vec();
-    let mut put = |b: &[u8]| {
-        out.extend_from_slice(&(b.len() as u16).to_be_bytes());
-        out.extend_from_slice(b);
-    };
-    put(name.as_bytes());
+    put16(&mut out, name.as_bytes());
+    out.extend_from_slice(&version.to_be_bytes());
     let mut sorted = context.clone();
     sorted.sort();
-    let mut tail = version.to_be_bytes().to_vec();
     for (k, v) in &sorted {
-        tail.extend_from_slice(&(k.len() as u16).to_be_bytes());
-        tail.extend_from_slice(k.as_bytes());
-        tail.extend_from_slice(&(v.len() as u16).to_be_bytes());
-        tail.extend_from_slice(v.as_bytes());
+        put16(&mut out, k.as_bytes());
+        put16(&mut out, v.as_bytes());
     }
-    out.extend_from_slice(&tail);
     out
 }
 

@@ -49,6 +49,16 @@ def _nonce(prefix, n):
     return prefix + struct.pack(">I", n)
 
 
+def read_header(blob):
+    """The header's fields, as a dict (no authentication: for inspection only)."""
+    r = _Reader(blob)
+    if r.take(4) != b"HPEN" or r.u8() != 1:
+        raise HpenError("not an HPEN v1 object")
+    provider, key_id, wrapped = r.str16(), r.str16(), r.bytes16()
+    context = dict((r.str16(), r.str16()) for _ in range(r.u16()))
+    return {"provider": provider, "key_id": key_id, "wrapped_key": wrapped, "context": context}
+
+
 def decrypt(blob, unwrap, expected_key=None):
     r = _Reader(blob)
     if r.take(4) != b"HPEN":

@@ -97,7 +97,10 @@ def test_records_land_under_their_partition_prefixes(daemon, s3, bucket):
     assert "customer_id" in missing_customer["errorMessage"]
     missing_device = by_raw[bad[2]]
     assert "device" in missing_device["errorMessage"]
-    assert daemon.metric("hosepipe_partition_count", "parts") is not None
+    # Everything is delivered: no partition is active any more; the default limit is 500.
+    wait_for(lambda: 'hosepipe_partition_count{stream="parts"} 0' in daemon.metrics(),
+             what="no active partition")
+    assert daemon.metric("hosepipe_active_partitions_limit", "parts") == 500
     assert daemon.metric("hosepipe_jq_processing_duration_seconds_count", "parts") > 0
 
     # The rules: partitioning cannot be disabled, and needs an error prefix at creation.

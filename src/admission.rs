@@ -199,6 +199,12 @@ impl SpoolObserver for StreamSpoolObserver {
             .get_or_create(&Metrics::stream(&self.stream))
             .inc_by(delta);
     }
+
+    fn key_call(&self, result: Result<(), &crate::crypto::KeyError>) {
+        self.admission
+            .metrics
+            .key_service_call(&self.stream, result);
+    }
 }
 
 #[cfg(test)]

@@ -225,6 +225,8 @@ pub struct Shared {
     /// The key service behind `KMSEncryptionConfig`, and its data-key reuse.
     pub keys: Arc<dyn crate::crypto::KeyService>,
     pub key_reuse: crate::crypto::sink::Reuse,
+    /// The master key behind `AWS_OWNED_CMK` (spool encryption at rest).
+    pub owned_key: String,
 }
 
 /// Everything a stream's stages share.

@@ -16,13 +16,14 @@ use crate::admission::Admission;
 use crate::api::error::ApiError;
 use crate::buffer::Record;
 use crate::config::stream::{
-    self, CreateDeliveryStreamInput, DestinationSpec, ExtendedS3DestinationConfiguration,
-    StreamSpec, Tag,
+    self, AtRestKey, CreateDeliveryStreamInput, DestinationSpec,
+    ExtendedS3DestinationConfiguration, StreamEncryptionInput, StreamSpec, Tag,
 };
+use crate::crypto::KeyError;
 use crate::encode::parquet::Converter;
 use crate::metrics::Metrics;
 use crate::pipeline::{Shared, StreamHandle, StreamStats, Versioned, spawn_pipeline};
-use crate::spool::{Spool, SpoolSettings};
+use crate::spool::{Sealing, Spool, SpoolError, SpoolSettings};
 use crate::transform::Processing;
 
 /// What a stream runs besides its spec: its processor chain and its Parquet converter.
@@ -68,6 +69,57 @@ struct Entry {
     from_config: bool,
     handle: StreamHandle,
     spool: Arc<Spool>,
+    at_rest: Arc<Mutex<AtRest>>,
+}
+
+/// The stream's encryption at rest, as DescribeDeliveryStream reports it.
+#[derive(Debug, Clone)]
+struct AtRest {
+    key: Option<AtRestKey>,
+    /// ENABLED, ENABLING, ENABLING_FAILED, DISABLED, DISABLING or DISABLING_FAILED.
+    status: &'static str,
+    /// `FailureDescription{Type, Details}` of a failed change.
+    failure: Option<(&'static str, String)>,
+}
+
+impl AtRest {
+    fn settled(key: Option<AtRestKey>) -> Self {
+        let status = if key.is_some() { "ENABLED" } else { "DISABLED" };
+        AtRest {
+            key,
+            status,
+            failure: None,
+        }
+    }
+
+    fn changing(&self) -> bool {
+        matches!(self.status, "ENABLING" | "DISABLING")
+    }
+
+    fn describe(&self) -> Value {
+        let mut out = json!({ "Status": self.status });
+        if let Some(key) = &self.key {
+            out["KeyType"] = json!(key.key_type());
+            if let Some(arn) = key.key_arn() {
+                out["KeyARN"] = json!(arn);
+            }
+        }
+        if let Some((kind, details)) = &self.failure {
+            out["FailureDescription"] = json!({ "Type": kind, "Details": details });
+        }
+        out
+    }
+}
+
+/// Firehose's `FailureDescription.Type` for a key-service failure.
+fn failure_type(e: &SpoolError) -> &'static str {
+    match e {
+        SpoolError::Key(KeyError::NotFound(_)) => "KMS_KEY_NOT_FOUND",
+        SpoolError::Key(KeyError::AccessDenied(_)) => "KMS_ACCESS_DENIED",
+        SpoolError::Key(KeyError::Disabled(_)) => "DISABLED_KMS_KEY",
+        SpoolError::Key(KeyError::InvalidState(_) | KeyError::WrongKey(_)) => "INVALID_KMS_KEY",
+        _ => "UNKNOWN_ERROR",
+    }
 }
 
 /// Where a stream's records enter: its spool, then its pipeline.
@@ -302,6 +354,36 @@ impl Registry {
             })
     }
 
+    /// The master key an at-rest setting names.
+    fn at_rest_key_id(&self, key: &AtRestKey) -> String {
+        match key {
+            AtRestKey::Owned => self.shared.owned_key.clone(),
+            AtRestKey::Customer(arn) => arn.clone(),
+        }
+    }
+
+    /// The master key of an at-rest setting, checked by asking for a data key (the daemon's
+    /// own key is created first if the key service does that): an unusable key is
+    /// InvalidKMSResourceException before anything changes.
+    fn check_at_rest_key(&self, stream: &str, key: &AtRestKey) -> Result<String, ApiError> {
+        let key_id = self.at_rest_key_id(key);
+        let keys = &self.shared.keys;
+        let context = vec![(
+            crate::crypto::CONTEXT_STREAM.to_string(),
+            stream.to_string(),
+        )];
+        if *key == AtRestKey::Owned {
+            keys.ensure_own_key(&key_id)
+        } else {
+            Ok(())
+        }
+        .and_then(|()| keys.generate(&key_id, &context).map(drop))
+        .map_err(|e| {
+            ApiError::InvalidKmsResource(format!("KeyARN {key_id:?} cannot be used: {e}"))
+        })?;
+        Ok(key_id)
+    }
+
     /// The processor chain and converter a spec needs, or why they cannot be built.
     fn runtime_parts(&self, spec: &StreamSpec) -> Result<Parts, ApiError> {
         let processing = self
@@ -323,11 +405,27 @@ impl Registry {
     ) -> Result<Entry, StartError> {
         let name = saved.name.clone();
         let observer = self.shared.admission.spool_observer(&name);
-        let (spool, recovery) = Spool::open(&self.spool_dir(&name), &self.spool_settings, observer)
-            .map_err(|source| StartError::Spool {
-                stream: name.clone(),
-                source,
-            })?;
+        if spec.at_rest == Some(AtRestKey::Owned)
+            && let Err(e) = self.shared.keys.ensure_own_key(&self.shared.owned_key)
+        {
+            tracing::warn!(stream = %name, error = %e, "the daemon's own master key is not available; puts are refused until it is");
+        }
+        let sealing = Sealing {
+            keys: self.shared.keys.clone(),
+            stream: name.clone(),
+            key_id: spec.at_rest.as_ref().map(|k| self.at_rest_key_id(k)),
+        };
+        let at_rest = Arc::new(Mutex::new(AtRest::settled(spec.at_rest.clone())));
+        let (spool, recovery) = Spool::open(
+            &self.spool_dir(&name),
+            &self.spool_settings,
+            observer,
+            sealing,
+        )
+        .map_err(|source| StartError::Spool {
+            stream: name.clone(),
+            source,
+        })?;
         let spool = Arc::new(spool);
         let labels = Metrics::stream(&name);
         let metrics = self.metrics();
@@ -384,6 +482,7 @@ impl Registry {
             from_config,
             handle,
             spool,
+            at_rest,
         })
     }
 
@@ -480,6 +579,9 @@ impl Registry {
             .ok_or_else(|| ApiError::InvalidArgument("DeliveryStreamName is required".into()))?;
         let spec = stream::validate(&name, &input).map_err(|e| ApiError::from_field_errors(&e))?;
         self.check_key(&spec)?;
+        if let Some(key) = &spec.at_rest {
+            self.check_at_rest_key(&name, key)?;
+        }
         let parts = self.runtime_parts(&spec)?;
         if self.is_draining(&name) {
             return Err(ApiError::ResourceInUse(format!(
@@ -601,7 +703,8 @@ impl Registry {
                 "DeliveryStreamName": name,
                 "DeliveryStreamARN": self.arn(name),
                 "DeliveryStreamStatus": "ACTIVE",
-                "DeliveryStreamEncryptionConfiguration": {"Status": "DISABLED"},
+                "DeliveryStreamEncryptionConfiguration":
+                    entry.at_rest.lock().expect("at-rest lock").describe(),
                 "DeliveryStreamType": current.spec.stream_type,
                 "VersionId": entry.saved.version.to_string(),
                 "CreateTimestamp": entry.saved.created,
@@ -726,6 +829,92 @@ impl Registry {
             processing,
             converter,
         }));
+        Ok(())
+    }
+
+    /// StartDeliveryStreamEncryption (`input`) or StopDeliveryStreamEncryption (`None`): the
+    /// setting is saved at once (ENABLING / DISABLING); the spool applies it in the background
+    /// (sealing its plain segments when enabling), then the status settles.
+    pub fn set_encryption(
+        &self,
+        name: &str,
+        input: Option<StreamEncryptionInput>,
+    ) -> Result<(), ApiError> {
+        let key = input
+            .as_ref()
+            .map(|i| stream::validate_at_rest(i, "delivery_stream_encryption_configuration_input"))
+            .transpose()
+            .map_err(|e| ApiError::from_field_errors(&[e]))?;
+        if !self.lock().contains_key(name) {
+            return Err(ApiError::not_found(name, &self.account_id));
+        }
+        let key_id = key
+            .as_ref()
+            .map(|k| self.check_at_rest_key(name, k))
+            .transpose()?;
+        let mut streams = self.lock();
+        let entry = streams
+            .get_mut(name)
+            .ok_or_else(|| ApiError::not_found(name, &self.account_id))?;
+        let mut state = entry.at_rest.lock().expect("at-rest lock");
+        if state.changing() {
+            return Err(ApiError::ResourceInUse(format!(
+                "Firehose {name} encryption is {}; try again when it settles",
+                state.status
+            )));
+        }
+        let previous = entry
+            .saved
+            .input
+            .delivery_stream_encryption_configuration_input
+            .clone();
+        entry
+            .saved
+            .input
+            .delivery_stream_encryption_configuration_input = input;
+        let from_config = entry.from_config;
+        *state = AtRest {
+            key: key.clone(),
+            status: if key.is_some() {
+                "ENABLING"
+            } else {
+                "DISABLING"
+            },
+            failure: None,
+        };
+        drop(state);
+        if !from_config && let Err(e) = self.persist(&streams) {
+            let entry = streams.get_mut(name).expect("entry exists under the lock");
+            entry
+                .saved
+                .input
+                .delivery_stream_encryption_configuration_input = previous.clone();
+            let mut state = entry.at_rest.lock().expect("at-rest lock");
+            *state = AtRest::settled(previous.and_then(|p| stream::validate_at_rest(&p, "").ok()));
+            return Err(e);
+        }
+        let entry = &streams[name];
+        let (spool, at_rest) = (entry.spool.clone(), entry.at_rest.clone());
+        let stream = name.to_string();
+        tokio::spawn(async move {
+            let result = spool.set_sealing(key_id).await;
+            let mut state = at_rest.lock().expect("at-rest lock");
+            match result {
+                Ok(()) => {
+                    *state = AtRest::settled(state.key.clone());
+                    tracing::info!(stream = %stream, status = state.status, "stream encryption at rest changed");
+                }
+                Err(e) => {
+                    state.status = if state.key.is_some() {
+                        "ENABLING_FAILED"
+                    } else {
+                        "DISABLING_FAILED"
+                    };
+                    state.failure = Some((failure_type(&e), e.to_string()));
+                    tracing::error!(stream = %stream, error = %e, "stream encryption at rest could not change");
+                }
+            }
+        });
         Ok(())
     }
 

@@ -76,6 +76,7 @@ impl Server {
                 .key_service()
                 .map_err(|e| StartError::Restore(format!("[encryption]: {e}")))?,
             key_reuse: config.encryption.reuse,
+            owned_key: config.encryption.owned_key.clone(),
             schemas: Arc::new(crate::schema::SchemaSource {
                 local: config.catalog.clone(),
                 glue: config.glue_endpoint().unwrap_or_else(|e| {

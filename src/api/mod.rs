@@ -217,6 +217,8 @@ const KNOWN_OPERATIONS: &[&str] = &[
     "TagDeliveryStream",
     "UntagDeliveryStream",
     "ListTagsForDeliveryStream",
+    "StartDeliveryStreamEncryption",
+    "StopDeliveryStreamEncryption",
 ];
 
 #[derive(Deserialize)]
@@ -278,6 +280,14 @@ struct UpdateIn {
     http_endpoint_destination_update: Option<Value>,
     snowflake_destination_update: Option<Value>,
     iceberg_destination_update: Option<Value>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "PascalCase", deny_unknown_fields)]
+struct StartEncryptionIn {
+    delivery_stream_name: Option<String>,
+    delivery_stream_encryption_configuration_input:
+        Option<crate::config::stream::StreamEncryptionInput>,
 }
 
 #[derive(Deserialize)]
@@ -381,10 +391,11 @@ fn decode_records(records: &[RecordIn<'_>], arrival_ms: i64) -> Result<Vec<Recor
 }
 
 /// What became of a put's records: the first `accepted` got a RecordId, the rest are refused
-/// with "Slow down.".
+/// with "Slow down.". `encrypted`: the accepted ones were sealed in the spool.
 struct Accepted {
     accepted: usize,
     total: usize,
+    encrypted: bool,
 }
 
 const SLOW_DOWN: &str = "Slow down.";
@@ -402,26 +413,34 @@ async fn accept(
     let (admitted, _) = state.admission.admit(name, &sizes);
     records.truncate(admitted);
     let reserved: u64 = records.iter().map(|r| Admission::cost(r.data.len())).sum();
+    let refused = Accepted {
+        accepted: 0,
+        total,
+        encrypted: false,
+    };
     if records.is_empty() {
-        return Ok(Accepted { accepted: 0, total });
+        return Ok(refused);
     }
-    if let Err(e) = intake.spool.append(&mut records).await {
-        state.admission.release(reserved);
-        state
-            .metrics
-            .throttled_records
-            .get_or_create(&Metrics::stream(name))
-            .inc_by(records.len() as u64);
-        tracing::warn!(stream = name, error = %e, records = records.len(), "spool append failed; records refused with Slow down.");
-        return Ok(Accepted { accepted: 0, total });
-    }
+    let encrypted = match intake.spool.append(&mut records).await {
+        Ok(sealed) => sealed,
+        Err(e) => {
+            state.admission.release(reserved);
+            state
+                .metrics
+                .throttled_records
+                .get_or_create(&Metrics::stream(name))
+                .inc_by(records.len() as u64);
+            tracing::warn!(stream = name, error = %e, records = records.len(), "spool append failed; records refused with Slow down.");
+            return Ok(refused);
+        }
+    };
     let count = records.len();
     let bytes: u64 = records.iter().map(|r| r.data.len() as u64).sum();
     if intake.ingest.send(records).await.is_err() {
         // The stream is stopping. The records are in its spool; refuse them anyway so the
         // producer keeps them (a duplicate is possible if the stream comes back).
         state.admission.release(reserved);
-        return Ok(Accepted { accepted: 0, total });
+        return Ok(refused);
     }
     let labels = Metrics::stream(name);
     state
@@ -442,6 +461,7 @@ async fn accept(
     Ok(Accepted {
         accepted: count,
         total,
+        encrypted,
     })
 }
 
@@ -461,7 +481,11 @@ async fn dispatch(state: &AppState, operation: &str, body: &[u8]) -> Result<Valu
                 )));
             }
             let decoded = decode_records(&records, now_ms())?;
-            let Accepted { accepted, total } = accept(state, &name, decoded).await?;
+            let Accepted {
+                accepted,
+                total,
+                encrypted,
+            } = accept(state, &name, decoded).await?;
             let mut responses: Vec<Value> = state
                 .record_ids(accepted)
                 .map(|id| json!({ "RecordId": id }))
@@ -472,7 +496,7 @@ async fn dispatch(state: &AppState, operation: &str, body: &[u8]) -> Result<Valu
             );
             Ok(json!({
                 "FailedPutCount": total - accepted,
-                "Encrypted": false,
+                "Encrypted": encrypted,
                 "RequestResponses": responses,
             }))
         }
@@ -483,11 +507,12 @@ async fn dispatch(state: &AppState, operation: &str, body: &[u8]) -> Result<Valu
                 .record
                 .ok_or_else(|| ApiError::InvalidArgument("Record is required".into()))?;
             let decoded = decode_records(std::slice::from_ref(&record), now_ms())?;
-            if accept(state, &name, decoded).await?.accepted == 0 {
+            let accepted = accept(state, &name, decoded).await?;
+            if accepted.accepted == 0 {
                 return Err(ApiError::ServiceUnavailable(SLOW_DOWN.into()));
             }
             let id = state.record_ids(1).next().expect("one id");
-            Ok(json!({ "RecordId": id, "Encrypted": false }))
+            Ok(json!({ "RecordId": id, "Encrypted": accepted.encrypted }))
         }
         "CreateDeliveryStream" => {
             let input: CreateDeliveryStreamInput = parse(body)?;
@@ -560,6 +585,23 @@ async fn dispatch(state: &AppState, operation: &str, body: &[u8]) -> Result<Valu
                 }
             };
             registry.update_destination(&name, &version, &destination, &update)?;
+            Ok(json!({}))
+        }
+        "StartDeliveryStreamEncryption" => {
+            let input: StartEncryptionIn = parse(body)?;
+            let name = stream_name(input.delivery_stream_name)?;
+            let config = input
+                .delivery_stream_encryption_configuration_input
+                .unwrap_or(crate::config::stream::StreamEncryptionInput {
+                    key_type: Some("AWS_OWNED_CMK".into()),
+                    key_arn: None,
+                });
+            registry.set_encryption(&name, Some(config))?;
+            Ok(json!({}))
+        }
+        "StopDeliveryStreamEncryption" => {
+            let input: NameIn = parse(body)?;
+            registry.set_encryption(&stream_name(input.delivery_stream_name)?, None)?;
             Ok(json!({}))
         }
         "TagDeliveryStream" => {

@@ -84,6 +84,10 @@ pub struct RawEncryption {
     pub data_key_max_objects: Option<u32>,
     /// How long a data key may be reused (default 300).
     pub data_key_max_age_seconds: Option<u64>,
+    /// The master key behind `AWS_OWNED_CMK` (spool encryption at rest): default
+    /// `hosepipe-owned`, created in the local keyring on first use; with `aws-kms`, a key id,
+    /// ARN or alias KMS knows.
+    pub owned_key: Option<String>,
 }
 
 /// Which key service holds the master keys.
@@ -103,6 +107,8 @@ pub enum KeyProvider {
 pub struct EncryptionConfig {
     pub provider: KeyProvider,
     pub reuse: crate::crypto::sink::Reuse,
+    /// The master key behind `AWS_OWNED_CMK`.
+    pub owned_key: String,
 }
 
 impl EncryptionConfig {
@@ -620,6 +626,10 @@ impl Config {
                 max_objects: enc.data_key_max_objects.unwrap_or(1).max(1),
                 max_age: Duration::from_secs(enc.data_key_max_age_seconds.unwrap_or(300)),
             },
+            owned_key: enc
+                .owned_key
+                .clone()
+                .unwrap_or_else(|| "hosepipe-owned".into()),
         };
         let timeout = raw.shutdown_timeout_seconds.unwrap_or(30);
         if errors.is_empty() {

@@ -83,6 +83,8 @@ mod tests {
         "AmazonopensearchserviceDestinationConfiguration",
         "OpenXJsonSerDe",
         "DeliveryStreamEncryptionConfigurationInput",
+        "KeyARN",
+        "KeyType",
         "MSKSourceConfiguration",
         "CompressionFormat",
         "ErrorOutputPrefix",

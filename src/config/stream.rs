@@ -54,7 +54,7 @@ pub struct CreateDeliveryStreamInput {
     #[serde(rename = "MSKSourceConfiguration")]
     pub msk_source_configuration: Option<Value>,
     pub database_source_configuration: Option<Value>,
-    pub delivery_stream_encryption_configuration_input: Option<Value>,
+    pub delivery_stream_encryption_configuration_input: Option<StreamEncryptionInput>,
     /// The deprecated S3 destination; a subset of the extended one.
     pub s3_destination_configuration: Option<ExtendedS3DestinationConfiguration>,
     pub extended_s3_destination_configuration: Option<ExtendedS3DestinationConfiguration>,
@@ -100,6 +100,68 @@ pub struct BufferingHints {
     #[serde(rename = "SizeInMBs")]
     pub size_in_mbs: Option<i64>,
     pub interval_in_seconds: Option<i64>,
+}
+
+/// `DeliveryStreamEncryptionConfigurationInput`: the stream's data at rest (its spool).
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "PascalCase", deny_unknown_fields)]
+pub struct StreamEncryptionInput {
+    pub key_type: Option<String>,
+    #[serde(rename = "KeyARN")]
+    pub key_arn: Option<String>,
+}
+
+/// A validated at-rest encryption setting.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AtRestKey {
+    /// `AWS_OWNED_CMK`: the daemon's own master key (`[encryption] owned_key`).
+    Owned,
+    /// `CUSTOMER_MANAGED_CMK` with its `KeyARN` (a key the configured key service knows).
+    Customer(String),
+}
+
+impl AtRestKey {
+    pub fn key_type(&self) -> &'static str {
+        match self {
+            AtRestKey::Owned => "AWS_OWNED_CMK",
+            AtRestKey::Customer(_) => "CUSTOMER_MANAGED_CMK",
+        }
+    }
+
+    pub fn key_arn(&self) -> Option<&str> {
+        match self {
+            AtRestKey::Owned => None,
+            AtRestKey::Customer(arn) => Some(arn),
+        }
+    }
+}
+
+/// Checks a `DeliveryStreamEncryptionConfigurationInput` (at create, or
+/// StartDeliveryStreamEncryption's).
+pub fn validate_at_rest(
+    input: &StreamEncryptionInput,
+    path: &str,
+) -> Result<AtRestKey, FieldError> {
+    let arn = input.key_arn.as_deref();
+    match (input.key_type.as_deref(), arn) {
+        (Some("AWS_OWNED_CMK"), None) => Ok(AtRestKey::Owned),
+        (Some("AWS_OWNED_CMK"), Some(_)) => Err(FieldError::new(
+            &[path, "key_arn"],
+            "must not be given when KeyType is AWS_OWNED_CMK",
+        )),
+        (Some("CUSTOMER_MANAGED_CMK"), Some(arn)) if (1..=512).contains(&arn.len()) => {
+            Ok(AtRestKey::Customer(arn.to_string()))
+        }
+        (Some("CUSTOMER_MANAGED_CMK"), _) => Err(FieldError::new(
+            &[path, "key_arn"],
+            "is required (1-512 characters) when KeyType is CUSTOMER_MANAGED_CMK",
+        )),
+        (None, _) => Err(FieldError::new(&[path, "key_type"], "is required")),
+        (Some(other), _) => Err(FieldError::new(
+            &[path, "key_type"],
+            format!("{other:?} is not one of AWS_OWNED_CMK, CUSTOMER_MANAGED_CMK"),
+        )),
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
@@ -244,6 +306,8 @@ pub struct StreamSpec {
     pub name: String,
     pub stream_type: String,
     pub destination: DestinationSpec,
+    /// `DeliveryStreamEncryptionConfigurationInput`: the spool is sealed at rest.
+    pub at_rest: Option<AtRestKey>,
 }
 
 impl StreamSpec {
@@ -606,14 +670,12 @@ pub fn validate(
             format!("{other:?} is not one of DirectPut, KinesisStreamAsSource, MSKAsSource, DatabaseAsSource"),
         )),
     }
-    if let Some(v) = &input.delivery_stream_encryption_configuration_input
-        && !v.is_null()
-    {
-        errors.push(FieldError::new(
-            &["delivery_stream_encryption_configuration_input"],
-            "stream encryption is not supported by this hosepipe version",
-        ));
-    }
+    let at_rest = match &input.delivery_stream_encryption_configuration_input {
+        None => None,
+        Some(v) => validate_at_rest(v, "delivery_stream_encryption_configuration_input")
+            .map_err(|e| errors.push(e))
+            .ok(),
+    };
     if let Some(tags) = &input.tags {
         if tags.is_empty() {
             errors.push(FieldError::new(&["tags"], "must hold 1-50 tags when given"));
@@ -665,6 +727,7 @@ pub fn validate(
             name: name.to_string(),
             stream_type,
             destination,
+            at_rest,
         }),
         _ => Err(errors),
     }
@@ -677,6 +740,44 @@ mod tests {
     fn s3(json: serde_json::Value) -> CreateDeliveryStreamInput {
         serde_json::from_value(serde_json::json!({ "ExtendedS3DestinationConfiguration": json }))
             .unwrap()
+    }
+
+    #[test]
+    fn stream_encryption_input_follows_firehose_rules() {
+        let at_rest = |json: serde_json::Value| {
+            let mut input =
+                s3(serde_json::json!({"BucketARN": "arn:aws:s3:::bkt", "RoleARN": "r"}));
+            input.delivery_stream_encryption_configuration_input =
+                Some(serde_json::from_value(json).unwrap());
+            validate("s", &input).map(|spec| spec.at_rest)
+        };
+        assert_eq!(
+            at_rest(serde_json::json!({"KeyType": "AWS_OWNED_CMK"})).unwrap(),
+            Some(AtRestKey::Owned)
+        );
+        assert_eq!(
+            at_rest(serde_json::json!({"KeyType": "CUSTOMER_MANAGED_CMK", "KeyARN": "arn:k"}))
+                .unwrap(),
+            Some(AtRestKey::Customer("arn:k".into()))
+        );
+        for (bad, field) in [
+            (
+                serde_json::json!({"KeyType": "CUSTOMER_MANAGED_CMK"}),
+                "KeyARN",
+            ),
+            (
+                serde_json::json!({"KeyType": "AWS_OWNED_CMK", "KeyARN": "arn:k"}),
+                "KeyARN",
+            ),
+            (serde_json::json!({"KeyARN": "arn:k"}), "KeyType"),
+            (serde_json::json!({"KeyType": "OTHER"}), "KeyType"),
+        ] {
+            let errs = at_rest(bad).unwrap_err();
+            assert_eq!(
+                errs[0].api_path(),
+                format!("DeliveryStreamEncryptionConfigurationInput.{field}")
+            );
+        }
     }
 
     #[test]

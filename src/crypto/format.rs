@@ -189,11 +189,50 @@ pub(crate) fn put16(out: &mut Vec<u8>, b: &[u8]) {
     out.extend_from_slice(b);
 }
 
-fn nonce(prefix: &[u8; 8], n: u32) -> [u8; 12] {
+pub(crate) fn nonce(prefix: &[u8; 8], n: u32) -> [u8; 12] {
     let mut out = [0; 12];
     out[..8].copy_from_slice(prefix);
     out[8..].copy_from_slice(&n.to_be_bytes());
     out
+}
+
+/// Writes `header`'s fields and tag to `out`; returns SHA-256 of both (the frames' AAD).
+pub(crate) fn seal_header(cipher: &Aes256Gcm, header: &Header, out: &mut Vec<u8>) -> [u8; 32] {
+    let fields = header.fields();
+    let mut empty = [0u8; 0];
+    let tag = cipher
+        .encrypt_in_place_detached(
+            Nonce::from_slice(&nonce(&header.nonce_prefix, HEADER_NONCE)),
+            &fields,
+            &mut empty,
+        )
+        .expect("AES-GCM encrypts any length under 64 GiB");
+    let start = out.len();
+    out.extend_from_slice(&fields);
+    out.extend_from_slice(&tag);
+    Sha256::digest(&out[start..]).into()
+}
+
+/// Checks a header's tag under the data key; returns SHA-256 of its fields and tag.
+pub(crate) fn verify_header(
+    cipher: &Aes256Gcm,
+    header: &Header,
+    fields: &[u8],
+    tag: &[u8; TAG_LEN],
+) -> Result<[u8; 32], FormatError> {
+    let mut empty = [0u8; 0];
+    cipher
+        .decrypt_in_place_detached(
+            Nonce::from_slice(&nonce(&header.nonce_prefix, HEADER_NONCE)),
+            fields,
+            &mut empty,
+            Tag::from_slice(tag),
+        )
+        .map_err(|_| FormatError::Header)?;
+    let mut hasher = Sha256::new();
+    hasher.update(fields);
+    hasher.update(tag);
+    Ok(hasher.finalize().into())
 }
 
 fn frame_aad(header_hash: &[u8; 32], n: u32, last: bool) -> [u8; 37] {
@@ -218,19 +257,7 @@ impl Encryptor {
     /// Starts an object: writes its header to `out`.
     pub fn start(header: &Header, data_key: &[u8; 32], out: &mut Vec<u8>) -> Encryptor {
         let cipher = Aes256Gcm::new(data_key.into());
-        let fields = header.fields();
-        let mut empty = [0u8; 0];
-        let tag = cipher
-            .encrypt_in_place_detached(
-                Nonce::from_slice(&nonce(&header.nonce_prefix, HEADER_NONCE)),
-                &fields,
-                &mut empty,
-            )
-            .expect("AES-GCM encrypts any length under 64 GiB");
-        let start = out.len();
-        out.extend_from_slice(&fields);
-        out.extend_from_slice(&tag);
-        let header_hash: [u8; 32] = Sha256::digest(&out[start..]).into();
+        let header_hash = seal_header(&cipher, header, out);
         Encryptor {
             cipher,
             header_hash,
@@ -312,22 +339,11 @@ impl<R: Read> Decryptor<R> {
         data_key: &[u8; 32],
     ) -> Result<Self, FormatError> {
         let cipher = Aes256Gcm::new(data_key.into());
-        let mut empty = [0u8; 0];
-        cipher
-            .decrypt_in_place_detached(
-                Nonce::from_slice(&nonce(&header.nonce_prefix, HEADER_NONCE)),
-                fields,
-                &mut empty,
-                Tag::from_slice(tag),
-            )
-            .map_err(|_| FormatError::Header)?;
-        let mut hasher = Sha256::new();
-        hasher.update(fields);
-        hasher.update(tag);
+        let header_hash = verify_header(&cipher, header, fields, tag)?;
         Ok(Decryptor {
             reader,
             cipher,
-            header_hash: hasher.finalize().into(),
+            header_hash,
             prefix: header.nonce_prefix,
             next: 0,
             done: false,

@@ -266,6 +266,22 @@ impl KeyService for Keyring {
         })
     }
 
+    fn ensure_own_key(&self, key_id: &str) -> Result<(), KeyError> {
+        let name = key_name(key_id);
+        match self.version_key(name, None) {
+            Err(KeyError::NotFound(_)) => match self.create(name) {
+                Ok(_) => {
+                    tracing::info!(key = name, keyring = %self.path.display(), "created the daemon's own master key");
+                    Ok(())
+                }
+                // Created meanwhile by another stream.
+                Err(_) if self.version_key(name, None).is_ok() => Ok(()),
+                Err(e) => Err(KeyError::Unavailable(e)),
+            },
+            other => other.map(drop),
+        }
+    }
+
     fn decrypt(
         &self,
         key_id: &str,

@@ -8,6 +8,7 @@ pub mod cli;
 pub mod format;
 pub mod keyring;
 pub mod kms;
+pub mod segment;
 pub mod sink;
 
 use zeroize::Zeroizing;
@@ -73,6 +74,11 @@ pub trait KeyService: Send + Sync {
         wrapped: &[u8],
         context: &Context,
     ) -> Result<Zeroizing<[u8; 32]>, KeyError>;
+    /// Makes sure the daemon's own master key `key_id` exists (the local keyring creates it;
+    /// other services only check it by use).
+    fn ensure_own_key(&self, _key_id: &str) -> Result<(), KeyError> {
+        Ok(())
+    }
 }
 
 /// Opens an encrypted object read from `reader`: reads its header, unwraps its data key with

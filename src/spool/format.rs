@@ -1,26 +1,62 @@
 //! The segment file format: pure encoding and scanning, no I/O.
 
+use std::ops::Range;
+
 use bytes::Bytes;
 
 use crate::buffer::Record;
+use crate::crypto::segment::SegmentCipher;
 
+/// A segment of plain records.
 pub const MAGIC: &[u8; 8] = b"HPSPOOL\x01";
+/// A segment of sealed records (the stream's spool is encrypted at rest).
+pub const SEALED_MAGIC: &[u8; 8] = b"HPSPOOL\x02";
+/// Magic + base seq.
 pub const HEADER_LEN: usize = 16;
+/// A sealed segment's envelope header may not be longer than this.
+const MAX_ENVELOPE: usize = 64 * 1024;
 /// len + crc.
 const FRAME_LEN: usize = 8;
 /// seq + arrival.
 const META_LEN: usize = 16;
 
-/// Appends one record's frame to `out`.
-pub fn encode_record(out: &mut Vec<u8>, seq: u64, arrival_ms: i64, data: &[u8]) {
-    let len = (META_LEN + data.len()) as u32;
+/// A plain segment's header.
+pub fn plain_header(base: u64) -> Vec<u8> {
+    let mut out = Vec::with_capacity(HEADER_LEN);
+    out.extend_from_slice(MAGIC);
+    out.extend_from_slice(&base.to_le_bytes());
+    out
+}
+
+/// A sealed segment's header: magic, base, then the envelope header with its u32 length.
+pub fn sealed_header(base: u64, envelope: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(HEADER_LEN + 4 + envelope.len());
+    out.extend_from_slice(SEALED_MAGIC);
+    out.extend_from_slice(&base.to_le_bytes());
+    out.extend_from_slice(&(envelope.len() as u32).to_le_bytes());
+    out.extend_from_slice(envelope);
+    out
+}
+
+/// Appends one record's frame to `out`, its data sealed when `cipher` is given.
+pub fn encode_record(
+    out: &mut Vec<u8>,
+    seq: u64,
+    arrival_ms: i64,
+    data: &[u8],
+    cipher: Option<&SegmentCipher>,
+) {
     let start = out.len();
-    out.extend_from_slice(&len.to_le_bytes());
-    out.extend_from_slice(&[0; 4]);
+    out.extend_from_slice(&[0; FRAME_LEN]);
     out.extend_from_slice(&seq.to_le_bytes());
     out.extend_from_slice(&arrival_ms.to_le_bytes());
-    out.extend_from_slice(data);
+    match cipher {
+        Some(c) => c.seal(seq, arrival_ms, data, out),
+        None => out.extend_from_slice(data),
+    }
+    let len = (out.len() - start - FRAME_LEN) as u32;
     let crc = crc32c::crc32c(&out[start + FRAME_LEN..]);
+    out[start..start + 4].copy_from_slice(&len.to_le_bytes());
     out[start + 4..start + 8].copy_from_slice(&crc.to_le_bytes());
 }
 
@@ -31,43 +67,80 @@ pub enum ScanEnd {
     Clean,
     /// The data stops inside a record (or its last record fails its checksum): a torn write.
     Torn { at: u64 },
-    /// A record fails its checksum or is malformed with more data after it.
+    /// A record fails its checksum, does not authenticate, or is malformed with more data
+    /// after it.
     Corrupt { at: u64 },
+}
+
+/// What a segment's header says.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SegmentHeader {
+    pub base: u64,
+    /// Where a sealed segment's envelope header lies.
+    pub envelope: Option<Range<usize>>,
+    /// Where the records start.
+    pub len: usize,
+}
+
+/// Reads a segment's header; a header cut short is a torn write at 0.
+pub fn read_header(data: &[u8]) -> Result<SegmentHeader, ScanEnd> {
+    let head = &data[..data.len().min(8)];
+    if data.len() < HEADER_LEN {
+        return Err(
+            if MAGIC.starts_with(head) || SEALED_MAGIC.starts_with(head) {
+                ScanEnd::Torn { at: 0 }
+            } else {
+                ScanEnd::Corrupt { at: 0 }
+            },
+        );
+    }
+    let base = u64::from_le_bytes(data[8..16].try_into().expect("8 bytes"));
+    if head == MAGIC {
+        return Ok(SegmentHeader {
+            base,
+            envelope: None,
+            len: HEADER_LEN,
+        });
+    }
+    if head != SEALED_MAGIC {
+        return Err(ScanEnd::Corrupt { at: 0 });
+    }
+    let Some(n) = data.get(HEADER_LEN..HEADER_LEN + 4) else {
+        return Err(ScanEnd::Torn { at: 0 });
+    };
+    let n = u32::from_le_bytes(n.try_into().expect("4 bytes")) as usize;
+    if n > MAX_ENVELOPE {
+        return Err(ScanEnd::Corrupt { at: 0 });
+    }
+    let start = HEADER_LEN + 4;
+    if data.len() < start + n {
+        return Err(ScanEnd::Torn { at: 0 });
+    }
+    Ok(SegmentHeader {
+        base,
+        envelope: Some(start..start + n),
+        len: start + n,
+    })
 }
 
 /// What a segment holds.
 #[derive(Debug)]
 pub struct Scan {
-    pub header_base: Option<u64>,
     pub records: Vec<Record>,
     pub end: ScanEnd,
 }
 
-/// Reads every valid record of a segment, stopping at the first damage.
-pub fn scan_segment(data: &[u8]) -> Scan {
-    if data.len() < HEADER_LEN {
-        let end = if MAGIC.starts_with(&data[..data.len().min(8)]) {
-            ScanEnd::Torn { at: 0 }
-        } else {
-            ScanEnd::Corrupt { at: 0 }
-        };
-        return Scan {
-            header_base: None,
-            records: Vec::new(),
-            end,
-        };
-    }
-    if &data[..8] != MAGIC {
-        return Scan {
-            header_base: None,
-            records: Vec::new(),
-            end: ScanEnd::Corrupt { at: 0 },
-        };
-    }
-    let base = u64::from_le_bytes(data[8..16].try_into().expect("8 bytes"));
+/// Reads every valid record after `header`, stopping at the first damage. A sealed segment
+/// needs its `cipher`; a record that does not authenticate is damage.
+pub fn scan_segment(data: &[u8], header: &SegmentHeader, cipher: Option<&SegmentCipher>) -> Scan {
+    assert_eq!(
+        header.envelope.is_some(),
+        cipher.is_some(),
+        "a sealed segment is scanned with its cipher"
+    );
     let all = Bytes::copy_from_slice(data);
     let mut records = Vec::new();
-    let mut pos = HEADER_LEN;
+    let mut pos = header.len;
     let end = loop {
         if pos == data.len() {
             break ScanEnd::Clean;
@@ -96,17 +169,21 @@ pub fn scan_segment(data: &[u8]) -> Scan {
         }
         let seq = u64::from_le_bytes(body[..8].try_into().expect("8 bytes"));
         let arrival_ms = i64::from_le_bytes(body[8..16].try_into().expect("8 bytes"));
+        let data = match cipher {
+            None => all.slice(body_start + META_LEN..body_start + len),
+            // A record whose checksum holds but which does not authenticate was altered.
+            Some(c) => match c.open_record(seq, arrival_ms, &body[META_LEN..]) {
+                Some(plain) => Bytes::from(plain),
+                None => break ScanEnd::Corrupt { at: pos as u64 },
+            },
+        };
         records.push(Record {
-            data: all.slice(body_start + META_LEN..body_start + len),
+            data,
             arrival_ms,
             seq,
             partition: None,
         });
         pos = body_start + len;
     };
-    Scan {
-        header_base: Some(base),
-        records,
-        end,
-    }
+    Scan { records, end }
 }

@@ -7,6 +7,12 @@
 //! Segment: header `HPSPOOL\x01` + base seq (u64 LE), then records
 //! `len u32 | crc32c(payload) u32 | payload = seq u64 | arrival_ms i64 | data` (little-endian).
 //!
+//! A stream encrypted at rest (`StartDeliveryStreamEncryption`) writes sealed segments instead:
+//! header `HPSPOOL\x02` + base seq + u32 length + an envelope header with the segment's own data
+//! key, wrapped by the master key; each record's `data` is sealed with AES-256-GCM
+//! ([`crate::crypto::segment`]). Turning encryption on seals the plain segments still holding
+//! undelivered records (rewritten, then renamed over); turning it off leaves sealed ones sealed.
+//!
 //! All file I/O runs on one thread per stream; the async side talks to it over a channel.
 
 mod format;
@@ -25,7 +31,12 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::oneshot;
 
 use crate::buffer::Record;
-pub use format::{HEADER_LEN, MAGIC, ScanEnd, encode_record, scan_segment};
+use crate::crypto::segment::{self, SegmentCipher};
+use crate::crypto::{KeyError, KeyService, OpenError};
+pub use format::{
+    HEADER_LEN, MAGIC, SEALED_MAGIC, Scan, ScanEnd, SegmentHeader, encode_record, read_header,
+    scan_segment,
+};
 pub use ranges::RangeSet;
 
 /// When an append counts as done.
@@ -67,6 +78,25 @@ pub enum SpoolError {
     },
     #[error("the spool writer has stopped")]
     Closed,
+    /// A new sealed segment needs a data key and the key service gave none.
+    #[error("the key service gives the spool no data key: {0}")]
+    Key(KeyError),
+    /// A sealed segment's data key cannot be unwrapped: its records wait in it.
+    #[error(
+        "spool segment {path} cannot be unsealed ({message}); its records wait in it until the key service can open it"
+    )]
+    Unseal { path: PathBuf, message: String },
+}
+
+/// How a stream's spool is sealed at rest.
+#[derive(Clone)]
+pub struct Sealing {
+    /// Opens sealed segments, and gives new ones their data keys.
+    pub keys: Arc<dyn KeyService>,
+    /// The stream (bound into each segment's envelope).
+    pub stream: String,
+    /// The master key new segments are sealed under; `None`: new segments are plain.
+    pub key_id: Option<String>,
 }
 
 fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> SpoolError + '_ {
@@ -118,17 +148,34 @@ struct Segment {
     end: u64,
     /// Records in it not yet delivered.
     live: u64,
+    /// Its records are sealed.
+    sealed: bool,
 }
 
-/// Records waiting for the next group commit, and whom to tell their first seq.
-type PendingAppend = (Vec<Record>, oneshot::Sender<Result<u64, SpoolError>>);
+/// The segment appends go to.
+struct Active {
+    base: u64,
+    file: File,
+    cipher: Option<SegmentCipher>,
+}
+
+/// Where an append landed: its first seq, and whether it was sealed.
+type Appended = Result<(u64, bool), SpoolError>;
+
+/// Records waiting for the next group commit, and whom to tell where they landed.
+type PendingAppend = (Vec<Record>, oneshot::Sender<Appended>);
 
 enum Cmd {
     Append {
         records: Vec<Record>,
-        reply: oneshot::Sender<Result<u64, SpoolError>>,
+        reply: oneshot::Sender<Appended>,
     },
     Delivered(Vec<u64>),
+    /// Seal new segments under this master key (and the plain ones still live), or stop sealing.
+    SetSealing {
+        key_id: Option<String>,
+        reply: oneshot::Sender<Result<(), SpoolError>>,
+    },
     Close(oneshot::Sender<()>),
 }
 
@@ -143,17 +190,21 @@ pub struct Spool {
 pub trait SpoolObserver: Send + Sync + 'static {
     fn fsync(&self, seconds: f64);
     fn bytes_changed(&self, delta: i64);
+    /// A key-service call for a sealed segment, and how it went.
+    fn key_call(&self, result: Result<(), &KeyError>);
 }
 
 impl Spool {
-    /// Opens (creating) the spool in `dir`, recovers what is there, and starts its writer.
+    /// Opens (creating) the spool in `dir`, recovers what is there (unsealing sealed segments),
+    /// and starts its writer.
     pub fn open(
         dir: &Path,
         settings: &SpoolSettings,
         observer: Arc<dyn SpoolObserver>,
+        sealing: Sealing,
     ) -> Result<(Spool, Recovery), SpoolError> {
         std::fs::create_dir_all(dir).map_err(io_err(dir))?;
-        let (writer, recovery) = Writer::recover(dir, settings, observer)?;
+        let (writer, recovery) = Writer::recover(dir, settings, observer, sealing)?;
         let stats = writer.stats.clone();
         let (tx, rx) = mpsc::channel();
         let name = format!(
@@ -179,8 +230,8 @@ impl Spool {
     }
 
     /// Appends records durably and gives each its seq. Returns once they are on disk (in
-    /// `fsync` mode) or in the page cache (`os` mode).
-    pub async fn append(&self, records: &mut [Record]) -> Result<(), SpoolError> {
+    /// `fsync` mode) or in the page cache (`os` mode), saying whether they were sealed.
+    pub async fn append(&self, records: &mut [Record]) -> Result<bool, SpoolError> {
         let (reply, rx) = oneshot::channel();
         self.tx
             .send(Cmd::Append {
@@ -188,11 +239,21 @@ impl Spool {
                 reply,
             })
             .map_err(|_| SpoolError::Closed)?;
-        let first = rx.await.map_err(|_| SpoolError::Closed)??;
+        let (first, sealed) = rx.await.map_err(|_| SpoolError::Closed)??;
         for (i, r) in records.iter_mut().enumerate() {
             r.seq = first + i as u64;
         }
-        Ok(())
+        Ok(sealed)
+    }
+
+    /// Seals new segments under `key_id` from the next append on, and rewrites the plain
+    /// segments still holding undelivered records sealed; `None` makes new segments plain.
+    pub async fn set_sealing(&self, key_id: Option<String>) -> Result<(), SpoolError> {
+        let (reply, rx) = oneshot::channel();
+        self.tx
+            .send(Cmd::SetSealing { key_id, reply })
+            .map_err(|_| SpoolError::Closed)?;
+        rx.await.map_err(|_| SpoolError::Closed)?
     }
 
     /// Marks records as delivered (or written to the error output).
@@ -216,8 +277,8 @@ struct Writer {
     sync: SyncMode,
     segment_bytes: u64,
     segments: BTreeMap<u64, Segment>,
-    /// The segment appends go to: base seq and open file.
-    active: Option<(u64, File)>,
+    active: Option<Active>,
+    sealing: Sealing,
     delivered: RangeSet,
     low: u64,
     next_seq: u64,
@@ -249,6 +310,7 @@ impl Writer {
         dir: &Path,
         settings: &SpoolSettings,
         observer: Arc<dyn SpoolObserver>,
+        sealing: Sealing,
     ) -> Result<(Writer, Recovery), SpoolError> {
         let ckpt_path = dir.join("checkpoint.json");
         let checkpoint: Checkpoint = match std::fs::read(&ckpt_path) {
@@ -268,6 +330,11 @@ impl Writer {
         for entry in std::fs::read_dir(dir).map_err(io_err(dir))? {
             let path = entry.map_err(io_err(dir))?.path();
             let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
+            if name.starts_with("seg-") && name.ends_with(".tmp") {
+                // A rewrite that did not finish; the segment it was for is intact.
+                let _ = std::fs::remove_file(&path);
+                continue;
+            }
             if let Some(base) = name
                 .strip_prefix("seg-")
                 .and_then(|n| n.strip_suffix(".log"))
@@ -283,7 +350,38 @@ impl Writer {
         let last_index = bases.len().saturating_sub(1);
         for (i, (base, path)) in bases.into_iter().enumerate() {
             let data = std::fs::read(&path).map_err(io_err(&path))?;
-            let scan = scan_segment(&data);
+            let header = match read_header(&data) {
+                Ok(h) => match &h.envelope {
+                    None => Ok((h, None)),
+                    Some(range) => {
+                        match open_sealed(&sealing, observer.as_ref(), &data[range.clone()], base) {
+                            Ok(cipher) => Ok((h, Some(cipher))),
+                            // Altered, or from another stream or segment.
+                            Err(OpenError::Format(e)) => {
+                                tracing::error!(segment = %path.display(), error = %e, "sealed spool segment's header does not authenticate");
+                                Err(ScanEnd::Corrupt { at: 0 })
+                            }
+                            Err(e) => {
+                                return Err(SpoolError::Unseal {
+                                    path,
+                                    message: e.to_string(),
+                                });
+                            }
+                        }
+                    }
+                },
+                Err(end) => Err(end),
+            };
+            let (scan, sealed) = match &header {
+                Ok((h, cipher)) => (scan_segment(&data, h, cipher.as_ref()), cipher.is_some()),
+                Err(end) => (
+                    Scan {
+                        records: Vec::new(),
+                        end: *end,
+                    },
+                    false,
+                ),
+            };
             let mut keep_len = data.len() as u64;
             match scan.end {
                 ScanEnd::Clean => {}
@@ -324,8 +422,8 @@ impl Writer {
                     }
                 }
             }
-            if scan.header_base.is_none() && !moved && keep_len <= HEADER_LEN as u64 {
-                // An empty segment (created, never written): drop it.
+            if header.is_err() && !moved {
+                // Its header was cut short (created, never written): drop it.
                 let _ = std::fs::remove_file(&path);
                 continue;
             }
@@ -338,6 +436,7 @@ impl Writer {
                         bytes: keep_len,
                         end,
                         live,
+                        sealed,
                     },
                 );
             }
@@ -349,6 +448,7 @@ impl Writer {
             segment_bytes: settings.segment_bytes,
             segments,
             active: None,
+            sealing,
             delivered,
             low: checkpoint.low,
             next_seq,
@@ -365,6 +465,12 @@ impl Writer {
             .store(writer.segments.len() as u64, Ordering::Relaxed);
         writer.collect_garbage();
         writer.write_checkpoint();
+        if writer.sealing.key_id.is_some()
+            && let Err(e) = writer.seal_plain_segments()
+        {
+            // Their records are delivered from them all the same; a later start seals them.
+            tracing::warn!(error = %e, "cannot seal the spool's plain segments yet");
+        }
         Ok((writer, recovery))
     }
 
@@ -387,6 +493,14 @@ impl Writer {
                         appends.push((records, reply));
                     }
                     Cmd::Delivered(seqs) => self.mark_delivered(&seqs),
+                    Cmd::SetSealing { key_id, reply } => {
+                        // Appends already taken go out under the old setting first.
+                        if !appends.is_empty() {
+                            self.append_group(std::mem::take(&mut appends));
+                            pending_bytes = 0;
+                        }
+                        let _ = reply.send(self.set_sealing(key_id));
+                    }
                     Cmd::Close(done) => {
                         close = Some(done);
                         break;
@@ -423,15 +537,20 @@ impl Writer {
     fn open_active(&mut self) -> Result<(), SpoolError> {
         let base = self.next_seq;
         let path = segment_path(&self.dir, base);
+        // The data key first: without one nothing is written, not even an empty segment.
+        let (cipher, header) = match &self.sealing.key_id {
+            None => (None, format::plain_header(base)),
+            Some(key_id) => {
+                let (cipher, envelope) = self.new_cipher(key_id, base).map_err(SpoolError::Key)?;
+                (Some(cipher), format::sealed_header(base, &envelope))
+            }
+        };
         let mut f = OpenOptions::new()
             .create(true)
             .truncate(true)
             .write(true)
             .open(&path)
             .map_err(io_err(&path))?;
-        let mut header = Vec::with_capacity(HEADER_LEN);
-        header.extend_from_slice(MAGIC);
-        header.extend_from_slice(&base.to_le_bytes());
         f.write_all(&header).map_err(io_err(&path))?;
         if let Ok(d) = File::open(&self.dir) {
             let _ = d.sync_all();
@@ -440,16 +559,81 @@ impl Writer {
             base,
             Segment {
                 path,
-                bytes: HEADER_LEN as u64,
+                bytes: header.len() as u64,
                 end: base,
                 live: 0,
+                sealed: cipher.is_some(),
             },
         );
-        self.add_bytes(HEADER_LEN as i64);
+        self.add_bytes(header.len() as i64);
         self.stats
             .segments
             .store(self.segments.len() as u64, Ordering::Relaxed);
-        self.active = Some((base, f));
+        self.active = Some(Active {
+            base,
+            file: f,
+            cipher,
+        });
+        Ok(())
+    }
+
+    /// A data key for the segment at `base`, the call counted.
+    fn new_cipher(&self, key_id: &str, base: u64) -> Result<(SegmentCipher, Vec<u8>), KeyError> {
+        let result = SegmentCipher::create(
+            self.sealing.keys.as_ref(),
+            key_id,
+            &self.sealing.stream,
+            base,
+        );
+        self.observer.key_call(result.as_ref().map(drop));
+        result
+    }
+
+    /// Applies a new sealing setting: the next append opens a new segment under it.
+    fn set_sealing(&mut self, key_id: Option<String>) -> Result<(), SpoolError> {
+        self.sealing.key_id = key_id;
+        self.active = None;
+        self.collect_garbage();
+        if self.sealing.key_id.is_some() {
+            self.seal_plain_segments()?;
+        }
+        Ok(())
+    }
+
+    /// Rewrites every plain segment that still holds undelivered records as a sealed one
+    /// (written aside, synced, renamed over the plain file). Delivered records are kept too: the
+    /// last segment's highest seq is what recovery continues numbering from.
+    fn seal_plain_segments(&mut self) -> Result<(), SpoolError> {
+        let Some(key_id) = self.sealing.key_id.clone() else {
+            return Ok(());
+        };
+        let active = self.active.as_ref().map(|a| a.base);
+        let plain: Vec<u64> = self
+            .segments
+            .iter()
+            .filter(|(base, s)| !s.sealed && s.live > 0 && Some(**base) != active)
+            .map(|(b, _)| *b)
+            .collect();
+        for base in plain {
+            let path = self.segments[&base].path.clone();
+            let data = std::fs::read(&path).map_err(io_err(&path))?;
+            let records = match read_header(&data) {
+                Ok(h) if h.envelope.is_none() => scan_segment(&data, &h, None).records,
+                _ => continue,
+            };
+            let (cipher, envelope) = self.new_cipher(&key_id, base).map_err(SpoolError::Key)?;
+            let mut out = format::sealed_header(base, &envelope);
+            for r in &records {
+                encode_record(&mut out, r.seq, r.arrival_ms, &r.data, Some(&cipher));
+            }
+            write_atomically(&path, &out).map_err(io_err(&path))?;
+            let seg = self.segments.get_mut(&base).expect("segment listed");
+            let before = seg.bytes;
+            seg.bytes = out.len() as u64;
+            seg.sealed = true;
+            self.add_bytes(out.len() as i64 - before as i64);
+            tracing::info!(segment = %path.display(), "spool segment sealed at rest");
+        }
         Ok(())
     }
 
@@ -465,12 +649,17 @@ impl Writer {
     }
 
     fn append_group(&mut self, appends: Vec<PendingAppend>) {
+        let count: u64 = appends.iter().map(|(r, _)| r.len() as u64).sum();
         let needs_new = match &self.active {
             None => true,
-            Some((base, _)) => self
-                .segments
-                .get(base)
-                .is_none_or(|s| s.bytes >= self.segment_bytes),
+            Some(a) => {
+                // A sealed segment also rolls before its nonce counter runs out.
+                (a.cipher.is_some() && self.next_seq + count - a.base > segment::MAX_RECORDS)
+                    || self
+                        .segments
+                        .get(&a.base)
+                        .is_none_or(|s| s.bytes >= self.segment_bytes)
+            }
         };
         if needs_new {
             self.active = None;
@@ -485,15 +674,16 @@ impl Writer {
         let mut buf = Vec::new();
         let mut seq = first_seq;
         let mut firsts = Vec::with_capacity(appends.len());
+        let Active { base, file, cipher } = self.active.as_mut().expect("active segment is open");
+        let base = *base;
+        let sealed = cipher.is_some();
         for (records, _) in &appends {
             firsts.push(seq);
             for r in records {
-                encode_record(&mut buf, seq, r.arrival_ms, &r.data);
+                encode_record(&mut buf, seq, r.arrival_ms, &r.data, cipher.as_ref());
                 seq += 1;
             }
         }
-        let (base, file) = self.active.as_mut().expect("active segment is open");
-        let base = *base;
         let path = segment_path(&self.dir, base);
         let before = self.segments[&base].bytes;
         let started = Instant::now();
@@ -516,7 +706,7 @@ impl Writer {
                 self.next_seq = seq;
                 self.add_bytes(buf.len() as i64);
                 for ((_, reply), first) in appends.into_iter().zip(firsts) {
-                    let _ = reply.send(Ok(first));
+                    let _ = reply.send(Ok((first, sealed)));
                 }
             }
             Err(e) => {
@@ -550,7 +740,7 @@ impl Writer {
 
     /// Deletes every fully delivered segment but the active one.
     fn collect_garbage(&mut self) {
-        let active = self.active.as_ref().map(|(b, _)| *b);
+        let active = self.active.as_ref().map(|a| a.base);
         let done: Vec<u64> = self
             .segments
             .iter()
@@ -603,10 +793,41 @@ impl Writer {
     }
 }
 
+/// Opens a sealed segment's envelope, waiting out a briefly unavailable key service (about 6 s)
+/// before giving up.
+fn open_sealed(
+    sealing: &Sealing,
+    observer: &dyn SpoolObserver,
+    envelope: &[u8],
+    base: u64,
+) -> Result<SegmentCipher, OpenError> {
+    let mut delay = Duration::from_millis(200);
+    loop {
+        let result = SegmentCipher::open(sealing.keys.as_ref(), envelope, &sealing.stream, base);
+        if let Err(OpenError::Key(e)) = &result {
+            observer.key_call(Err(e));
+            if matches!(e, KeyError::Unavailable(_)) && delay <= Duration::from_secs(4) {
+                tracing::warn!(stream = %sealing.stream, base, error = %e, "key service unavailable while opening a sealed spool segment; retrying");
+                std::thread::sleep(delay);
+                delay *= 2;
+                continue;
+            }
+        } else if result.is_ok() {
+            observer.key_call(Ok(()));
+        }
+        return result;
+    }
+}
+
 fn clone_err(e: &SpoolError) -> SpoolError {
     match e {
         SpoolError::Full => SpoolError::Full,
         SpoolError::Closed => SpoolError::Closed,
+        SpoolError::Key(k) => SpoolError::Key(k.clone()),
+        SpoolError::Unseal { path, message } => SpoolError::Unseal {
+            path: path.clone(),
+            message: message.clone(),
+        },
         SpoolError::Io { path, source } => SpoolError::Io {
             path: path.clone(),
             source: std::io::Error::new(source.kind(), source.to_string()),

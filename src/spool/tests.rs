@@ -7,6 +7,7 @@ struct NoMetrics;
 impl SpoolObserver for NoMetrics {
     fn fsync(&self, _: f64) {}
     fn bytes_changed(&self, _: i64) {}
+    fn key_call(&self, _: Result<(), &KeyError>) {}
 }
 
 fn settings(root: &Path, segment_bytes: u64) -> SpoolSettings {
@@ -28,8 +29,19 @@ fn recs(n: usize, tag: &str) -> Vec<Record> {
         .collect()
 }
 
+/// The plain sealing setting, with a keyring that holds no keys.
+fn plain() -> Sealing {
+    Sealing {
+        keys: Arc::new(crate::crypto::keyring::Keyring::new(Path::new(
+            "/nonexistent/keyring.json",
+        ))),
+        stream: "s".into(),
+        key_id: None,
+    }
+}
+
 fn open(dir: &Path, seg: u64) -> (Spool, Recovery) {
-    Spool::open(dir, &settings(dir, seg), Arc::new(NoMetrics)).unwrap()
+    Spool::open(dir, &settings(dir, seg), Arc::new(NoMetrics), plain()).unwrap()
 }
 
 fn segments(dir: &Path) -> Vec<PathBuf> {
@@ -148,30 +160,210 @@ async fn a_corrupt_middle_segment_is_moved_aside_and_its_good_prefix_salvaged() 
     spool.append(&mut more).await.unwrap();
 }
 
+fn scan(data: &[u8]) -> Scan {
+    match read_header(data) {
+        Ok(h) => scan_segment(data, &h, None),
+        Err(end) => Scan {
+            records: Vec::new(),
+            end,
+        },
+    }
+}
+
 #[test]
 fn scan_tells_torn_from_corrupt() {
-    let mut seg = Vec::new();
-    seg.extend_from_slice(MAGIC);
-    seg.extend_from_slice(&7u64.to_le_bytes());
-    encode_record(&mut seg, 7, 1, b"one");
-    encode_record(&mut seg, 8, 2, b"two");
-    let s = scan_segment(&seg);
+    let mut seg = format::plain_header(7);
+    encode_record(&mut seg, 7, 1, b"one", None);
+    encode_record(&mut seg, 8, 2, b"two", None);
+    let s = scan(&seg);
     assert_eq!(s.end, ScanEnd::Clean);
     assert_eq!(s.records.len(), 2);
     let mut last_bad = seg.clone();
     let n = last_bad.len();
     last_bad[n - 1] ^= 1;
-    assert!(matches!(scan_segment(&last_bad).end, ScanEnd::Torn { .. }));
+    assert!(matches!(scan(&last_bad).end, ScanEnd::Torn { .. }));
     let mut first_bad = seg.clone();
     first_bad[HEADER_LEN + 20] ^= 1;
+    assert!(matches!(scan(&first_bad).end, ScanEnd::Corrupt { .. }));
     assert!(matches!(
-        scan_segment(&first_bad).end,
-        ScanEnd::Corrupt { .. }
-    ));
-    assert!(matches!(
-        scan_segment(b"garbage-garbage-x").end,
+        scan(b"garbage-garbage-x").end,
         ScanEnd::Corrupt { at: 0 }
     ));
+    assert!(matches!(scan(&seg[..5]).end, ScanEnd::Torn { at: 0 }));
+    assert!(matches!(
+        scan(&format::sealed_header(7, &[1; 40])[..30]).end,
+        ScanEnd::Torn { at: 0 }
+    ));
+}
+
+fn sealed(ring: &Path, key: Option<&str>) -> Sealing {
+    Sealing {
+        keys: Arc::new(crate::crypto::keyring::Keyring::new(ring)),
+        stream: "s".into(),
+        key_id: key.map(str::to_string),
+    }
+}
+
+fn open_sealed(dir: &Path, sealing: Sealing) -> Result<(Spool, Recovery), SpoolError> {
+    Spool::open(dir, &settings(dir, 1 << 20), Arc::new(NoMetrics), sealing)
+}
+
+/// Whether any segment file holds `needle` in the clear.
+fn in_the_clear(dir: &Path, needle: &[u8]) -> bool {
+    segments(dir).iter().any(|p| {
+        std::fs::read(p)
+            .unwrap()
+            .windows(needle.len())
+            .any(|w| w == needle)
+    })
+}
+
+fn ring_with_key(dir: &Path) -> PathBuf {
+    let path = dir.join("keyring.json");
+    crate::crypto::keyring::Keyring::new(&path)
+        .create("spool")
+        .unwrap();
+    path
+}
+
+#[tokio::test]
+async fn sealed_segments_hold_no_plaintext_and_come_back_after_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let ring = ring_with_key(dir.path());
+    let spool_dir = dir.path().join("spool");
+    {
+        let (spool, _) = open_sealed(&spool_dir, sealed(&ring, Some("spool"))).unwrap();
+        let mut a = recs(3, "secret");
+        assert!(spool.append(&mut a).await.unwrap(), "answered as encrypted");
+        spool.delivered(vec![1]);
+        spool.close().await;
+    }
+    assert!(!in_the_clear(&spool_dir, b"secret"));
+    let first = std::fs::read(&segments(&spool_dir)[0]).unwrap();
+    assert_eq!(&first[..8], SEALED_MAGIC);
+    // Reading needs the key service, not the sealing setting.
+    let (_spool, rec) = open_sealed(&spool_dir, sealed(&ring, None)).unwrap();
+    let got: Vec<_> = rec
+        .records
+        .iter()
+        .map(|r| (r.seq, r.arrival_ms, r.data.clone()))
+        .collect();
+    assert_eq!(
+        got,
+        vec![
+            (0, 1000, Bytes::from("secret-0")),
+            (2, 1002, Bytes::from("secret-2"))
+        ]
+    );
+}
+
+#[tokio::test]
+async fn turning_sealing_on_seals_the_plain_records_still_waiting_and_off_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let ring = ring_with_key(dir.path());
+    let spool_dir = dir.path().join("spool");
+    let (spool, _) = open_sealed(&spool_dir, sealed(&ring, None)).unwrap();
+    let mut a = recs(3, "early");
+    assert!(!spool.append(&mut a).await.unwrap());
+    spool.delivered(vec![0]);
+    assert!(in_the_clear(&spool_dir, b"early-1"));
+    spool.set_sealing(Some("spool".into())).await.unwrap();
+    assert!(!in_the_clear(&spool_dir, b"early-"), "rewritten sealed");
+    let mut b = recs(2, "later");
+    assert!(spool.append(&mut b).await.unwrap());
+    spool.set_sealing(None).await.unwrap();
+    let mut c = recs(1, "plain-again");
+    assert!(!spool.append(&mut c).await.unwrap());
+    spool.close().await;
+    assert!(!in_the_clear(&spool_dir, b"later-"));
+    assert!(in_the_clear(&spool_dir, b"plain-again"));
+    let (_spool, rec) = open_sealed(&spool_dir, sealed(&ring, None)).unwrap();
+    let data: Vec<_> = rec.records.iter().map(|r| r.data.clone()).collect();
+    assert_eq!(
+        data,
+        ["early-1", "early-2", "later-0", "later-1", "plain-again-0"].map(Bytes::from)
+    );
+}
+
+#[tokio::test]
+async fn sealing_keeps_the_numbering_of_delivered_records() {
+    let dir = tempfile::tempdir().unwrap();
+    let ring = ring_with_key(dir.path());
+    let spool_dir = dir.path().join("spool");
+    {
+        let (spool, _) = open_sealed(&spool_dir, sealed(&ring, None)).unwrap();
+        let mut a = recs(10, "n");
+        spool.append(&mut a).await.unwrap();
+        spool.delivered((5..10).collect());
+        spool.set_sealing(Some("spool".into())).await.unwrap();
+        spool.close().await;
+    }
+    let (spool, rec) = open_sealed(&spool_dir, sealed(&ring, Some("spool"))).unwrap();
+    assert_eq!(rec.records.len(), 5);
+    let mut b = recs(1, "next");
+    spool.append(&mut b).await.unwrap();
+    assert_eq!(b[0].seq, 10, "a delivered seq is never handed out again");
+}
+
+#[tokio::test]
+async fn without_a_data_key_nothing_is_written() {
+    let dir = tempfile::tempdir().unwrap();
+    let ring = ring_with_key(dir.path());
+    let spool_dir = dir.path().join("spool");
+    let (spool, _) = open_sealed(&spool_dir, sealed(&ring, Some("missing"))).unwrap();
+    let mut a = recs(2, "x");
+    assert!(matches!(
+        spool.append(&mut a).await,
+        Err(SpoolError::Key(KeyError::NotFound(_)))
+    ));
+    assert!(segments(&spool_dir).is_empty());
+    assert!(matches!(
+        spool.set_sealing(Some("missing".into())).await,
+        Ok(())
+    ));
+}
+
+#[tokio::test]
+async fn altered_sealed_segments_are_set_aside_and_unopenable_ones_wait() {
+    let dir = tempfile::tempdir().unwrap();
+    let ring = ring_with_key(dir.path());
+    let spool_dir = dir.path().join("spool");
+    {
+        let (spool, _) = open_sealed(&spool_dir, sealed(&ring, Some("spool"))).unwrap();
+        let mut a = recs(3, "r");
+        spool.append(&mut a).await.unwrap();
+        spool.close().await;
+    }
+    let seg = segments(&spool_dir)[0].clone();
+    let original = std::fs::read(&seg).unwrap();
+    let header = read_header(&original).unwrap();
+    // Alter the first record's ciphertext and fix up its checksum: it no longer authenticates.
+    let mut altered = original.clone();
+    let at = header.len;
+    let len = u32::from_le_bytes(altered[at..at + 4].try_into().unwrap()) as usize;
+    altered[at + 8 + 16] ^= 1;
+    let crc = crc32c::crc32c(&altered[at + 8..at + 8 + len]);
+    altered[at + 4..at + 8].copy_from_slice(&crc.to_le_bytes());
+    std::fs::write(&seg, &altered).unwrap();
+    {
+        let (_spool, rec) = open_sealed(&spool_dir, sealed(&ring, None)).unwrap();
+        assert_eq!(rec.corrupt_segments.len(), 1);
+        assert!(rec.records.is_empty() && rec.salvaged.is_empty());
+    }
+    // A keyring without the master key: the segment is not touched and the spool does not open.
+    std::fs::create_dir_all(&spool_dir).unwrap();
+    std::fs::write(&seg, &original).unwrap();
+    let other = dir.path().join("other.json");
+    crate::crypto::keyring::Keyring::new(&other)
+        .create("unrelated")
+        .unwrap();
+    assert!(matches!(
+        open_sealed(&spool_dir, sealed(&other, None)),
+        Err(SpoolError::Unseal { .. })
+    ));
+    assert_eq!(std::fs::read(&seg).unwrap(), original);
+    let (_spool, rec) = open_sealed(&spool_dir, sealed(&ring, None)).unwrap();
+    assert_eq!(rec.records.len(), 3);
 }
 
 proptest! {

@@ -168,3 +168,100 @@ def test_records_wait_while_the_key_service_fails(daemon_factory, s3, bucket, tm
     wait_for(lambda: s3.objects(bucket, "waits/"), timeout=60, what="the held object")
     (key, body, _), = s3.objects(bucket, "waits/")
     assert lines(decrypt(body, local_unwrap(keyring), expected_key=key)) == [b"held back"]
+
+
+def spool_files(d, stream):
+    return sorted((d.data_dir / "spool" / f"s-{stream}").glob("seg-*.log"))
+
+
+def in_clear(d, stream, needle):
+    return any(needle in p.read_bytes() for p in spool_files(d, stream))
+
+
+def at_rest(fh, name):
+    return fh.describe_delivery_stream(DeliveryStreamName=name)[
+        "DeliveryStreamDescription"]["DeliveryStreamEncryptionConfiguration"]
+
+
+def test_stream_encryption_seals_the_spool_at_rest(daemon_factory, s3, bucket, tmp_path):
+    keyring = tmp_path / "keyring.json"
+    d = daemon_factory(f'[encryption]\nkeyring = "{keyring}"\n')
+    fh = d.firehose()
+    slow = {"RoleARN": ROLE, "BucketARN": f"arn:aws:s3:::{bucket}", "Prefix": "rest/",
+            "BufferingHints": {"SizeInMBs": 128, "IntervalInSeconds": 900}}
+    # At creation, with the daemon's own key (created in the keyring on first use).
+    fh.create_delivery_stream(DeliveryStreamName="owned", ExtendedS3DestinationConfiguration=slow,
+                              DeliveryStreamEncryptionConfigurationInput={"KeyType": "AWS_OWNED_CMK"})
+    assert at_rest(fh, "owned") == {"KeyType": "AWS_OWNED_CMK", "Status": "ENABLED"}
+    assert "hosepipe-owned" in json.loads(keyring.read_text())["keys"]
+    out = fh.put_record_batch(DeliveryStreamName="owned",
+                              Records=[{"Data": b"owned-secret-%d\n" % i} for i in range(20)])
+    assert out["Encrypted"] is True and out["FailedPutCount"] == 0
+    assert fh.put_record(DeliveryStreamName="owned", Record={"Data": b"owned-secret-x\n"})["Encrypted"]
+    assert spool_files(d, "owned") and not in_clear(d, "owned", b"owned-secret")
+    seg = spool_files(d, "owned")[0].read_bytes()
+    assert seg[:8] == b"HPSPOOL\x02"
+    envelope = read_header(seg[20:])
+    assert envelope["provider"] == "local" and envelope["key_id"] == "hosepipe-owned"
+    assert envelope["context"]["hosepipe:stream"] == "owned"
+
+    # Turned on later with a customer key: the records already waiting get sealed too.
+    assert hosepipe(d, "keys", "--config", str(d.config), "create", "custom").returncode == 0
+    fh.create_delivery_stream(DeliveryStreamName="later", ExtendedS3DestinationConfiguration=slow)
+    assert at_rest(fh, "later") == {"Status": "DISABLED"}
+    out = fh.put_record_batch(DeliveryStreamName="later",
+                              Records=[{"Data": b"early-secret-%d\n" % i} for i in range(10)])
+    assert out["Encrypted"] is False
+    assert in_clear(d, "later", b"early-secret")
+    arn = "arn:aws:kms:us-east-1:000000000000:key/custom"
+    fh.start_delivery_stream_encryption(
+        DeliveryStreamName="later",
+        DeliveryStreamEncryptionConfigurationInput={"KeyType": "CUSTOMER_MANAGED_CMK", "KeyARN": arn})
+    wait_for(lambda: at_rest(fh, "later")["Status"] == "ENABLED", what="encryption ENABLED")
+    assert at_rest(fh, "later") == {"KeyType": "CUSTOMER_MANAGED_CMK", "KeyARN": arn,
+                                    "Status": "ENABLED"}
+    assert not in_clear(d, "later", b"early-secret")
+    assert fh.put_record(DeliveryStreamName="later", Record={"Data": b"sealed-secret\n"})["Encrypted"]
+    assert not in_clear(d, "later", b"sealed-secret")
+
+    # Refusals, with the errors a Firehose client expects; nothing changes.
+    def refused(code, **kw):
+        with pytest.raises(botocore.exceptions.ClientError) as e:
+            fh.start_delivery_stream_encryption(**kw)
+        assert e.value.response["Error"]["Code"] == code, e.value.response
+    refused("InvalidArgumentException", DeliveryStreamName="later",
+            DeliveryStreamEncryptionConfigurationInput={"KeyType": "CUSTOMER_MANAGED_CMK"})
+    refused("InvalidArgumentException", DeliveryStreamName="later",
+            DeliveryStreamEncryptionConfigurationInput={"KeyType": "AWS_OWNED_CMK", "KeyARN": arn})
+    refused("InvalidKMSResourceException", DeliveryStreamName="later",
+            DeliveryStreamEncryptionConfigurationInput={"KeyType": "CUSTOMER_MANAGED_CMK",
+                                                        "KeyARN": "alias/missing"})
+    refused("ResourceNotFoundException", DeliveryStreamName="nope",
+            DeliveryStreamEncryptionConfigurationInput={"KeyType": "AWS_OWNED_CMK"})
+    with pytest.raises(botocore.exceptions.ClientError) as e:
+        fh.create_delivery_stream(DeliveryStreamName="badkey", ExtendedS3DestinationConfiguration=slow,
+                                  DeliveryStreamEncryptionConfigurationInput={
+                                      "KeyType": "CUSTOMER_MANAGED_CMK", "KeyARN": "alias/missing"})
+    assert e.value.response["Error"]["Code"] == "InvalidKMSResourceException"
+    assert at_rest(fh, "later")["KeyARN"] == arn
+
+    # Stopped: new records are written plain; the sealed ones stay sealed.
+    fh.stop_delivery_stream_encryption(DeliveryStreamName="later")
+    wait_for(lambda: at_rest(fh, "later")["Status"] == "DISABLED", what="encryption DISABLED")
+    assert fh.put_record(DeliveryStreamName="later", Record={"Data": b"plain-again\n"})["Encrypted"] is False
+    assert in_clear(d, "later", b"plain-again") and not in_clear(d, "later", b"early-secret")
+
+    # A crash: the sealed records come back from the spool (unsealed with the keyring) and are
+    # delivered once; the settings survive the restart.
+    d.crash()
+    d.start()
+    fh = d.firehose()
+    assert at_rest(fh, "owned")["Status"] == "ENABLED"
+    assert at_rest(fh, "later") == {"Status": "DISABLED"}
+    assert d.metric("hosepipe_spool_replayed_records_total", "owned") == 21
+    assert d.metric("hosepipe_spool_replayed_records_total", "later") == 12
+    d.stop()  # flushes every buffer
+    got = sorted(l for _, body, _ in s3.objects(bucket, "rest/") for l in body.split(b"\n") if l)
+    want = sorted([b"owned-secret-%d" % i for i in range(20)] + [b"owned-secret-x"]
+                  + [b"early-secret-%d" % i for i in range(10)] + [b"sealed-secret", b"plain-again"])
+    assert got == want

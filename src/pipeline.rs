@@ -227,6 +227,8 @@ pub struct Shared {
     pub key_reuse: crate::crypto::sink::Reuse,
     /// The master key behind `AWS_OWNED_CMK` (spool encryption at rest).
     pub owned_key: String,
+    /// Talks `_bulk` to OpenSearch / Elasticsearch destinations.
+    pub opensearch: crate::deliver::opensearch::BulkClient,
 }
 
 /// Everything a stream's stages share.
@@ -240,6 +242,8 @@ pub struct StreamContext {
     fragments: Arc<Mutex<HashMap<u64, u32>>>,
     /// The data key the stream's objects are being encrypted with (when reused).
     data_keys: Arc<crate::crypto::sink::DataKeyCache>,
+    /// Makes OpenSearch document ids unique to this stream (its creation time).
+    id_base: String,
 }
 
 impl StreamContext {
@@ -249,6 +253,15 @@ impl StreamContext {
         self.stats.settled(Stage::Destination, batch_id);
         if let Some((active, limit)) = self.stats.active_partitions() {
             self.shared.metrics.partitions(&self.name, active, limit);
+        }
+    }
+
+    /// Each record of `seqs` goes to one more output (the `AllDocuments` backup): the spool
+    /// keeps it until that one has settled too.
+    fn add_outputs(&self, seqs: impl Iterator<Item = u64>) {
+        let mut fragments = self.fragments.lock().expect("fragments lock");
+        for seq in seqs {
+            *fragments.entry(seq).or_insert(1) += 1;
         }
     }
 
@@ -289,6 +302,7 @@ pub fn spawn_pipeline(
     initial: Versioned,
     shared: Shared,
     spool: Arc<Spool>,
+    id_base: String,
 ) -> StreamHandle {
     let stats = Arc::new(StreamStats::default());
     let ctx = StreamContext {
@@ -298,6 +312,7 @@ pub fn spawn_pipeline(
         stats: stats.clone(),
         fragments: Arc::default(),
         data_keys: Arc::default(),
+        id_base,
     };
     let (config_tx, config_rx) = watch::channel(Arc::new(initial));
     let (object_tx, object_rx) = mpsc::channel::<EncodedObject>(DELIVER_WORKERS);
@@ -376,7 +391,9 @@ fn limits_for(stage: Stage, v: &Versioned) -> Option<crate::buffer::Limits> {
 
 /// The active-partition limit when `v` partitions dynamically.
 fn partition_limit(ctx: &StreamContext, stage: Stage, v: &Versioned) -> Option<usize> {
-    let DestinationSpec::S3(s3) = &v.spec.destination;
+    let DestinationSpec::S3(s3) = &v.spec.destination else {
+        return None;
+    };
     (stage == Stage::Destination && s3.partitioning.is_some()).then(|| {
         ctx.shared
             .quotas
@@ -533,7 +550,7 @@ fn over_limit(
     if records.is_empty() {
         return None;
     }
-    let DestinationSpec::S3(spec) = &current.spec.destination;
+    let spec = current.spec.s3_output();
     tracing::warn!(
         records = records.len(),
         "the active-partition limit is reached; records of new partitions go to the error output"
@@ -560,6 +577,7 @@ fn over_limit(
                 code: PARTITION_LIMIT_EXCEEDED.into(),
                 message,
                 lambda_arn: None,
+                extra: None,
                 catalog_table: None,
             }
         })
@@ -645,7 +663,7 @@ fn process_batch(
     let started = std::time::Instant::now();
     let (fates, jq_time) = processing.run_timed(&batch.records);
     let seconds = started.elapsed().as_secs_f64();
-    let DestinationSpec::S3(spec) = &current.spec.destination;
+    let spec = current.spec.s3_output();
     if processing.query.is_some() {
         ctx.shared
             .metrics
@@ -735,6 +753,7 @@ fn process_batch(
                         code: failure.code,
                         message: failure.message,
                         lambda_arn,
+                        extra: None,
                         catalog_table: None,
                     });
             }
@@ -839,7 +858,17 @@ async fn encode_stage(
                 Some(batch) => {
                     let current = config.borrow().clone();
                     let ctx = ctx.clone();
-                    running.spawn_blocking(move || encode_batch(&ctx, &current, batch));
+                    match &current.spec.destination {
+                        DestinationSpec::S3(_) => {
+                            running.spawn_blocking(move || encode_batch(&ctx, &current, batch));
+                        }
+                        DestinationSpec::OpenSearch(_) => {
+                            running.spawn(
+                                async move { deliver_opensearch(&ctx, &current, batch).await }
+                                    .in_current_span(),
+                            );
+                        }
+                    }
                 }
                 None => open = false,
             },
@@ -862,7 +891,7 @@ async fn encode_stage(
 /// One batch's objects (blocking CPU work): compressed records, or a Parquet file plus the
 /// error output of the records that did not fit the table.
 fn encode_batch(ctx: &StreamContext, current: &Versioned, batch: Batch) -> Vec<EncodedObject> {
-    let DestinationSpec::S3(spec) = &current.spec.destination;
+    let spec = current.spec.s3_output();
     let failed = |error: &dyn std::fmt::Display| {
         // Compression or Parquet writing into memory only fails on a bug.
         tracing::error!(batch = batch.id, records = batch.records.len(), error = %error, "encoding failed; these records are not delivered");
@@ -907,6 +936,113 @@ fn encode_batch(ctx: &StreamContext, current: &Versioned, batch: Batch) -> Vec<E
             Err(e) => failed(&e),
         },
     }
+}
+
+/// Indexes one batch in OpenSearch (retrying what failed for a retryable reason, within the
+/// stream's `RetryOptions`); returns the S3 objects that follow from it: the failed documents
+/// (`AmazonOpenSearchService-failed`) and, with `AllDocuments`, the backup of every record.
+async fn deliver_opensearch(
+    ctx: &StreamContext,
+    current: &Versioned,
+    batch: Batch,
+) -> Vec<EncodedObject> {
+    let DestinationSpec::OpenSearch(spec) = &current.spec.destination else {
+        unreachable!("called for OpenSearch destinations only");
+    };
+    let mut objects = Vec::new();
+    if spec.backup_all {
+        // Every record also goes to the backup bucket: the spool keeps it until both are done.
+        ctx.add_outputs(batch.records.iter().map(|r| r.seq));
+        let backup = Batch {
+            id: u64::MAX,
+            ..batch.clone()
+        };
+        match deliver::encode_s3(&backup, &spec.backup, &ctx.name, current.version) {
+            Ok(obj) => {
+                ctx.shared
+                    .admission
+                    .force_reserve(obj.raw_bytes + 24 * obj.records.len() as u64);
+                objects.push(obj);
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "cannot encode the AllDocuments backup; its records are not backed up");
+                ctx.settle(batch.records.iter().map(|r| r.seq).collect());
+            }
+        }
+    }
+    let (docs, mut failed) = deliver::opensearch::prepare(spec, &batch.records, &ctx.id_base);
+    let outcome = ctx
+        .shared
+        .opensearch
+        .deliver(spec, docs, |pending, reason| {
+            ctx.stats.failed_attempts.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(
+                batch = batch.id,
+                documents = pending,
+                reason,
+                "OpenSearch did not take every document; retrying those"
+            );
+        })
+        .await;
+    let metrics = &ctx.shared.metrics;
+    metrics.opensearch_requests(&ctx.name, outcome.requests, outcome.failed_requests);
+    let indexed = &outcome.indexed;
+    let bytes: u64 = indexed.iter().map(|d| d.record.data.len() as u64).sum();
+    metrics.delivered_to_opensearch(
+        &ctx.name,
+        &indexed
+            .iter()
+            .map(|d| d.record.arrival_ms)
+            .collect::<Vec<_>>(),
+        bytes,
+        now_ms(),
+    );
+    ctx.stats
+        .delivered_records
+        .fetch_add(indexed.len() as u64, Ordering::Relaxed);
+    ctx.settle(indexed.iter().map(|d| d.record.seq).collect());
+    ctx.shared
+        .admission
+        .release(bytes + 24 * indexed.len() as u64);
+    failed.extend(outcome.failed);
+    if !failed.is_empty() {
+        metrics
+            .opensearch_failed_documents
+            .get_or_create(&Metrics::stream(&ctx.name))
+            .inc_by(failed.len() as u64);
+        tracing::warn!(
+            batch = batch.id,
+            documents = failed.len(),
+            first_reason = %failed[0].message,
+            "documents OpenSearch did not index go to the S3 backup"
+        );
+        let records: Vec<FailedRecord> = failed
+            .iter()
+            .map(|f| FailedRecord {
+                record: f.doc.record.clone(),
+                attempts: f.attempts,
+                code: f.code.clone(),
+                message: f.message.clone(),
+                lambda_arn: None,
+                extra: Some(deliver::opensearch::failed_fields(
+                    f,
+                    spec.type_name.as_deref(),
+                )),
+                catalog_table: None,
+            })
+            .collect();
+        objects.push(deliver::encode_error_output(
+            &records,
+            deliver::ErrorOutputType::OpenSearchFailed,
+            &spec.backup,
+            &ctx.name,
+            current.version,
+            batch.id,
+            now_ms(),
+        ));
+    }
+    ctx.settled_destination(batch.id);
+    objects
 }
 
 /// Uploads objects, a few at a time, each retried until it is written.

@@ -138,6 +138,8 @@ struct Draining {
 /// A live view of one stream for `status`.
 pub struct StreamStatus {
     pub name: String,
+    /// The destination: `s3` or `opensearch`.
+    pub kind: &'static str,
     pub stats: Arc<StreamStats>,
     pub spool: Arc<crate::spool::SpoolStats>,
 }
@@ -226,6 +228,52 @@ fn s3_description(spec: &stream::S3Spec) -> Value {
     }))
 }
 
+/// The deprecated `S3DestinationDescription`: the fields its shape has.
+fn legacy_s3_description(extended: &Value) -> Value {
+    let mut legacy = serde_json::Map::new();
+    for field in [
+        "RoleARN",
+        "BucketARN",
+        "Prefix",
+        "ErrorOutputPrefix",
+        "BufferingHints",
+        "CompressionFormat",
+        "EncryptionConfiguration",
+        "CloudWatchLoggingOptions",
+    ] {
+        if let Some(v) = extended.get(field) {
+            legacy.insert(field.to_string(), v.clone());
+        }
+    }
+    Value::Object(legacy)
+}
+
+/// `AmazonopensearchserviceDestinationDescription` with the defaults in force filled in.
+fn opensearch_description(spec: &crate::config::opensearch::OpenSearchSpec) -> Value {
+    let raw = &spec.raw;
+    strip_nulls(json!({
+        "RoleARN": raw.role_arn,
+        "ClusterEndpoint": raw.cluster_endpoint,
+        "IndexName": spec.index,
+        "TypeName": spec.type_name,
+        "IndexRotationPeriod": spec.rotation.as_api(),
+        "BufferingHints": {
+            "SizeInMBs": spec.limits.size_bytes / (1024 * 1024),
+            "IntervalInSeconds": spec.limits.interval.as_secs(),
+        },
+        "RetryOptions": { "DurationInSeconds": spec.retry.as_secs() },
+        "S3BackupMode": if spec.backup_all { "AllDocuments" } else { "FailedDocumentsOnly" },
+        "S3DestinationDescription": legacy_s3_description(&s3_description(&spec.backup)),
+        "ProcessingConfiguration": raw.processing_configuration,
+        "CloudWatchLoggingOptions": raw.cloud_watch_logging_options.clone()
+            .unwrap_or_else(|| json!({"Enabled": false})),
+        "DocumentIdOptions": {
+            "DefaultDocumentIdFormat":
+                if spec.document_ids { "FIREHOSE_DEFAULT" } else { "NO_DOCUMENT_ID" },
+        },
+    }))
+}
+
 impl Registry {
     pub fn new(
         data_dir: &Path,
@@ -308,16 +356,16 @@ impl Registry {
 
     /// Builds the processor chain a spec asks for (resolving its Lambda function).
     fn processing(&self, spec: &StreamSpec) -> Result<Option<Arc<Processing>>, String> {
-        let DestinationSpec::S3(s3) = &spec.destination;
-        s3.processing
-            .as_ref()
+        spec.processing()
             .map(|p| self.shared.catalog.build(p))
             .transpose()
     }
 
     /// Builds the Parquet converter a spec asks for (resolving its table).
     fn converter(&self, spec: &StreamSpec) -> Result<Option<Arc<Converter>>, String> {
-        let DestinationSpec::S3(s3) = &spec.destination;
+        let DestinationSpec::S3(s3) = &spec.destination else {
+            return Ok(None);
+        };
         let Some(c) = &s3.conversion else {
             return Ok(None);
         };
@@ -337,8 +385,7 @@ impl Registry {
     /// it for a data key now turns an unknown or unusable key into InvalidKMSResourceException
     /// before anything is accepted.
     fn check_key(&self, spec: &StreamSpec) -> Result<(), ApiError> {
-        let DestinationSpec::S3(s3) = &spec.destination;
-        let Some(enc) = &s3.encryption else {
+        let Some(enc) = &spec.s3_output().encryption else {
             return Ok(());
         };
         let context = vec![(crate::crypto::CONTEXT_STREAM.to_string(), spec.name.clone())];
@@ -447,6 +494,7 @@ impl Registry {
             },
             self.shared.clone(),
             spool.clone(),
+            format!("{:x}", (saved.created * 1000.0) as i64),
         );
         let replayed = recovery.records.len() + recovery.salvaged.len();
         if replayed > 0 {
@@ -675,29 +723,24 @@ impl Registry {
             .get(name)
             .ok_or_else(|| ApiError::not_found(name, &self.account_id))?;
         let current = entry.handle.config.borrow().clone();
-        let DestinationSpec::S3(s3) = &current.spec.destination;
-        let extended = s3_description(s3);
-        let mut destination = json!({
-            "DestinationId": DESTINATION_ID,
-            "ExtendedS3DestinationDescription": extended.clone(),
-        });
-        // The deprecated S3 description: the fields the old shape has.
-        let mut legacy = serde_json::Map::new();
-        for field in [
-            "RoleARN",
-            "BucketARN",
-            "Prefix",
-            "ErrorOutputPrefix",
-            "BufferingHints",
-            "CompressionFormat",
-            "EncryptionConfiguration",
-            "CloudWatchLoggingOptions",
-        ] {
-            if let Some(v) = extended.get(field) {
-                legacy.insert(field.to_string(), v.clone());
+        let destination = match &current.spec.destination {
+            DestinationSpec::S3(s3) => {
+                let extended = s3_description(s3);
+                json!({
+                    "DestinationId": DESTINATION_ID,
+                    "S3DestinationDescription": legacy_s3_description(&extended),
+                    "ExtendedS3DestinationDescription": extended,
+                })
             }
-        }
-        destination["S3DestinationDescription"] = Value::Object(legacy);
+            DestinationSpec::OpenSearch(os) => {
+                let field = if os.elasticsearch {
+                    "ElasticsearchDestinationDescription"
+                } else {
+                    "AmazonopensearchserviceDestinationDescription"
+                };
+                json!({ "DestinationId": DESTINATION_ID, field: opensearch_description(os) })
+            }
+        };
         Ok(json!({
             "DeliveryStreamDescription": {
                 "DeliveryStreamName": name,
@@ -764,6 +807,13 @@ impl Registry {
             )));
         }
         let mut input = entry.saved.input.clone();
+        if input.extended_s3_destination_configuration.is_none()
+            && input.s3_destination_configuration.is_none()
+        {
+            return Err(ApiError::InvalidArgument(
+                "this stream's destination is not S3; hosepipe does not update OpenSearch destinations yet (delete and create the stream)".into(),
+            ));
+        }
         let legacy = input.extended_s3_destination_configuration.is_none();
         let base = input
             .extended_s3_destination_configuration
@@ -990,6 +1040,10 @@ impl Registry {
             .iter()
             .map(|(name, e)| StreamStatus {
                 name: name.clone(),
+                kind: match e.handle.config.borrow().spec.destination {
+                    DestinationSpec::S3(_) => "s3",
+                    DestinationSpec::OpenSearch(_) => "opensearch",
+                },
                 stats: e.handle.stats.clone(),
                 spool: e.spool.stats.clone(),
             })
@@ -1006,10 +1060,11 @@ impl Registry {
                 .map(|t| (now - t).max(0) as f64 / 1000.0)
                 .unwrap_or(0.0);
             let labels = Metrics::stream(&s.name);
-            self.metrics()
-                .delivery_to_s3_data_freshness
-                .get_or_create(&labels)
-                .set(age);
+            let freshness = match s.kind {
+                "opensearch" => &self.metrics().delivery_to_opensearch_data_freshness,
+                _ => &self.metrics().delivery_to_s3_data_freshness,
+            };
+            freshness.get_or_create(&labels).set(age);
             self.metrics()
                 .spool_segments
                 .get_or_create(&labels)

@@ -77,6 +77,13 @@ impl Server {
                 .map_err(|e| StartError::Restore(format!("[encryption]: {e}")))?,
             key_reuse: config.encryption.reuse,
             owned_key: config.encryption.owned_key.clone(),
+            opensearch: crate::deliver::opensearch::BulkClient {
+                http: reqwest::Client::builder()
+                    .timeout(crate::deliver::opensearch::REQUEST_TIMEOUT)
+                    .build()
+                    .map_err(|e| StartError::Restore(format!("HTTP client: {e}")))?,
+                auth: config.opensearch_auth.clone(),
+            },
             schemas: Arc::new(crate::schema::SchemaSource {
                 local: config.catalog.clone(),
                 glue: config.glue_endpoint().unwrap_or_else(|e| {

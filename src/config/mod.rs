@@ -4,6 +4,7 @@
 
 pub mod conversion;
 pub mod names;
+pub mod opensearch;
 pub mod processing;
 pub mod stream;
 
@@ -39,6 +40,7 @@ pub struct RawConfig {
     pub catalog: BTreeMap<String, BTreeMap<String, RawTable>>,
     pub glue: Option<RawGlue>,
     pub encryption: Option<RawEncryption>,
+    pub opensearch: Option<RawOpenSearch>,
     /// Per-stream Direct PUT quotas, keyed by stream name.
     #[serde(default)]
     pub quotas: BTreeMap<String, RawQuota>,
@@ -88,6 +90,15 @@ pub struct RawEncryption {
     /// `hosepipe-owned`, created in the local keyring on first use; with `aws-kms`, a key id,
     /// ARN or alias KMS knows.
     pub owned_key: Option<String>,
+}
+
+/// `[opensearch]`: how the daemon reaches OpenSearch / Elasticsearch clusters.
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawOpenSearch {
+    /// HTTP basic auth for every `ClusterEndpoint` (both or neither).
+    pub username: Option<String>,
+    pub password: Option<String>,
 }
 
 /// Which key service holds the master keys.
@@ -250,6 +261,8 @@ pub struct Config {
     pub glue_endpoint: Option<String>,
     pub glue_region: Option<String>,
     pub encryption: EncryptionConfig,
+    /// `[opensearch]` basic auth (user, password).
+    pub opensearch_auth: Option<(String, String)>,
 }
 
 /// Overrides from the command line and the environment.
@@ -631,6 +644,15 @@ impl Config {
                 .clone()
                 .unwrap_or_else(|| "hosepipe-owned".into()),
         };
+        let os = raw.opensearch.unwrap_or_default();
+        let opensearch_auth = match (os.username, os.password) {
+            (Some(u), Some(p)) => Some((u, p)),
+            (None, None) => None,
+            _ => {
+                errors.push("opensearch: give username and password together".into());
+                None
+            }
+        };
         let timeout = raw.shutdown_timeout_seconds.unwrap_or(30);
         if errors.is_empty() {
             Ok(Config {
@@ -649,6 +671,7 @@ impl Config {
                 glue_endpoint: glue.endpoint,
                 glue_region: glue.region,
                 encryption,
+                opensearch_auth,
             })
         } else {
             Err(errors)

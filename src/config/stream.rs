@@ -59,8 +59,10 @@ pub struct CreateDeliveryStreamInput {
     pub s3_destination_configuration: Option<ExtendedS3DestinationConfiguration>,
     pub extended_s3_destination_configuration: Option<ExtendedS3DestinationConfiguration>,
     pub redshift_destination_configuration: Option<Value>,
-    pub elasticsearch_destination_configuration: Option<Value>,
-    pub amazonopensearchservice_destination_configuration: Option<Value>,
+    pub elasticsearch_destination_configuration:
+        Option<super::opensearch::OpenSearchDestinationConfiguration>,
+    pub amazonopensearchservice_destination_configuration:
+        Option<super::opensearch::OpenSearchDestinationConfiguration>,
     pub amazon_open_search_serverless_destination_configuration: Option<Value>,
     pub splunk_destination_configuration: Option<Value>,
     pub http_endpoint_destination_configuration: Option<Value>,
@@ -296,8 +298,23 @@ fn validate_partitioning(
 
 /// A validated destination.
 #[derive(Debug, Clone)]
+// One per stream, built once: the size of the S3 variant does not matter.
+#[allow(clippy::large_enum_variant)]
 pub enum DestinationSpec {
     S3(S3Spec),
+    OpenSearch(Box<super::opensearch::OpenSearchSpec>),
+}
+
+/// A destination block found in a create request.
+enum Given<'a> {
+    S3((&'a ExtendedS3DestinationConfiguration, &'static str, bool)),
+    Search(
+        (
+            &'a super::opensearch::OpenSearchDestinationConfiguration,
+            &'static str,
+            bool,
+        ),
+    ),
 }
 
 /// A validated stream definition.
@@ -314,6 +331,24 @@ impl StreamSpec {
     pub fn limits(&self) -> Limits {
         match &self.destination {
             DestinationSpec::S3(s3) => s3.limits,
+            DestinationSpec::OpenSearch(os) => os.limits,
+        }
+    }
+
+    /// Where the stream's S3 objects go: the S3 destination itself, or the backup bucket of
+    /// the others (error output, and all records with `AllDocuments`).
+    pub fn s3_output(&self) -> &S3Spec {
+        match &self.destination {
+            DestinationSpec::S3(s3) => s3,
+            DestinationSpec::OpenSearch(os) => &os.backup,
+        }
+    }
+
+    /// The destination's `ProcessingConfiguration`.
+    pub fn processing(&self) -> Option<&super::processing::ProcessingSpec> {
+        match &self.destination {
+            DestinationSpec::S3(s3) => s3.processing.as_ref(),
+            DestinationSpec::OpenSearch(os) => os.processing.as_ref(),
         }
     }
 }
@@ -321,18 +356,10 @@ impl StreamSpec {
 /// Destination fields hosepipe does not deliver to yet, with their API names.
 fn unsupported_destinations(input: &CreateDeliveryStreamInput) -> Vec<&'static str> {
     let mut out = Vec::new();
-    let fields: [(&Option<Value>, &'static str); 8] = [
+    let fields: [(&Option<Value>, &'static str); 6] = [
         (
             &input.redshift_destination_configuration,
             "redshift_destination_configuration",
-        ),
-        (
-            &input.elasticsearch_destination_configuration,
-            "elasticsearch_destination_configuration",
-        ),
-        (
-            &input.amazonopensearchservice_destination_configuration,
-            "amazonopensearchservice_destination_configuration",
         ),
         (
             &input.amazon_open_search_serverless_destination_configuration,
@@ -415,7 +442,7 @@ pub fn enabled(block: &Option<Value>) -> bool {
     }
 }
 
-fn check_range(
+pub(crate) fn check_range(
     errors: &mut Vec<FieldError>,
     path: &[&str],
     value: i64,
@@ -688,7 +715,7 @@ pub fn validate(
     for name in &unsupported {
         errors.push(FieldError::new(
             &[name],
-            "this destination is not supported by this hosepipe version (S3 is)",
+            "this destination is not supported by this hosepipe version (S3 and OpenSearch are)",
         ));
     }
     let s3_blocks = [
@@ -701,10 +728,35 @@ pub fn validate(
             .as_ref()
             .map(|c| (c, "s3_destination_configuration", true)),
     ];
-    let given: Vec<_> = s3_blocks.into_iter().flatten().collect();
+    let search_blocks = [
+        input
+            .amazonopensearchservice_destination_configuration
+            .as_ref()
+            .map(|c| {
+                (
+                    c,
+                    "amazonopensearchservice_destination_configuration",
+                    false,
+                )
+            }),
+        input
+            .elasticsearch_destination_configuration
+            .as_ref()
+            .map(|c| (c, "elasticsearch_destination_configuration", true)),
+    ];
+    let given: Vec<_> = s3_blocks
+        .into_iter()
+        .flatten()
+        .map(Given::S3)
+        .chain(search_blocks.into_iter().flatten().map(Given::Search))
+        .collect();
     let destination = match (given.as_slice(), unsupported.is_empty()) {
-        ([(raw, path, legacy)], true) => {
+        ([Given::S3((raw, path, legacy))], true) => {
             validate_s3(raw, path, *legacy, &mut errors).map(DestinationSpec::S3)
+        }
+        ([Given::Search((raw, path, es))], true) => {
+            super::opensearch::validate(raw, path, *es, &mut errors)
+                .map(|spec| DestinationSpec::OpenSearch(Box::new(spec)))
         }
         ([], true) => {
             errors.push(FieldError::new(
@@ -787,7 +839,9 @@ mod tests {
             &s3(serde_json::json!({"BucketARN": "arn:aws:s3:::bkt", "RoleARN": "r"})),
         )
         .unwrap();
-        let DestinationSpec::S3(s3) = spec.destination;
+        let DestinationSpec::S3(s3) = spec.destination else {
+            panic!("an S3 destination")
+        };
         assert_eq!(s3.bucket, "bkt");
         assert_eq!(s3.limits.size_bytes, 5 * 1024 * 1024);
         assert_eq!(s3.limits.interval, Duration::from_secs(300));
@@ -862,7 +916,9 @@ mod tests {
     #[test]
     fn dynamic_partitioning_is_validated_with_its_rules() {
         let spec = validate("s", &s3(partitioned(serde_json::json!({})))).unwrap();
-        let DestinationSpec::S3(s3spec) = spec.destination;
+        let DestinationSpec::S3(s3spec) = spec.destination else {
+            panic!("an S3 destination")
+        };
         assert_eq!(
             s3spec.partitioning,
             Some(PartitioningSpec {

@@ -18,6 +18,8 @@ pub struct FailedRecord {
     /// `dataCatalogTable`, for records format conversion failed (their documents then say
     /// `lastErrorCode` / `lastErrorMessage`, as Firehose's do).
     pub catalog_table: Option<serde_json::Value>,
+    /// Destination-specific fields (`esDocumentId`, `esIndexName`, `EventId`, …).
+    pub extra: Option<serde_json::Map<String, serde_json::Value>>,
 }
 
 /// `{"attemptsMade", "arrivalTimestamp", "errorCode", "errorMessage", "attemptEndingTimestamp",
@@ -44,6 +46,9 @@ pub fn documents(failed: &[FailedRecord], attempt_ending_ms: i64) -> Bytes {
         if let Some(table) = &f.catalog_table {
             doc["dataCatalogTable"] = table.clone();
         }
+        if let (Some(extra), Some(obj)) = (&f.extra, doc.as_object_mut()) {
+            obj.extend(extra.clone());
+        }
         serde_json::to_writer(&mut out, &doc).expect("JSON into memory");
         out.push(b'\n');
     }
@@ -66,6 +71,7 @@ pub fn failed_record_documents(
             code: error_code.to_string(),
             message: error_message.to_string(),
             lambda_arn: None,
+            extra: None,
             catalog_table: None,
         })
         .collect();
@@ -113,6 +119,7 @@ mod tests {
                 code: "Lambda.ProcessingFailed".into(),
                 message: "bad line".into(),
                 lambda_arn: Some("arn:aws:lambda:r:1:function:f".into()),
+                extra: None,
                 catalog_table: None,
             }],
             7,

@@ -1,6 +1,7 @@
 //! Turning a flushed batch into an object (name, compressed body) and delivering it with retries.
 
 pub mod error_output;
+pub mod opensearch;
 pub mod prefix;
 
 use std::collections::BTreeMap;
@@ -141,6 +142,7 @@ pub fn encode_s3_converted(
                 code: "DataFormatConversion.MalformedData".into(),
                 message: reason,
                 lambda_arn: None,
+                extra: None,
                 catalog_table: Some(serde_json::json!({
                     "catalogId": table.catalog_id,
                     "databaseName": table.database,
@@ -374,7 +376,9 @@ mod tests {
             }
         }))
         .unwrap();
-        let DestinationSpec::S3(spec) = validate("clicks", &input).unwrap().destination;
+        let DestinationSpec::S3(spec) = validate("clicks", &input).unwrap().destination else {
+            panic!("an S3 destination")
+        };
         // 2018-08-27T20:30:00Z is 05:30 on the 28th in Tokyo.
         let t = 1_535_401_800_000;
         let batch = Batch {

@@ -89,6 +89,12 @@ pub struct Metrics {
     pub partition_limit_records: Family<StreamLabels, Counter>,
     pub jq_processing_duration: HistogramFamily<StreamLabels>,
     pub key_service_calls: Family<OutcomeLabels, Counter>,
+    pub delivery_to_opensearch_requests: Family<OutcomeLabels, Counter>,
+    pub delivery_to_opensearch_records: Family<StreamLabels, Counter>,
+    pub delivery_to_opensearch_bytes: Family<StreamLabels, Counter>,
+    pub delivery_to_opensearch_data_freshness: Family<StreamLabels, Gauge<f64, AtomicU64>>,
+    pub delivery_to_opensearch_latency: HistogramFamily<StreamLabels>,
+    pub opensearch_failed_documents: Family<StreamLabels, Counter>,
     /// Every fsync's latency, kept only when a benchmark asks for them.
     fsync_log: Mutex<Option<Vec<f64>>>,
     /// Per-record arrival → delivered latencies, kept only when a benchmark asks for them.
@@ -137,6 +143,12 @@ impl Metrics {
             partition_limit_records: Family::default(),
             jq_processing_duration: Family::new_with_constructor(processing_histogram),
             key_service_calls: Family::default(),
+            delivery_to_opensearch_requests: Family::default(),
+            delivery_to_opensearch_records: Family::default(),
+            delivery_to_opensearch_bytes: Family::default(),
+            delivery_to_opensearch_data_freshness: Family::default(),
+            delivery_to_opensearch_latency: Family::new_with_constructor(latency_histogram),
+            opensearch_failed_documents: Family::default(),
             fsync_log: Mutex::new(None),
             latency_log: Mutex::new(None),
             registry: Registry::default(),
@@ -312,6 +324,39 @@ impl Metrics {
             "Data-key requests to the key service, by outcome: success or Firehose's KMS condition (KMSKeyNotFound, KMSKeyAccessDenied, KMSKeyDisabled, KMSKeyInvalidState, KMSUnavailable)",
             m.key_service_calls.clone(),
         );
+        registry.register(
+            "delivery_to_opensearch_requests",
+            "_bulk requests by outcome: failure = the whole request failed (Firehose DeliveryToAmazonOpenSearchService.Success is success/(success+failure))",
+            m.delivery_to_opensearch_requests.clone(),
+        );
+        registry.register(
+            "delivery_to_opensearch_records",
+            "Documents indexed (Firehose DeliveryToAmazonOpenSearchService.Records)",
+            m.delivery_to_opensearch_records.clone(),
+        );
+        registry.register_with_unit(
+            "delivery_to_opensearch",
+            "Record bytes indexed (Firehose DeliveryToAmazonOpenSearchService.Bytes)",
+            prometheus_client::registry::Unit::Bytes,
+            m.delivery_to_opensearch_bytes.clone(),
+        );
+        registry.register_with_unit(
+            "delivery_to_opensearch_data_freshness",
+            "Age of the oldest record not yet indexed (Firehose DeliveryToAmazonOpenSearchService.DataFreshness)",
+            prometheus_client::registry::Unit::Seconds,
+            m.delivery_to_opensearch_data_freshness.clone(),
+        );
+        registry.register_with_unit(
+            "delivery_to_opensearch_latency",
+            "Arrival to indexed, per document",
+            prometheus_client::registry::Unit::Seconds,
+            m.delivery_to_opensearch_latency.clone(),
+        );
+        registry.register(
+            "opensearch_failed_documents",
+            "Documents written to the S3 backup after failing (AmazonOpenSearchService-failed)",
+            m.opensearch_failed_documents.clone(),
+        );
         Metrics { registry, ..m }
     }
 
@@ -380,6 +425,46 @@ impl Metrics {
             .get_or_create(&labels)
             .inc_by(bytes);
         let hist = self.delivery_to_s3_latency.get_or_create(&labels);
+        let mut log = self.latency_log.lock().expect("latency log lock");
+        for a in arrivals_ms {
+            let secs = (now_ms - a).max(0) as f64 / 1000.0;
+            hist.observe(secs);
+            if let Some(log) = log.as_mut() {
+                log.push(secs);
+            }
+        }
+    }
+
+    /// Counts `_bulk` requests: `requests` made, `failed` of them as a whole.
+    pub fn opensearch_requests(&self, stream: &str, requests: u32, failed: u32) {
+        for (outcome, n) in [(SUCCESS, requests - failed), (FAILURE, failed)] {
+            if n > 0 {
+                self.delivery_to_opensearch_requests
+                    .get_or_create(&OutcomeLabels {
+                        stream: stream.to_string(),
+                        outcome: outcome.to_string(),
+                    })
+                    .inc_by(n as u64);
+            }
+        }
+    }
+
+    /// Records documents indexed.
+    pub fn delivered_to_opensearch(
+        &self,
+        stream: &str,
+        arrivals_ms: &[i64],
+        bytes: u64,
+        now_ms: i64,
+    ) {
+        let labels = Self::stream(stream);
+        self.delivery_to_opensearch_records
+            .get_or_create(&labels)
+            .inc_by(arrivals_ms.len() as u64);
+        self.delivery_to_opensearch_bytes
+            .get_or_create(&labels)
+            .inc_by(bytes);
+        let hist = self.delivery_to_opensearch_latency.get_or_create(&labels);
         let mut log = self.latency_log.lock().expect("latency log lock");
         for a in arrivals_ms {
             let secs = (now_ms - a).max(0) as f64 / 1000.0;

@@ -974,18 +974,24 @@ async fn deliver_opensearch(
     let outcome = ctx
         .shared
         .opensearch
-        .deliver(spec, docs, |pending, reason| {
-            ctx.stats.failed_attempts.fetch_add(1, Ordering::Relaxed);
-            tracing::warn!(
-                batch = batch.id,
-                documents = pending,
-                reason,
-                "OpenSearch did not take every document; retrying those"
-            );
+        .deliver(spec, docs, |attempt| {
+            ctx.shared
+                .metrics
+                .opensearch_request(&ctx.name, attempt.answered);
+            if attempt.pending > 0 {
+                ctx.stats.failed_attempts.fetch_add(1, Ordering::Relaxed);
+            }
+            if attempt.retrying {
+                tracing::warn!(
+                    batch = batch.id,
+                    documents = attempt.pending,
+                    reason = attempt.reason,
+                    "OpenSearch did not take every document; retrying those"
+                );
+            }
         })
         .await;
     let metrics = &ctx.shared.metrics;
-    metrics.opensearch_requests(&ctx.name, outcome.requests, outcome.failed_requests);
     let indexed = &outcome.indexed;
     let bytes: u64 = indexed.iter().map(|d| d.record.data.len() as u64).sum();
     metrics.delivered_to_opensearch(

@@ -41,9 +41,18 @@ pub struct FailedDoc {
 pub struct BulkOutcome {
     pub indexed: Vec<Doc>,
     pub failed: Vec<FailedDoc>,
-    /// Bulk requests made, and how many of them failed as a whole.
-    pub requests: u32,
-    pub failed_requests: u32,
+}
+
+/// One `_bulk` attempt, as the caller hears of it.
+#[derive(Debug)]
+pub struct Attempt<'a> {
+    /// The request got a `_bulk` answer (its items may still have failed).
+    pub answered: bool,
+    /// Documents still to index, and whether they will be sent again.
+    pub pending: usize,
+    pub retrying: bool,
+    /// Why the first of them failed.
+    pub reason: &'a str,
 }
 
 /// The item code for a record that is not a JSON object.
@@ -250,12 +259,12 @@ impl BulkClient {
     }
 
     /// Indexes `docs`, retrying what failed for a retryable reason until `retry` (counted from
-    /// the first attempt) runs out. `on_retry(pending, reason)` hears of each retry.
+    /// the first attempt) runs out. `observe` hears of every attempt.
     pub async fn deliver(
         &self,
         spec: &OpenSearchSpec,
         docs: Vec<Doc>,
-        on_retry: impl Fn(usize, &str),
+        observe: impl Fn(Attempt<'_>),
     ) -> BulkOutcome {
         let started = tokio::time::Instant::now();
         let mut out = BulkOutcome::default();
@@ -267,10 +276,10 @@ impl BulkClient {
         let mut attempt = 0u32;
         while !pending.is_empty() {
             attempt += 1;
-            out.requests += 1;
             let body = bulk_body(pending.iter().map(|(d, _, _)| d), spec.type_name.as_deref());
             let result = self.send(&spec.endpoint, body, pending.len()).await;
             let mut next = Vec::new();
+            let answered = result.is_ok();
             match result {
                 Ok(items) => {
                     for ((doc, _, _), item) in pending.into_iter().zip(items) {
@@ -289,7 +298,6 @@ impl BulkClient {
                     }
                 }
                 Err(f) => {
-                    out.failed_requests += 1;
                     next = pending
                         .into_iter()
                         .map(|(d, _, _)| (d, f.code.clone(), f.message.clone()))
@@ -297,14 +305,17 @@ impl BulkClient {
                 }
             }
             pending = next;
-            if pending.is_empty() {
-                break;
-            }
             let wait = super::backoff(attempt - 1);
-            if started.elapsed() + wait > spec.retry {
+            let retrying = !pending.is_empty() && started.elapsed() + wait <= spec.retry;
+            observe(Attempt {
+                answered,
+                pending: pending.len(),
+                retrying,
+                reason: pending.first().map_or("", |p| p.2.as_str()),
+            });
+            if !retrying {
                 break;
             }
-            on_retry(pending.len(), &pending[0].2);
             tokio::time::sleep(wait).await;
         }
         out.failed

@@ -435,18 +435,14 @@ impl Metrics {
         }
     }
 
-    /// Counts `_bulk` requests: `requests` made, `failed` of them as a whole.
-    pub fn opensearch_requests(&self, stream: &str, requests: u32, failed: u32) {
-        for (outcome, n) in [(SUCCESS, requests - failed), (FAILURE, failed)] {
-            if n > 0 {
-                self.delivery_to_opensearch_requests
-                    .get_or_create(&OutcomeLabels {
-                        stream: stream.to_string(),
-                        outcome: outcome.to_string(),
-                    })
-                    .inc_by(n as u64);
-            }
-        }
+    /// Counts a `_bulk` request: `answered`, or failed as a whole.
+    pub fn opensearch_request(&self, stream: &str, answered: bool) {
+        self.delivery_to_opensearch_requests
+            .get_or_create(&OutcomeLabels {
+                stream: stream.to_string(),
+                outcome: if answered { SUCCESS } else { FAILURE }.to_string(),
+            })
+            .inc();
     }
 
     /// Records documents indexed.

@@ -58,6 +58,46 @@ def moto():
     proc.wait()
 
 
+class OpenSearchServer:
+    """osmem-server: the OpenSearch API in memory (real `_bulk` item statuses and mapping
+    errors). Restartable on the same port; a restart starts empty."""
+
+    def __init__(self):
+        import osmem_server
+        self.binary = osmem_server.resolve_binary()
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.proc = None
+        self.start()
+
+    def start(self):
+        self.proc = subprocess.Popen([self.binary, "-addr", f"127.0.0.1:{self.port}", "-no-stdin-watch"],
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        wait_for(lambda: requests.get(f"{self.url}/_cluster/health", timeout=1).status_code == 200,
+                 timeout=30, what="osmem-server")
+
+    def stop(self):
+        if self.proc and self.proc.poll() is None:
+            self.proc.terminate()
+            self.proc.wait()
+
+    def count(self, index):
+        r = requests.get(f"{self.url}/{index}/_count", timeout=5)
+        return r.json()["count"] if r.status_code == 200 else 0
+
+    def search(self, index, query):
+        requests.post(f"{self.url}/{index}/_refresh", timeout=5)
+        r = requests.post(f"{self.url}/{index}/_search", json={"query": query, "size": 100}, timeout=5)
+        return [h["_source"] for h in r.json()["hits"]["hits"]]
+
+
+@pytest.fixture(scope="module")
+def opensearch():
+    server = OpenSearchServer()
+    yield server
+    server.stop()
+
+
 def free_port_pair():
     """A port whose +10000 neighbour (SeaweedFS's gRPC port) is free too."""
     for _ in range(200):

@@ -68,6 +68,8 @@ enum Command {
     BenchPartition(hosepipe::partition::bench::BenchPartitionArgs),
     /// Measure the encryption stage against bare AES-256-GCM of the same bytes.
     BenchEncrypt(hosepipe::crypto::bench::BenchEncryptArgs),
+    /// Benchmark: records/s into OpenSearch through hosepipe's _bulk path vs a bare HTTP client.
+    BenchOpensearch(hosepipe::deliver::opensearch_bench::BenchOpenSearchArgs),
     /// Decrypt an object written by a stream with KMSEncryptionConfig (a file or s3://bucket/key).
     Decrypt {
         #[arg(long)]
@@ -280,6 +282,10 @@ fn main() -> ExitCode {
         Command::BenchEncrypt(args) => {
             finished("bench-encrypt", hosepipe::crypto::bench::run(args))
         }
+        Command::BenchOpensearch(args) => finished(
+            "bench-opensearch",
+            hosepipe::deliver::opensearch_bench::run(args),
+        ),
         Command::Keys { config, action } => match load_quietly(config.as_deref()) {
             Err(code) => code,
             Ok(cfg) => match hosepipe::crypto::cli::keys(&cfg, &action) {

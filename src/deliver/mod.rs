@@ -2,6 +2,7 @@
 
 pub mod error_output;
 pub mod opensearch;
+pub mod opensearch_bench;
 pub mod prefix;
 
 use std::collections::BTreeMap;

@@ -229,6 +229,8 @@ pub struct Shared {
     pub owned_key: String,
     /// Talks `_bulk` to OpenSearch / Elasticsearch destinations.
     pub opensearch: crate::deliver::opensearch::BulkClient,
+    /// Talks HEC to Splunk destinations.
+    pub splunk: crate::deliver::splunk::HecClient,
 }
 
 /// Everything a stream's stages share.
@@ -244,6 +246,8 @@ pub struct StreamContext {
     data_keys: Arc<crate::crypto::sink::DataKeyCache>,
     /// Makes OpenSearch document ids unique to this stream (its creation time).
     id_base: String,
+    /// The stream's Splunk HEC channel (`X-Splunk-Request-Channel`).
+    hec_channel: String,
 }
 
 impl StreamContext {
@@ -313,6 +317,7 @@ pub fn spawn_pipeline(
         fragments: Arc::default(),
         data_keys: Arc::default(),
         id_base,
+        hec_channel: uuid::Uuid::new_v4().to_string(),
     };
     let (config_tx, config_rx) = watch::channel(Arc::new(initial));
     let (object_tx, object_rx) = mpsc::channel::<EncodedObject>(DELIVER_WORKERS);
@@ -868,6 +873,12 @@ async fn encode_stage(
                                     .in_current_span(),
                             );
                         }
+                        DestinationSpec::Splunk(_) => {
+                            running.spawn(
+                                async move { deliver_splunk(&ctx, &current, batch).await }
+                                    .in_current_span(),
+                            );
+                        }
                     }
                 }
                 None => open = false,
@@ -938,6 +949,74 @@ fn encode_batch(ctx: &StreamContext, current: &Versioned, batch: Batch) -> Vec<E
     }
 }
 
+/// With `AllDocuments` / `AllEvents`: the backup object of every record of `batch`. The spool
+/// keeps each record until both its delivery and its backup copy have settled.
+fn backup_all(
+    ctx: &StreamContext,
+    current: &Versioned,
+    batch: &Batch,
+    backup: &crate::config::stream::S3Spec,
+) -> Option<EncodedObject> {
+    ctx.add_outputs(batch.records.iter().map(|r| r.seq));
+    let copy = Batch {
+        id: u64::MAX,
+        ..batch.clone()
+    };
+    match deliver::encode_s3(&copy, backup, &ctx.name, current.version) {
+        Ok(obj) => {
+            ctx.shared
+                .admission
+                .force_reserve(obj.raw_bytes + 24 * obj.records.len() as u64);
+            Some(obj)
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "cannot encode the backup of every record; this batch is not backed up");
+            ctx.settle(batch.records.iter().map(|r| r.seq).collect());
+            None
+        }
+    }
+}
+
+/// Settles what an HTTP destination took (`delivered`), and turns what it did not into error
+/// output of `error_type` in the backup bucket.
+fn after_http_delivery(
+    ctx: &StreamContext,
+    current: &Versioned,
+    batch_id: u64,
+    delivered: &[Record],
+    failed: &[FailedRecord],
+    error_type: deliver::ErrorOutputType,
+) -> Option<EncodedObject> {
+    let bytes: u64 = delivered.iter().map(|r| r.data.len() as u64).sum();
+    ctx.stats
+        .delivered_records
+        .fetch_add(delivered.len() as u64, Ordering::Relaxed);
+    ctx.settle(delivered.iter().map(|r| r.seq).collect());
+    ctx.shared
+        .admission
+        .release(bytes + 24 * delivered.len() as u64);
+    ctx.settled_destination(batch_id);
+    if failed.is_empty() {
+        return None;
+    }
+    tracing::warn!(
+        batch = batch_id,
+        records = failed.len(),
+        code = %failed[0].code,
+        first_reason = %failed[0].message,
+        "records the destination did not take go to the S3 backup"
+    );
+    Some(deliver::encode_error_output(
+        failed,
+        error_type,
+        current.spec.s3_output(),
+        &ctx.name,
+        current.version,
+        batch_id,
+        now_ms(),
+    ))
+}
+
 /// Indexes one batch in OpenSearch (retrying what failed for a retryable reason, within the
 /// stream's `RetryOptions`); returns the S3 objects that follow from it: the failed documents
 /// (`AmazonOpenSearchService-failed`) and, with `AllDocuments`, the backup of every record.
@@ -951,24 +1030,7 @@ async fn deliver_opensearch(
     };
     let mut objects = Vec::new();
     if spec.backup_all {
-        // Every record also goes to the backup bucket: the spool keeps it until both are done.
-        ctx.add_outputs(batch.records.iter().map(|r| r.seq));
-        let backup = Batch {
-            id: u64::MAX,
-            ..batch.clone()
-        };
-        match deliver::encode_s3(&backup, &spec.backup, &ctx.name, current.version) {
-            Ok(obj) => {
-                ctx.shared
-                    .admission
-                    .force_reserve(obj.raw_bytes + 24 * obj.records.len() as u64);
-                objects.push(obj);
-            }
-            Err(e) => {
-                tracing::error!(error = %e, "cannot encode the AllDocuments backup; its records are not backed up");
-                ctx.settle(batch.records.iter().map(|r| r.seq).collect());
-            }
-        }
+        objects.extend(backup_all(ctx, current, &batch, &spec.backup));
     }
     let (docs, mut failed) = deliver::opensearch::prepare(spec, &batch.records, &ctx.id_base);
     let outcome = ctx
@@ -991,63 +1053,127 @@ async fn deliver_opensearch(
             }
         })
         .await;
-    let metrics = &ctx.shared.metrics;
-    let indexed = &outcome.indexed;
-    let bytes: u64 = indexed.iter().map(|d| d.record.data.len() as u64).sum();
-    metrics.delivered_to_opensearch(
+    let indexed: Vec<Record> = outcome.indexed.into_iter().map(|d| d.record).collect();
+    ctx.shared.metrics.delivered_to_opensearch(
         &ctx.name,
-        &indexed
-            .iter()
-            .map(|d| d.record.arrival_ms)
-            .collect::<Vec<_>>(),
-        bytes,
+        &indexed.iter().map(|r| r.arrival_ms).collect::<Vec<_>>(),
+        indexed.iter().map(|r| r.data.len() as u64).sum(),
         now_ms(),
     );
-    ctx.stats
-        .delivered_records
-        .fetch_add(indexed.len() as u64, Ordering::Relaxed);
-    ctx.settle(indexed.iter().map(|d| d.record.seq).collect());
-    ctx.shared
-        .admission
-        .release(bytes + 24 * indexed.len() as u64);
     failed.extend(outcome.failed);
-    if !failed.is_empty() {
-        metrics
-            .opensearch_failed_documents
-            .get_or_create(&Metrics::stream(&ctx.name))
-            .inc_by(failed.len() as u64);
-        tracing::warn!(
-            batch = batch.id,
-            documents = failed.len(),
-            first_reason = %failed[0].message,
-            "documents OpenSearch did not index go to the S3 backup"
-        );
-        let records: Vec<FailedRecord> = failed
-            .iter()
-            .map(|f| FailedRecord {
-                record: f.doc.record.clone(),
-                attempts: f.attempts,
-                code: f.code.clone(),
-                message: f.message.clone(),
-                lambda_arn: None,
-                extra: Some(deliver::opensearch::failed_fields(
-                    f,
-                    spec.type_name.as_deref(),
-                )),
-                catalog_table: None,
-            })
-            .collect();
-        objects.push(deliver::encode_error_output(
-            &records,
-            deliver::ErrorOutputType::OpenSearchFailed,
-            &spec.backup,
-            &ctx.name,
-            current.version,
-            batch.id,
-            now_ms(),
-        ));
+    ctx.shared
+        .metrics
+        .opensearch_failed_documents
+        .get_or_create(&Metrics::stream(&ctx.name))
+        .inc_by(failed.len() as u64);
+    let failed: Vec<FailedRecord> = failed
+        .iter()
+        .map(|f| FailedRecord {
+            record: f.doc.record.clone(),
+            attempts: f.attempts,
+            code: f.code.clone(),
+            message: f.message.clone(),
+            lambda_arn: None,
+            extra: Some(deliver::opensearch::failed_fields(
+                f,
+                spec.type_name.as_deref(),
+            )),
+            catalog_table: None,
+        })
+        .collect();
+    objects.extend(after_http_delivery(
+        ctx,
+        current,
+        batch.id,
+        &indexed,
+        &failed,
+        deliver::ErrorOutputType::OpenSearchFailed,
+    ));
+    objects
+}
+
+/// Sends one batch to Splunk HEC and waits for its indexer acknowledgement (sending it again
+/// when the ack does not come in time, within `RetryOptions`); returns the S3 objects that
+/// follow: the failed events (`splunk-failed`) and, with `AllEvents`, the backup of every record.
+async fn deliver_splunk(
+    ctx: &StreamContext,
+    current: &Versioned,
+    batch: Batch,
+) -> Vec<EncodedObject> {
+    let DestinationSpec::Splunk(spec) = &current.spec.destination else {
+        unreachable!("called for Splunk destinations only");
+    };
+    let mut objects = Vec::new();
+    if spec.backup_all {
+        objects.extend(backup_all(ctx, current, &batch, &spec.backup));
     }
-    ctx.settled_destination(batch.id);
+    let outcome = ctx
+        .shared
+        .splunk
+        .deliver(spec, &ctx.name, &ctx.hec_channel, &batch.records, |attempt| {
+            ctx.shared.metrics.splunk_request(&ctx.name, false);
+            ctx.stats.failed_attempts.fetch_add(1, Ordering::Relaxed);
+            if let Some(f) = attempt.failure {
+                tracing::warn!(batch = batch.id, code = f.code, reason = %f.message, retrying = attempt.retrying, "Splunk HEC did not take the batch");
+            }
+        })
+        .await;
+    let (delivered, failed) = match outcome.result {
+        Ok(latency) => {
+            ctx.shared.metrics.splunk_request(&ctx.name, true);
+            ctx.shared.metrics.delivered_to_splunk(
+                &ctx.name,
+                &batch
+                    .records
+                    .iter()
+                    .map(|r| r.arrival_ms)
+                    .collect::<Vec<_>>(),
+                batch.bytes,
+                latency.as_secs_f64(),
+                now_ms(),
+            );
+            (batch.records.as_slice(), Vec::new())
+        }
+        Err(f) => {
+            let mut n: HashMap<u64, u32> = HashMap::new();
+            let failed: Vec<FailedRecord> = batch
+                .records
+                .iter()
+                .map(|r| {
+                    let k = n.entry(r.seq).or_insert(0);
+                    *k += 1;
+                    let mut extra = serde_json::Map::new();
+                    extra.insert(
+                        "EventId".into(),
+                        deliver::splunk::event_id(r.seq, *k - 1).into(),
+                    );
+                    FailedRecord {
+                        record: r.clone(),
+                        attempts: outcome.attempts,
+                        code: f.code.to_string(),
+                        message: f.message.clone(),
+                        lambda_arn: None,
+                        extra: Some(extra),
+                        catalog_table: None,
+                    }
+                })
+                .collect();
+            ctx.shared
+                .metrics
+                .splunk_failed_events
+                .get_or_create(&Metrics::stream(&ctx.name))
+                .inc_by(failed.len() as u64);
+            (&[][..], failed)
+        }
+    };
+    objects.extend(after_http_delivery(
+        ctx,
+        current,
+        batch.id,
+        delivered,
+        &failed,
+        deliver::ErrorOutputType::SplunkFailed,
+    ));
     objects
 }
 

@@ -274,6 +274,27 @@ fn opensearch_description(spec: &crate::config::opensearch::OpenSearchSpec) -> V
     }))
 }
 
+/// `SplunkDestinationDescription` with the defaults in force filled in.
+fn splunk_description(spec: &crate::config::splunk::SplunkSpec) -> Value {
+    let raw = &spec.raw;
+    strip_nulls(json!({
+        "HECEndpoint": raw.hec_endpoint,
+        "HECEndpointType": raw.hec_endpoint_type,
+        "HECToken": raw.hec_token,
+        "HECAcknowledgmentTimeoutInSeconds": spec.ack_timeout.as_secs(),
+        "RetryOptions": { "DurationInSeconds": spec.retry.as_secs() },
+        "S3BackupMode": if spec.backup_all { "AllEvents" } else { "FailedEventsOnly" },
+        "S3DestinationDescription": legacy_s3_description(&s3_description(&spec.backup)),
+        "ProcessingConfiguration": raw.processing_configuration,
+        "CloudWatchLoggingOptions": raw.cloud_watch_logging_options.clone()
+            .unwrap_or_else(|| json!({"Enabled": false})),
+        "BufferingHints": {
+            "SizeInMBs": spec.limits.size_bytes / (1024 * 1024),
+            "IntervalInSeconds": spec.limits.interval.as_secs(),
+        },
+    }))
+}
+
 impl Registry {
     pub fn new(
         data_dir: &Path,
@@ -740,6 +761,10 @@ impl Registry {
                 };
                 json!({ "DestinationId": DESTINATION_ID, field: opensearch_description(os) })
             }
+            DestinationSpec::Splunk(sp) => json!({
+                "DestinationId": DESTINATION_ID,
+                "SplunkDestinationDescription": splunk_description(sp),
+            }),
         };
         Ok(json!({
             "DeliveryStreamDescription": {
@@ -811,7 +836,7 @@ impl Registry {
             && input.s3_destination_configuration.is_none()
         {
             return Err(ApiError::InvalidArgument(
-                "this stream's destination is not S3; hosepipe does not update OpenSearch destinations yet (delete and create the stream)".into(),
+                "this stream's destination is not S3; hosepipe does not update OpenSearch or Splunk destinations yet (delete and create the stream)".into(),
             ));
         }
         let legacy = input.extended_s3_destination_configuration.is_none();
@@ -1043,6 +1068,7 @@ impl Registry {
                 kind: match e.handle.config.borrow().spec.destination {
                     DestinationSpec::S3(_) => "s3",
                     DestinationSpec::OpenSearch(_) => "opensearch",
+                    DestinationSpec::Splunk(_) => "splunk",
                 },
                 stats: e.handle.stats.clone(),
                 spool: e.spool.stats.clone(),
@@ -1062,6 +1088,7 @@ impl Registry {
             let labels = Metrics::stream(&s.name);
             let freshness = match s.kind {
                 "opensearch" => &self.metrics().delivery_to_opensearch_data_freshness,
+                "splunk" => &self.metrics().delivery_to_splunk_data_freshness,
                 _ => &self.metrics().delivery_to_s3_data_freshness,
             };
             freshness.get_or_create(&labels).set(age);

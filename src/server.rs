@@ -84,6 +84,26 @@ impl Server {
                     .map_err(|e| StartError::Restore(format!("HTTP client: {e}")))?,
                 auth: config.opensearch_auth.clone(),
             },
+            splunk: crate::deliver::splunk::HecClient {
+                http: reqwest::Client::builder()
+                    .timeout(crate::deliver::opensearch::REQUEST_TIMEOUT)
+                    .build()
+                    .map_err(|e| StartError::Restore(format!("HTTP client: {e}")))?,
+                fields: {
+                    let d = crate::deliver::splunk::EventFields::default();
+                    let s = &config.splunk;
+                    crate::deliver::splunk::EventFields {
+                        host: s.host.clone().unwrap_or(d.host),
+                        source: s.source.clone(),
+                        sourcetype: s.sourcetype.clone().unwrap_or(d.sourcetype),
+                        index: s.index.clone(),
+                    }
+                },
+                ack_timeout: config
+                    .splunk
+                    .ack_timeout_seconds
+                    .map(std::time::Duration::from_secs),
+            },
             schemas: Arc::new(crate::schema::SchemaSource {
                 local: config.catalog.clone(),
                 glue: config.glue_endpoint().unwrap_or_else(|e| {

@@ -6,6 +6,7 @@ pub mod conversion;
 pub mod names;
 pub mod opensearch;
 pub mod processing;
+pub mod splunk;
 pub mod stream;
 
 use std::collections::BTreeMap;
@@ -41,6 +42,7 @@ pub struct RawConfig {
     pub glue: Option<RawGlue>,
     pub encryption: Option<RawEncryption>,
     pub opensearch: Option<RawOpenSearch>,
+    pub splunk: Option<RawSplunk>,
     /// Per-stream Direct PUT quotas, keyed by stream name.
     #[serde(default)]
     pub quotas: BTreeMap<String, RawQuota>,
@@ -99,6 +101,20 @@ pub struct RawOpenSearch {
     /// HTTP basic auth for every `ClusterEndpoint` (both or neither).
     pub username: Option<String>,
     pub password: Option<String>,
+}
+
+/// `[splunk]`: event metadata and an acknowledgement-timeout override for HEC destinations.
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawSplunk {
+    /// Event endpoint metadata (default: the machine's hostname, `hosepipe:<stream>`,
+    /// `aws:firehose`, the token's default index).
+    pub host: Option<String>,
+    pub source: Option<String>,
+    pub sourcetype: Option<String>,
+    pub index: Option<String>,
+    /// Replaces every stream's `HECAcknowledgmentTimeoutInSeconds` (tests, slow indexers).
+    pub ack_timeout_seconds: Option<u64>,
 }
 
 /// Which key service holds the master keys.
@@ -263,6 +279,8 @@ pub struct Config {
     pub encryption: EncryptionConfig,
     /// `[opensearch]` basic auth (user, password).
     pub opensearch_auth: Option<(String, String)>,
+    /// `[splunk]`.
+    pub splunk: RawSplunk,
 }
 
 /// Overrides from the command line and the environment.
@@ -672,6 +690,7 @@ impl Config {
                 glue_region: glue.region,
                 encryption,
                 opensearch_auth,
+                splunk: raw.splunk.unwrap_or_default(),
             })
         } else {
             Err(errors)

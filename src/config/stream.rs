@@ -64,7 +64,7 @@ pub struct CreateDeliveryStreamInput {
     pub amazonopensearchservice_destination_configuration:
         Option<super::opensearch::OpenSearchDestinationConfiguration>,
     pub amazon_open_search_serverless_destination_configuration: Option<Value>,
-    pub splunk_destination_configuration: Option<Value>,
+    pub splunk_destination_configuration: Option<super::splunk::SplunkDestinationConfiguration>,
     pub http_endpoint_destination_configuration: Option<Value>,
     pub snowflake_destination_configuration: Option<Value>,
     pub iceberg_destination_configuration: Option<Value>,
@@ -303,6 +303,7 @@ fn validate_partitioning(
 pub enum DestinationSpec {
     S3(S3Spec),
     OpenSearch(Box<super::opensearch::OpenSearchSpec>),
+    Splunk(Box<super::splunk::SplunkSpec>),
 }
 
 /// A destination block found in a create request.
@@ -315,6 +316,7 @@ enum Given<'a> {
             bool,
         ),
     ),
+    Splunk(&'a super::splunk::SplunkDestinationConfiguration),
 }
 
 /// A validated stream definition.
@@ -332,6 +334,7 @@ impl StreamSpec {
         match &self.destination {
             DestinationSpec::S3(s3) => s3.limits,
             DestinationSpec::OpenSearch(os) => os.limits,
+            DestinationSpec::Splunk(sp) => sp.limits,
         }
     }
 
@@ -341,6 +344,7 @@ impl StreamSpec {
         match &self.destination {
             DestinationSpec::S3(s3) => s3,
             DestinationSpec::OpenSearch(os) => &os.backup,
+            DestinationSpec::Splunk(sp) => &sp.backup,
         }
     }
 
@@ -349,6 +353,7 @@ impl StreamSpec {
         match &self.destination {
             DestinationSpec::S3(s3) => s3.processing.as_ref(),
             DestinationSpec::OpenSearch(os) => os.processing.as_ref(),
+            DestinationSpec::Splunk(sp) => sp.processing.as_ref(),
         }
     }
 }
@@ -356,7 +361,7 @@ impl StreamSpec {
 /// Destination fields hosepipe does not deliver to yet, with their API names.
 fn unsupported_destinations(input: &CreateDeliveryStreamInput) -> Vec<&'static str> {
     let mut out = Vec::new();
-    let fields: [(&Option<Value>, &'static str); 6] = [
+    let fields: [(&Option<Value>, &'static str); 5] = [
         (
             &input.redshift_destination_configuration,
             "redshift_destination_configuration",
@@ -364,10 +369,6 @@ fn unsupported_destinations(input: &CreateDeliveryStreamInput) -> Vec<&'static s
         (
             &input.amazon_open_search_serverless_destination_configuration,
             "amazon_open_search_serverless_destination_configuration",
-        ),
-        (
-            &input.splunk_destination_configuration,
-            "splunk_destination_configuration",
         ),
         (
             &input.http_endpoint_destination_configuration,
@@ -715,7 +716,7 @@ pub fn validate(
     for name in &unsupported {
         errors.push(FieldError::new(
             &[name],
-            "this destination is not supported by this hosepipe version (S3 and OpenSearch are)",
+            "this destination is not supported by this hosepipe version (S3, OpenSearch and Splunk are)",
         ));
     }
     let s3_blocks = [
@@ -749,6 +750,12 @@ pub fn validate(
         .flatten()
         .map(Given::S3)
         .chain(search_blocks.into_iter().flatten().map(Given::Search))
+        .chain(
+            input
+                .splunk_destination_configuration
+                .as_ref()
+                .map(Given::Splunk),
+        )
         .collect();
     let destination = match (given.as_slice(), unsupported.is_empty()) {
         ([Given::S3((raw, path, legacy))], true) => {
@@ -757,6 +764,10 @@ pub fn validate(
         ([Given::Search((raw, path, es))], true) => {
             super::opensearch::validate(raw, path, *es, &mut errors)
                 .map(|spec| DestinationSpec::OpenSearch(Box::new(spec)))
+        }
+        ([Given::Splunk(raw)], true) => {
+            super::splunk::validate(raw, "splunk_destination_configuration", &mut errors)
+                .map(|spec| DestinationSpec::Splunk(Box::new(spec)))
         }
         ([], true) => {
             errors.push(FieldError::new(

@@ -4,6 +4,7 @@ pub mod error_output;
 pub mod opensearch;
 pub mod opensearch_bench;
 pub mod prefix;
+pub mod splunk;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;

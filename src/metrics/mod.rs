@@ -95,6 +95,12 @@ pub struct Metrics {
     pub delivery_to_opensearch_data_freshness: Family<StreamLabels, Gauge<f64, AtomicU64>>,
     pub delivery_to_opensearch_latency: HistogramFamily<StreamLabels>,
     pub opensearch_failed_documents: Family<StreamLabels, Counter>,
+    pub delivery_to_splunk_requests: Family<OutcomeLabels, Counter>,
+    pub delivery_to_splunk_records: Family<StreamLabels, Counter>,
+    pub delivery_to_splunk_bytes: Family<StreamLabels, Counter>,
+    pub delivery_to_splunk_data_freshness: Family<StreamLabels, Gauge<f64, AtomicU64>>,
+    pub delivery_to_splunk_data_ack_latency: HistogramFamily<StreamLabels>,
+    pub splunk_failed_events: Family<StreamLabels, Counter>,
     /// Every fsync's latency, kept only when a benchmark asks for them.
     fsync_log: Mutex<Option<Vec<f64>>>,
     /// Per-record arrival → delivered latencies, kept only when a benchmark asks for them.
@@ -149,6 +155,12 @@ impl Metrics {
             delivery_to_opensearch_data_freshness: Family::default(),
             delivery_to_opensearch_latency: Family::new_with_constructor(latency_histogram),
             opensearch_failed_documents: Family::default(),
+            delivery_to_splunk_requests: Family::default(),
+            delivery_to_splunk_records: Family::default(),
+            delivery_to_splunk_bytes: Family::default(),
+            delivery_to_splunk_data_freshness: Family::default(),
+            delivery_to_splunk_data_ack_latency: Family::new_with_constructor(latency_histogram),
+            splunk_failed_events: Family::default(),
             fsync_log: Mutex::new(None),
             latency_log: Mutex::new(None),
             registry: Registry::default(),
@@ -357,6 +369,39 @@ impl Metrics {
             "Documents written to the S3 backup after failing (AmazonOpenSearchService-failed)",
             m.opensearch_failed_documents.clone(),
         );
+        registry.register(
+            "delivery_to_splunk_requests",
+            "HEC posts by outcome: success = indexed and acknowledged (Firehose DeliveryToSplunk.Success is success/(success+failure))",
+            m.delivery_to_splunk_requests.clone(),
+        );
+        registry.register(
+            "delivery_to_splunk_records",
+            "Records acknowledged by Splunk (Firehose DeliveryToSplunk.Records)",
+            m.delivery_to_splunk_records.clone(),
+        );
+        registry.register_with_unit(
+            "delivery_to_splunk",
+            "Record bytes acknowledged by Splunk (Firehose DeliveryToSplunk.Bytes)",
+            prometheus_client::registry::Unit::Bytes,
+            m.delivery_to_splunk_bytes.clone(),
+        );
+        registry.register_with_unit(
+            "delivery_to_splunk_data_freshness",
+            "Age of the oldest record not yet acknowledged (Firehose DeliveryToSplunk.DataFreshness)",
+            prometheus_client::registry::Unit::Seconds,
+            m.delivery_to_splunk_data_freshness.clone(),
+        );
+        registry.register_with_unit(
+            "delivery_to_splunk_data_ack_latency",
+            "Post to indexer acknowledgement (Firehose DeliveryToSplunk.DataAckLatency)",
+            prometheus_client::registry::Unit::Seconds,
+            m.delivery_to_splunk_data_ack_latency.clone(),
+        );
+        registry.register(
+            "splunk_failed_events",
+            "Records written to the S3 backup after failing (splunk-failed)",
+            m.splunk_failed_events.clone(),
+        );
         Metrics { registry, ..m }
     }
 
@@ -443,6 +488,44 @@ impl Metrics {
                 outcome: if answered { SUCCESS } else { FAILURE }.to_string(),
             })
             .inc();
+    }
+
+    /// Counts a HEC post: acknowledged, or failed.
+    pub fn splunk_request(&self, stream: &str, ok: bool) {
+        self.delivery_to_splunk_requests
+            .get_or_create(&OutcomeLabels {
+                stream: stream.to_string(),
+                outcome: if ok { SUCCESS } else { FAILURE }.to_string(),
+            })
+            .inc();
+    }
+
+    /// Records a batch Splunk acknowledged.
+    pub fn delivered_to_splunk(
+        &self,
+        stream: &str,
+        arrivals_ms: &[i64],
+        bytes: u64,
+        ack_latency: f64,
+        now_ms: i64,
+    ) {
+        let labels = Self::stream(stream);
+        self.delivery_to_splunk_records
+            .get_or_create(&labels)
+            .inc_by(arrivals_ms.len() as u64);
+        self.delivery_to_splunk_bytes
+            .get_or_create(&labels)
+            .inc_by(bytes);
+        self.delivery_to_splunk_data_ack_latency
+            .get_or_create(&labels)
+            .observe(ack_latency);
+        if let Some(log) = self.latency_log.lock().expect("latency log lock").as_mut() {
+            log.extend(
+                arrivals_ms
+                    .iter()
+                    .map(|a| (now_ms - a).max(0) as f64 / 1000.0),
+            );
+        }
     }
 
     /// Records documents indexed.

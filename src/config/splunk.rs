@@ -1,0 +1,187 @@
+//! `SplunkDestinationConfiguration`: validating it into a [`SplunkSpec`]. Pure.
+
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use super::opensearch::{backup_s3, retry_duration};
+use super::processing::ProcessingSpec;
+use super::stream::{
+    BufferingHints, ExtendedS3DestinationConfiguration, FieldError, S3Spec, check_range,
+};
+use crate::buffer::Limits;
+
+/// The Splunk destination block, as the API spells it.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "PascalCase", deny_unknown_fields)]
+pub struct SplunkDestinationConfiguration {
+    #[serde(rename = "HECEndpoint")]
+    pub hec_endpoint: Option<String>,
+    #[serde(rename = "HECEndpointType")]
+    pub hec_endpoint_type: Option<String>,
+    #[serde(rename = "HECToken")]
+    pub hec_token: Option<String>,
+    #[serde(rename = "HECAcknowledgmentTimeoutInSeconds")]
+    pub hec_acknowledgment_timeout_in_seconds: Option<i64>,
+    pub retry_options: Option<Value>,
+    #[serde(rename = "S3BackupMode")]
+    pub s3_backup_mode: Option<String>,
+    #[serde(rename = "S3Configuration")]
+    pub s3_configuration: Option<ExtendedS3DestinationConfiguration>,
+    pub processing_configuration: Option<Value>,
+    pub cloud_watch_logging_options: Option<Value>,
+    pub buffering_hints: Option<BufferingHints>,
+    pub secrets_manager_configuration: Option<Value>,
+}
+
+/// `HECEndpointType`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EndpointType {
+    /// `/services/collector/raw`: the records' bytes as sent.
+    Raw,
+    /// `/services/collector/event`: each record as an event's `event`.
+    Event,
+}
+
+/// A validated Splunk destination.
+#[derive(Debug, Clone)]
+pub struct SplunkSpec {
+    /// `HECEndpoint`, without a trailing `/`.
+    pub endpoint: String,
+    pub endpoint_type: EndpointType,
+    pub token: String,
+    /// `HECAcknowledgmentTimeoutInSeconds`: how long an indexer acknowledgement may take before
+    /// the batch is sent again.
+    pub ack_timeout: Duration,
+    pub retry: Duration,
+    /// `S3BackupMode` `AllEvents`.
+    pub backup_all: bool,
+    pub backup: S3Spec,
+    pub limits: Limits,
+    pub processing: Option<ProcessingSpec>,
+    pub raw: SplunkDestinationConfiguration,
+}
+
+/// Validates a Splunk block found at `path`.
+pub fn validate(
+    raw: &SplunkDestinationConfiguration,
+    path: &str,
+    errors: &mut Vec<FieldError>,
+) -> Option<SplunkSpec> {
+    let before = errors.len();
+    let endpoint = match raw.hec_endpoint.as_deref() {
+        Some(url) if url.starts_with("http://") || url.starts_with("https://") => {
+            url.trim_end_matches('/').to_string()
+        }
+        Some(url) => {
+            errors.push(FieldError::new(
+                &[path, "hec_endpoint"],
+                format!("{url:?} is not an http:// or https:// URL"),
+            ));
+            String::new()
+        }
+        None => {
+            errors.push(FieldError::new(&[path, "hec_endpoint"], "is required"));
+            String::new()
+        }
+    };
+    let endpoint_type = match raw.hec_endpoint_type.as_deref() {
+        Some("Raw") => EndpointType::Raw,
+        Some("Event") => EndpointType::Event,
+        other => {
+            errors.push(FieldError::new(
+                &[path, "hec_endpoint_type"],
+                match other {
+                    None => "is required (Raw or Event)".to_string(),
+                    Some(v) => format!("{v:?} is not one of Raw, Event"),
+                },
+            ));
+            EndpointType::Raw
+        }
+    };
+    if raw
+        .secrets_manager_configuration
+        .as_ref()
+        .is_some_and(|v| v.get("Enabled").and_then(Value::as_bool) == Some(true))
+    {
+        errors.push(FieldError::new(
+            &[path, "secrets_manager_configuration"],
+            "is not supported: give HECToken",
+        ));
+    }
+    let token = raw.hec_token.clone().unwrap_or_default();
+    if token.is_empty() || token.len() > 2048 {
+        errors.push(FieldError::new(
+            &[path, "hec_token"],
+            "is required (1-2048 characters)",
+        ));
+    }
+    let ack = raw.hec_acknowledgment_timeout_in_seconds.unwrap_or(180);
+    check_range(
+        errors,
+        &[path, "hec_acknowledgment_timeout_in_seconds"],
+        ack,
+        180..=600,
+    );
+    let retry = retry_duration(&raw.retry_options, path, 3600, errors);
+    let backup_all = match raw.s3_backup_mode.as_deref() {
+        None | Some("FailedEventsOnly") => false,
+        Some("AllEvents") => true,
+        Some(other) => {
+            errors.push(FieldError::new(
+                &[path, "s3_backup_mode"],
+                format!("{other:?} is not one of FailedEventsOnly, AllEvents"),
+            ));
+            false
+        }
+    };
+    let hints = raw.buffering_hints.clone().unwrap_or_default();
+    let size = hints.size_in_mbs.unwrap_or(5);
+    let interval = hints.interval_in_seconds.unwrap_or(60);
+    check_range(
+        errors,
+        &[path, "buffering_hints", "size_in_mbs"],
+        size,
+        1..=5,
+    );
+    check_range(
+        errors,
+        &[path, "buffering_hints", "interval_in_seconds"],
+        interval,
+        0..=60,
+    );
+    let processing = super::processing::validate(
+        &raw.processing_configuration,
+        &[path, "processing_configuration"],
+        errors,
+    );
+    if processing
+        .as_ref()
+        .is_some_and(|p| p.metadata_query.is_some())
+    {
+        errors.push(FieldError::new(
+            &[path, "processing_configuration"],
+            "MetadataExtraction needs dynamic partitioning, which only S3 destinations have",
+        ));
+    }
+    let backup = backup_s3(&raw.s3_configuration, path, errors);
+    if errors.len() > before {
+        return None;
+    }
+    Some(SplunkSpec {
+        endpoint,
+        endpoint_type,
+        token,
+        ack_timeout: Duration::from_secs(ack.clamp(180, 600) as u64),
+        retry,
+        backup_all,
+        backup: backup?,
+        limits: Limits {
+            size_bytes: size as u64 * 1024 * 1024,
+            interval: Duration::from_secs(interval as u64),
+        },
+        processing,
+        raw: raw.clone(),
+    })
+}

@@ -70,6 +70,8 @@ enum Command {
     BenchEncrypt(hosepipe::crypto::bench::BenchEncryptArgs),
     /// Benchmark: records/s into OpenSearch through hosepipe's _bulk path vs a bare HTTP client.
     BenchOpensearch(hosepipe::deliver::opensearch_bench::BenchOpenSearchArgs),
+    /// Benchmark: records/s into a Splunk HEC through hosepipe's path vs a bare HTTP client.
+    BenchSplunk(hosepipe::deliver::splunk_bench::BenchSplunkArgs),
     /// Decrypt an object written by a stream with KMSEncryptionConfig (a file or s3://bucket/key).
     Decrypt {
         #[arg(long)]
@@ -281,6 +283,9 @@ fn main() -> ExitCode {
         },
         Command::BenchEncrypt(args) => {
             finished("bench-encrypt", hosepipe::crypto::bench::run(args))
+        }
+        Command::BenchSplunk(args) => {
+            finished("bench-splunk", hosepipe::deliver::splunk_bench::run(args))
         }
         Command::BenchOpensearch(args) => finished(
             "bench-opensearch",

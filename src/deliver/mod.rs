@@ -5,6 +5,7 @@ pub mod opensearch;
 pub mod opensearch_bench;
 pub mod prefix;
 pub mod splunk;
+pub mod splunk_bench;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;

@@ -46,7 +46,8 @@ fn spec(endpoint: &str, index: &str) -> Result<OpenSearchSpec, String> {
     }
 }
 
-fn records(n: usize, size: usize) -> Vec<Record> {
+/// `n` JSON records of about `size` bytes.
+pub(crate) fn records(n: usize, size: usize) -> Vec<Record> {
     (0..n)
         .map(|i| {
             let head = format!("{{\"n\":{i},\"host\":\"web-{}\",\"pad\":\"", i % 50);

@@ -334,6 +334,39 @@ mod tests {
     }
 
     #[test]
+    fn the_api_rules_hold() {
+        let input: CreateDeliveryStreamInput = serde_json::from_value(serde_json::json!({
+            "SplunkDestinationConfiguration": {
+                "HECEndpoint": "splunk:8088", "HECAcknowledgmentTimeoutInSeconds": 100,
+                "BufferingHints": {"SizeInMBs": 6, "IntervalInSeconds": 61},
+                "RetryOptions": {"DurationInSeconds": -1}, "S3BackupMode": "Some",
+            }
+        }))
+        .unwrap();
+        let paths: Vec<String> = validate("s", &input)
+            .unwrap_err()
+            .iter()
+            .map(|e| e.api_path())
+            .collect();
+        let at = |f: &str| format!("SplunkDestinationConfiguration.{f}");
+        assert_eq!(
+            paths,
+            [
+                "HECEndpoint",
+                "HECEndpointType",
+                "HECToken",
+                "HECAcknowledgmentTimeoutInSeconds",
+                "RetryOptions.DurationInSeconds",
+                "S3BackupMode",
+                "BufferingHints.SizeInMBs",
+                "BufferingHints.IntervalInSeconds",
+                "S3Configuration",
+            ]
+            .map(at)
+        );
+    }
+
+    #[test]
     fn answers_are_handled_by_their_meaning() {
         let c = |status, code| {
             let f = classify(status, code, "x");

@@ -6,6 +6,10 @@
 //!                       process ──failed records (error output object)──▶ deliver
 //! ```
 //!
+//! For OpenSearch and Splunk streams the encode stage delivers each batch itself
+//! (`deliver_opensearch` / `deliver_splunk`); deliver then writes only their S3 objects (failed
+//! records, `AllDocuments` / `AllEvents` backups) to the backup bucket.
+//!
 //! Bounded channels sit between the stages. The buffers keep accepting while downstream is slow
 //! (an outage): flushed batches wait in their pending queue, in memory, until they can move on.
 //! Without a `ProcessingConfiguration` the processing buffer and the process stage pass records

@@ -65,7 +65,7 @@ class OpenSearchServer:
     def __init__(self):
         import osmem_server
         self.binary = osmem_server.resolve_binary()
-        self.port = free_port()
+        self.port = stable_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.proc = None
         self.start()
@@ -98,13 +98,28 @@ def opensearch():
     server.stop()
 
 
+def _ephemeral_low():
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
+
+
 def free_port_pair():
-    """A port whose +10000 neighbour (SeaweedFS's gRPC port) is free too."""
+    """A port whose +10000 neighbour (SeaweedFS's gRPC port) is free too, both below the
+    kernel's ephemeral range: a server restarted on them must not find one taken by some
+    outgoing connection meanwhile (SeaweedFS then exits: "bind: address already in use")."""
+    top = _ephemeral_low() - 10001
     for _ in range(200):
-        p = random.randint(20000, 45000)
+        p = random.randint(10000, top)
         if port_free(p) and port_free(p + 10000):
             return p
     raise RuntimeError("no free port pair")
+
+
+def stable_port():
+    """A free port below the ephemeral range, for a server that is stopped and restarted."""
+    return free_port_pair() + 10000
 
 
 def wait_for(predicate, timeout=30.0, interval=0.1, what="condition"):

@@ -565,7 +565,7 @@ async fn dispatch(state: &AppState, operation: &str, body: &[u8]) -> Result<Valu
             ];
             if others.iter().any(|b| *b) {
                 return Err(ApiError::InvalidArgument(
-                    "only S3 destinations are supported by this hosepipe version".into(),
+                    "UpdateDestination takes S3 destination updates only in this hosepipe version (OpenSearch and Splunk streams are deleted and created again)".into(),
                 ));
             }
             let update = match (

@@ -981,17 +981,50 @@ fn backup_all(
     }
 }
 
-/// Settles what an HTTP destination took (`delivered`), and turns what it did not into error
-/// output of `error_type` in the backup bucket.
+/// A destination reached over HTTP.
+#[derive(Clone, Copy)]
+enum Http {
+    OpenSearch,
+    Splunk,
+}
+
+/// Counts and settles what an HTTP destination took (`delivered`), and turns what it did not
+/// into its error output in the backup bucket.
 fn after_http_delivery(
     ctx: &StreamContext,
     current: &Versioned,
     batch_id: u64,
     delivered: &[Record],
     failed: &[FailedRecord],
-    error_type: deliver::ErrorOutputType,
+    dest: Http,
 ) -> Option<EncodedObject> {
+    let metrics = &ctx.shared.metrics;
+    // OpenSearch's latency histogram is per document; Splunk's is the acknowledgement's.
+    let (dest_metrics, error_type, per_record_latency) = match dest {
+        Http::OpenSearch => (
+            &metrics.opensearch,
+            deliver::ErrorOutputType::OpenSearchFailed,
+            true,
+        ),
+        Http::Splunk => (
+            &metrics.splunk,
+            deliver::ErrorOutputType::SplunkFailed,
+            false,
+        ),
+    };
     let bytes: u64 = delivered.iter().map(|r| r.data.len() as u64).sum();
+    metrics.delivered_http(
+        dest_metrics,
+        &ctx.name,
+        &delivered.iter().map(|r| r.arrival_ms).collect::<Vec<_>>(),
+        bytes,
+        now_ms(),
+        per_record_latency,
+    );
+    dest_metrics
+        .failed
+        .get_or_create(&Metrics::stream(&ctx.name))
+        .inc_by(failed.len() as u64);
     ctx.stats
         .delivered_records
         .fetch_add(delivered.len() as u64, Ordering::Relaxed);
@@ -1043,7 +1076,8 @@ async fn deliver_opensearch(
         .deliver(spec, docs, |attempt| {
             ctx.shared
                 .metrics
-                .opensearch_request(&ctx.name, attempt.answered);
+                .opensearch
+                .request(&ctx.name, attempt.answered);
             if attempt.pending > 0 {
                 ctx.stats.failed_attempts.fetch_add(1, Ordering::Relaxed);
             }
@@ -1058,18 +1092,7 @@ async fn deliver_opensearch(
         })
         .await;
     let indexed: Vec<Record> = outcome.indexed.into_iter().map(|d| d.record).collect();
-    ctx.shared.metrics.delivered_to_opensearch(
-        &ctx.name,
-        &indexed.iter().map(|r| r.arrival_ms).collect::<Vec<_>>(),
-        indexed.iter().map(|r| r.data.len() as u64).sum(),
-        now_ms(),
-    );
     failed.extend(outcome.failed);
-    ctx.shared
-        .metrics
-        .opensearch_failed_documents
-        .get_or_create(&Metrics::stream(&ctx.name))
-        .inc_by(failed.len() as u64);
     let failed: Vec<FailedRecord> = failed
         .iter()
         .map(|f| FailedRecord {
@@ -1091,7 +1114,7 @@ async fn deliver_opensearch(
         batch.id,
         &indexed,
         &failed,
-        deliver::ErrorOutputType::OpenSearchFailed,
+        Http::OpenSearch,
     ));
     objects
 }
@@ -1115,7 +1138,7 @@ async fn deliver_splunk(
         .shared
         .splunk
         .deliver(spec, &ctx.name, &ctx.hec_channel, &batch.records, |attempt| {
-            ctx.shared.metrics.splunk_request(&ctx.name, false);
+            ctx.shared.metrics.splunk.request(&ctx.name, false);
             ctx.stats.failed_attempts.fetch_add(1, Ordering::Relaxed);
             if let Some(f) = attempt.failure {
                 tracing::warn!(batch = batch.id, code = f.code, reason = %f.message, retrying = attempt.retrying, "Splunk HEC did not take the batch");
@@ -1124,18 +1147,12 @@ async fn deliver_splunk(
         .await;
     let (delivered, failed) = match outcome.result {
         Ok(latency) => {
-            ctx.shared.metrics.splunk_request(&ctx.name, true);
-            ctx.shared.metrics.delivered_to_splunk(
-                &ctx.name,
-                &batch
-                    .records
-                    .iter()
-                    .map(|r| r.arrival_ms)
-                    .collect::<Vec<_>>(),
-                batch.bytes,
-                latency.as_secs_f64(),
-                now_ms(),
-            );
+            let splunk = &ctx.shared.metrics.splunk;
+            splunk.request(&ctx.name, true);
+            splunk
+                .latency
+                .get_or_create(&Metrics::stream(&ctx.name))
+                .observe(latency.as_secs_f64());
             (batch.records.as_slice(), Vec::new())
         }
         Err(f) => {
@@ -1162,11 +1179,6 @@ async fn deliver_splunk(
                     }
                 })
                 .collect();
-            ctx.shared
-                .metrics
-                .splunk_failed_events
-                .get_or_create(&Metrics::stream(&ctx.name))
-                .inc_by(failed.len() as u64);
             (&[][..], failed)
         }
     };
@@ -1176,7 +1188,7 @@ async fn deliver_splunk(
         batch.id,
         delivered,
         &failed,
-        deliver::ErrorOutputType::SplunkFailed,
+        Http::Splunk,
     ));
     objects
 }

@@ -1087,8 +1087,8 @@ impl Registry {
                 .unwrap_or(0.0);
             let labels = Metrics::stream(&s.name);
             let freshness = match s.kind {
-                "opensearch" => &self.metrics().delivery_to_opensearch_data_freshness,
-                "splunk" => &self.metrics().delivery_to_splunk_data_freshness,
+                "opensearch" => &self.metrics().opensearch.data_freshness,
+                "splunk" => &self.metrics().splunk.data_freshness,
                 _ => &self.metrics().delivery_to_s3_data_freshness,
             };
             freshness.get_or_create(&labels).set(age);

@@ -3,6 +3,7 @@
 //! error names its dotted path and what is allowed.
 
 pub mod conversion;
+pub mod http;
 pub mod names;
 pub mod opensearch;
 pub mod processing;

@@ -6,10 +6,10 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+use super::http;
 use super::processing::ProcessingSpec;
 use super::stream::{
-    BufferingHints, ExtendedS3DestinationConfiguration, FieldError, S3Spec, check_range,
-    validate_s3,
+    BufferingHints, ExtendedS3DestinationConfiguration, FieldError, S3Spec, buffering_limits,
 };
 use crate::buffer::Limits;
 
@@ -104,16 +104,7 @@ pub fn validate(
 ) -> Option<OpenSearchSpec> {
     let before = errors.len();
     let endpoint = match (raw.cluster_endpoint.as_deref(), raw.domain_arn.as_deref()) {
-        (Some(url), None) if url.starts_with("http://") || url.starts_with("https://") => {
-            url.trim_end_matches('/').to_string()
-        }
-        (Some(url), None) => {
-            errors.push(FieldError::new(
-                &[path, "cluster_endpoint"],
-                format!("{url:?} is not an http:// or https:// URL"),
-            ));
-            String::new()
-        }
+        (Some(_), None) => http::endpoint(&raw.cluster_endpoint, path, "cluster_endpoint", errors),
         (Some(_), Some(_)) => {
             errors.push(FieldError::new(
                 &[path, "domain_arn"],
@@ -153,33 +144,14 @@ pub fn validate(
             IndexRotation::OneDay
         }),
     };
-    let hints = raw.buffering_hints.clone().unwrap_or_default();
-    let size = hints.size_in_mbs.unwrap_or(5);
-    let interval = hints.interval_in_seconds.unwrap_or(300);
-    check_range(
+    let limits = buffering_limits(&raw.buffering_hints, path, (5, 300), (100, 900), errors);
+    let retry = http::retry_duration(&raw.retry_options, path, 300, errors);
+    let backup_all = http::backup_all(
+        raw.s3_backup_mode.as_deref(),
+        path,
+        ("FailedDocumentsOnly", "AllDocuments"),
         errors,
-        &[path, "buffering_hints", "size_in_mbs"],
-        size,
-        1..=100,
     );
-    check_range(
-        errors,
-        &[path, "buffering_hints", "interval_in_seconds"],
-        interval,
-        0..=900,
-    );
-    let retry = retry_duration(&raw.retry_options, path, 300, errors);
-    let backup_all = match raw.s3_backup_mode.as_deref() {
-        None | Some("FailedDocumentsOnly") => false,
-        Some("AllDocuments") => true,
-        Some(other) => {
-            errors.push(FieldError::new(
-                &[path, "s3_backup_mode"],
-                format!("{other:?} is not one of FailedDocumentsOnly, AllDocuments"),
-            ));
-            false
-        }
-    };
     let document_ids = match raw
         .document_id_options
         .as_ref()
@@ -202,21 +174,8 @@ pub fn validate(
             "is not supported: hosepipe reaches the cluster at ClusterEndpoint directly",
         ));
     }
-    let processing = super::processing::validate(
-        &raw.processing_configuration,
-        &[path, "processing_configuration"],
-        errors,
-    );
-    if processing
-        .as_ref()
-        .is_some_and(|p| p.metadata_query.is_some())
-    {
-        errors.push(FieldError::new(
-            &[path, "processing_configuration"],
-            "MetadataExtraction needs dynamic partitioning, which only S3 destinations have",
-        ));
-    }
-    let backup = backup_s3(&raw.s3_configuration, path, errors);
+    let processing = http::processing(&raw.processing_configuration, path, errors);
+    let backup = http::backup_s3(&raw.s3_configuration, path, errors);
     if errors.len() > before {
         return None;
     }
@@ -225,10 +184,7 @@ pub fn validate(
         index,
         type_name,
         rotation,
-        limits: Limits {
-            size_bytes: size as u64 * 1024 * 1024,
-            interval: Duration::from_secs(interval as u64),
-        },
+        limits,
         retry,
         backup_all,
         backup: backup?,
@@ -237,55 +193,6 @@ pub fn validate(
         elasticsearch,
         raw: raw.clone(),
     })
-}
-
-/// `RetryOptions.DurationInSeconds` (0-7200) or `default`.
-pub(crate) fn retry_duration(
-    block: &Option<Value>,
-    path: &str,
-    default: i64,
-    errors: &mut Vec<FieldError>,
-) -> Duration {
-    let field = [path, "retry_options", "duration_in_seconds"];
-    let secs = match block.as_ref().and_then(|r| r.get("DurationInSeconds")) {
-        None | Some(Value::Null) => default,
-        Some(v) => v.as_i64().unwrap_or_else(|| {
-            errors.push(FieldError::new(
-                &field,
-                format!("{v} is not a number of seconds"),
-            ));
-            default
-        }),
-    };
-    check_range(errors, &field, secs, 0..=7200);
-    Duration::from_secs(secs.clamp(0, 7200) as u64)
-}
-
-/// The backup bucket block (`S3Configuration`), required for these destinations.
-pub(crate) fn backup_s3(
-    raw: &Option<ExtendedS3DestinationConfiguration>,
-    path: &str,
-    errors: &mut Vec<FieldError>,
-) -> Option<S3Spec> {
-    match raw {
-        None => {
-            errors.push(FieldError::new(&[path, "s3_configuration"], "is required"));
-            None
-        }
-        Some(s3) => {
-            let at = format!("{path}.s3_configuration");
-            let before = errors.len();
-            let spec = validate_s3(s3, &at, true, errors);
-            // Report `a.s3_configuration.b` as three segments, like every other path.
-            for e in &mut errors[before..] {
-                if e.path.first() == Some(&at) {
-                    e.path
-                        .splice(0..1, [path.to_string(), "s3_configuration".into()]);
-                }
-            }
-            spec
-        }
-    }
 }
 
 /// The index a record arriving at `arrival_ms` (UTC) goes to.

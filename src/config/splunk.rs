@@ -5,10 +5,11 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use super::opensearch::{backup_s3, retry_duration};
+use super::http;
 use super::processing::ProcessingSpec;
 use super::stream::{
-    BufferingHints, ExtendedS3DestinationConfiguration, FieldError, S3Spec, check_range,
+    BufferingHints, ExtendedS3DestinationConfiguration, FieldError, S3Spec, buffering_limits,
+    check_range,
 };
 use crate::buffer::Limits;
 
@@ -70,22 +71,7 @@ pub fn validate(
     errors: &mut Vec<FieldError>,
 ) -> Option<SplunkSpec> {
     let before = errors.len();
-    let endpoint = match raw.hec_endpoint.as_deref() {
-        Some(url) if url.starts_with("http://") || url.starts_with("https://") => {
-            url.trim_end_matches('/').to_string()
-        }
-        Some(url) => {
-            errors.push(FieldError::new(
-                &[path, "hec_endpoint"],
-                format!("{url:?} is not an http:// or https:// URL"),
-            ));
-            String::new()
-        }
-        None => {
-            errors.push(FieldError::new(&[path, "hec_endpoint"], "is required"));
-            String::new()
-        }
-    };
+    let endpoint = http::endpoint(&raw.hec_endpoint, path, "hec_endpoint", errors);
     let endpoint_type = match raw.hec_endpoint_type.as_deref() {
         Some("Raw") => EndpointType::Raw,
         Some("Event") => EndpointType::Event,
@@ -124,48 +110,16 @@ pub fn validate(
         ack,
         180..=600,
     );
-    let retry = retry_duration(&raw.retry_options, path, 3600, errors);
-    let backup_all = match raw.s3_backup_mode.as_deref() {
-        None | Some("FailedEventsOnly") => false,
-        Some("AllEvents") => true,
-        Some(other) => {
-            errors.push(FieldError::new(
-                &[path, "s3_backup_mode"],
-                format!("{other:?} is not one of FailedEventsOnly, AllEvents"),
-            ));
-            false
-        }
-    };
-    let hints = raw.buffering_hints.clone().unwrap_or_default();
-    let size = hints.size_in_mbs.unwrap_or(5);
-    let interval = hints.interval_in_seconds.unwrap_or(60);
-    check_range(
-        errors,
-        &[path, "buffering_hints", "size_in_mbs"],
-        size,
-        1..=5,
-    );
-    check_range(
-        errors,
-        &[path, "buffering_hints", "interval_in_seconds"],
-        interval,
-        0..=60,
-    );
-    let processing = super::processing::validate(
-        &raw.processing_configuration,
-        &[path, "processing_configuration"],
+    let retry = http::retry_duration(&raw.retry_options, path, 3600, errors);
+    let backup_all = http::backup_all(
+        raw.s3_backup_mode.as_deref(),
+        path,
+        ("FailedEventsOnly", "AllEvents"),
         errors,
     );
-    if processing
-        .as_ref()
-        .is_some_and(|p| p.metadata_query.is_some())
-    {
-        errors.push(FieldError::new(
-            &[path, "processing_configuration"],
-            "MetadataExtraction needs dynamic partitioning, which only S3 destinations have",
-        ));
-    }
-    let backup = backup_s3(&raw.s3_configuration, path, errors);
+    let limits = buffering_limits(&raw.buffering_hints, path, (5, 60), (5, 60), errors);
+    let processing = http::processing(&raw.processing_configuration, path, errors);
+    let backup = http::backup_s3(&raw.s3_configuration, path, errors);
     if errors.len() > before {
         return None;
     }
@@ -177,10 +131,7 @@ pub fn validate(
         retry,
         backup_all,
         backup: backup?,
-        limits: Limits {
-            size_bytes: size as u64 * 1024 * 1024,
-            interval: Duration::from_secs(interval as u64),
-        },
+        limits,
         processing,
         raw: raw.clone(),
     })

@@ -443,6 +443,36 @@ pub fn enabled(block: &Option<Value>) -> bool {
     }
 }
 
+/// `BufferingHints` found under `path`: sizes in MB, intervals in seconds, each `(size,
+/// interval)`; a value out of range is an error (and is clamped into it).
+pub(crate) fn buffering_limits(
+    hints: &Option<BufferingHints>,
+    path: &str,
+    default: (i64, i64),
+    max: (i64, i64),
+    errors: &mut Vec<FieldError>,
+) -> Limits {
+    let hints = hints.clone().unwrap_or_default();
+    let size = hints.size_in_mbs.unwrap_or(default.0);
+    let interval = hints.interval_in_seconds.unwrap_or(default.1);
+    check_range(
+        errors,
+        &[path, "buffering_hints", "size_in_mbs"],
+        size,
+        1..=max.0,
+    );
+    check_range(
+        errors,
+        &[path, "buffering_hints", "interval_in_seconds"],
+        interval,
+        0..=max.1,
+    );
+    Limits {
+        size_bytes: size.clamp(1, max.0) as u64 * 1024 * 1024,
+        interval: Duration::from_secs(interval.clamp(0, max.1) as u64),
+    }
+}
+
 pub(crate) fn check_range(
     errors: &mut Vec<FieldError>,
     path: &[&str],
@@ -489,28 +519,19 @@ pub fn validate_s3(
             }
         },
     };
-    let hints = raw.buffering_hints.clone().unwrap_or_default();
     let converting = raw
         .data_format_conversion_configuration
         .as_ref()
         .is_some_and(|v| !v.is_null() && v.get("Enabled") != Some(&Value::Bool(false)));
     // Firehose's default buffer becomes 128 MB with format conversion.
-    let size = hints
-        .size_in_mbs
-        .unwrap_or(if converting { 128 } else { 5 });
-    let interval = hints.interval_in_seconds.unwrap_or(300);
-    check_range(
+    let limits = buffering_limits(
+        &raw.buffering_hints,
+        path,
+        (if converting { 128 } else { 5 }, 300),
+        (128, 900),
         errors,
-        &[path, "buffering_hints", "size_in_mbs"],
-        size,
-        1..=128,
     );
-    check_range(
-        errors,
-        &[path, "buffering_hints", "interval_in_seconds"],
-        interval,
-        0..=900,
-    );
+    let given_size = raw.buffering_hints.as_ref().and_then(|h| h.size_in_mbs);
     let compression = match raw.compression_format.as_deref() {
         None => CompressionFormat::Uncompressed,
         Some(v) => CompressionFormat::from_api(v).unwrap_or_else(|| {
@@ -588,7 +609,9 @@ pub fn validate_s3(
                 "must be UNCOMPRESSED with data format conversion (set the Parquet codec in ParquetSerDe.Compression)",
             ));
         }
-        if size < 64 && hints.size_in_mbs.is_some() {
+        if let Some(size) = given_size
+            && size < 64
+        {
             errors.push(FieldError::new(
                 &[path, "buffering_hints", "size_in_mbs"],
                 format!("{size} is below 64, the minimum with data format conversion"),
@@ -655,10 +678,7 @@ pub fn validate_s3(
         bucket,
         prefix: prefix?,
         error_prefix: error_prefix?,
-        limits: Limits {
-            size_bytes: size as u64 * 1024 * 1024,
-            interval: Duration::from_secs(interval as u64),
-        },
+        limits,
         compression,
         extension,
         time_zone,

@@ -72,6 +72,19 @@ pub fn prepare(
     let mut docs = Vec::with_capacity(records.len());
     let mut failed = Vec::new();
     let mut seen: std::collections::HashMap<(u64, u32), u32> = std::collections::HashMap::new();
+    // Every rotation's name is the same within a UTC hour: name each hour once.
+    let mut named: Option<(i64, String)> = None;
+    let mut index_of = |arrival_ms: i64| -> String {
+        let hour = arrival_ms.div_euclid(3_600_000);
+        match &named {
+            Some((h, name)) if *h == hour => name.clone(),
+            _ => {
+                let name = index_name(&spec.index, spec.rotation, arrival_ms);
+                named = Some((hour, name.clone()));
+                name
+            }
+        }
+    };
     for r in records {
         let trimmed = r.data.trim_ascii();
         let is_object = trimmed.first() == Some(&b'{')
@@ -90,7 +103,7 @@ pub fn prepare(
                 failed.push(FailedDoc {
                     doc: Doc {
                         record: r.clone(),
-                        index: index_name(&spec.index, spec.rotation, r.arrival_ms),
+                        index: index_of(r.arrival_ms),
                         id: None,
                         source: Bytes::new(),
                     },
@@ -111,7 +124,7 @@ pub fn prepare(
             }
         });
         docs.push(Doc {
-            index: index_name(&spec.index, spec.rotation, r.arrival_ms),
+            index: index_of(r.arrival_ms),
             id,
             source,
             record: r.clone(),

@@ -156,7 +156,12 @@ impl HecClient {
     }
 
     /// Posts a body; the ackId it was given.
-    async fn post(&self, spec: &SplunkSpec, channel: &str, body: Vec<u8>) -> Result<u64, Failure> {
+    async fn post(
+        &self,
+        spec: &SplunkSpec,
+        channel: &str,
+        body: bytes::Bytes,
+    ) -> Result<u64, Failure> {
         let path = match spec.endpoint_type {
             EndpointType::Raw => "/services/collector/raw",
             EndpointType::Event => "/services/collector/event",
@@ -236,7 +241,8 @@ impl HecClient {
         records: &[Record],
         observe: impl Fn(Attempt<'_>),
     ) -> HecOutcome {
-        let body = body(spec, &self.fields, stream, records);
+        // Built once; every attempt sends the same bytes.
+        let body = bytes::Bytes::from(body(spec, &self.fields, stream, records));
         let ack_timeout = self.ack_timeout.unwrap_or(spec.ack_timeout);
         let mut first_failure = None;
         let mut attempt = 0;

@@ -39,6 +39,95 @@ pub struct ApiLabels {
 
 type HistogramFamily<L> = Family<L, Histogram, fn() -> Histogram>;
 
+/// The families of one destination reached over HTTP (Firehose's `DeliveryTo<X>.*`).
+#[derive(Clone)]
+pub struct DestinationMetrics {
+    /// Requests by outcome (Firehose's `Success` is success / (success + failure)).
+    pub requests: Family<OutcomeLabels, Counter>,
+    pub records: Family<StreamLabels, Counter>,
+    pub bytes: Family<StreamLabels, Counter>,
+    pub data_freshness: Family<StreamLabels, Gauge<f64, AtomicU64>>,
+    pub latency: HistogramFamily<StreamLabels>,
+    /// Records written to the S3 backup after failing.
+    pub failed: Family<StreamLabels, Counter>,
+}
+
+impl Default for DestinationMetrics {
+    fn default() -> Self {
+        DestinationMetrics {
+            requests: Family::default(),
+            records: Family::default(),
+            bytes: Family::default(),
+            data_freshness: Family::default(),
+            latency: Family::new_with_constructor(latency_histogram),
+            failed: Family::default(),
+        }
+    }
+}
+
+/// How a destination's families are named and described.
+struct Names {
+    /// `hosepipe_delivery_to_<name>_…`.
+    name: &'static str,
+    /// Firehose's metric prefix.
+    firehose: &'static str,
+    records: &'static str,
+    requests: &'static str,
+    /// (suffix, help) of the latency histogram.
+    latency: (&'static str, &'static str),
+    /// (name, help) of the failed-records counter.
+    failed: (&'static str, &'static str),
+}
+
+impl DestinationMetrics {
+    fn register(&self, registry: &mut Registry, n: &Names) {
+        use prometheus_client::registry::Unit;
+        let (name, firehose) = (n.name, n.firehose);
+        registry.register(
+            format!("delivery_to_{name}_requests"),
+            format!(
+                "{} ({firehose}.Success is success/(success+failure))",
+                n.requests
+            ),
+            self.requests.clone(),
+        );
+        registry.register(
+            format!("delivery_to_{name}_records"),
+            format!("{} ({firehose}.Records)", n.records),
+            self.records.clone(),
+        );
+        registry.register_with_unit(
+            format!("delivery_to_{name}"),
+            format!("Record bytes delivered ({firehose}.Bytes)"),
+            Unit::Bytes,
+            self.bytes.clone(),
+        );
+        registry.register_with_unit(
+            format!("delivery_to_{name}_data_freshness"),
+            format!("Age of the oldest record not yet delivered ({firehose}.DataFreshness)"),
+            Unit::Seconds,
+            self.data_freshness.clone(),
+        );
+        registry.register_with_unit(
+            format!("delivery_to_{name}_{}", n.latency.0),
+            n.latency.1,
+            Unit::Seconds,
+            self.latency.clone(),
+        );
+        registry.register(n.failed.0, n.failed.1, self.failed.clone());
+    }
+
+    /// Counts a request: taken, or failed.
+    pub fn request(&self, stream: &str, ok: bool) {
+        self.requests
+            .get_or_create(&OutcomeLabels {
+                stream: stream.to_string(),
+                outcome: if ok { SUCCESS } else { FAILURE }.to_string(),
+            })
+            .inc();
+    }
+}
+
 fn fsync_histogram() -> Histogram {
     // 50 µs … ~3 s.
     Histogram::new(exponential_buckets(0.00005, 2.0, 16))
@@ -89,18 +178,10 @@ pub struct Metrics {
     pub partition_limit_records: Family<StreamLabels, Counter>,
     pub jq_processing_duration: HistogramFamily<StreamLabels>,
     pub key_service_calls: Family<OutcomeLabels, Counter>,
-    pub delivery_to_opensearch_requests: Family<OutcomeLabels, Counter>,
-    pub delivery_to_opensearch_records: Family<StreamLabels, Counter>,
-    pub delivery_to_opensearch_bytes: Family<StreamLabels, Counter>,
-    pub delivery_to_opensearch_data_freshness: Family<StreamLabels, Gauge<f64, AtomicU64>>,
-    pub delivery_to_opensearch_latency: HistogramFamily<StreamLabels>,
-    pub opensearch_failed_documents: Family<StreamLabels, Counter>,
-    pub delivery_to_splunk_requests: Family<OutcomeLabels, Counter>,
-    pub delivery_to_splunk_records: Family<StreamLabels, Counter>,
-    pub delivery_to_splunk_bytes: Family<StreamLabels, Counter>,
-    pub delivery_to_splunk_data_freshness: Family<StreamLabels, Gauge<f64, AtomicU64>>,
-    pub delivery_to_splunk_data_ack_latency: HistogramFamily<StreamLabels>,
-    pub splunk_failed_events: Family<StreamLabels, Counter>,
+    /// `DeliveryToAmazonOpenSearchService.*`.
+    pub opensearch: DestinationMetrics,
+    /// `DeliveryToSplunk.*`.
+    pub splunk: DestinationMetrics,
     /// Every fsync's latency, kept only when a benchmark asks for them.
     fsync_log: Mutex<Option<Vec<f64>>>,
     /// Per-record arrival → delivered latencies, kept only when a benchmark asks for them.
@@ -149,18 +230,8 @@ impl Metrics {
             partition_limit_records: Family::default(),
             jq_processing_duration: Family::new_with_constructor(processing_histogram),
             key_service_calls: Family::default(),
-            delivery_to_opensearch_requests: Family::default(),
-            delivery_to_opensearch_records: Family::default(),
-            delivery_to_opensearch_bytes: Family::default(),
-            delivery_to_opensearch_data_freshness: Family::default(),
-            delivery_to_opensearch_latency: Family::new_with_constructor(latency_histogram),
-            opensearch_failed_documents: Family::default(),
-            delivery_to_splunk_requests: Family::default(),
-            delivery_to_splunk_records: Family::default(),
-            delivery_to_splunk_bytes: Family::default(),
-            delivery_to_splunk_data_freshness: Family::default(),
-            delivery_to_splunk_data_ack_latency: Family::new_with_constructor(latency_histogram),
-            splunk_failed_events: Family::default(),
+            opensearch: DestinationMetrics::default(),
+            splunk: DestinationMetrics::default(),
             fsync_log: Mutex::new(None),
             latency_log: Mutex::new(None),
             registry: Registry::default(),
@@ -336,71 +407,36 @@ impl Metrics {
             "Data-key requests to the key service, by outcome: success or Firehose's KMS condition (KMSKeyNotFound, KMSKeyAccessDenied, KMSKeyDisabled, KMSKeyInvalidState, KMSUnavailable)",
             m.key_service_calls.clone(),
         );
-        registry.register(
-            "delivery_to_opensearch_requests",
-            "_bulk requests by outcome: failure = the whole request failed (Firehose DeliveryToAmazonOpenSearchService.Success is success/(success+failure))",
-            m.delivery_to_opensearch_requests.clone(),
+        m.opensearch.register(
+            &mut registry,
+            &Names {
+                name: "opensearch",
+                firehose: "DeliveryToAmazonOpenSearchService",
+                records: "Documents indexed",
+                requests: "_bulk requests by outcome: failure = the whole request failed",
+                latency: ("latency", "Arrival to indexed, per document"),
+                failed: (
+                    "opensearch_failed_documents",
+                    "Documents written to the S3 backup after failing (AmazonOpenSearchService-failed)",
+                ),
+            },
         );
-        registry.register(
-            "delivery_to_opensearch_records",
-            "Documents indexed (Firehose DeliveryToAmazonOpenSearchService.Records)",
-            m.delivery_to_opensearch_records.clone(),
-        );
-        registry.register_with_unit(
-            "delivery_to_opensearch",
-            "Record bytes indexed (Firehose DeliveryToAmazonOpenSearchService.Bytes)",
-            prometheus_client::registry::Unit::Bytes,
-            m.delivery_to_opensearch_bytes.clone(),
-        );
-        registry.register_with_unit(
-            "delivery_to_opensearch_data_freshness",
-            "Age of the oldest record not yet indexed (Firehose DeliveryToAmazonOpenSearchService.DataFreshness)",
-            prometheus_client::registry::Unit::Seconds,
-            m.delivery_to_opensearch_data_freshness.clone(),
-        );
-        registry.register_with_unit(
-            "delivery_to_opensearch_latency",
-            "Arrival to indexed, per document",
-            prometheus_client::registry::Unit::Seconds,
-            m.delivery_to_opensearch_latency.clone(),
-        );
-        registry.register(
-            "opensearch_failed_documents",
-            "Documents written to the S3 backup after failing (AmazonOpenSearchService-failed)",
-            m.opensearch_failed_documents.clone(),
-        );
-        registry.register(
-            "delivery_to_splunk_requests",
-            "HEC posts by outcome: success = indexed and acknowledged (Firehose DeliveryToSplunk.Success is success/(success+failure))",
-            m.delivery_to_splunk_requests.clone(),
-        );
-        registry.register(
-            "delivery_to_splunk_records",
-            "Records acknowledged by Splunk (Firehose DeliveryToSplunk.Records)",
-            m.delivery_to_splunk_records.clone(),
-        );
-        registry.register_with_unit(
-            "delivery_to_splunk",
-            "Record bytes acknowledged by Splunk (Firehose DeliveryToSplunk.Bytes)",
-            prometheus_client::registry::Unit::Bytes,
-            m.delivery_to_splunk_bytes.clone(),
-        );
-        registry.register_with_unit(
-            "delivery_to_splunk_data_freshness",
-            "Age of the oldest record not yet acknowledged (Firehose DeliveryToSplunk.DataFreshness)",
-            prometheus_client::registry::Unit::Seconds,
-            m.delivery_to_splunk_data_freshness.clone(),
-        );
-        registry.register_with_unit(
-            "delivery_to_splunk_data_ack_latency",
-            "Post to indexer acknowledgement (Firehose DeliveryToSplunk.DataAckLatency)",
-            prometheus_client::registry::Unit::Seconds,
-            m.delivery_to_splunk_data_ack_latency.clone(),
-        );
-        registry.register(
-            "splunk_failed_events",
-            "Records written to the S3 backup after failing (splunk-failed)",
-            m.splunk_failed_events.clone(),
+        m.splunk.register(
+            &mut registry,
+            &Names {
+                name: "splunk",
+                firehose: "DeliveryToSplunk",
+                records: "Records acknowledged by Splunk",
+                requests: "HEC posts by outcome: success = indexed and acknowledged",
+                latency: (
+                    "data_ack_latency",
+                    "Post to indexer acknowledgement (Firehose DeliveryToSplunk.DataAckLatency)",
+                ),
+                failed: (
+                    "splunk_failed_events",
+                    "Records written to the S3 backup after failing (splunk-failed)",
+                ),
+            },
         );
         Metrics { registry, ..m }
     }
@@ -470,88 +506,45 @@ impl Metrics {
             .get_or_create(&labels)
             .inc_by(bytes);
         let hist = self.delivery_to_s3_latency.get_or_create(&labels);
+        self.observe_latencies(arrivals_ms, now_ms, |secs| hist.observe(secs));
+    }
+
+    /// Each record's arrival → delivered latency, to `observe` and (when a benchmark asked for
+    /// them) the latency log.
+    fn observe_latencies(&self, arrivals_ms: &[i64], now_ms: i64, observe: impl Fn(f64)) {
         let mut log = self.latency_log.lock().expect("latency log lock");
         for a in arrivals_ms {
             let secs = (now_ms - a).max(0) as f64 / 1000.0;
-            hist.observe(secs);
+            observe(secs);
             if let Some(log) = log.as_mut() {
                 log.push(secs);
             }
         }
     }
 
-    /// Counts a `_bulk` request: `answered`, or failed as a whole.
-    pub fn opensearch_request(&self, stream: &str, answered: bool) {
-        self.delivery_to_opensearch_requests
-            .get_or_create(&OutcomeLabels {
-                stream: stream.to_string(),
-                outcome: if answered { SUCCESS } else { FAILURE }.to_string(),
-            })
-            .inc();
-    }
-
-    /// Counts a HEC post: acknowledged, or failed.
-    pub fn splunk_request(&self, stream: &str, ok: bool) {
-        self.delivery_to_splunk_requests
-            .get_or_create(&OutcomeLabels {
-                stream: stream.to_string(),
-                outcome: if ok { SUCCESS } else { FAILURE }.to_string(),
-            })
-            .inc();
-    }
-
-    /// Records a batch Splunk acknowledged.
-    pub fn delivered_to_splunk(
+    /// Records a batch an HTTP destination took: its records and bytes, and each record's
+    /// arrival → delivered latency (OpenSearch's latency histogram; Splunk's histogram is the
+    /// acknowledgement latency, observed by the caller).
+    pub fn delivered_http(
         &self,
-        stream: &str,
-        arrivals_ms: &[i64],
-        bytes: u64,
-        ack_latency: f64,
-        now_ms: i64,
-    ) {
-        let labels = Self::stream(stream);
-        self.delivery_to_splunk_records
-            .get_or_create(&labels)
-            .inc_by(arrivals_ms.len() as u64);
-        self.delivery_to_splunk_bytes
-            .get_or_create(&labels)
-            .inc_by(bytes);
-        self.delivery_to_splunk_data_ack_latency
-            .get_or_create(&labels)
-            .observe(ack_latency);
-        if let Some(log) = self.latency_log.lock().expect("latency log lock").as_mut() {
-            log.extend(
-                arrivals_ms
-                    .iter()
-                    .map(|a| (now_ms - a).max(0) as f64 / 1000.0),
-            );
-        }
-    }
-
-    /// Records documents indexed.
-    pub fn delivered_to_opensearch(
-        &self,
+        dest: &DestinationMetrics,
         stream: &str,
         arrivals_ms: &[i64],
         bytes: u64,
         now_ms: i64,
+        per_record_latency: bool,
     ) {
         let labels = Self::stream(stream);
-        self.delivery_to_opensearch_records
+        dest.records
             .get_or_create(&labels)
             .inc_by(arrivals_ms.len() as u64);
-        self.delivery_to_opensearch_bytes
-            .get_or_create(&labels)
-            .inc_by(bytes);
-        let hist = self.delivery_to_opensearch_latency.get_or_create(&labels);
-        let mut log = self.latency_log.lock().expect("latency log lock");
-        for a in arrivals_ms {
-            let secs = (now_ms - a).max(0) as f64 / 1000.0;
-            hist.observe(secs);
-            if let Some(log) = log.as_mut() {
-                log.push(secs);
+        dest.bytes.get_or_create(&labels).inc_by(bytes);
+        let hist = dest.latency.get_or_create(&labels);
+        self.observe_latencies(arrivals_ms, now_ms, |secs| {
+            if per_record_latency {
+                hist.observe(secs);
             }
-        }
+        });
     }
 
     /// Records one processing run: its duration and per-outcome records and bytes.
@@ -577,7 +570,6 @@ impl Metrics {
         }
     }
 
-    /// Records one batch's format conversion: (records, bytes) converted and failed.
     /// One data-key request and how it ended.
     pub fn key_service_call(&self, stream: &str, result: Result<(), &crate::crypto::KeyError>) {
         let outcome = match result {
@@ -606,6 +598,7 @@ impl Metrics {
             .set(limit as i64);
     }
 
+    /// Records one batch's format conversion: (records, bytes) converted and failed.
     pub fn converted(&self, stream: &str, ok: (u64, u64), failed: (u64, u64)) {
         for (outcome, (records, bytes)) in [(SUCCESS, ok), (FAILURE, failed)] {
             let labels = OutcomeLabels {

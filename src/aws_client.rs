@@ -65,6 +65,18 @@ pub async fn call(
     body: &Value,
 ) -> Result<Value, CallError> {
     let body = serde_json::to_vec(body).expect("JSON to memory");
+    call_with(&reqwest::Client::new(), endpoint, service, target, body).await
+}
+
+/// [`call`] with the caller's HTTP client (kept for its connection pool) and a body already
+/// serialised.
+pub async fn call_with(
+    client: &reqwest::Client,
+    endpoint: &ServiceEndpoint,
+    service: &str,
+    target: &str,
+    body: Vec<u8>,
+) -> Result<Value, CallError> {
     let url = format!("{}/", endpoint.url.trim_end_matches('/'));
     let host = url
         .split("://")
@@ -104,7 +116,6 @@ pub async fn call(
     let (instructions, _) = sign(signable, &params)
         .map_err(|e| CallError::Transport(format!("cannot sign: {e}")))?
         .into_parts();
-    let client = reqwest::Client::new();
     let mut req = client.post(&url).body(body);
     for (k, v) in headers
         .iter()

@@ -2,8 +2,11 @@
 //!
 //! The data path, one module per stage: [`api`] → [`buffer`] → [`deliver`] (naming, with
 //! [`compress`]) → the `hosepipe-sinks` destinations, wired per stream in [`pipeline`].
+//! The producers that feed it — [`agent`] (tails files) and [`generate`] (test data) — send
+//! through [`producer`].
 
 pub mod admission;
+pub mod agent;
 pub mod api;
 pub mod aws_client;
 pub mod bench;
@@ -13,9 +16,11 @@ pub mod config;
 pub mod crypto;
 pub mod deliver;
 pub mod encode;
+pub mod generate;
 pub mod metrics;
 pub mod partition;
 pub mod pipeline;
+pub mod producer;
 pub mod registry;
 pub mod schema;
 pub mod server;

@@ -72,6 +72,16 @@ enum Command {
     BenchOpensearch(hosepipe::deliver::opensearch_bench::BenchOpenSearchArgs),
     /// Benchmark: records/s into a Splunk HEC through hosepipe's path vs a bare HTTP client.
     BenchSplunk(hosepipe::deliver::splunk_bench::BenchSplunkArgs),
+    /// Tail log files into delivery streams (the Kinesis Agent's job; reads its agent.json).
+    Agent {
+        /// agent.json (the Kinesis Agent's format) or a TOML file with the same settings.
+        #[arg(long)]
+        config: PathBuf,
+    },
+    /// Send records built from a template at a set rate (the Kinesis Data Generator's job).
+    Generate(hosepipe::generate::GenerateArgs),
+    /// Benchmark: lines/s the agent sends from a growing file vs `cat` of it to /dev/null.
+    BenchAgent(hosepipe::agent::bench::BenchAgentArgs),
     /// Decrypt an object written by a stream with KMSEncryptionConfig (a file or s3://bucket/key).
     Decrypt {
         #[arg(long)]
@@ -284,6 +294,33 @@ fn main() -> ExitCode {
         Command::BenchEncrypt(args) => {
             finished("bench-encrypt", hosepipe::crypto::bench::run(args))
         }
+        Command::Agent { config } => {
+            let cfg = match hosepipe::agent::config::AgentConfig::load(&config) {
+                Ok(cfg) => cfg,
+                Err(e) => {
+                    eprintln!("{e}");
+                    return ExitCode::from(2);
+                }
+            };
+            init_tracing();
+            block_on(async move {
+                match hosepipe::agent::run(cfg, shutdown_signal()).await {
+                    Ok(()) => ExitCode::SUCCESS,
+                    Err(e) => {
+                        tracing::error!("agent: {e}");
+                        ExitCode::FAILURE
+                    }
+                }
+            })
+        }
+        Command::Generate(args) => match hosepipe::generate::run(args) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("generate: {e}");
+                ExitCode::from(2)
+            }
+        },
+        Command::BenchAgent(args) => finished("bench-agent", hosepipe::agent::bench::run(args)),
         Command::BenchSplunk(args) => {
             finished("bench-splunk", hosepipe::deliver::splunk_bench::run(args))
         }

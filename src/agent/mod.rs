@@ -1,0 +1,506 @@
+//! `hosepipe agent`: the Kinesis Agent's job. Per flow, a tailer thread follows the files of a
+//! glob ([`tail`]), turns lines into records and runs the processing options ([`convert`]);
+//! a sender task buffers them by count, bytes or age and sends each buffer with
+//! `PutRecordBatch`, retrying only failed entries, one buffer in flight at a time; after a
+//! buffer is fully accepted the files' offsets are saved ([`checkpoint`]). Progress goes to the
+//! log every `log.statusReportingPeriodSeconds` and to a Prometheus endpoint.
+
+pub mod bench;
+pub mod checkpoint;
+pub mod config;
+pub mod convert;
+pub mod tail;
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+use tokio::sync::mpsc;
+
+use crate::producer::{Backoff, Producer, SendEvent, Target};
+use checkpoint::{Checkpoints, Entry, FileId};
+use config::{AgentConfig, Flow};
+use tail::{FileStatus, Record, Tailer};
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct FlowLabel {
+    flow: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct FileLabel {
+    flow: String,
+    file: String,
+}
+
+/// The agent's counters (the Kinesis Agent's `AWSKinesisAgent` metrics, and more).
+#[derive(Default)]
+pub struct AgentMetrics {
+    records_parsed: Family<FlowLabel, Counter>,
+    conversion_failed: Family<FlowLabel, Counter>,
+    records_sent: Family<FlowLabel, Counter>,
+    bytes_sent: Family<FlowLabel, Counter>,
+    send_attempts: Family<FlowLabel, Counter>,
+    send_errors: Family<FlowLabel, Counter>,
+    service_errors: Family<FlowLabel, Counter>,
+    lag_bytes: Family<FileLabel, Gauge>,
+    registry: Mutex<Option<Registry>>,
+}
+
+impl AgentMetrics {
+    pub fn new() -> Arc<Self> {
+        let m = Arc::new(AgentMetrics::default());
+        let mut r = Registry::with_prefix("hosepipe_agent");
+        r.register(
+            "records_parsed",
+            "Records read from files (after multi-line joining)",
+            m.records_parsed.clone(),
+        );
+        r.register(
+            "records_conversion_failed",
+            "Records a processing option could not convert (sent unchanged)",
+            m.conversion_failed.clone(),
+        );
+        r.register(
+            "records_sent",
+            "Records accepted by the endpoint",
+            m.records_sent.clone(),
+        );
+        r.register(
+            "bytes_sent",
+            "Bytes of records accepted by the endpoint",
+            m.bytes_sent.clone(),
+        );
+        r.register(
+            "record_send_attempts",
+            "Records sent, retries included",
+            m.send_attempts.clone(),
+        );
+        r.register(
+            "record_send_errors",
+            "Entries PutRecordBatch answered with an error code (sent again)",
+            m.send_errors.clone(),
+        );
+        r.register(
+            "service_errors",
+            "PutRecordBatch calls that failed as a whole (sent again)",
+            m.service_errors.clone(),
+        );
+        r.register(
+            "file_lag_bytes",
+            "Bytes of a file not yet accepted by the endpoint",
+            m.lag_bytes.clone(),
+        );
+        *m.registry.lock().expect("registry lock") = Some(r);
+        m
+    }
+
+    /// Records of `flow` accepted so far.
+    pub fn records_sent(&self, flow: &str) -> u64 {
+        self.records_sent
+            .get_or_create(&FlowLabel {
+                flow: flow.to_string(),
+            })
+            .get()
+    }
+
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        if let Some(r) = self.registry.lock().expect("registry lock").as_ref() {
+            prometheus_client::encoding::text::encode(&mut out, r).expect("to a String");
+        }
+        out
+    }
+}
+
+/// One flow's shared state: the tailer's view of its files, for status and lag.
+struct FlowState {
+    flow: Arc<Flow>,
+    files: Mutex<Vec<FileStatus>>,
+}
+
+/// Runs the agent until `shutdown` resolves, then stops reading, sends what it holds (within
+/// `shutdownTimeoutMillis`) and saves the checkpoints.
+pub async fn run(
+    config: AgentConfig,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> Result<(), String> {
+    run_with(config, AgentMetrics::new(), shutdown).await
+}
+
+/// [`run`] counting into `metrics` (the benchmark reads them).
+pub async fn run_with(
+    config: AgentConfig,
+    metrics: Arc<AgentMetrics>,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> Result<(), String> {
+    for key in &config.ignored {
+        tracing::warn!("{key}: a Kinesis Agent setting hosepipe does not use; ignored");
+    }
+    let target = Target::resolve(
+        config.firehose_endpoint.as_deref(),
+        config.region.as_deref(),
+        config.aws_keys.clone(),
+    )?;
+    tracing::info!(endpoint = %target.endpoint, region = %target.region,
+        credentials = %target.keys.source, "hosepipe agent starting");
+    let checkpoints = Arc::new(Mutex::new(Checkpoints::open(
+        &config.checkpoint_file,
+        config.checkpoint_ttl,
+    )?));
+    if let Some(addr) = config.metrics_listen {
+        serve_metrics(addr, metrics.clone()).await?;
+    }
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut senders = Vec::new();
+    let mut threads = Vec::new();
+    let mut states = Vec::new();
+    for flow in &config.flows {
+        let flow = Arc::new(flow.clone());
+        let state = Arc::new(FlowState {
+            flow: flow.clone(),
+            files: Mutex::new(Vec::new()),
+        });
+        states.push(state.clone());
+        let (tx, rx) = mpsc::channel(flow.publish_queue_capacity.max(1) * 64);
+        let tailer = {
+            let mut cp = checkpoints.lock().expect("checkpoints lock");
+            cp.touch_flow(&flow.id);
+            Tailer::new(flow.clone(), &cp)
+        };
+        let (stop, m, st) = (stop.clone(), metrics.clone(), state.clone());
+        threads.push(
+            std::thread::Builder::new()
+                .name(format!("tail {}", flow.delivery_stream))
+                .spawn(move || tail_loop(tailer, st, tx, stop, m))
+                .map_err(|e| format!("cannot start a tailer thread: {e}"))?,
+        );
+        let producer = Producer::new(&target, &flow.delivery_stream);
+        senders.push(tokio::spawn(send_loop(
+            flow,
+            producer,
+            rx,
+            checkpoints.clone(),
+            metrics.clone(),
+        )));
+    }
+    checkpoints
+        .lock()
+        .expect("checkpoints lock")
+        .save()
+        .map_err(|e| format!("{}: {e}", config.checkpoint_file.display()))?;
+    let status = tokio::spawn(status_loop(
+        states,
+        checkpoints.clone(),
+        metrics.clone(),
+        config.status_period,
+    ));
+    shutdown.await;
+    tracing::info!("stopping: sending what is buffered");
+    stop.store(true, Ordering::SeqCst);
+    let drain = async {
+        for s in senders {
+            let _ = s.await;
+        }
+    };
+    if tokio::time::timeout(config.shutdown_timeout, drain)
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            "shutdown timeout: records not yet accepted will be sent again on the next start"
+        );
+    }
+    status.abort();
+    for t in threads {
+        let _ = t.join();
+    }
+    let mut cp = checkpoints.lock().expect("checkpoints lock");
+    cp.save()
+        .map_err(|e| format!("{}: {e}", config.checkpoint_file.display()))?;
+    tracing::info!("hosepipe agent stopped");
+    Ok(())
+}
+
+async fn serve_metrics(
+    addr: std::net::SocketAddr,
+    metrics: Arc<AgentMetrics>,
+) -> Result<(), String> {
+    use axum::routing::get;
+    let app = axum::Router::new().route(
+        "/metrics",
+        get(move || {
+            let m = metrics.clone();
+            async move {
+                (
+                    [(
+                        "content-type",
+                        "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                    )],
+                    m.encode(),
+                )
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|e| format!("metrics_listen {addr}: {e}"))?;
+    let local = listener.local_addr().map_err(|e| e.to_string())?;
+    tracing::info!("metrics on http://{local}/metrics");
+    tokio::spawn(async move {
+        if let Err(e) = axum::serve(listener, app).await {
+            tracing::error!(error = %e, "metrics endpoint stopped");
+        }
+    });
+    Ok(())
+}
+
+/// The tailer thread: poll, convert, queue; until told to stop.
+fn tail_loop(
+    mut tailer: Tailer,
+    state: Arc<FlowState>,
+    tx: mpsc::Sender<Record>,
+    stop: Arc<AtomicBool>,
+    metrics: Arc<AgentMetrics>,
+) {
+    let flow = state.flow.clone();
+    let label = FlowLabel {
+        flow: flow.id.clone(),
+    };
+    let parsed = metrics.records_parsed.get_or_create(&label).clone();
+    let failed = metrics.conversion_failed.get_or_create(&label).clone();
+    let mut logged_failures = 0u64;
+    while !stop.load(Ordering::SeqCst) {
+        let started = Instant::now();
+        let ok = tailer.poll(&mut |mut record| {
+            parsed.inc();
+            if !flow.converters.is_empty() {
+                let raw = std::mem::take(&mut record.data);
+                match convert::apply_all(&flow.converters, raw.clone()) {
+                    Ok(out) => record.data = out,
+                    Err(e) => {
+                        failed.inc();
+                        // Sent as read: never dropped. Logged, but not every time.
+                        if logged_failures < 10 || logged_failures.is_power_of_two() {
+                            tracing::warn!(flow = %flow.id, file = %record.path.display(),
+                                offset = record.end, error = %e,
+                                "record not converted; sending it unchanged");
+                        }
+                        logged_failures += 1;
+                        record.data = raw;
+                    }
+                }
+            }
+            if record.data.len() > crate::producer::MAX_RECORD_BYTES {
+                let term = &flow.truncated_record_terminator;
+                record
+                    .data
+                    .truncate(crate::producer::MAX_RECORD_BYTES - term.len());
+                record.data.extend_from_slice(term);
+            }
+            tx.blocking_send(record).is_ok()
+        });
+        *state.files.lock().expect("files lock") = tailer.status();
+        if !ok {
+            break;
+        }
+        if let Some(rest) = flow.poll_interval.checked_sub(started.elapsed()) {
+            std::thread::sleep(rest);
+        }
+    }
+}
+
+/// The sender task: fills a buffer until it is full or old, sends it until every entry is in,
+/// then moves the checkpoints. Ends when the tailer is gone and the queue is empty.
+async fn send_loop(
+    flow: Arc<Flow>,
+    producer: Producer,
+    mut rx: mpsc::Receiver<Record>,
+    checkpoints: Arc<Mutex<Checkpoints>>,
+    metrics: Arc<AgentMetrics>,
+) {
+    let label = FlowLabel {
+        flow: flow.id.clone(),
+    };
+    let mut backoff = Backoff::new(flow.retry_initial_backoff, flow.retry_max_backoff);
+    let mut open = true;
+    while open {
+        let mut batch: Vec<Record> = Vec::new();
+        let mut bytes = 0usize;
+        let deadline = tokio::time::Instant::now() + flow.max_buffer_age;
+        while batch.len() < flow.max_buffer_records {
+            let next = if batch.is_empty() {
+                rx.recv().await
+            } else {
+                match tokio::time::timeout_at(deadline, rx.recv()).await {
+                    Ok(r) => r,
+                    Err(_) => break,
+                }
+            };
+            let Some(record) = next else {
+                open = false;
+                break;
+            };
+            if !batch.is_empty() && bytes + record.data.len() > flow.max_buffer_bytes {
+                // Full: send what is there; this record opens the next buffer.
+                send_batch(
+                    &flow,
+                    &producer,
+                    batch,
+                    &checkpoints,
+                    &metrics,
+                    &label,
+                    &mut backoff,
+                )
+                .await;
+                batch = Vec::new();
+                bytes = 0;
+            }
+            bytes += record.data.len();
+            batch.push(record);
+        }
+        if !batch.is_empty() {
+            send_batch(
+                &flow,
+                &producer,
+                batch,
+                &checkpoints,
+                &metrics,
+                &label,
+                &mut backoff,
+            )
+            .await;
+        }
+    }
+}
+
+async fn send_batch(
+    flow: &Flow,
+    producer: &Producer,
+    batch: Vec<Record>,
+    checkpoints: &Mutex<Checkpoints>,
+    metrics: &AgentMetrics,
+    label: &FlowLabel,
+    backoff: &mut Backoff,
+) {
+    let data: Vec<Bytes> = batch.iter().map(|r| Bytes::from(r.data.clone())).collect();
+    let total_bytes: usize = data.iter().map(Bytes::len).sum();
+    let attempts = metrics.send_attempts.get_or_create(label).clone();
+    let errors = metrics.send_errors.get_or_create(label).clone();
+    let service = metrics.service_errors.get_or_create(label).clone();
+    let sent = metrics.records_sent.get_or_create(label).clone();
+    let mut in_flight = data.len() as u64;
+    let mut failed_entries = 0u64;
+    producer
+        .send_all(data, backoff, &mut |event| match event {
+            SendEvent::Accepted(n) => {
+                attempts.inc_by(in_flight);
+                sent.inc_by(n as u64);
+                in_flight -= n as u64;
+                failed_entries = 0;
+            }
+            SendEvent::EntryFailed { code } => {
+                errors.inc();
+                failed_entries += 1;
+                if failed_entries == 1 {
+                    tracing::warn!(flow = %flow.id, code, "entries refused; sending them again");
+                }
+            }
+            SendEvent::CallFailed(e) => {
+                attempts.inc_by(in_flight);
+                service.inc();
+                tracing::warn!(flow = %flow.id, error = %e, "PutRecordBatch failed; retrying");
+            }
+        })
+        .await;
+    metrics
+        .bytes_sent
+        .get_or_create(label)
+        .inc_by(total_bytes as u64);
+    // Every entry is in: each file may move to the end of its last record in this batch.
+    let mut ends: BTreeMap<FileId, &Record> = BTreeMap::new();
+    for r in &batch {
+        ends.insert(r.file, r);
+    }
+    let mut cp = checkpoints.lock().expect("checkpoints lock");
+    for r in ends.values() {
+        cp.advance(
+            &flow.id,
+            Entry {
+                path: r.path.clone(),
+                id: r.file,
+                fingerprint: r.fingerprint,
+                offset: r.end,
+                updated: 0,
+            },
+        );
+    }
+    if let Err(e) = cp.save() {
+        tracing::error!(error = %e, "cannot save checkpoints; a restart will send more again");
+    }
+}
+
+/// Every period: a line per flow (records parsed / sent / failed, bytes, lag per file), and
+/// every second the lag gauges.
+async fn status_loop(
+    states: Vec<Arc<FlowState>>,
+    checkpoints: Arc<Mutex<Checkpoints>>,
+    metrics: Arc<AgentMetrics>,
+    period: Duration,
+) {
+    let mut last_log = Instant::now();
+    loop {
+        tokio::time::sleep(Duration::from_secs(1).min(period)).await;
+        let log = last_log.elapsed() >= period;
+        if log {
+            last_log = Instant::now();
+        }
+        for state in &states {
+            let flow = &state.flow;
+            let files = state.files.lock().expect("files lock").clone();
+            let acked: HashMap<FileId, u64> = checkpoints
+                .lock()
+                .expect("checkpoints lock")
+                .entries(&flow.id)
+                .map(|e| (e.id, e.offset))
+                .collect();
+            let mut lags = Vec::new();
+            for f in &files {
+                let done = acked.get(&f.id).copied().unwrap_or(0).min(f.size);
+                let lag = f.size - done;
+                metrics
+                    .lag_bytes
+                    .get_or_create(&FileLabel {
+                        flow: flow.id.clone(),
+                        file: f.path.display().to_string(),
+                    })
+                    .set(lag as i64);
+                lags.push(format!("{} lag={}B", f.path.display(), lag));
+            }
+            if log {
+                let label = FlowLabel {
+                    flow: flow.id.clone(),
+                };
+                let get = |fam: &Family<FlowLabel, Counter>| fam.get_or_create(&label).get();
+                tracing::info!(
+                    flow = %flow.id,
+                    parsed = get(&metrics.records_parsed),
+                    sent = get(&metrics.records_sent),
+                    failed = get(&metrics.send_errors),
+                    service_errors = get(&metrics.service_errors),
+                    conversion_failed = get(&metrics.conversion_failed),
+                    bytes = get(&metrics.bytes_sent),
+                    files = %lags.join(", "),
+                    "progress"
+                );
+            }
+        }
+    }
+}

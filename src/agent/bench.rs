@@ -26,6 +26,10 @@ pub struct BenchAgentArgs {
     /// log lines).
     #[arg(long, default_value = "none")]
     pub processing: String,
+    /// The in-process daemon's `[spool] sync`: fsync (default; a batch is answered after its
+    /// fsync) or os.
+    #[arg(long, default_value = "fsync")]
+    pub sync: String,
 }
 
 fn line(i: usize, size: usize, apache: bool) -> String {
@@ -60,16 +64,19 @@ pub fn run(args: BenchAgentArgs) -> Result<(), String> {
 
 async fn bench(args: BenchAgentArgs) -> Result<(), String> {
     let dir = tempfile::tempdir_in(".").map_err(|e| e.to_string())?;
-    let raw: RawConfig = toml::from_str(
+    let raw: RawConfig = toml::from_str(&format!(
         r#"
 listen = "127.0.0.1:0"
 object_store = "local"
+[spool]
+sync = "{}"
 [streams.bench.extended_s3_destination_configuration]
 bucket_arn = "arn:aws:s3:::bench"
 compression_format = "GZIP"
-buffering_hints = { size_in_mbs = 64, interval_in_seconds = 60 }
+buffering_hints = {{ size_in_mbs = 64, interval_in_seconds = 60 }}
 "#,
-    )
+        args.sync
+    ))
     .map_err(|e| e.to_string())?;
     let overrides = Overrides {
         listen: None,
@@ -172,11 +179,12 @@ buffering_hints = { size_in_mbs = 64, interval_in_seconds = 60 }
     }
     let n = args.lines as f64;
     println!(
-        "bench-agent: {} lines of {} B ({:.1} MiB), processing {}",
+        "bench-agent: {} lines of {} B ({:.1} MiB), processing {}, daemon spool sync {}",
         args.lines,
         args.line_bytes,
         bytes as f64 / 1048576.0,
-        args.processing
+        args.processing,
+        args.sync
     );
     println!(
         "  writer finished after        {write_secs:8.2} s ({:>12.0} lines/s)",

@@ -205,18 +205,16 @@ pub async fn run_with(
     shutdown.await;
     tracing::info!("stopping: sending what is buffered");
     stop.store(true, Ordering::SeqCst);
-    let drain = async {
-        for s in senders {
+    let deadline = tokio::time::Instant::now() + config.shutdown_timeout;
+    for mut s in senders {
+        if tokio::time::timeout_at(deadline, &mut s).await.is_err() {
+            tracing::warn!(
+                "shutdown timeout: records not yet accepted will be sent again on the next start"
+            );
+            // Its queue closes with it, which releases a tailer waiting for room.
+            s.abort();
             let _ = s.await;
         }
-    };
-    if tokio::time::timeout(config.shutdown_timeout, drain)
-        .await
-        .is_err()
-    {
-        tracing::warn!(
-            "shutdown timeout: records not yet accepted will be sent again on the next start"
-        );
     }
     status.abort();
     for t in threads {
@@ -390,7 +388,11 @@ async fn send_batch(
     label: &FlowLabel,
     backoff: &mut Backoff,
 ) {
-    let data: Vec<Bytes> = batch.iter().map(|r| Bytes::from(r.data.clone())).collect();
+    let mut batch = batch;
+    let data: Vec<Bytes> = batch
+        .iter_mut()
+        .map(|r| Bytes::from(std::mem::take(&mut r.data)))
+        .collect();
     let total_bytes: usize = data.iter().map(Bytes::len).sum();
     let attempts = metrics.send_attempts.get_or_create(label).clone();
     let errors = metrics.send_errors.get_or_create(label).clone();

@@ -40,7 +40,7 @@ pub struct GenerateArgs {
     pub endpoint: Option<String>,
     #[arg(long)]
     pub region: Option<String>,
-    /// Print one rendered record and exit.
+    /// Print `--count` rendered records (default 1) instead of sending.
     #[arg(long)]
     pub dry_run: bool,
     /// No progress bar (a line a second instead, to stderr).
@@ -66,7 +66,9 @@ pub fn run(args: GenerateArgs) -> Result<(), String> {
         Template::compile(&text).map_err(|e| format!("{}: {e}", args.template.display()))?;
     if args.dry_run {
         let mut s = String::new();
-        template.render(&mut s);
+        for _ in 0..args.count.unwrap_or(1) {
+            template.render(&mut s);
+        }
         print!("{s}");
         return Ok(());
     }

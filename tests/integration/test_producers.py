@@ -175,6 +175,8 @@ retry_max_backoff_millis = 1000
         expected = set(w.written)
         wait_for(lambda: expected <= set(delivered_lines(s3, bucket, "tailed/")),
                  timeout=120, what="every line delivered")
+        # The outage was seen, and ridden out by retrying.
+        assert agent_metric(metrics_port, "service_errors") > 0, agent.log()[-3000:]
     finally:
         agent.stop()
     got = delivered_lines(s3, bucket, "tailed/")

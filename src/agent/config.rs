@@ -317,10 +317,19 @@ impl Checker {
 
     fn flow(&mut self, i: usize, raw: RawFlow) -> Option<Flow> {
         let path = format!("flows[{i}]");
+        if raw.kinesis_stream.is_some() && raw.delivery_stream.is_none() {
+            // The Kinesis Agent docs' example has one flow of each kind: keep the config
+            // loadable, skip the Kinesis Data Streams flow, and say so.
+            self.ignored.push(format!(
+                "{path} (kinesisStream: Kinesis Data Streams flows are skipped; hosepipe sends to \
+                 delivery streams)"
+            ));
+            return None;
+        }
         self.others(&format!("{path}."), raw.other);
         if raw.kinesis_stream.is_some() {
             self.errors.push(format!(
-                "{path}.kinesisStream: hosepipe sends to Firehose delivery streams only; use deliveryStream"
+                "{path}: kinesisStream and deliveryStream both given; keep deliveryStream"
             ));
         }
         let file_pattern = raw.file_pattern.filter(|p| !p.is_empty());
@@ -328,7 +337,7 @@ impl Checker {
             self.errors.push(format!("{path}.filePattern: required"));
         }
         let stream = raw.delivery_stream.filter(|s| !s.is_empty());
-        if stream.is_none() && raw.kinesis_stream.is_none() {
+        if stream.is_none() {
             self.errors.push(format!("{path}.deliveryStream: required"));
         }
         if let Some(p) = &file_pattern
@@ -485,12 +494,19 @@ impl AgentConfig {
         if raw.flows.is_empty() {
             c.errors.push("flows: at least one flow is needed".into());
         }
+        let declared = raw.flows.len();
         let flows: Vec<Flow> = raw
             .flows
             .into_iter()
             .enumerate()
             .filter_map(|(i, f)| c.flow(i, f))
             .collect();
+        if declared > 0 && flows.is_empty() && c.errors.is_empty() {
+            c.errors.push(
+                "flows: no flow has a deliveryStream (Kinesis Data Streams flows are skipped)"
+                    .into(),
+            );
+        }
         let status_period = c.range(
             "log.statusReportingPeriodSeconds",
             raw.log_status_reporting_period_seconds,
@@ -526,7 +542,8 @@ impl AgentConfig {
             .unwrap_or_else(|| base.join("hosepipe-agent.checkpoints"));
         Ok(AgentConfig {
             aws_keys,
-            firehose_endpoint: raw.firehose_endpoint,
+            // The agent docs' example leaves it "": the default then applies.
+            firehose_endpoint: raw.firehose_endpoint.filter(|e| !e.is_empty()),
             region: raw.region,
             checkpoint_file,
             checkpoint_ttl: Duration::from_secs(ttl_days * 86_400),
@@ -576,6 +593,26 @@ mod tests {
         assert_eq!(f.max_buffer_records, 500);
         assert_eq!(f.converters.len(), 2);
         assert_eq!(c.aws_keys, Some(("AKID".into(), "SECRET".into())));
+    }
+
+    #[test]
+    fn the_docs_two_flow_example_keeps_its_firehose_flow() {
+        let c = json(
+            r#"{ "cloudwatch.emitMetrics": true, "kinesis.endpoint": "", "firehose.endpoint": "",
+                 "flows": [
+                   { "filePattern": "/tmp/app.log*", "kinesisStream": "yourkinesisstream",
+                     "partitionKeyOption": "RANDOM" },
+                   { "filePattern": "/tmp/app.log*", "deliveryStream": "yourdeliverystream" } ] }"#,
+        )
+        .unwrap();
+        assert_eq!(c.flows.len(), 1);
+        assert_eq!(c.flows[0].delivery_stream, "yourdeliverystream");
+        assert_eq!(c.firehose_endpoint, None);
+        assert_eq!(c.ignored.len(), 3, "{:?}", c.ignored);
+        assert!(c.ignored[2].starts_with("flows[0] (kinesisStream"));
+        let e =
+            json(r#"{ "flows": [ { "filePattern": "/x", "kinesisStream": "k" } ] }"#).unwrap_err();
+        assert!(e.contains("no flow has a deliveryStream"), "{e}");
     }
 
     #[test]

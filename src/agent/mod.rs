@@ -148,9 +148,11 @@ pub async fn run_with(
         config.firehose_endpoint.as_deref(),
         config.region.as_deref(),
         config.aws_keys.clone(),
-    )?;
+    )
+    .await?;
+    let source = target.credentials.source().await;
     tracing::info!(endpoint = %target.endpoint, region = %target.region,
-        credentials = %target.keys.source, "hosepipe agent starting");
+        credentials = %source, "hosepipe agent starting");
     let checkpoints = Arc::new(Mutex::new(Checkpoints::open(
         &config.checkpoint_file,
         config.checkpoint_ttl,

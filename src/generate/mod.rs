@@ -80,26 +80,24 @@ pub fn run(args: GenerateArgs) -> Result<(), String> {
         (!set("AWS_ENDPOINT_URL_FIREHOSE") && !set("AWS_ENDPOINT_URL"))
             .then(|| "http://127.0.0.1:4573".to_string())
     });
-    // A local daemon without auth accepts any keys; give placeholder ones when none are set.
+    // A local daemon without auth accepts any keys: placeholder ones when no static keys are
+    // set, rather than asking a metadata service that is not there.
     let local = endpoint
         .as_deref()
         .is_some_and(|e| e.contains("127.0.0.1") || e.contains("localhost"));
-    let target = match Target::resolve(endpoint.as_deref(), args.region.as_deref(), None) {
-        Ok(t) => t,
-        Err(_) if local => Target::resolve(
-            endpoint.as_deref(),
-            args.region.as_deref(),
-            Some(("hosepipe-generate".into(), "unused".into())),
-        )?,
-        Err(e) => return Err(e),
-    };
+    let placeholder = (local && crate::producer::credentials::static_keys(None)?.is_none())
+        .then(|| ("hosepipe-generate".to_string(), "unused".to_string()));
     let total = match (args.count, args.duration) {
         (Some(c), _) => Some(c),
         (None, Some(d)) => Some((args.rate * d).round() as u64),
         (None, None) => None,
     };
     let rt = tokio::runtime::Runtime::new().map_err(|e| format!("runtime: {e}"))?;
-    rt.block_on(generate(args, template, target, total))
+    rt.block_on(async {
+        let target =
+            Target::resolve(endpoint.as_deref(), args.region.as_deref(), placeholder).await?;
+        generate(args, template, target, total).await
+    })
 }
 
 async fn generate(

@@ -23,13 +23,13 @@ pub struct Target {
     /// `https://firehose.us-east-1.amazonaws.com`, `http://127.0.0.1:4573`, …
     pub endpoint: String,
     pub region: String,
-    pub keys: credentials::Keys,
+    pub credentials: credentials::Credentials,
 }
 
 impl Target {
     /// An endpoint as the Kinesis Agent writes it (`firehose.us-east-1.amazonaws.com`, no
     /// scheme, means https) or a URL; the region and keys from the usual places.
-    pub fn resolve(
+    pub async fn resolve(
         endpoint: Option<&str>,
         region: Option<&str>,
         explicit_keys: Option<(String, String)>,
@@ -47,7 +47,7 @@ impl Target {
         };
         let region = credentials::region(region, &endpoint);
         Ok(Target {
-            keys: credentials::resolve(explicit_keys)?,
+            credentials: credentials::resolve(explicit_keys).await?,
             endpoint,
             region,
         })
@@ -61,7 +61,9 @@ pub type EntryErrors = Vec<Option<String>>;
 #[derive(Clone)]
 pub struct Producer {
     http: reqwest::Client,
-    endpoint: ServiceEndpoint,
+    url: String,
+    region: String,
+    credentials: credentials::Credentials,
     stream: String,
 }
 
@@ -74,13 +76,9 @@ impl Producer {
             .expect("HTTP client");
         Producer {
             http,
-            endpoint: ServiceEndpoint {
-                url: target.endpoint.clone(),
-                region: target.region.clone(),
-                access_key_id: target.keys.access_key_id.clone(),
-                secret_access_key: target.keys.secret_access_key.clone(),
-                session_token: target.keys.session_token.clone(),
-            },
+            url: target.endpoint.clone(),
+            region: target.region.clone(),
+            credentials: target.credentials.clone(),
             stream: stream.to_string(),
         }
     }
@@ -106,9 +104,21 @@ impl Producer {
             body.push_str("\"}");
         }
         body.push_str("]}");
+        let keys = self
+            .credentials
+            .keys()
+            .await
+            .map_err(CallError::Transport)?;
+        let endpoint = ServiceEndpoint {
+            url: self.url.clone(),
+            region: self.region.clone(),
+            access_key_id: keys.access_key_id,
+            secret_access_key: keys.secret_access_key,
+            session_token: keys.session_token,
+        };
         let answer = aws_client::call_with(
             &self.http,
-            &self.endpoint,
+            &endpoint,
             "firehose",
             "Firehose_20150804.PutRecordBatch",
             body.into_bytes(),
@@ -224,13 +234,14 @@ mod tests {
         assert!(b.failures < 3.0);
     }
 
-    #[test]
-    fn an_endpoint_without_scheme_is_https() {
+    #[tokio::test]
+    async fn an_endpoint_without_scheme_is_https() {
         let t = Target::resolve(
             Some("firehose.eu-west-1.amazonaws.com"),
             None,
             Some(("A".into(), "S".into())),
         )
+        .await
         .unwrap();
         assert_eq!(t.endpoint, "https://firehose.eu-west-1.amazonaws.com");
     }

@@ -34,8 +34,9 @@ def producer_env():
 
 
 class Agent:
-    def __init__(self, config_path):
+    def __init__(self, config_path, env=None):
         self.config_path = config_path
+        self.env = env or producer_env()
         self.proc = None
         self.lines = []
         self.start()
@@ -43,7 +44,7 @@ class Agent:
     def start(self):
         self.proc = subprocess.Popen([BIN, "agent", "--config", str(self.config_path)],
                                      stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                     env=producer_env(), text=True)
+                                     env=self.env, text=True)
         threading.Thread(target=lambda p=self.proc: self.lines.extend(p.stdout), daemon=True).start()
 
     def log(self):
@@ -244,6 +245,32 @@ def test_kinesis_agent_json_with_logtojson_combined(s3, bucket, daemon_factory, 
     assert got[2] == "this line is not an access log line"
     assert "record not converted" in agent.log()
     assert "cloudwatch.emitMetrics: a Kinesis Agent setting hosepipe does not use" in agent.log()
+
+
+def test_agent_signs_with_the_ec2_instance_role_from_imds(s3, bucket, daemon_factory, moto,
+                                                          tmp_path):
+    """No keys anywhere but the instance metadata service (moto's IMDSv2): the agent fetches
+    the role's temporary credentials and signs with them, session token included."""
+    d = daemon_factory('[[auth.keys]]\naccess_key_id = "test-key"\n'
+                       'secret_access_key = "test-secret-key"\n')
+    create_stream(d.firehose(), "imds", bucket)
+    (tmp_path / "app.log").write_text("signed by the instance role\n")
+    cfg = tmp_path / "agent.json"
+    cfg.write_text(json.dumps({
+        "firehose.endpoint": d.url, "checkpointFile": str(tmp_path / "cp.json"),
+        "flows": [{"filePattern": f"{tmp_path}/app.log", "deliveryStream": "imds",
+                   "initialPosition": "START_OF_FILE", "maxBufferAgeMillis": 1000}]}))
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
+    env.update({"HOME": str(tmp_path), "AWS_EC2_METADATA_SERVICE_ENDPOINT": moto,
+                "AWS_REGION": REGION, "RUST_LOG": "info"})
+    agent = Agent(cfg, env=env)
+    try:
+        got = wait_for(lambda: delivered_lines(s3, bucket, "imds/"), timeout=60,
+                       what="the line delivered")
+    finally:
+        agent.stop()
+    assert got == ["signed by the instance role"]
+    assert "the EC2 instance role default-role (IMDSv2)" in agent.log()
 
 
 def test_agent_refuses_a_bad_config_with_every_error(tmp_path):

@@ -460,7 +460,10 @@ async fn status_loop(
     period: Duration,
 ) {
     let mut last_log = Instant::now();
+    // The lag gauges set last time, so a file no longer followed loses its series.
+    let mut shown: Vec<FileLabel> = Vec::new();
     loop {
+        let mut now_shown = Vec::new();
         tokio::time::sleep(Duration::from_secs(1).min(period)).await;
         let log = last_log.elapsed() >= period;
         if log {
@@ -477,15 +480,14 @@ async fn status_loop(
                 .collect();
             let mut lags = Vec::new();
             for f in &files {
-                let done = acked.get(&f.id).copied().unwrap_or(0).min(f.size);
+                let done = acked.get(&f.id).copied().unwrap_or(f.start).min(f.size);
                 let lag = f.size - done;
-                metrics
-                    .lag_bytes
-                    .get_or_create(&FileLabel {
-                        flow: flow.id.clone(),
-                        file: f.path.display().to_string(),
-                    })
-                    .set(lag as i64);
+                let label = FileLabel {
+                    flow: flow.id.clone(),
+                    file: f.path.display().to_string(),
+                };
+                metrics.lag_bytes.get_or_create(&label).set(lag as i64);
+                now_shown.push(label);
                 lags.push(format!("{} lag={}B", f.path.display(), lag));
             }
             if log {
@@ -506,5 +508,9 @@ async fn status_loop(
                 );
             }
         }
+        for gone in shown.iter().filter(|l| !now_shown.contains(l)) {
+            metrics.lag_bytes.remove(gone);
+        }
+        shown = now_shown;
     }
 }

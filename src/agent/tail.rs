@@ -53,6 +53,8 @@ pub struct FileStatus {
     pub id: FileId,
     pub size: u64,
     pub read: u64,
+    /// Where following began (what comes before was never to be sent).
+    pub start: u64,
 }
 
 struct Tracked {
@@ -62,6 +64,8 @@ struct Tracked {
     fingerprint: Fingerprint,
     /// Bytes read from the file so far.
     offset: u64,
+    /// Where following began (the lag gauge counts from here until a checkpoint exists).
+    start: u64,
     /// Where the record being assembled (`current`, then `partial`) starts.
     record_start: u64,
     /// Bytes after the last newline read.
@@ -186,6 +190,7 @@ impl Tailer {
             file,
             fingerprint,
             offset,
+            start: offset,
             record_start: offset,
             partial: Vec::new(),
             current: Vec::new(),
@@ -228,6 +233,7 @@ impl Tailer {
             if let Some(shadow) = self.files.iter_mut().find(|s| s.shadow_of == Some(orig_id)) {
                 shadow.shadow_of = None;
                 shadow.offset = start.min(shadow.size);
+                shadow.start = shadow.offset;
                 shadow.record_start = shadow.offset;
                 // Read before the original's new lines.
                 shadow.mtime = orig_mtime - 1;
@@ -334,6 +340,7 @@ impl Tailer {
     fn reset(&mut self, i: usize) {
         let t = &mut self.files[i];
         t.offset = 0;
+        t.start = 0;
         t.record_start = 0;
         t.partial.clear();
         t.current.clear();
@@ -356,6 +363,7 @@ impl Tailer {
             Some(read) if read < t.size => true,
             Some(_) => {
                 t.offset = t.size;
+                t.start = t.size;
                 t.record_start = t.size;
                 t.shadow_of = None;
                 false
@@ -601,6 +609,7 @@ impl Tailer {
                 id: t.id,
                 size: t.size.max(t.offset),
                 read: t.offset,
+                start: t.start,
             })
             .collect()
     }

@@ -178,6 +178,11 @@ retry_max_backoff_millis = 1000
                  timeout=120, what="every line delivered")
         # The outage was seen, and ridden out by retrying.
         assert agent_metric(metrics_port, "service_errors") > 0, agent.log()[-3000:]
+        # Progress lines and the lag gauge (all sent: no lag left).
+        assert re.search(r"progress.*parsed=\d+ sent=\d+ failed=\d+.*lag=\d+B", agent.log())
+        wait_for(lambda: not re.search(r'^hosepipe_agent_file_lag_bytes\{.*\} [1-9]',
+                                       requests.get(f"http://127.0.0.1:{metrics_port}/metrics").text,
+                                       re.M), what="lag 0")
     finally:
         agent.stop()
     got = delivered_lines(s3, bucket, "tailed/")

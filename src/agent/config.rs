@@ -32,7 +32,6 @@ const IGNORED: &[&str] = &[
     "maxTimeBetweenFileTrackerRefreshMillis",
     "waitOnFullPublishQueueMillis",
     "waitOnEmptyPublishQueueMillis",
-    "aggregatedRecordSizeBytes",
     "partitionKeyOption",
 ];
 
@@ -98,6 +97,8 @@ struct RawFlow {
     retry_max_backoff_millis: Option<u64>,
     #[serde(alias = "publishQueueCapacity")]
     publish_queue_capacity: Option<u64>,
+    #[serde(alias = "aggregatedRecordSizeBytes")]
+    aggregated_record_size_bytes: Option<u64>,
     #[serde(alias = "dataProcessingOptions", default)]
     data_processing_options: Vec<RawOption>,
     #[serde(flatten)]
@@ -149,6 +150,8 @@ pub struct Flow {
     pub retry_initial_backoff: Duration,
     pub retry_max_backoff: Duration,
     pub publish_queue_capacity: usize,
+    /// Pack consecutive records of a file into one Firehose record up to this size (0: off).
+    pub aggregated_record_size: usize,
     pub converters: Vec<Converter>,
 }
 
@@ -405,6 +408,13 @@ impl Checker {
             10_000,
             100,
         ) as usize;
+        let aggregated = self.range(
+            &format!("{path}.aggregatedRecordSizeBytes"),
+            raw.aggregated_record_size_bytes,
+            0,
+            crate::producer::MAX_RECORD_BYTES as u64,
+            0,
+        ) as usize;
         let multi_line_start = self.regex(
             &format!("{path}.multiLineStartPattern"),
             raw.multi_line_start_pattern.as_deref(),
@@ -439,6 +449,7 @@ impl Checker {
             retry_initial_backoff: ms(retry_initial),
             retry_max_backoff: ms(retry_max.max(retry_initial)),
             publish_queue_capacity: queue,
+            aggregated_record_size: aggregated,
             converters,
         })
     }

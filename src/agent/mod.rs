@@ -277,9 +277,14 @@ fn tail_loop(
     let parsed = metrics.records_parsed.get_or_create(&label).clone();
     let failed = metrics.conversion_failed.get_or_create(&label).clone();
     let mut logged_failures = 0u64;
+    let limit = flow.aggregated_record_size;
     while !stop.load(Ordering::SeqCst) {
         let started = Instant::now();
-        let ok = tailer.poll(&mut |mut record| {
+        // aggregatedRecordSizeBytes: consecutive records of one file packed together, the
+        // pack sent when the next would not fit, when another file's record comes, or at the
+        // end of the poll.
+        let mut pack: Option<Record> = None;
+        let mut ok = tailer.poll(&mut |mut record| {
             parsed.inc();
             if !flow.converters.is_empty() {
                 let raw = std::mem::take(&mut record.data);
@@ -305,8 +310,25 @@ fn tail_loop(
                     .truncate(crate::producer::MAX_RECORD_BYTES - term.len());
                 record.data.extend_from_slice(term);
             }
-            tx.blocking_send(record).is_ok()
+            if limit == 0 {
+                return tx.blocking_send(record).is_ok();
+            }
+            match pack.as_mut() {
+                Some(p) if p.file == record.file && p.data.len() + record.data.len() <= limit => {
+                    p.data.extend_from_slice(&record.data);
+                    p.end = record.end;
+                    p.fingerprint = record.fingerprint;
+                    true
+                }
+                _ => match pack.replace(record) {
+                    Some(full) => tx.blocking_send(full).is_ok(),
+                    None => true,
+                },
+            }
         });
+        if let Some(p) = pack.take() {
+            ok = ok && tx.blocking_send(p).is_ok();
+        }
         *state.files.lock().expect("files lock") = tailer.status();
         if !ok {
             break;

@@ -21,6 +21,7 @@ fn flow(dir: &Path, multi_line: Option<&str>) -> Arc<Flow> {
         retry_initial_backoff: Duration::from_millis(10),
         retry_max_backoff: Duration::from_millis(100),
         publish_queue_capacity: 10,
+        aggregated_record_size: 0,
         converters: Vec::new(),
     })
 }

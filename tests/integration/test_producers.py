@@ -278,6 +278,26 @@ def test_agent_signs_with_the_ec2_instance_role_from_imds(s3, bucket, daemon_fac
     assert "the EC2 instance role default-role (IMDSv2)" in agent.log()
 
 
+def test_agent_packs_lines_with_aggregated_record_size(s3, bucket, daemon, tmp_path):
+    create_stream(daemon.firehose(), "packed", bucket)
+    w = LogWriter(tmp_path)
+    w.write("app.log", 10, "packed")  # 80 B each: 3 fit in 300 B
+    cfg = tmp_path / "agent.json"
+    cfg.write_text(json.dumps({
+        "firehose.endpoint": daemon.url, "checkpointFile": str(tmp_path / "cp.json"),
+        "flows": [{"filePattern": f"{tmp_path}/app.log", "deliveryStream": "packed",
+                   "initialPosition": "START_OF_FILE", "maxBufferAgeMillis": 1000,
+                   "aggregatedRecordSizeBytes": 300}]}))
+    agent = Agent(cfg)
+    try:
+        got = wait_for(lambda: (lambda l: l if len(l) >= 10 else None)(
+            delivered_lines(s3, bucket, "packed/")), timeout=60, what="10 lines")
+    finally:
+        agent.stop()
+    assert got == w.written
+    assert daemon.metric("hosepipe_incoming_records_total", "packed") == 4
+
+
 def test_agent_refuses_a_bad_config_with_every_error(tmp_path):
     cfg = tmp_path / "agent.json"
     cfg.write_text(json.dumps({"flows": [{"filePattern": "/x", "maxBufferSizeRecords": 501,

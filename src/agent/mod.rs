@@ -174,14 +174,21 @@ pub async fn run_with(
         let (tx, rx) = mpsc::channel(flow.publish_queue_capacity.max(1) * 64);
         let tailer = {
             let mut cp = checkpoints.lock().expect("checkpoints lock");
+            // Before the flow is marked as known: a first run honours initialPosition.
+            let tailer = Tailer::new(flow.clone(), &cp);
             cp.touch_flow(&flow.id);
-            Tailer::new(flow.clone(), &cp)
+            tailer
         };
-        let (stop, m, st) = (stop.clone(), metrics.clone(), state.clone());
+        let (stop, m, st, cp) = (
+            stop.clone(),
+            metrics.clone(),
+            state.clone(),
+            checkpoints.clone(),
+        );
         threads.push(
             std::thread::Builder::new()
                 .name(format!("tail {}", flow.delivery_stream))
-                .spawn(move || tail_loop(tailer, st, tx, stop, m))
+                .spawn(move || tail_loop(tailer, st, tx, stop, m, cp))
                 .map_err(|e| format!("cannot start a tailer thread: {e}"))?,
         );
         let producer = Producer::new(&target, &flow.delivery_stream);
@@ -269,6 +276,7 @@ fn tail_loop(
     tx: mpsc::Sender<Record>,
     stop: Arc<AtomicBool>,
     metrics: Arc<AgentMetrics>,
+    checkpoints: Arc<Mutex<Checkpoints>>,
 ) {
     let flow = state.flow.clone();
     let label = FlowLabel {
@@ -330,6 +338,16 @@ fn tail_loop(
             ok = ok && tx.blocking_send(p).is_ok();
         }
         *state.files.lock().expect("files lock") = tailer.status();
+        let skipped = tailer.take_skipped();
+        if !skipped.is_empty() {
+            let mut cp = checkpoints.lock().expect("checkpoints lock");
+            for entry in skipped {
+                cp.advance(&flow.id, entry);
+            }
+            if let Err(e) = cp.save() {
+                tracing::error!(error = %e, "cannot save checkpoints");
+            }
+        }
         if !ok {
             break;
         }

@@ -22,7 +22,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use super::checkpoint::{Checkpoints, FINGERPRINT_BYTES, FileId, Fingerprint};
+use super::checkpoint::{Checkpoints, Entry, FINGERPRINT_BYTES, FileId, Fingerprint};
 use super::config::{Flow, InitialPosition};
 use crate::producer::MAX_RECORD_BYTES;
 
@@ -99,6 +99,9 @@ pub struct Tailer {
     flush_age: Duration,
     /// Checkpointed offsets known at start, by file identity.
     resume: HashMap<FileId, (Fingerprint, u64)>,
+    /// Files skipped to their end on the first scan (END_OF_FILE), to be checkpointed there:
+    /// a restart must not read them from the start as files it has never seen.
+    skipped: Vec<Entry>,
 }
 
 fn fingerprint_at(file: &File, len: usize) -> std::io::Result<Fingerprint> {
@@ -140,6 +143,7 @@ impl Tailer {
             start_at_end,
             flush_age,
             resume,
+            skipped: Vec::new(),
         }
     }
 
@@ -305,7 +309,17 @@ impl Tailer {
             } else {
                 0
             };
+            let skipped_to_end = self.first_scan && self.start_at_end && offset == c.size;
             if let Some(mut t) = self.track(c, offset) {
+                if skipped_to_end {
+                    self.skipped.push(Entry {
+                        path: t.path.clone(),
+                        id: t.id,
+                        fingerprint: t.fingerprint,
+                        offset: t.offset,
+                        updated: 0,
+                    });
+                }
                 t.shadow_of = shadow_of;
                 tracing::info!(flow = %self.flow.id, file = %t.path.display(), offset = t.offset,
                     copy = shadow_of.is_some(), "following");
@@ -598,6 +612,11 @@ impl Tailer {
             fingerprint: t.fingerprint,
             end,
         })
+    }
+
+    /// The files the first scan skipped to their end (taken once).
+    pub fn take_skipped(&mut self) -> Vec<Entry> {
+        std::mem::take(&mut self.skipped)
     }
 
     /// Where each followed file is.

@@ -189,6 +189,13 @@ fn end_of_file_skips_what_exists_on_the_first_run_only() {
     f.initial_position = InitialPosition::EndOfFile;
     let mut t = Tailer::new(Arc::new(f), &empty_checkpoints(dir.path()));
     assert!(poll(&mut t).is_empty());
+    let skipped = t.take_skipped();
+    assert_eq!(
+        skipped.len(),
+        1,
+        "checkpointed at its end, so a restart skips it too"
+    );
+    assert_eq!(skipped[0].offset, 4);
     append(&dir.path().join("app.log"), "new\n");
     append(&dir.path().join("app.log.2"), "other new file\n");
     assert_eq!(texts(&poll(&mut t)).len(), 2);

@@ -298,6 +298,32 @@ def test_agent_packs_lines_with_aggregated_record_size(s3, bucket, daemon, tmp_p
     assert daemon.metric("hosepipe_incoming_records_total", "packed") == 4
 
 
+def test_end_of_file_skips_old_lines_across_restarts(s3, bucket, daemon, tmp_path):
+    create_stream(daemon.firehose(), "tailend", bucket)
+    (tmp_path / "app.log").write_text("old line, before the agent\n" * 5)
+    cfg = tmp_path / "agent.json"
+    cfg.write_text(json.dumps({
+        "firehose.endpoint": daemon.url, "checkpointFile": str(tmp_path / "cp.json"),
+        "flows": [{"filePattern": f"{tmp_path}/app.log", "deliveryStream": "tailend",
+                   "maxBufferAgeMillis": 1000}]}))  # initialPosition: END_OF_FILE (default)
+    agent = Agent(cfg)
+    wait_for(lambda: "following" in agent.log(), what="the agent following the file")
+    time.sleep(0.5)
+    agent.stop()
+    # Restarted before it sent anything: the old lines are still behind it.
+    agent = Agent(cfg)
+    try:
+        with open(tmp_path / "app.log", "a") as f:
+            f.write("new line\n")
+        got = wait_for(lambda: delivered_lines(s3, bucket, "tailend/"), timeout=60,
+                       what="the new line")
+        time.sleep(2)
+        got = delivered_lines(s3, bucket, "tailend/")
+    finally:
+        agent.stop()
+    assert got == ["new line"]
+
+
 def test_agent_refuses_a_bad_config_with_every_error(tmp_path):
     cfg = tmp_path / "agent.json"
     cfg.write_text(json.dumps({"flows": [{"filePattern": "/x", "maxBufferSizeRecords": 501,

@@ -315,7 +315,7 @@ fn tail_loop(
                 let term = &flow.truncated_record_terminator;
                 record
                     .data
-                    .truncate(crate::producer::MAX_RECORD_BYTES - term.len());
+                    .truncate(crate::producer::MAX_RECORD_BYTES.saturating_sub(term.len()));
                 record.data.extend_from_slice(term);
             }
             if limit == 0 {

@@ -210,13 +210,16 @@ impl Converter {
     }
 }
 
-/// Runs the options in order; the first failure stops the chain.
-pub fn apply_all(converters: &[Converter], record: Vec<u8>) -> Result<Vec<u8>, ConvertError> {
-    let mut record = record;
-    for c in converters {
-        record = c.apply(&record)?;
+/// Runs the options in order (at least one); the first failure stops the chain.
+pub fn apply_all(converters: &[Converter], record: &[u8]) -> Result<Vec<u8>, ConvertError> {
+    let Some((first, rest)) = converters.split_first() else {
+        return Ok(record.to_vec());
+    };
+    let mut out = first.apply(record)?;
+    for c in rest {
+        out = c.apply(&out)?;
     }
-    Ok(record)
+    Ok(out)
 }
 
 #[cfg(test)]
@@ -327,11 +330,7 @@ mod tests {
         let meta: Map<String, Value> =
             serde_json::from_str(r#"{"host":"web1","tags":{"env":"prod"}}"#).unwrap();
         let chain = [Converter::SingleLine, Converter::add_metadata(&meta, true)];
-        let out = apply_all(
-            &chain,
-            b"Exception in main\n   at Foo.bar\n   at Baz.qux\n".to_vec(),
-        )
-        .unwrap();
+        let out = apply_all(&chain, b"Exception in main\n   at Foo.bar\n   at Baz.qux\n").unwrap();
         let v = json(out);
         assert_eq!(v["data"], "Exception in mainat Foo.barat Baz.qux");
         assert_eq!(v["metadata"]["tags"]["env"], "prod");

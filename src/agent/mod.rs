@@ -295,9 +295,8 @@ fn tail_loop(
         let mut ok = tailer.poll(&mut |mut record| {
             parsed.inc();
             if !flow.converters.is_empty() {
-                let raw = std::mem::take(&mut record.data);
-                match convert::apply_all(&flow.converters, raw.clone()) {
-                    Ok(out) => record.data = out,
+                match convert::apply_all(&flow.converters, &record.data) {
+                    Ok(out) => record.data = tail::clip(out, &flow.truncated_record_terminator),
                     Err(e) => {
                         failed.inc();
                         // Sent as read: never dropped. Logged, but not every time.
@@ -307,16 +306,8 @@ fn tail_loop(
                                 "record not converted; sending it unchanged");
                         }
                         logged_failures += 1;
-                        record.data = raw;
                     }
                 }
-            }
-            if record.data.len() > crate::producer::MAX_RECORD_BYTES {
-                let term = &flow.truncated_record_terminator;
-                record
-                    .data
-                    .truncate(crate::producer::MAX_RECORD_BYTES.saturating_sub(term.len()));
-                record.data.extend_from_slice(term);
             }
             if limit == 0 {
                 return tx.blocking_send(record).is_ok();
@@ -366,84 +357,79 @@ async fn send_loop(
     checkpoints: Arc<Mutex<Checkpoints>>,
     metrics: Arc<AgentMetrics>,
 ) {
-    let label = FlowLabel {
-        flow: flow.id.clone(),
+    let mut sender = FlowSender {
+        label: FlowLabel {
+            flow: flow.id.clone(),
+        },
+        backoff: Backoff::new(flow.retry_initial_backoff, flow.retry_max_backoff),
+        flow,
+        producer,
+        checkpoints,
+        metrics,
     };
-    let mut backoff = Backoff::new(flow.retry_initial_backoff, flow.retry_max_backoff);
-    let mut open = true;
-    while open {
-        let mut batch: Vec<Record> = Vec::new();
-        let mut bytes = 0usize;
+    let flow = sender.flow.clone();
+    // A record that did not fit the last buffer opens the next one.
+    let mut carried: Option<Record> = None;
+    loop {
+        let Some(first) = (match carried.take() {
+            Some(r) => Some(r),
+            None => rx.recv().await,
+        }) else {
+            return;
+        };
         let deadline = tokio::time::Instant::now() + flow.max_buffer_age;
+        let mut bytes = first.data.len();
+        let mut batch = vec![first];
+        let mut open = true;
         while batch.len() < flow.max_buffer_records {
-            let next = if batch.is_empty() {
-                rx.recv().await
-            } else {
-                match tokio::time::timeout_at(deadline, rx.recv()).await {
-                    Ok(r) => r,
-                    Err(_) => break,
-                }
+            let Ok(next) = tokio::time::timeout_at(deadline, rx.recv()).await else {
+                break;
             };
             let Some(record) = next else {
                 open = false;
                 break;
             };
-            if !batch.is_empty() && bytes + record.data.len() > flow.max_buffer_bytes {
-                // Full: send what is there; this record opens the next buffer.
-                send_batch(
-                    &flow,
-                    &producer,
-                    batch,
-                    &checkpoints,
-                    &metrics,
-                    &label,
-                    &mut backoff,
-                )
-                .await;
-                batch = Vec::new();
-                bytes = 0;
+            if bytes + record.data.len() > flow.max_buffer_bytes {
+                carried = Some(record);
+                break;
             }
             bytes += record.data.len();
             batch.push(record);
         }
-        if !batch.is_empty() {
-            send_batch(
-                &flow,
-                &producer,
-                batch,
-                &checkpoints,
-                &metrics,
-                &label,
-                &mut backoff,
-            )
-            .await;
+        sender.send(batch).await;
+        if !open && carried.is_none() {
+            return;
         }
     }
 }
 
-async fn send_batch(
-    flow: &Flow,
-    producer: &Producer,
-    batch: Vec<Record>,
-    checkpoints: &Mutex<Checkpoints>,
-    metrics: &AgentMetrics,
-    label: &FlowLabel,
-    backoff: &mut Backoff,
-) {
-    let mut batch = batch;
-    let data: Vec<Bytes> = batch
-        .iter_mut()
-        .map(|r| Bytes::from(std::mem::take(&mut r.data)))
-        .collect();
-    let total_bytes: usize = data.iter().map(Bytes::len).sum();
-    let attempts = metrics.send_attempts.get_or_create(label).clone();
-    let errors = metrics.send_errors.get_or_create(label).clone();
-    let service = metrics.service_errors.get_or_create(label).clone();
-    let sent = metrics.records_sent.get_or_create(label).clone();
-    let mut in_flight = data.len() as u64;
-    let mut failed_entries = 0u64;
-    producer
-        .send_all(data, backoff, &mut |event| match event {
+/// What a flow's sender needs to send a buffer and account for it.
+struct FlowSender {
+    flow: Arc<Flow>,
+    producer: Producer,
+    checkpoints: Arc<Mutex<Checkpoints>>,
+    metrics: Arc<AgentMetrics>,
+    label: FlowLabel,
+    backoff: Backoff,
+}
+
+impl FlowSender {
+    /// Sends `batch` until every entry is accepted, then moves the checkpoints past it.
+    async fn send(&mut self, mut batch: Vec<Record>) {
+        let (flow, metrics, label) = (&self.flow, &self.metrics, &self.label);
+        let data: Vec<Bytes> = batch
+            .iter_mut()
+            .map(|r| Bytes::from(std::mem::take(&mut r.data)))
+            .collect();
+        let total_bytes: usize = data.iter().map(Bytes::len).sum();
+        let attempts = metrics.send_attempts.get_or_create(label).clone();
+        let errors = metrics.send_errors.get_or_create(label).clone();
+        let service = metrics.service_errors.get_or_create(label).clone();
+        let sent = metrics.records_sent.get_or_create(label).clone();
+        let mut in_flight = data.len() as u64;
+        let mut failed_entries = 0u64;
+        self.producer
+        .send_all(data, &mut self.backoff, &mut |event| match event {
             SendEvent::Accepted(n) => {
                 attempts.inc_by(in_flight);
                 sent.inc_by(n as u64);
@@ -464,30 +450,31 @@ async fn send_batch(
             }
         })
         .await;
-    metrics
-        .bytes_sent
-        .get_or_create(label)
-        .inc_by(total_bytes as u64);
-    // Every entry is in: each file may move to the end of its last record in this batch.
-    let mut ends: BTreeMap<FileId, &Record> = BTreeMap::new();
-    for r in &batch {
-        ends.insert(r.file, r);
-    }
-    let mut cp = checkpoints.lock().expect("checkpoints lock");
-    for r in ends.values() {
-        cp.advance(
-            &flow.id,
-            Entry {
-                path: r.path.clone(),
-                id: r.file,
-                fingerprint: r.fingerprint,
-                offset: r.end,
-                updated: 0,
-            },
-        );
-    }
-    if let Err(e) = cp.save() {
-        tracing::error!(error = %e, "cannot save checkpoints; a restart will send more again");
+        metrics
+            .bytes_sent
+            .get_or_create(label)
+            .inc_by(total_bytes as u64);
+        // Every entry is in: each file may move to the end of its last record in this batch.
+        let mut ends: BTreeMap<FileId, &Record> = BTreeMap::new();
+        for r in &batch {
+            ends.insert(r.file, r);
+        }
+        let mut cp = self.checkpoints.lock().expect("checkpoints lock");
+        for r in ends.values() {
+            cp.advance(
+                &flow.id,
+                Entry {
+                    path: r.path.clone(),
+                    id: r.file,
+                    fingerprint: r.fingerprint,
+                    offset: r.end,
+                    updated: 0,
+                },
+            );
+        }
+        if let Err(e) = cp.save() {
+            tracing::error!(error = %e, "cannot save checkpoints; a restart will send more again");
+        }
     }
 }
 

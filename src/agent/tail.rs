@@ -117,6 +117,16 @@ fn fingerprint_at(file: &File, len: usize) -> std::io::Result<Fingerprint> {
     Ok(Fingerprint::of(&buf[..got]))
 }
 
+/// Cuts a record longer than Firehose takes to the limit, ending it with `terminator`
+/// (`truncatedRecordTerminator`).
+pub fn clip(mut data: Vec<u8>, terminator: &[u8]) -> Vec<u8> {
+    if data.len() > MAX_RECORD_BYTES {
+        data.truncate(MAX_RECORD_BYTES.saturating_sub(terminator.len()));
+        data.extend_from_slice(terminator);
+    }
+    data
+}
+
 fn mtime_ns(meta: &std::fs::Metadata) -> i128 {
     meta.mtime() as i128 * 1_000_000_000 + meta.mtime_nsec() as i128
 }
@@ -483,15 +493,6 @@ impl Tailer {
         self.emit_at(i, data, end, emit)
     }
 
-    fn clip(&self, mut data: Vec<u8>) -> Vec<u8> {
-        if data.len() > MAX_RECORD_BYTES {
-            let term = &self.flow.truncated_record_terminator;
-            data.truncate(MAX_RECORD_BYTES.saturating_sub(term.len()));
-            data.extend_from_slice(term);
-        }
-        data
-    }
-
     /// Splits `bytes` (the next bytes of file `i`) into lines and lines into records.
     fn consume(&mut self, i: usize, bytes: &[u8], emit: &mut dyn FnMut(Record) -> bool) -> bool {
         let mut rest = bytes;
@@ -603,7 +604,7 @@ impl Tailer {
         end: u64,
         emit: &mut dyn FnMut(Record) -> bool,
     ) -> bool {
-        let data = self.clip(data);
+        let data = clip(data, &self.flow.truncated_record_terminator);
         let t = &self.files[i];
         emit(Record {
             data,

@@ -21,66 +21,45 @@ pub struct TemplateError {
     pub message: String,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Faker {
-    Ip,
-    Ipv6,
-    UserName,
-    Email,
-    DomainSuffix,
-    UserAgent,
-    Mac,
-    Password,
-    FirstName,
-    LastName,
-    FullName,
-    JobTitle,
-    City,
-    Country,
-    CountryCode,
-    State,
-    StreetName,
-    ZipCode,
-    Latitude,
-    Longitude,
-    CompanyName,
-    CatchPhrase,
-    Industry,
-    PhoneNumber,
-    CurrencyCode,
-    Word,
-}
+/// A fake value.
+type FakeFn = fn() -> String;
 
 /// The zero-argument fakers, by their faker.js names.
-const FAKERS: &[(&str, Faker)] = &[
-    ("internet.ip", Faker::Ip),
-    ("internet.ipv6", Faker::Ipv6),
-    ("internet.userName", Faker::UserName),
-    ("internet.email", Faker::Email),
-    ("internet.domainSuffix", Faker::DomainSuffix),
-    ("internet.userAgent", Faker::UserAgent),
-    ("internet.mac", Faker::Mac),
-    ("internet.password", Faker::Password),
-    ("name.firstName", Faker::FirstName),
-    ("name.lastName", Faker::LastName),
-    ("name.findName", Faker::FullName),
-    ("name.fullName", Faker::FullName),
-    ("name.jobTitle", Faker::JobTitle),
-    ("address.city", Faker::City),
-    ("address.country", Faker::Country),
-    ("address.countryCode", Faker::CountryCode),
-    ("address.state", Faker::State),
-    ("address.streetName", Faker::StreetName),
-    ("address.zipCode", Faker::ZipCode),
-    ("address.latitude", Faker::Latitude),
-    ("address.longitude", Faker::Longitude),
-    ("company.companyName", Faker::CompanyName),
-    ("company.catchPhrase", Faker::CatchPhrase),
-    ("company.industry", Faker::Industry),
-    ("phone.phoneNumber", Faker::PhoneNumber),
-    ("finance.currencyCode", Faker::CurrencyCode),
-    ("lorem.word", Faker::Word),
-    ("random.word", Faker::Word),
+const FAKERS: &[(&str, FakeFn)] = &[
+    ("internet.ip", || internet::en::IPv4().fake()),
+    ("internet.ipv6", || internet::en::IPv6().fake()),
+    ("internet.userName", || internet::en::Username().fake()),
+    ("internet.email", || internet::en::FreeEmail().fake()),
+    ("internet.domainSuffix", || {
+        internet::en::DomainSuffix().fake()
+    }),
+    ("internet.userAgent", || internet::en::UserAgent().fake()),
+    ("internet.mac", || internet::en::MACAddress().fake()),
+    ("internet.password", || internet::en::Password(8..16).fake()),
+    ("name.firstName", || name::en::FirstName().fake()),
+    ("name.lastName", || name::en::LastName().fake()),
+    ("name.findName", || name::en::Name().fake()),
+    ("name.fullName", || name::en::Name().fake()),
+    ("name.jobTitle", || job::en::Title().fake()),
+    ("address.city", || address::en::CityName().fake()),
+    ("address.country", || address::en::CountryName().fake()),
+    ("address.countryCode", || address::en::CountryCode().fake()),
+    ("address.state", || address::en::StateName().fake()),
+    ("address.streetName", || address::en::StreetName().fake()),
+    ("address.zipCode", || address::en::ZipCode().fake()),
+    ("address.latitude", || address::en::Latitude().fake()),
+    ("address.longitude", || address::en::Longitude().fake()),
+    ("company.companyName", || company::en::CompanyName().fake()),
+    ("company.catchPhrase", || company::en::CatchPhrase().fake()),
+    ("company.industry", || company::en::Industry().fake()),
+    ("phone.phoneNumber", || {
+        phone_number::en::PhoneNumber().fake()
+    }),
+    ("finance.currencyCode", || {
+        currency::en::CurrencyCode().fake()
+    }),
+    ("lorem.word", || lorem::en::Word().fake()),
+    ("random.word", || lorem::en::Word().fake()),
 ];
 
 /// Functions with arguments (or none), besides the fakers.
@@ -112,7 +91,7 @@ enum DateFormat {
 #[derive(Debug, Clone)]
 enum Piece {
     Text(String),
-    Fake(Faker),
+    Fake(FakeFn),
     Number { min: i64, max: i64 },
     Decimal { min: f64, max: f64, places: usize },
     Element(Vec<String>),
@@ -426,7 +405,7 @@ impl Template {
         for p in &self.pieces {
             match p {
                 Piece::Text(t) => out.push_str(t),
-                Piece::Fake(f) => out.push_str(&fake_value(*f)),
+                Piece::Fake(f) => out.push_str(&f()),
                 Piece::Number { min, max } => {
                     let _ = write!(out, "{}", rng.random_range(*min..=*max));
                 }
@@ -494,39 +473,6 @@ impl Template {
     }
 }
 
-fn fake_value(f: Faker) -> String {
-    use address::en as a;
-    use internet::en as i;
-    match f {
-        Faker::Ip => i::IPv4().fake(),
-        Faker::Ipv6 => i::IPv6().fake(),
-        Faker::UserName => i::Username().fake(),
-        Faker::Email => i::FreeEmail().fake(),
-        Faker::DomainSuffix => i::DomainSuffix().fake(),
-        Faker::UserAgent => i::UserAgent().fake(),
-        Faker::Mac => i::MACAddress().fake(),
-        Faker::Password => i::Password(8..16).fake(),
-        Faker::FirstName => name::en::FirstName().fake(),
-        Faker::LastName => name::en::LastName().fake(),
-        Faker::FullName => name::en::Name().fake(),
-        Faker::JobTitle => job::en::Title().fake(),
-        Faker::City => a::CityName().fake(),
-        Faker::Country => a::CountryName().fake(),
-        Faker::CountryCode => a::CountryCode().fake(),
-        Faker::State => a::StateName().fake(),
-        Faker::StreetName => a::StreetName().fake(),
-        Faker::ZipCode => a::ZipCode().fake(),
-        Faker::Latitude => a::Latitude().fake(),
-        Faker::Longitude => a::Longitude().fake(),
-        Faker::CompanyName => company::en::CompanyName().fake(),
-        Faker::CatchPhrase => company::en::CatchPhrase().fake(),
-        Faker::Industry => company::en::Industry().fake(),
-        Faker::PhoneNumber => phone_number::en::PhoneNumber().fake(),
-        Faker::CurrencyCode => currency::en::CurrencyCode().fake(),
-        Faker::Word => lorem::en::Word().fake(),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -588,6 +534,14 @@ mod tests {
         assert!(e.message.contains("unbalanced"), "{e}");
         let e = Template::compile("{{random.number(\"x\")}}").unwrap_err();
         assert_eq!((e.line, e.column), (1, 3));
+    }
+
+    #[test]
+    fn every_faker_gives_a_value() {
+        for (name, _) in FAKERS {
+            let out = render(&format!("{{{{{name}}}}}"));
+            assert!(!out.is_empty(), "{name} rendered nothing");
+        }
     }
 
     #[test]

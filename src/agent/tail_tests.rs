@@ -35,6 +35,15 @@ fn append(path: &Path, text: &str) {
     f.write_all(text.as_bytes()).unwrap();
 }
 
+fn truncate(path: &Path) {
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(path)
+        .unwrap()
+        .set_len(0)
+        .unwrap();
+}
+
 fn poll(t: &mut Tailer) -> Vec<Record> {
     let mut out = Vec::new();
     assert!(t.poll(&mut |r| {
@@ -103,12 +112,7 @@ fn copytruncate_reads_the_copy_from_where_the_original_was() {
     // Written after the last poll, then copied and truncated before the next one.
     append(&log, &line(3));
     std::fs::copy(&log, dir.path().join("app.log.1")).unwrap();
-    std::fs::OpenOptions::new()
-        .write(true)
-        .open(&log)
-        .unwrap()
-        .set_len(0)
-        .unwrap();
+    truncate(&log);
     append(&log, &line(4));
     assert_eq!(texts(&poll(&mut t)), [line(3), line(4)]);
     assert!(poll(&mut t).is_empty());
@@ -131,12 +135,7 @@ fn copy_seen_before_the_truncation_is_not_read_twice() {
     );
     append(&log, &line(4));
     std::fs::copy(&log, dir.path().join("app.log.2")).unwrap();
-    std::fs::OpenOptions::new()
-        .write(true)
-        .open(&log)
-        .unwrap()
-        .set_len(0)
-        .unwrap();
+    truncate(&log);
     append(&log, &line(5));
     // line 4 was only ever read from a copy.
     assert_eq!(texts(&poll(&mut t)), [line(4), line(5)]);

@@ -252,6 +252,16 @@ def test_kinesis_agent_json_with_logtojson_combined(s3, bucket, daemon_factory, 
     assert "cloudwatch.emitMetrics: a Kinesis Agent setting hosepipe does not use" in agent.log()
 
 
+def one_file_agent_json(tmp_path, endpoint, stream, **flow):
+    """An agent.json with one flow tailing tmp_path/app.log into `stream`."""
+    cfg = tmp_path / "agent.json"
+    cfg.write_text(json.dumps({
+        "firehose.endpoint": endpoint, "checkpointFile": str(tmp_path / "cp.json"),
+        "flows": [{"filePattern": f"{tmp_path}/app.log", "deliveryStream": stream,
+                   "maxBufferAgeMillis": 1000, **flow}]}))
+    return cfg
+
+
 def test_agent_signs_with_the_ec2_instance_role_from_imds(s3, bucket, daemon_factory, moto,
                                                           tmp_path):
     """No keys anywhere but the instance metadata service (moto's IMDSv2): the agent fetches
@@ -260,11 +270,7 @@ def test_agent_signs_with_the_ec2_instance_role_from_imds(s3, bucket, daemon_fac
                        'secret_access_key = "test-secret-key"\n')
     create_stream(d.firehose(), "imds", bucket)
     (tmp_path / "app.log").write_text("signed by the instance role\n")
-    cfg = tmp_path / "agent.json"
-    cfg.write_text(json.dumps({
-        "firehose.endpoint": d.url, "checkpointFile": str(tmp_path / "cp.json"),
-        "flows": [{"filePattern": f"{tmp_path}/app.log", "deliveryStream": "imds",
-                   "initialPosition": "START_OF_FILE", "maxBufferAgeMillis": 1000}]}))
+    cfg = one_file_agent_json(tmp_path, d.url, "imds", initialPosition="START_OF_FILE")
     env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
     env.update({"HOME": str(tmp_path), "AWS_EC2_METADATA_SERVICE_ENDPOINT": moto,
                 "AWS_REGION": REGION, "RUST_LOG": "info"})
@@ -282,12 +288,8 @@ def test_agent_packs_lines_with_aggregated_record_size(s3, bucket, daemon, tmp_p
     create_stream(daemon.firehose(), "packed", bucket)
     w = LogWriter(tmp_path)
     w.write("app.log", 10, "packed")  # 80 B each: 3 fit in 300 B
-    cfg = tmp_path / "agent.json"
-    cfg.write_text(json.dumps({
-        "firehose.endpoint": daemon.url, "checkpointFile": str(tmp_path / "cp.json"),
-        "flows": [{"filePattern": f"{tmp_path}/app.log", "deliveryStream": "packed",
-                   "initialPosition": "START_OF_FILE", "maxBufferAgeMillis": 1000,
-                   "aggregatedRecordSizeBytes": 300}]}))
+    cfg = one_file_agent_json(tmp_path, daemon.url, "packed", initialPosition="START_OF_FILE",
+                              aggregatedRecordSizeBytes=300)
     agent = Agent(cfg)
     try:
         got = wait_for(lambda: (lambda l: l if len(l) >= 10 else None)(
@@ -301,11 +303,8 @@ def test_agent_packs_lines_with_aggregated_record_size(s3, bucket, daemon, tmp_p
 def test_end_of_file_skips_old_lines_across_restarts(s3, bucket, daemon, tmp_path):
     create_stream(daemon.firehose(), "tailend", bucket)
     (tmp_path / "app.log").write_text("old line, before the agent\n" * 5)
-    cfg = tmp_path / "agent.json"
-    cfg.write_text(json.dumps({
-        "firehose.endpoint": daemon.url, "checkpointFile": str(tmp_path / "cp.json"),
-        "flows": [{"filePattern": f"{tmp_path}/app.log", "deliveryStream": "tailend",
-                   "maxBufferAgeMillis": 1000}]}))  # initialPosition: END_OF_FILE (default)
+    # initialPosition: END_OF_FILE (the default)
+    cfg = one_file_agent_json(tmp_path, daemon.url, "tailend")
     agent = Agent(cfg)
     wait_for(lambda: "following" in agent.log(), what="the agent following the file")
     time.sleep(0.5)

@@ -1,6 +1,8 @@
 //! `hosepipe bench`: a load generator that pushes PutRecordBatch over HTTP from several
 //! connections into an in-process daemon delivering GZIP objects to local disk, and measures
-//! accepted-and-delivered throughput against bare gzip of the same bytes in the same run.
+//! accepted-and-delivered throughput against bare gzip of the same bytes in the same run (one
+//! core, and both cores compressing halves), and the process's peak RSS. Refused records are
+//! re-sent at once, with no back-off, as an impatient client would.
 
 use std::io::Write;
 use std::sync::Arc;
@@ -45,6 +47,9 @@ pub struct BenchArgs {
     /// Target records/s over all connections; 0 pushes as fast as the daemon accepts.
     #[arg(long, default_value_t = 0)]
     pub rate: u64,
+    /// `[memory] max_mb` for the run (default: the daemon's default).
+    #[arg(long)]
+    pub memory_mb: Option<u64>,
 }
 
 /// What one run measured.
@@ -56,6 +61,7 @@ struct RunResult {
     total_secs: f64,
     latencies: Vec<f64>,
     fsyncs: Vec<f64>,
+    peak_rss_mib: f64,
 }
 
 /// One JSON record of about `size` bytes, like a clickstream event.
@@ -85,7 +91,7 @@ fn record(rng: &mut impl Rng, size: usize, seq: usize) -> Vec<u8> {
 }
 
 /// Request bodies to cycle through, and the raw record bytes they carry.
-fn make_bodies(args: &BenchArgs, count: usize) -> (Vec<Bytes>, Vec<u8>) {
+pub fn make_bodies(args: &BenchArgs, count: usize) -> (Vec<Bytes>, Vec<u8>) {
     let mut rng = rand::rngs::StdRng::seed_from_u64(42);
     let engine = base64::engine::general_purpose::STANDARD;
     let mut raw = Vec::new();
@@ -120,6 +126,41 @@ fn gzip_baseline(raw: &[u8], min_time: Duration) -> f64 {
     bytes as f64 / (1024.0 * 1024.0) / start.elapsed().as_secs_f64()
 }
 
+/// Bare gzip of `raw` with `threads` threads each compressing its share at once: MiB/s of
+/// them all together.
+fn gzip_baseline_parallel(raw: &[u8], threads: usize, min_time: Duration) -> f64 {
+    let share = raw.len().div_ceil(threads);
+    let rates: Vec<f64> = std::thread::scope(|scope| {
+        let handles: Vec<_> = raw
+            .chunks(share)
+            .map(|part| scope.spawn(move || gzip_baseline(part, min_time)))
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().expect("baseline thread"))
+            .collect()
+    });
+    rates.iter().sum()
+}
+
+/// This process's peak resident set (VmHWM), in MiB.
+pub fn peak_rss_mib() -> f64 {
+    proc_status_kib(std::process::id(), "VmHWM:") as f64 / 1024.0
+}
+
+/// A `/proc/<pid>/status` field in KiB (0 when it cannot be read).
+pub fn proc_status_kib(pid: u32, field: &str) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with(field))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|v| v.parse().ok())
+        })
+        .unwrap_or(0)
+}
+
 fn percentile(sorted: &[f64], p: f64) -> f64 {
     if sorted.is_empty() {
         return f64::NAN;
@@ -137,8 +178,15 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     };
     let (bodies, raw) = make_bodies(&args, 32);
     let bodies = Arc::new(bodies);
+    let raw = Arc::new(raw);
+    let one = raw.clone();
     let baseline =
-        tokio::task::spawn_blocking(move || gzip_baseline(&raw, Duration::from_secs(3))).await?;
+        tokio::task::spawn_blocking(move || gzip_baseline(&one, Duration::from_secs(3))).await?;
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let baseline_all = tokio::task::spawn_blocking(move || {
+        gzip_baseline_parallel(&raw, cores, Duration::from_secs(3))
+    })
+    .await?;
     println!(
         "hosepipe bench: {} connections x {}-record batches of {}-byte JSON records, {} s push at {}, {} to local disk (gzip level {GZIP_LEVEL}), buffer {} MiB / {} s",
         args.connections,
@@ -155,10 +203,13 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         args.interval
     );
     println!("  bare gzip, same bytes  {baseline:.1} MiB/s (one core, level {GZIP_LEVEL})");
+    println!(
+        "  bare gzip, same bytes  {baseline_all:.1} MiB/s ({cores} cores compressing their share at once)"
+    );
     let mut results = Vec::new();
     for mode in modes {
         let r = run_once(&args, mode, bodies.clone()).await?;
-        report(&args, &r, baseline);
+        report(&args, &r, baseline, baseline_all);
         results.push(r);
     }
     if let [os, fsync] = &results[..] {
@@ -172,7 +223,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn report(args: &BenchArgs, r: &RunResult, baseline: f64) {
+fn report(args: &BenchArgs, r: &RunResult, baseline: f64, baseline_all: f64) {
     let mib = |n: u64| n as f64 * args.record_bytes as f64 / (1024.0 * 1024.0);
     let mut lat = r.latencies.clone();
     lat.sort_by(|a, b| a.partial_cmp(b).unwrap_or(std::cmp::Ordering::Equal));
@@ -210,8 +261,13 @@ fn report(args: &BenchArgs, r: &RunResult, baseline: f64) {
         );
     }
     println!(
-        "  ratio                  {:.2}x bare gzip",
-        (mib(r.sent) / r.total_secs) / baseline
+        "  ratio                  {:.2}x bare gzip on one core, {:.2}x on all cores",
+        (mib(r.sent) / r.total_secs) / baseline,
+        (mib(r.sent) / r.total_secs) / baseline_all
+    );
+    println!(
+        "  peak RSS               {:.0} MiB (the whole bench process: daemon, client and its bodies)",
+        r.peak_rss_mib
     );
 }
 
@@ -226,6 +282,7 @@ async fn run_once(
 listen = "127.0.0.1:0"
 object_store = "local"
 shutdown_timeout_seconds = 120
+{memory}
 [spool]
 sync = "{sync}"
 [streams.bench.extended_s3_destination_configuration]
@@ -233,7 +290,13 @@ bucket_arn = "arn:aws:s3:::bench"
 compression_format = "{}"
 buffering_hints = {{ size_in_mbs = {}, interval_in_seconds = {} }}
 "#,
-        args.compression, args.size_mb, args.interval
+        args.compression,
+        args.size_mb,
+        args.interval,
+        memory = args
+            .memory_mb
+            .map(|m| format!("[memory]\nmax_mb = {m}"))
+            .unwrap_or_default(),
     );
     let raw_cfg: RawConfig = toml::from_str(&toml_text).context("bench config")?;
     let overrides = Overrides {
@@ -254,64 +317,20 @@ buffering_hints = {{ size_in_mbs = {}, interval_in_seconds = {} }}
         let _ = stop_rx.await;
     }));
 
-    let client = reqwest::Client::builder()
-        .pool_max_idle_per_host(args.connections)
-        .build()?;
     let url = format!("http://{addr}/");
-    let accepted = Arc::new(AtomicU64::new(0));
-    let refused = Arc::new(AtomicU64::new(0));
-    let failed = Arc::new(AtomicU64::new(0));
     let start = Instant::now();
     let until = start + Duration::from_secs(args.seconds);
-    let mut tasks = Vec::new();
-    for c in 0..args.connections {
-        let (client, url, bodies) = (client.clone(), url.clone(), bodies.clone());
-        let (accepted, refused, failed) = (accepted.clone(), refused.clone(), failed.clone());
-        let batch = args.batch as u64;
-        // Paced: each connection sends a batch every `period`.
-        let period = (args.rate > 0).then(|| {
-            Duration::from_secs_f64(batch as f64 * args.connections as f64 / args.rate as f64)
-        });
-        tasks.push(tokio::spawn(async move {
-            let mut i = c;
-            let mut tick = period.map(|p| {
-                let mut t = tokio::time::interval(p);
-                t.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-                t
-            });
-            while Instant::now() < until {
-                if let Some(t) = tick.as_mut() {
-                    t.tick().await;
-                }
-                let body = bodies[i % bodies.len()].clone();
-                i += 1;
-                let resp = client
-                    .post(&url)
-                    .header("content-type", "application/x-amz-json-1.1")
-                    .header("x-amz-target", "Firehose_20150804.PutRecordBatch")
-                    .body(body)
-                    .send()
-                    .await;
-                match resp {
-                    Ok(r) if r.status().is_success() => {
-                        let body = r.bytes().await.unwrap_or_default();
-                        let failed_put = serde_json::from_slice::<serde_json::Value>(&body)
-                            .ok()
-                            .and_then(|v| v["FailedPutCount"].as_u64())
-                            .unwrap_or(batch);
-                        accepted.fetch_add(batch - failed_put, Ordering::Relaxed);
-                        refused.fetch_add(failed_put, Ordering::Relaxed);
-                    }
-                    _ => {
-                        failed.fetch_add(1, Ordering::Relaxed);
-                    }
-                }
-            }
-        }));
-    }
-    for t in tasks {
-        t.await?;
-    }
+    let counts = push(
+        &url,
+        bodies,
+        args.connections,
+        args.batch as u64,
+        args.rate,
+        until,
+        false,
+    )
+    .await?;
+    let (accepted, refused, failed) = (&counts.accepted, &counts.refused, &counts.failed);
     let push_secs = start.elapsed().as_secs_f64();
     let sent = accepted.load(Ordering::Relaxed);
     // Wait until every accepted record is in an object.
@@ -347,7 +366,91 @@ buffering_hints = {{ size_in_mbs = {}, interval_in_seconds = {} }}
         total_secs,
         latencies: metrics.take_latencies(),
         fsyncs: metrics.take_fsyncs(),
+        peak_rss_mib: peak_rss_mib(),
     })
+}
+
+/// What a load counted: records acknowledged and refused, requests that failed outright.
+#[derive(Debug, Default)]
+pub struct Counts {
+    pub accepted: AtomicU64,
+    pub refused: AtomicU64,
+    pub failed: AtomicU64,
+}
+
+/// Pushes `bodies` (each a PutRecordBatch of `batch` records) round-robin from `connections`
+/// connections until `until` or, with `stop_on_refusal`, until a record is refused. A
+/// connection sends its next batch as soon as the answer is in (no back-off), or every batch
+/// at `rate` records/s over all connections.
+pub async fn push(
+    url: &str,
+    bodies: Arc<Vec<Bytes>>,
+    connections: usize,
+    batch: u64,
+    rate: u64,
+    until: Instant,
+    stop_on_refusal: bool,
+) -> anyhow::Result<Arc<Counts>> {
+    let client = reqwest::Client::builder()
+        .pool_max_idle_per_host(connections)
+        .build()?;
+    let counts = Arc::new(Counts::default());
+    let mut tasks = Vec::new();
+    for c in 0..connections {
+        let (client, url, bodies, counts) = (
+            client.clone(),
+            url.to_string(),
+            bodies.clone(),
+            counts.clone(),
+        );
+        // Paced: each connection sends a batch every `period`.
+        let period = (rate > 0)
+            .then(|| Duration::from_secs_f64(batch as f64 * connections as f64 / rate as f64));
+        tasks.push(tokio::spawn(async move {
+            let mut i = c;
+            let mut tick = period.map(|p| {
+                let mut t = tokio::time::interval(p);
+                t.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                t
+            });
+            while Instant::now() < until
+                && !(stop_on_refusal && counts.refused.load(Ordering::Relaxed) > 0)
+            {
+                if let Some(t) = tick.as_mut() {
+                    t.tick().await;
+                }
+                let body = bodies[i % bodies.len()].clone();
+                i += 1;
+                let resp = client
+                    .post(&url)
+                    .header("content-type", "application/x-amz-json-1.1")
+                    .header("x-amz-target", "Firehose_20150804.PutRecordBatch")
+                    .body(body)
+                    .send()
+                    .await;
+                match resp {
+                    Ok(r) if r.status().is_success() => {
+                        let body = r.bytes().await.unwrap_or_default();
+                        let failed_put = serde_json::from_slice::<serde_json::Value>(&body)
+                            .ok()
+                            .and_then(|v| v["FailedPutCount"].as_u64())
+                            .unwrap_or(batch);
+                        counts
+                            .accepted
+                            .fetch_add(batch - failed_put, Ordering::Relaxed);
+                        counts.refused.fetch_add(failed_put, Ordering::Relaxed);
+                    }
+                    _ => {
+                        counts.failed.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            }
+        }));
+    }
+    for t in tasks {
+        t.await?;
+    }
+    Ok(counts)
 }
 
 /// Bytes per second of `run` (which returns the bytes it handled), repeated for `seconds`

@@ -10,6 +10,7 @@ pub mod agent;
 pub mod api;
 pub mod aws_client;
 pub mod bench;
+pub mod bench_backlog;
 pub mod buffer;
 pub mod compress;
 pub mod config;

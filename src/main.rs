@@ -45,6 +45,8 @@ enum Command {
     },
     /// Measure accepted-and-delivered throughput against bare gzip of the same bytes.
     Bench(hosepipe::bench::BenchArgs),
+    /// Measure a destination outage backing up on disk, a kill -9 restart and the drain.
+    BenchBacklog(hosepipe::bench_backlog::BenchBacklogArgs),
     /// Print the columns record format conversion would use for a table (local catalog or Glue).
     Schema {
         #[arg(long)]
@@ -324,6 +326,9 @@ fn main() -> ExitCode {
             }
         },
         Command::BenchAgent(args) => finished("bench-agent", hosepipe::agent::bench::run(args)),
+        Command::BenchBacklog(args) => {
+            finished("bench-backlog", hosepipe::bench_backlog::run(args))
+        }
         Command::BenchSplunk(args) => {
             finished("bench-splunk", hosepipe::deliver::splunk_bench::run(args))
         }

@@ -10,8 +10,10 @@
 //! (`deliver_opensearch` / `deliver_splunk`); deliver then writes only their S3 objects (failed
 //! records, `AllDocuments` / `AllEvents` backups) to the backup bucket.
 //!
-//! Bounded channels sit between the stages. The buffers keep accepting while downstream is slow
-//! (an outage): flushed batches wait in their pending queue, in memory, until they can move on.
+//! Records enter from the stream's spool reader, which hands them on only while the memory
+//! budget has room: a backlog (an outage, a slow destination) stays on disk, and what is in
+//! memory is what the stages hold. Bounded channels sit between the stages; when the reader is
+//! short of memory the buffers flush what they hold (`FlushReason::Memory`) so the budget frees.
 //! Without a `ProcessingConfiguration` the processing buffer and the process stage pass records
 //! straight through.
 
@@ -204,8 +206,6 @@ impl StreamStats {
 
 /// The running stages of one stream.
 pub struct StreamHandle {
-    /// Accepted records enter here. Dropping every sender flushes and stops the stream.
-    pub ingest: mpsc::Sender<Vec<Record>>,
     pub stats: Arc<StreamStats>,
     pub config: watch::Sender<Arc<Versioned>>,
     /// Finishes when every stage has drained.
@@ -304,14 +304,18 @@ pub fn now_ms() -> i64 {
     chrono::Utc::now().timestamp_millis()
 }
 
-/// Wires a stream from the sink backwards and starts it.
+/// Records the spool reader hands on at once, waiting for the processing buffer.
+const INGEST_CHUNKS: usize = 4;
+
+/// Wires a stream from the sink backwards and starts it. Returns its handle and where its
+/// records enter (the spool reader's end): dropping that flushes and stops the stream.
 pub fn spawn_pipeline(
     name: &str,
     initial: Versioned,
     shared: Shared,
     spool: Arc<Spool>,
     id_base: String,
-) -> StreamHandle {
+) -> (StreamHandle, mpsc::Sender<Vec<Record>>) {
     let stats = Arc::new(StreamStats::default());
     let ctx = StreamContext {
         name: name.to_string(),
@@ -328,7 +332,7 @@ pub fn spawn_pipeline(
     let (batch_tx, batch_rx) = mpsc::channel::<Batch>(ENCODE_WORKERS);
     let (processed_tx, processed_rx) = mpsc::channel::<Vec<Record>>(64);
     let (unprocessed_tx, unprocessed_rx) = mpsc::channel::<Batch>(PROCESS_WORKERS);
-    let (ingest_tx, ingest_rx) = mpsc::channel::<Vec<Record>>(64);
+    let (ingest_tx, ingest_rx) = mpsc::channel::<Vec<Record>>(INGEST_CHUNKS);
 
     let span = tracing::info_span!("stream", stream = %name);
     let deliver = tokio::spawn(deliver_stage(ctx.clone(), object_rx).instrument(span.clone()));
@@ -381,12 +385,14 @@ pub fn spawn_pipeline(
             }
         }
     });
-    StreamHandle {
-        ingest: ingest_tx,
-        stats,
-        config: config_tx,
-        done,
-    }
+    (
+        StreamHandle {
+            stats,
+            config: config_tx,
+            done,
+        },
+        ingest_tx,
+    )
 }
 
 /// A buffer's hints under `v`; `None` when the stage passes records straight through (the
@@ -434,6 +440,7 @@ async fn buffer_stage(
     let mut refused: VecDeque<EncodedObject> = VecDeque::new();
     let mut open = true;
     let mut config_open = true;
+    let mut pressure = ctx.shared.admission.pressure();
     let flushed = |batch: Batch, pending: &mut VecDeque<Batch>| {
         if stage == Stage::Destination {
             ctx.shared
@@ -487,6 +494,12 @@ async fn buffer_stage(
                     flushed(batch, &mut pending);
                 }
                 refused.extend(over_limit(&ctx, &config.borrow(), over));
+            },
+            Ok(()) = pressure.changed(), if !buffer.is_empty() => {
+                // The readers are short of memory and this buffer holds some: let it go on.
+                for batch in buffer.flush_all(FlushReason::Memory) {
+                    flushed(batch, &mut pending);
+                }
             },
             changed = config.changed(), if config_open => match changed {
                 Ok(()) => {

@@ -10,11 +10,8 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
-use tokio::sync::mpsc;
 
-use crate::admission::Admission;
 use crate::api::error::ApiError;
-use crate::buffer::Record;
 use crate::config::stream::{
     self, AtRestKey, CreateDeliveryStreamInput, DestinationSpec,
     ExtendedS3DestinationConfiguration, StreamEncryptionInput, StreamSpec, Tag,
@@ -122,11 +119,10 @@ fn failure_type(e: &SpoolError) -> &'static str {
     }
 }
 
-/// Where a stream's records enter: its spool, then its pipeline.
+/// Where a stream's records enter: its spool (its pipeline reads them from there).
 #[derive(Clone)]
 pub struct Intake {
     pub spool: Arc<Spool>,
-    pub ingest: mpsc::Sender<Vec<Record>>,
 }
 
 /// A stream leaving (deleted, or the daemon stopping): its pipeline drains, then its spool closes.
@@ -142,6 +138,19 @@ pub struct StreamStatus {
     pub kind: &'static str,
     pub stats: Arc<StreamStats>,
     pub spool: Arc<crate::spool::SpoolStats>,
+}
+
+impl StreamStatus {
+    /// Arrival of the oldest record not yet settled: in the pipeline, or still on disk.
+    pub fn oldest_ms(&self) -> Option<i64> {
+        [
+            self.stats.oldest_undelivered_ms(),
+            self.spool.oldest_unread_ms(),
+        ]
+        .into_iter()
+        .flatten()
+        .min()
+    }
 }
 
 pub struct Registry {
@@ -505,7 +514,7 @@ impl Registry {
             .spool_truncated_bytes
             .get_or_create(&labels)
             .inc_by(recovery.truncated_bytes);
-        let handle = spawn_pipeline(
+        let (handle, ingest) = spawn_pipeline(
             &name,
             Versioned {
                 spec,
@@ -517,34 +526,23 @@ impl Registry {
             spool.clone(),
             format!("{:x}", (saved.created * 1000.0) as i64),
         );
-        let replayed = recovery.records.len() + recovery.salvaged.len();
-        if replayed > 0 {
+        // Start-up reads, it does not load: the reader starts at the oldest undelivered
+        // record and hands the backlog on at the pace the memory budget allows.
+        if let Err(e) = spool.start_reader(ingest, self.shared.admission.clone()) {
+            return Err(StartError::Spool {
+                stream: name,
+                source: crate::spool::SpoolError::Io {
+                    path: spool.dir().to_path_buf(),
+                    source: e,
+                },
+            });
+        }
+        if recovery.backlog > 0 {
             metrics
                 .spool_replayed_records
                 .get_or_create(&labels)
-                .inc_by(replayed as u64);
-            tracing::info!(stream = %name, records = replayed, salvaged = recovery.salvaged.len(), "replaying undelivered records from the spool");
-            let ingest = handle.ingest.clone();
-            let admission = self.shared.admission.clone();
-            let spool = spool.clone();
-            tokio::spawn(async move {
-                let mut records = recovery.records;
-                let mut salvaged = recovery.salvaged;
-                if !salvaged.is_empty() {
-                    // Their segment was moved aside: make them durable again first.
-                    if let Err(e) = spool.append(&mut salvaged).await {
-                        tracing::error!(error = %e, records = salvaged.len(), "cannot re-spool records salvaged from a corrupt segment; delivering them from memory only");
-                    }
-                    records.extend(salvaged);
-                }
-                let bytes: u64 = records.iter().map(|r| Admission::cost(r.data.len())).sum();
-                admission.force_reserve(bytes);
-                for chunk in records.chunks(500) {
-                    if ingest.send(chunk.to_vec()).await.is_err() {
-                        break;
-                    }
-                }
-            });
+                .inc_by(recovery.backlog);
+            tracing::info!(stream = %name, records = recovery.backlog, "undelivered records in the spool; reading them back");
         }
         Ok(Entry {
             saved,
@@ -703,8 +701,9 @@ impl Registry {
             saved,
             ..
         } = entry;
-        drop(handle.ingest);
         let done = tokio::spawn(async move {
+            // The reader hands on what was accepted, then the pipeline drains.
+            spool.stop_intake().await;
             let _ = handle.done.await;
             spool.close().await;
             if let Err(e) = std::fs::remove_dir_all(spool.dir()) {
@@ -733,7 +732,6 @@ impl Registry {
             .get(name)
             .map(|e| Intake {
                 spool: e.spool.clone(),
-                ingest: e.handle.ingest.clone(),
             })
             .ok_or_else(|| ApiError::not_found(name, &self.account_id))
     }
@@ -1079,10 +1077,14 @@ impl Registry {
     /// Refreshes the freshness gauges (called before each scrape).
     pub fn refresh_metrics(&self) {
         let now = crate::pipeline::now_ms();
+        let m = self.metrics();
+        m.memory_used_bytes
+            .set(self.shared.admission.memory_used() as i64);
+        m.memory_budget_bytes
+            .set(self.shared.admission.memory_budget() as i64);
         for s in self.statuses() {
             let age = s
-                .stats
-                .oldest_undelivered_ms()
+                .oldest_ms()
                 .map(|t| (now - t).max(0) as f64 / 1000.0)
                 .unwrap_or(0.0);
             let labels = Metrics::stream(&s.name);
@@ -1092,10 +1094,17 @@ impl Registry {
                 _ => &self.metrics().delivery_to_s3_data_freshness,
             };
             freshness.get_or_create(&labels).set(age);
-            self.metrics()
-                .spool_segments
+            use std::sync::atomic::Ordering::Relaxed;
+            m.spool_segments
                 .get_or_create(&labels)
-                .set(s.spool.segments.load(std::sync::atomic::Ordering::Relaxed) as i64);
+                .set(s.spool.segments.load(Relaxed) as i64);
+            m.spool_backlog_records
+                .get_or_create(&labels)
+                .set(s.spool.records.load(Relaxed) as i64);
+            m.spool_unread_records
+                .get_or_create(&labels)
+                .set(s.spool.unread_records.load(Relaxed) as i64);
+            m.spool_backlog_oldest_age.get_or_create(&labels).set(age);
         }
     }
 
@@ -1108,7 +1117,7 @@ impl Registry {
         let mut open = Vec::new();
         for (name, entry) in entries {
             open.push((name, entry.handle.stats.clone(), entry.spool.clone()));
-            drop(entry.handle.ingest);
+            entry.spool.stop_intake().await;
             waiting.push(entry.handle.done);
         }
         waiting.extend(
@@ -1125,16 +1134,16 @@ impl Registry {
         };
         let finished = tokio::time::timeout(deadline, all).await.is_ok();
         let mut left = 0;
-        for (name, stats, spool) in open {
+        for (name, _, spool) in open {
             spool.close().await;
-            if finished {
-                continue;
-            }
-            let n = stats.in_flight_records()
-                + stats
-                    .buffered_records
-                    .load(std::sync::atomic::Ordering::Relaxed);
-            if n > 0 {
+            // What the spool still holds undelivered (read into the pipeline or not).
+            let n = spool
+                .stats
+                .records
+                .load(std::sync::atomic::Ordering::Relaxed);
+            if n > 0 && finished {
+                tracing::warn!(stream = %name, records = n, "records stay in the spool; they go out after the next start");
+            } else if n > 0 {
                 tracing::warn!(stream = %name, records = n, "shutdown deadline passed with records undelivered; they stay in the spool and go out after the next start");
             }
             left += n;

@@ -49,18 +49,39 @@ impl Server {
         tracing::info!(store = %config.store.describe(), "objects go to {}", config.store.describe());
         let sink: Arc<dyn Destination> = Arc::new(S3Sink::new(config.store.clone()));
         let metrics = Arc::new(Metrics::new());
+        let spool_root = &config.spool.settings.root;
+        std::fs::create_dir_all(spool_root).map_err(|source| StartError::DataDir {
+            path: spool_root.clone(),
+            source,
+        })?;
+        let (max_spool, cap_from) = match config.spool.max_bytes {
+            Some(bytes) => (bytes, "[spool] max_mb"),
+            None => (
+                crate::config::default_spool_cap(spool_root).map_err(|source| {
+                    StartError::DataDir {
+                        path: spool_root.clone(),
+                        source,
+                    }
+                })?,
+                "half the disk's free space",
+            ),
+        };
         let admission = Arc::new(Admission::new(
-            config.spool.max_bytes,
-            config.spool.max_buffered_bytes,
+            max_spool,
+            config.spool.memory_bytes,
+            config.spool.admission_wait,
             &config.quotas,
             metrics.clone(),
         ));
         tracing::info!(
             sync = ?config.spool.settings.sync,
-            dir = %config.spool.settings.root.display(),
-            max_mb = config.spool.max_bytes / (1024 * 1024),
-            max_buffered_mb = config.spool.max_buffered_bytes / (1024 * 1024),
-            "spool"
+            dir = %spool_root.display(),
+            max_mb = max_spool / (1024 * 1024),
+            cap = cap_from,
+            memory_max_mb = config.spool.memory_bytes / (1024 * 1024),
+            "spool: the backlog may grow to {} MiB on disk ({cap_from}); the stages hold at most {} MiB in memory",
+            max_spool / (1024 * 1024),
+            config.spool.memory_bytes / (1024 * 1024),
         );
         let shared = Shared {
             sink,

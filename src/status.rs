@@ -15,13 +15,24 @@ pub struct StreamRow {
     pub failed_attempts: u64,
     pub spool_bytes: u64,
     pub spool_segments: u64,
+    /// Accepted and not yet settled, on disk or in the pipeline.
+    #[serde(default)]
+    pub backlog_records: u64,
+    /// On disk only, not yet read into the pipeline.
+    #[serde(default)]
+    pub unread_records: u64,
 }
 
 #[derive(Debug, Deserialize)]
 pub struct Status {
     pub streams: Vec<StreamRow>,
     pub spool_bytes: u64,
-    pub buffered_bytes: u64,
+    #[serde(default)]
+    pub spool_max_bytes: u64,
+    #[serde(default)]
+    pub memory_used_bytes: u64,
+    #[serde(default)]
+    pub memory_budget_bytes: u64,
 }
 
 fn human(bytes: u64) -> String {
@@ -50,6 +61,7 @@ pub fn render(status: &Status) -> String {
         "OLDEST AGE",
         "DELIVERED",
         "FAILED TRIES",
+        "BACKLOG (ON DISK ONLY)",
         "SPOOL",
     ];
     let mut rows: Vec<Vec<String>> = vec![header.iter().map(|s| s.to_string()).collect()];
@@ -65,6 +77,7 @@ pub fn render(status: &Status) -> String {
                 .unwrap_or_else(|| "-".into()),
             s.delivered_records.to_string(),
             s.failed_attempts.to_string(),
+            format!("{} ({})", s.backlog_records, s.unread_records),
             format!("{} ({} seg)", human(s.spool_bytes), s.spool_segments),
         ]);
     }
@@ -82,9 +95,11 @@ pub fn render(status: &Status) -> String {
         out.push('\n');
     }
     out.push_str(&format!(
-        "spool {} on disk, {} accepted and not yet delivered in memory\n",
+        "spool {} on disk of {}; memory {} in use of {}\n",
         human(status.spool_bytes),
-        human(status.buffered_bytes)
+        human(status.spool_max_bytes),
+        human(status.memory_used_bytes),
+        human(status.memory_budget_bytes)
     ));
     out
 }
@@ -111,8 +126,10 @@ mod tests {
             "streams": [{"name": "clicks", "state": "ACTIVE", "buffered_bytes": 2048,
                 "buffered_records": 2, "in_flight_records": 0,
                 "oldest_undelivered_age_seconds": 1.25, "delivered_records": 10,
-                "failed_attempts": 0, "spool_bytes": 4096, "spool_segments": 1}],
-            "spool_bytes": 4096, "buffered_bytes": 2048
+                "failed_attempts": 0, "spool_bytes": 4096, "spool_segments": 1,
+                "backlog_records": 7, "unread_records": 5}],
+            "spool_bytes": 4096, "spool_max_bytes": 1 << 30, "memory_used_bytes": 2048,
+            "memory_budget_bytes": 128 << 20
         }))
         .unwrap();
         let table = render(&status);
@@ -120,5 +137,7 @@ mod tests {
         assert!(lines[0].starts_with("STREAM"));
         assert!(lines[1].starts_with("clicks  ACTIVE  2.0 KiB"), "{table}");
         assert!(lines[1].contains("1.2s") || lines[1].contains("1.3s"));
+        assert!(lines[1].contains("7 (5)"), "{table}");
+        assert!(lines[2].contains("of 1.0 GiB") && lines[2].contains("of 128.0 MiB"));
     }
 }

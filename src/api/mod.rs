@@ -47,6 +47,8 @@ pub struct AppState {
     pub access_keys: Vec<AccessKey>,
     record_seq: AtomicU64,
     record_nonce: u64,
+    /// Puts refused before decoding are still read (to answer each record); this many at once.
+    refusals: tokio::sync::Semaphore,
 }
 
 impl AppState {
@@ -63,6 +65,7 @@ impl AppState {
             access_keys,
             record_seq: AtomicU64::new(0),
             record_nonce: uuid::Uuid::new_v4().as_u64_pair().0,
+            refusals: tokio::sync::Semaphore::new(2),
         }
     }
 
@@ -115,19 +118,23 @@ async fn status(State(state): State<Arc<AppState>>) -> Response {
                 "buffered_bytes": s.stats.buffered_bytes.load(Relaxed),
                 "buffered_records": s.stats.buffered_records.load(Relaxed),
                 "in_flight_records": s.stats.in_flight_records(),
-                "oldest_undelivered_age_seconds": s.stats.oldest_undelivered_ms()
+                "oldest_undelivered_age_seconds": s.oldest_ms()
                     .map(|t| (now - t).max(0) as f64 / 1000.0),
                 "delivered_records": s.stats.delivered_records.load(Relaxed),
                 "failed_attempts": s.stats.failed_attempts.load(Relaxed),
                 "spool_bytes": s.spool.bytes.load(Relaxed),
                 "spool_segments": s.spool.segments.load(Relaxed),
+                "backlog_records": s.spool.records.load(Relaxed),
+                "unread_records": s.spool.unread_records.load(Relaxed),
             })
         })
         .collect();
     let body = json!({
         "streams": streams,
         "spool_bytes": state.admission.spool_bytes(),
-        "buffered_bytes": state.admission.buffered_bytes(),
+        "spool_max_bytes": state.admission.spool_max_bytes(),
+        "memory_used_bytes": state.admission.memory_used(),
+        "memory_budget_bytes": state.admission.memory_budget(),
     });
     let mut resp = (StatusCode::OK, body.to_string()).into_response();
     resp.headers_mut().insert(
@@ -166,29 +173,39 @@ async fn api(State(state): State<Arc<AppState>>, request: Request) -> Response {
         .unwrap_or("")
         .to_string();
     let result = async {
-        let body = axum::body::to_bytes(Body::new(body), MAX_BODY_BYTES)
-            .await
-            .map_err(|_| {
-                ApiError::InvalidArgument(format!(
-                    "Request body is larger than {MAX_BODY_BYTES} bytes"
-                ))
-            })?;
-        if !state.access_keys.is_empty() {
-            let pq = parts
-                .uri
-                .path_and_query()
-                .map(|p| p.as_str())
-                .unwrap_or("/");
-            auth::verify(
-                &state.access_keys,
-                parts.method.as_str(),
-                pq,
-                &parts.headers,
-                &body,
-                SystemTime::now(),
-            )?;
+        let is_put = matches!(operation.as_str(), "PutRecord" | "PutRecordBatch");
+        let declared = parts
+            .headers
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok())
+            .filter(|n| *n <= MAX_BODY_BYTES as u64);
+        // A put whose memory or spool room is not there is refused before its body is decoded
+        // (after a bounded wait for capacity).
+        let mut permit = None;
+        let mut refusal = None;
+        if is_put && let Some(len) = declared {
+            match state.admission.request(len).await {
+                Ok(p) => permit = Some(p),
+                Err(reason) => refusal = Some(reason),
+            }
         }
-        dispatch(&state, &operation, &body).await
+        let _reading = match refusal {
+            Some(_) => Some(state.refusals.acquire().await.expect("never closed")),
+            None => None,
+        };
+        let body = read_body(body).await?;
+        authenticate(&state, &parts, &body)?;
+        if is_put && permit.is_none() && refusal.is_none() {
+            // No Content-Length: the body had to be read to know its size.
+            if let Err(reason) = state.admission.request(body.len() as u64).await {
+                refusal = Some(reason);
+            }
+        }
+        match refusal {
+            Some(_) => refuse_put(&state, &operation, &body),
+            None => dispatch(&state, &operation, &body).await,
+        }
     }
     .await;
     let op_label = if KNOWN_OPERATIONS.contains(&operation.as_str()) {
@@ -204,6 +221,82 @@ async fn api(State(state): State<Arc<AppState>>, request: Request) -> Response {
             e.into_response()
         }
     }
+}
+
+async fn read_body(body: axum::body::Body) -> Result<bytes::Bytes, ApiError> {
+    axum::body::to_bytes(Body::new(body), MAX_BODY_BYTES)
+        .await
+        .map_err(|_| {
+            ApiError::InvalidArgument(format!(
+                "Request body is larger than {MAX_BODY_BYTES} bytes"
+            ))
+        })
+}
+
+/// Checks the request's SigV4 signature when keys are configured.
+fn authenticate(
+    state: &AppState,
+    parts: &axum::http::request::Parts,
+    body: &[u8],
+) -> Result<(), ApiError> {
+    if state.access_keys.is_empty() {
+        return Ok(());
+    }
+    let pq = parts
+        .uri
+        .path_and_query()
+        .map(|p| p.as_str())
+        .unwrap_or("/");
+    auth::verify(
+        &state.access_keys,
+        parts.method.as_str(),
+        pq,
+        &parts.headers,
+        body,
+        SystemTime::now(),
+    )
+    .map(drop)
+}
+
+/// A put's records, counted without decoding them.
+#[derive(Deserialize)]
+#[serde(rename_all = "PascalCase")]
+struct PutCountIn {
+    delivery_stream_name: Option<String>,
+    records: Option<Vec<serde::de::IgnoredAny>>,
+}
+
+/// Answers a put that capacity refused before its records were decoded: Firehose's
+/// per-record "Slow down." for each of a batch's records, `ServiceUnavailableException` for a
+/// single record.
+fn refuse_put(state: &AppState, operation: &str, body: &[u8]) -> Result<Value, ApiError> {
+    let input: PutCountIn = parse(body)?;
+    let name = stream_name(input.delivery_stream_name)?;
+    state.registry.intake(&name)?;
+    if operation == "PutRecord" {
+        state.admission.throttled(&name, 1);
+        return Err(ApiError::ServiceUnavailable(SLOW_DOWN.into()));
+    }
+    let total = input.records.map_or(0, |r| r.len());
+    if total == 0 || total > MAX_BATCH_RECORDS {
+        return Err(ApiError::InvalidArgument(format!(
+            "1 validation error detected: Value at 'records' failed to satisfy constraint: Member must have length between 1 and {MAX_BATCH_RECORDS} (got {total})"
+        )));
+    }
+    state.admission.throttled(&name, total);
+    Ok(all_refused(total))
+}
+
+/// A `PutRecordBatch` answer refusing all `total` records with "Slow down.".
+fn all_refused(total: usize) -> Value {
+    json!({
+        "FailedPutCount": total,
+        "Encrypted": false,
+        "RequestResponses": vec![
+            json!({ "ErrorCode": "ServiceUnavailableException", "ErrorMessage": SLOW_DOWN });
+            total
+        ],
+    })
 }
 
 const KNOWN_OPERATIONS: &[&str] = &[
@@ -400,8 +493,8 @@ struct Accepted {
 
 const SLOW_DOWN: &str = "Slow down.";
 
-/// Takes what admission allows, makes it durable in the stream's spool, and hands it to the
-/// stream. Only records that reached the spool are acknowledged.
+/// Takes what admission allows and makes it durable in the stream's spool, from where the
+/// stream's pipeline reads it. Only records that reached the spool are acknowledged.
 async fn accept(
     state: &AppState,
     name: &str,
@@ -412,7 +505,6 @@ async fn accept(
     let sizes: Vec<usize> = records.iter().map(|r| r.data.len()).collect();
     let (admitted, _) = state.admission.admit(name, &sizes);
     records.truncate(admitted);
-    let reserved: u64 = records.iter().map(|r| Admission::cost(r.data.len())).sum();
     let refused = Accepted {
         accepted: 0,
         total,
@@ -424,24 +516,13 @@ async fn accept(
     let encrypted = match intake.spool.append(&mut records).await {
         Ok(sealed) => sealed,
         Err(e) => {
-            state.admission.release(reserved);
-            state
-                .metrics
-                .throttled_records
-                .get_or_create(&Metrics::stream(name))
-                .inc_by(records.len() as u64);
+            state.admission.throttled(name, records.len());
             tracing::warn!(stream = name, error = %e, records = records.len(), "spool append failed; records refused with Slow down.");
             return Ok(refused);
         }
     };
     let count = records.len();
     let bytes: u64 = records.iter().map(|r| r.data.len() as u64).sum();
-    if intake.ingest.send(records).await.is_err() {
-        // The stream is stopping. The records are in its spool; refuse them anyway so the
-        // producer keeps them (a duplicate is possible if the stream comes back).
-        state.admission.release(reserved);
-        return Ok(refused);
-    }
     let labels = Metrics::stream(name);
     state
         .metrics

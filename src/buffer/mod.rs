@@ -32,6 +32,8 @@ pub enum FlushReason {
     Interval,
     /// The daemon or the stream is stopping.
     Shutdown,
+    /// The memory budget is short: the spool readers wait for what buffers hold.
+    Memory,
 }
 
 impl FlushReason {
@@ -40,6 +42,7 @@ impl FlushReason {
             FlushReason::Size => "size",
             FlushReason::Interval => "interval",
             FlushReason::Shutdown => "shutdown",
+            FlushReason::Memory => "memory",
         }
     }
 }

@@ -36,6 +36,8 @@ pub struct RawConfig {
     pub auth: Option<RawAuth>,
     pub s3: Option<RawS3>,
     pub spool: Option<RawSpool>,
+    pub memory: Option<RawMemory>,
+    pub admission: Option<RawAdmission>,
     pub transforms: Option<RawTransforms>,
     /// Tables for record format conversion, by database and table name.
     #[serde(default)]
@@ -178,13 +180,32 @@ pub struct RawSpool {
     /// `fsync` (default): acknowledge after fdatasync; `os`: after write (page cache).
     pub sync: Option<String>,
     pub segment_mb: Option<u64>,
-    /// Cap on spool bytes on disk, all streams together.
+    /// Cap on spool bytes on disk, all streams together: the backlog. Default: half the
+    /// disk's free space when the daemon starts.
     pub max_mb: Option<u64>,
-    /// Cap on accepted-but-undelivered record bytes held in memory, all streams together.
+    /// Older name of `[memory] max_mb`, still read.
     pub max_buffered_mb: Option<u64>,
     /// Records undelivered for longer go to the error output when it is reachable, and are
     /// counted (default 86400 s = 24 h, like Firehose).
     pub retention_seconds: Option<u64>,
+}
+
+/// `[memory]`: the one memory budget of the stages.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawMemory {
+    /// Records inside the stages and requests being decoded, all streams together
+    /// (default 128). It does not grow with the backlog, which stays on disk.
+    pub max_mb: Option<u64>,
+}
+
+/// `[admission]`: how producers are refused.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAdmission {
+    /// How long a put that would be refused waits for capacity first (default 200, at most
+    /// 5000).
+    pub wait_ms: Option<u64>,
 }
 
 #[derive(Debug, Default, Deserialize, Clone)]
@@ -214,9 +235,22 @@ pub const DEFAULT_ACTIVE_PARTITIONS: u32 = 500;
 #[derive(Debug, Clone)]
 pub struct SpoolConfig {
     pub settings: crate::spool::SpoolSettings,
-    pub max_bytes: u64,
-    pub max_buffered_bytes: u64,
+    /// `None`: [`default_spool_cap`] of the disk at start.
+    pub max_bytes: Option<u64>,
+    /// `[memory] max_mb`.
+    pub memory_bytes: u64,
+    /// `[admission] wait_ms`.
+    pub admission_wait: Duration,
     pub retention: Duration,
+}
+
+/// The spool cap when none is configured: half the space free on the spool's disk (at least
+/// 64 MiB), so a destination outage can back up for as long as the disk allows while the rest
+/// of the machine keeps room.
+pub fn default_spool_cap(dir: &std::path::Path) -> std::io::Result<u64> {
+    let stat = rustix::fs::statvfs(dir)?;
+    let free = stat.f_bavail.saturating_mul(stat.f_frsize);
+    Ok((free / 2).max(64 * 1024 * 1024))
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -530,15 +564,19 @@ impl Config {
                 "spool.segment_mb: {segment_mb} is outside 1..=1024"
             ));
         }
-        let max_mb = sp.max_mb.unwrap_or(8192);
-        let max_buffered_mb = sp.max_buffered_mb.unwrap_or(1024);
-        if max_mb < 1 {
-            errors.push(format!("spool.max_mb: {max_mb} is outside 1.."));
+        if sp.max_mb == Some(0) {
+            errors.push("spool.max_mb: 0 is outside 1..".to_string());
         }
-        if max_buffered_mb < 1 {
-            errors.push(format!(
-                "spool.max_buffered_mb: {max_buffered_mb} is outside 1.."
-            ));
+        let (memory_path, memory_mb) = match raw.memory.and_then(|m| m.max_mb) {
+            Some(v) => ("memory.max_mb", v),
+            None => ("spool.max_buffered_mb", sp.max_buffered_mb.unwrap_or(128)),
+        };
+        if !(1..=1024 * 1024).contains(&memory_mb) {
+            errors.push(format!("{memory_path}: {memory_mb} is outside 1..=1048576"));
+        }
+        let wait_ms = raw.admission.and_then(|a| a.wait_ms).unwrap_or(200);
+        if wait_ms > 5000 {
+            errors.push(format!("admission.wait_ms: {wait_ms} is outside 0..=5000"));
         }
         let retention_seconds = sp.retention_seconds.unwrap_or(86_400);
         if !(1..=31_536_000).contains(&retention_seconds) {
@@ -552,8 +590,9 @@ impl Config {
                 sync,
                 segment_bytes: mb(segment_mb),
             },
-            max_bytes: mb(max_mb),
-            max_buffered_bytes: mb(max_buffered_mb),
+            max_bytes: sp.max_mb.map(mb),
+            memory_bytes: mb(memory_mb),
+            admission_wait: Duration::from_millis(wait_ms),
             retention: Duration::from_secs(retention_seconds),
         };
         let nz = |v: Option<u32>, path: String, errors: &mut Vec<String>| match v {

@@ -32,6 +32,11 @@ pub struct FlushLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabels {
+    pub reason: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ApiLabels {
     pub operation: String,
     pub outcome: String,
@@ -166,6 +171,14 @@ pub struct Metrics {
     pub spool_expired_records: Family<StreamLabels, Counter>,
     pub spool_corrupt_segments: Family<StreamLabels, Counter>,
     pub spool_truncated_bytes: Family<StreamLabels, Counter>,
+    pub spool_lost_records: Family<StreamLabels, Counter>,
+    pub spool_backlog_records: Family<StreamLabels, Gauge>,
+    pub spool_unread_records: Family<StreamLabels, Gauge>,
+    pub spool_backlog_oldest_age: Family<StreamLabels, Gauge<f64, AtomicU64>>,
+    pub memory_used_bytes: Gauge,
+    pub memory_budget_bytes: Gauge,
+    pub refused_requests: Family<ReasonLabels, Counter>,
+    pub request_wait: Histogram,
     pub processing_duration: HistogramFamily<StreamLabels>,
     pub processing_invocations: Family<OutcomeLabels, Counter>,
     pub processing_records: Family<OutcomeLabels, Counter>,
@@ -218,6 +231,15 @@ impl Metrics {
             spool_expired_records: Family::default(),
             spool_corrupt_segments: Family::default(),
             spool_truncated_bytes: Family::default(),
+            spool_lost_records: Family::default(),
+            spool_backlog_records: Family::default(),
+            spool_unread_records: Family::default(),
+            spool_backlog_oldest_age: Family::default(),
+            memory_used_bytes: Gauge::default(),
+            memory_budget_bytes: Gauge::default(),
+            refused_requests: Family::default(),
+            // 100 µs … ~6.5 s.
+            request_wait: Histogram::new(exponential_buckets(0.0001, 2.0, 17)),
             processing_duration: Family::new_with_constructor(processing_histogram),
             processing_invocations: Family::default(),
             processing_records: Family::default(),
@@ -334,8 +356,52 @@ impl Metrics {
         );
         registry.register(
             "spool_corrupt_segments",
-            "Corrupt spool segments found at start and moved aside",
+            "Corrupt spool segments found (a copy is moved to corrupt/)",
             m.spool_corrupt_segments.clone(),
+        );
+        registry.register(
+            "spool_lost_records",
+            "Records that could not be read back from a damaged spool segment",
+            m.spool_lost_records.clone(),
+        );
+        registry.register(
+            "spool_backlog_records",
+            "Accepted records not yet settled (delivered or in the error output), on disk or in the pipeline",
+            m.spool_backlog_records.clone(),
+        );
+        registry.register(
+            "spool_unread_records",
+            "Accepted records on disk only, not yet read into the pipeline",
+            m.spool_unread_records.clone(),
+        );
+        registry.register_with_unit(
+            "spool_backlog_oldest_age",
+            "Age of the oldest record not yet settled",
+            prometheus_client::registry::Unit::Seconds,
+            m.spool_backlog_oldest_age.clone(),
+        );
+        registry.register_with_unit(
+            "memory_used",
+            "Memory held by records inside the stages and requests being decoded ([memory] max_mb)",
+            prometheus_client::registry::Unit::Bytes,
+            m.memory_used_bytes.clone(),
+        );
+        registry.register_with_unit(
+            "memory_budget",
+            "The memory budget ([memory] max_mb)",
+            prometheus_client::registry::Unit::Bytes,
+            m.memory_budget_bytes.clone(),
+        );
+        registry.register(
+            "refused_requests",
+            "Put requests refused whole, by reason: memory and spool_full before the body was decoded, quota",
+            m.refused_requests.clone(),
+        );
+        registry.register_with_unit(
+            "request_capacity_wait",
+            "Time a put request waited for memory or spool room before it was taken or refused",
+            prometheus_client::registry::Unit::Seconds,
+            m.request_wait.clone(),
         );
         registry.register_with_unit(
             "spool_truncated",
@@ -444,6 +510,15 @@ impl Metrics {
     /// Starts keeping every fsync latency (benchmarks only).
     pub fn keep_fsyncs(&self) {
         *self.fsync_log.lock().expect("fsync log lock") = Some(Vec::new());
+    }
+
+    /// Counts a put request refused whole.
+    pub fn refused_request(&self, reason: &str) {
+        self.refused_requests
+            .get_or_create(&ReasonLabels {
+                reason: reason.to_string(),
+            })
+            .inc();
     }
 
     pub fn record_fsync(&self, seconds: f64) {

@@ -14,7 +14,7 @@ pub const SEALED_MAGIC: &[u8; 8] = b"HPSPOOL\x02";
 /// Magic + base seq.
 pub const HEADER_LEN: usize = 16;
 /// A sealed segment's envelope header may not be longer than this.
-const MAX_ENVELOPE: usize = 64 * 1024;
+pub(super) const MAX_ENVELOPE: usize = 64 * 1024;
 /// len + crc.
 const FRAME_LEN: usize = 8;
 /// seq + arrival.
@@ -130,6 +130,60 @@ pub struct Scan {
     pub end: ScanEnd,
 }
 
+/// One frame read at a position of a segment's bytes.
+#[derive(Debug)]
+pub enum Frame {
+    /// A whole, valid record, and where the next frame starts.
+    Record(Record, usize),
+    /// The bytes stop inside the frame.
+    Incomplete,
+    /// The frame is whole but fails its checksum or does not authenticate; `last`: nothing
+    /// follows it in `data`.
+    Bad { last: bool },
+}
+
+/// Reads the frame at `pos` of `data` (a sealed segment's records opened with `cipher`). A
+/// plain record's data is copied out, so it keeps nothing else of `data` alive.
+pub fn next_frame(data: &[u8], pos: usize, cipher: Option<&SegmentCipher>) -> Frame {
+    if data.len() - pos < FRAME_LEN {
+        return Frame::Incomplete;
+    }
+    let len = u32::from_le_bytes(data[pos..pos + 4].try_into().expect("4 bytes")) as usize;
+    let crc = u32::from_le_bytes(data[pos + 4..pos + 8].try_into().expect("4 bytes"));
+    let body_start = pos + FRAME_LEN;
+    if len < META_LEN {
+        return Frame::Bad { last: false };
+    }
+    if data.len() - body_start < len {
+        return Frame::Incomplete;
+    }
+    let end = body_start + len;
+    let body = &data[body_start..end];
+    let last = end == data.len();
+    if crc32c::crc32c(body) != crc {
+        return Frame::Bad { last };
+    }
+    let seq = u64::from_le_bytes(body[..8].try_into().expect("8 bytes"));
+    let arrival_ms = i64::from_le_bytes(body[8..16].try_into().expect("8 bytes"));
+    let data = match cipher {
+        None => Bytes::copy_from_slice(&body[META_LEN..]),
+        // A record whose checksum holds but which does not authenticate was altered.
+        Some(c) => match c.open_record(seq, arrival_ms, &body[META_LEN..]) {
+            Some(plain) => Bytes::from(plain),
+            None => return Frame::Bad { last },
+        },
+    };
+    Frame::Record(
+        Record {
+            data,
+            arrival_ms,
+            seq,
+            partition: None,
+        },
+        end,
+    )
+}
+
 /// Reads every valid record after `header`, stopping at the first damage. A sealed segment
 /// needs its `cipher`; a record that does not authenticate is damage.
 pub fn scan_segment(data: &[u8], header: &SegmentHeader, cipher: Option<&SegmentCipher>) -> Scan {
@@ -138,52 +192,23 @@ pub fn scan_segment(data: &[u8], header: &SegmentHeader, cipher: Option<&Segment
         cipher.is_some(),
         "a sealed segment is scanned with its cipher"
     );
-    let all = Bytes::copy_from_slice(data);
     let mut records = Vec::new();
     let mut pos = header.len;
     let end = loop {
         if pos == data.len() {
             break ScanEnd::Clean;
         }
-        if data.len() - pos < FRAME_LEN {
-            break ScanEnd::Torn { at: pos as u64 };
-        }
-        let len = u32::from_le_bytes(data[pos..pos + 4].try_into().expect("4 bytes")) as usize;
-        let crc = u32::from_le_bytes(data[pos + 4..pos + 8].try_into().expect("4 bytes"));
-        let body_start = pos + FRAME_LEN;
-        if len < META_LEN {
-            break ScanEnd::Corrupt { at: pos as u64 };
-        }
-        if data.len() - body_start < len {
-            break ScanEnd::Torn { at: pos as u64 };
-        }
-        let body = &data[body_start..body_start + len];
-        if crc32c::crc32c(body) != crc {
+        match next_frame(data, pos, cipher) {
+            Frame::Record(r, next) => {
+                records.push(r);
+                pos = next;
+            }
+            Frame::Incomplete => break ScanEnd::Torn { at: pos as u64 },
             // The last record of the file failing its checksum is a torn write; anything
             // after it means the damage is in the middle.
-            break if body_start + len == data.len() {
-                ScanEnd::Torn { at: pos as u64 }
-            } else {
-                ScanEnd::Corrupt { at: pos as u64 }
-            };
+            Frame::Bad { last: true } => break ScanEnd::Torn { at: pos as u64 },
+            Frame::Bad { last: false } => break ScanEnd::Corrupt { at: pos as u64 },
         }
-        let seq = u64::from_le_bytes(body[..8].try_into().expect("8 bytes"));
-        let arrival_ms = i64::from_le_bytes(body[8..16].try_into().expect("8 bytes"));
-        let data = match cipher {
-            None => all.slice(body_start + META_LEN..body_start + len),
-            // A record whose checksum holds but which does not authenticate was altered.
-            Some(c) => match c.open_record(seq, arrival_ms, &body[META_LEN..]) {
-                Some(plain) => Bytes::from(plain),
-                None => break ScanEnd::Corrupt { at: pos as u64 },
-            },
-        };
-        records.push(Record {
-            data,
-            arrival_ms,
-            seq,
-            partition: None,
-        });
-        pos = body_start + len;
     };
     Scan { records, end }
 }

@@ -13,18 +13,24 @@
 //! ([`crate::crypto::segment`]). Turning encryption on seals the plain segments still holding
 //! undelivered records (rewritten, then renamed over); turning it off leaves sealed ones sealed.
 //!
-//! All file I/O runs on one thread per stream; the async side talks to it over a channel.
+//! The spool is also the stream's buffer: the pipeline does not receive records from the API but
+//! reads them back from the segments ([`reader`]), in seq order, at the pace the memory budget
+//! and the stages allow. Only what the writer has made durable is read (the writer publishes
+//! each segment's committed length), so a reader never sees a torn write.
+//!
+//! All writes run on one thread per stream, reads on another; the async side talks to the
+//! writer over a channel.
 
 mod format;
 mod ranges;
+mod reader;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fs::{File, OpenOptions};
-use std::io::Write;
+use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::mpsc;
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex, mpsc};
 use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
@@ -34,10 +40,11 @@ use crate::buffer::Record;
 use crate::crypto::segment::{self, SegmentCipher};
 use crate::crypto::{KeyError, KeyService, OpenError};
 pub use format::{
-    HEADER_LEN, MAGIC, SEALED_MAGIC, Scan, ScanEnd, SegmentHeader, encode_record, read_header,
-    scan_segment,
+    Frame, HEADER_LEN, MAGIC, SEALED_MAGIC, Scan, ScanEnd, SegmentHeader, encode_record,
+    next_frame, read_header, scan_segment,
 };
 pub use ranges::RangeSet;
+pub use reader::{RECORD_OVERHEAD, ReadBudget};
 
 /// When an append counts as done.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -113,23 +120,47 @@ fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> SpoolError + '_ {
 }
 
 /// Counters the rest of the daemon reads.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct SpoolStats {
     pub bytes: AtomicU64,
     pub segments: AtomicU64,
+    /// Records accepted and not yet settled (delivered, dropped or in the error output):
+    /// the backlog, whether still on disk only or already read into the pipeline.
+    pub records: AtomicU64,
+    /// Records the reader has not handed to the pipeline yet.
+    pub unread_records: AtomicU64,
+    /// Arrival of the oldest record the reader holds or has not read yet (`i64::MAX`: none).
+    pub oldest_unread_ms: AtomicI64,
 }
 
-/// What recovery found.
+impl Default for SpoolStats {
+    fn default() -> Self {
+        SpoolStats {
+            bytes: AtomicU64::new(0),
+            segments: AtomicU64::new(0),
+            records: AtomicU64::new(0),
+            unread_records: AtomicU64::new(0),
+            oldest_unread_ms: AtomicI64::new(i64::MAX),
+        }
+    }
+}
+
+impl SpoolStats {
+    /// Arrival of the oldest record not yet read into the pipeline, if any.
+    pub fn oldest_unread_ms(&self) -> Option<i64> {
+        let t = self.oldest_unread_ms.load(Ordering::Relaxed);
+        (t != i64::MAX).then_some(t)
+    }
+}
+
+/// What recovery found. Recovery reads no records: the reader starts from the checkpoint.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct Recovery {
-    /// Undelivered records, in spool order, with their original arrival time and seq.
-    pub records: Vec<Record>,
-    /// Undelivered records read from a corrupt segment before its damage. Their segment is no
-    /// longer in the spool: append them again before acknowledging anything else.
-    pub salvaged: Vec<Record>,
+    /// Undelivered records the spool holds (the backlog the reader starts on).
+    pub backlog: u64,
     /// Bytes cut off the end of the last segment (a torn write).
     pub truncated_bytes: u64,
-    /// Segments moved to `corrupt/`.
+    /// Segments moved to `corrupt/` (a damaged header).
     pub corrupt_segments: Vec<PathBuf>,
 }
 
@@ -156,7 +187,7 @@ struct Segment {
 struct Active {
     base: u64,
     file: File,
-    cipher: Option<SegmentCipher>,
+    cipher: Option<Arc<SegmentCipher>>,
 }
 
 /// Where an append landed: its first seq, and whether it was sealed.
@@ -165,12 +196,56 @@ type Appended = Result<(u64, bool), SpoolError>;
 /// Records waiting for the next group commit, and whom to tell where they landed.
 type PendingAppend = (Vec<Record>, oneshot::Sender<Appended>);
 
+/// What the writer has made durable: the reader reads exactly this.
+#[derive(Debug, Default)]
+struct Index {
+    /// Segment base → its committed length in bytes.
+    segments: BTreeMap<u64, u64>,
+    /// The segment appends go to.
+    active: Option<u64>,
+    /// One past the last committed seq.
+    next_seq: u64,
+    /// No more appends will come (the stream is stopping).
+    closed: bool,
+}
+
+impl Index {
+    /// One past the last seq the segment at `base` can hold: the next segment's base.
+    fn end_of(&self, base: u64) -> u64 {
+        self.segments
+            .range(base + 1..)
+            .next()
+            .map_or(self.next_seq, |(b, _)| *b)
+    }
+}
+
+/// A sealed segment's data key, with the envelope it was opened from.
+type CachedCipher = (Vec<u8>, Arc<SegmentCipher>);
+
+/// Shared by the writer and the reader of one spool.
+struct Published {
+    index: Mutex<Index>,
+    changed: Condvar,
+    /// Data keys of sealed segments by base, so the reader need not ask the key service again.
+    ciphers: Mutex<HashMap<u64, CachedCipher>>,
+    /// The spool is closed: the reader stops at once.
+    aborted: AtomicBool,
+}
+
 enum Cmd {
     Append {
         records: Vec<Record>,
         reply: oneshot::Sender<Appended>,
     },
     Delivered(Vec<u64>),
+    /// The reader found damage in the segment at `base` after `from` (the next seq it wanted):
+    /// the records from there to the segment's end cannot be read.
+    Damaged {
+        base: u64,
+        from: u64,
+    },
+    /// Refuse appends from now on; the reader stops once it has read everything.
+    StopIntake(oneshot::Sender<()>),
     /// Seal new segments under this master key (and the plain ones still live), or stop sealing.
     SetSealing {
         key_id: Option<String>,
@@ -184,6 +259,9 @@ pub struct Spool {
     tx: mpsc::Sender<Cmd>,
     pub stats: Arc<SpoolStats>,
     dir: PathBuf,
+    published: Arc<Published>,
+    /// Where the reader starts, until it is started.
+    reader: Mutex<Option<reader::Reader>>,
 }
 
 /// Observes spool events (metrics live outside this module).
@@ -192,6 +270,9 @@ pub trait SpoolObserver: Send + Sync + 'static {
     fn bytes_changed(&self, delta: i64);
     /// A key-service call for a sealed segment, and how it went.
     fn key_call(&self, result: Result<(), &KeyError>);
+    /// The reader found a damaged segment (a copy is in `corrupt/`); `lost` records after the
+    /// damage cannot be read.
+    fn corrupt(&self, lost: u64);
 }
 
 impl Spool {
@@ -204,8 +285,18 @@ impl Spool {
         sealing: Sealing,
     ) -> Result<(Spool, Recovery), SpoolError> {
         std::fs::create_dir_all(dir).map_err(io_err(dir))?;
-        let (writer, recovery) = Writer::recover(dir, settings, observer, sealing)?;
+        let (writer, recovery, skip) = Writer::recover(dir, settings, observer.clone(), sealing)?;
         let stats = writer.stats.clone();
+        let published = writer.published.clone();
+        let reader = reader::Reader::new(
+            dir,
+            published.clone(),
+            writer.sealing.clone(),
+            observer,
+            stats.clone(),
+            writer.low,
+            skip,
+        );
         let (tx, rx) = mpsc::channel();
         let name = format!(
             "spool-{}",
@@ -220,9 +311,42 @@ impl Spool {
                 tx,
                 stats,
                 dir: dir.to_path_buf(),
+                published,
+                reader: Mutex::new(Some(reader)),
             },
             recovery,
         ))
+    }
+
+    /// Starts the thread that reads the spool into `ingest`, from the oldest undelivered
+    /// record, each chunk once `budget` has room for it. It runs until intake stops and it has
+    /// read everything ([`Spool::stop_intake`]), or the spool closes.
+    pub fn start_reader(
+        &self,
+        ingest: tokio::sync::mpsc::Sender<Vec<Record>>,
+        budget: Arc<dyn ReadBudget>,
+    ) -> std::io::Result<()> {
+        let Some(reader) = self.reader.lock().expect("reader lock").take() else {
+            return Ok(());
+        };
+        let name = format!(
+            "read-{}",
+            self.dir.file_name().and_then(|n| n.to_str()).unwrap_or("?")
+        );
+        let tx = self.tx.clone();
+        std::thread::Builder::new()
+            .name(name)
+            .spawn(move || reader.run(ingest, budget, tx))?;
+        Ok(())
+    }
+
+    /// Refuses appends from now on; returns once every append taken before is committed. The
+    /// reader hands what is left to the pipeline, then closes it.
+    pub async fn stop_intake(&self) {
+        let (reply, rx) = oneshot::channel();
+        if self.tx.send(Cmd::StopIntake(reply)).is_ok() {
+            let _ = rx.await;
+        }
     }
 
     pub fn dir(&self) -> &Path {
@@ -263,8 +387,10 @@ impl Spool {
         }
     }
 
-    /// Writes the checkpoint and stops the writer.
+    /// Writes the checkpoint and stops the writer and the reader.
     pub async fn close(&self) {
+        self.published.aborted.store(true, Ordering::Relaxed);
+        self.published.changed.notify_all();
         let (tx, rx) = oneshot::channel();
         if self.tx.send(Cmd::Close(tx)).is_ok() {
             let _ = rx.await;
@@ -283,8 +409,11 @@ struct Writer {
     low: u64,
     next_seq: u64,
     dirty: bool,
+    /// Appends are refused (the stream is stopping).
+    closed: bool,
     stats: Arc<SpoolStats>,
     observer: Arc<dyn SpoolObserver>,
+    published: Arc<Published>,
 }
 
 fn segment_path(dir: &Path, base: u64) -> PathBuf {
@@ -305,13 +434,50 @@ fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     Ok(())
 }
 
+/// A segment's header bytes (magic, base and a sealed segment's envelope), or all of it when
+/// it is shorter.
+fn read_head(path: &Path) -> std::io::Result<Vec<u8>> {
+    read_head_of(&mut File::open(path)?)
+}
+
+/// [`read_head`] of an open file, read from its start.
+fn read_head_of(f: &mut File) -> std::io::Result<Vec<u8>> {
+    let mut head = vec![0u8; HEADER_LEN + 4];
+    let n = read_full(f, &mut head)?;
+    head.truncate(n);
+    if n == HEADER_LEN + 4 && &head[..8] == SEALED_MAGIC {
+        let len = u32::from_le_bytes(head[HEADER_LEN..].try_into().expect("4 bytes")) as usize;
+        let mut envelope = vec![0u8; len.min(format::MAX_ENVELOPE + 1)];
+        let m = read_full(f, &mut envelope)?;
+        head.extend_from_slice(&envelope[..m]);
+    }
+    Ok(head)
+}
+
+/// Reads until `buf` is full or the file ends; how many bytes were read.
+fn read_full(f: &mut File, buf: &mut [u8]) -> std::io::Result<usize> {
+    let mut n = 0;
+    while n < buf.len() {
+        match f.read(&mut buf[n..]) {
+            Ok(0) => break,
+            Ok(k) => n += k,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(n)
+}
+
 impl Writer {
+    /// Opens what the spool holds without reading its records: every segment's header (a
+    /// sealed one's data key is unwrapped), and the last segment whole, to cut off a torn
+    /// write. Returns the writer, what recovery found, and the delivered seqs the reader skips.
     fn recover(
         dir: &Path,
         settings: &SpoolSettings,
         observer: Arc<dyn SpoolObserver>,
         sealing: Sealing,
-    ) -> Result<(Writer, Recovery), SpoolError> {
+    ) -> Result<(Writer, Recovery, RangeSet), SpoolError> {
         let ckpt_path = dir.join("checkpoint.json");
         let checkpoint: Checkpoint = match std::fs::read(&ckpt_path) {
             Ok(bytes) => serde_json::from_slice(&bytes).unwrap_or_else(|e| {
@@ -346,10 +512,22 @@ impl Writer {
         bases.sort();
         let mut recovery = Recovery::default();
         let mut segments = BTreeMap::new();
+        let mut ciphers = HashMap::new();
         let mut next_seq = checkpoint.low;
         let last_index = bases.len().saturating_sub(1);
+        let next_bases: Vec<Option<u64>> = (0..bases.len())
+            .map(|i| bases.get(i + 1).map(|(b, _)| *b))
+            .collect();
         for (i, (base, path)) in bases.into_iter().enumerate() {
-            let data = std::fs::read(&path).map_err(io_err(&path))?;
+            let last = i == last_index;
+            // Only the last segment can end in a torn write; the others are read when the
+            // reader reaches them.
+            let data = if last {
+                std::fs::read(&path)
+            } else {
+                read_head(&path)
+            }
+            .map_err(io_err(&path))?;
             let header = match read_header(&data) {
                 Ok(h) => match &h.envelope {
                     None => Ok((h, None)),
@@ -372,20 +550,28 @@ impl Writer {
                 },
                 Err(end) => Err(end),
             };
-            let (scan, sealed) = match &header {
-                Ok((h, cipher)) => (scan_segment(&data, h, cipher.as_ref()), cipher.is_some()),
-                Err(end) => (
-                    Scan {
-                        records: Vec::new(),
-                        end: *end,
-                    },
-                    false,
-                ),
+            let (h, cipher) = match header {
+                Ok(found) => found,
+                Err(ScanEnd::Torn { .. }) => {
+                    // Its header was cut short (created, never written): drop it.
+                    let _ = std::fs::remove_file(&path);
+                    continue;
+                }
+                Err(_) => {
+                    let aside = dir.join("corrupt");
+                    std::fs::create_dir_all(&aside).map_err(io_err(&aside))?;
+                    let target = aside.join(path.file_name().expect("segment has a name"));
+                    std::fs::rename(&path, &target).map_err(io_err(&path))?;
+                    tracing::error!(segment = %path.display(), moved_to = %target.display(), "corrupt spool segment moved aside; its records cannot be recovered");
+                    recovery.corrupt_segments.push(target);
+                    continue;
+                }
             };
+            let sealed = cipher.is_some();
             let mut keep_len = data.len() as u64;
-            match scan.end {
-                ScanEnd::Clean => {}
-                ScanEnd::Torn { at } if i == last_index => {
+            let end = if last {
+                let scan = scan_segment(&data, &h, cipher.as_ref());
+                if let ScanEnd::Torn { at } = scan.end {
                     // A partial last write: cut it off.
                     tracing::warn!(segment = %path.display(), at, dropped = data.len() as u64 - at, "spool segment ends in a torn write; truncating");
                     let f = OpenOptions::new()
@@ -397,51 +583,47 @@ impl Writer {
                     recovery.truncated_bytes += data.len() as u64 - at;
                     keep_len = at;
                 }
-                ScanEnd::Torn { at } | ScanEnd::Corrupt { at } => {
+                if let ScanEnd::Corrupt { at } = scan.end {
+                    // What follows the damage cannot be read, nor counted: numbering goes on
+                    // after the last good record, and the reader stops at the damage.
                     let aside = dir.join("corrupt");
-                    std::fs::create_dir_all(&aside).map_err(io_err(&aside))?;
                     let target = aside.join(path.file_name().expect("segment has a name"));
-                    std::fs::rename(&path, &target).map_err(io_err(&path))?;
-                    tracing::error!(segment = %path.display(), moved_to = %target.display(), at, salvaged = scan.records.len(), "corrupt spool segment moved aside; records after the damage cannot be recovered");
+                    std::fs::create_dir_all(&aside)
+                        .and_then(|()| std::fs::copy(&path, &target))
+                        .map_err(io_err(&path))?;
+                    tracing::error!(segment = %path.display(), copy = %target.display(), at, "corrupt spool segment moved aside (a copy is in corrupt/); records after the damage cannot be recovered");
                     recovery.corrupt_segments.push(target);
                 }
+                // Damage in an earlier segment is found, copied aside and counted by the reader.
+                scan.records.last().map_or(base, |r| r.seq + 1)
+            } else {
+                keep_len = std::fs::metadata(&path).map_err(io_err(&path))?.len();
+                next_bases[i].expect("a segment that is not the last has a next one")
+            };
+            next_seq = next_seq.max(end).max(base);
+            let from = base.max(checkpoint.low);
+            let live = end.saturating_sub(from) - delivered.count_in(from, end);
+            if let (Some(c), Some(range)) = (cipher, &h.envelope) {
+                ciphers.insert(base, (data[range.clone()].to_vec(), Arc::new(c)));
             }
-            let moved = matches!(scan.end, ScanEnd::Corrupt { .. })
-                || (matches!(scan.end, ScanEnd::Torn { .. }) && i != last_index);
-            let mut live = 0;
-            let mut end = base;
-            for r in scan.records {
-                next_seq = next_seq.max(r.seq + 1);
-                end = end.max(r.seq + 1);
-                if r.seq >= checkpoint.low && !delivered.contains(r.seq) {
-                    if moved {
-                        recovery.salvaged.push(r);
-                    } else {
-                        live += 1;
-                        recovery.records.push(r);
-                    }
-                }
-            }
-            if header.is_err() && !moved {
-                // Its header was cut short (created, never written): drop it.
-                let _ = std::fs::remove_file(&path);
-                continue;
-            }
-            next_seq = next_seq.max(base);
-            if !moved {
-                segments.insert(
-                    base,
-                    Segment {
-                        path,
-                        bytes: keep_len,
-                        end,
-                        live,
-                        sealed,
-                    },
-                );
-            }
+            segments.insert(
+                base,
+                Segment {
+                    path,
+                    bytes: keep_len,
+                    end,
+                    live,
+                    sealed,
+                },
+            );
         }
         let stats = Arc::new(SpoolStats::default());
+        let published = Arc::new(Published {
+            index: Mutex::new(Index::default()),
+            changed: Condvar::new(),
+            ciphers: Mutex::new(ciphers),
+            aborted: AtomicBool::new(false),
+        });
         let mut writer = Writer {
             dir: dir.to_path_buf(),
             sync: settings.sync,
@@ -453,16 +635,14 @@ impl Writer {
             low: checkpoint.low,
             next_seq,
             dirty: true,
+            closed: false,
             stats,
             observer,
+            published,
         };
         let total: u64 = writer.segments.values().map(|s| s.bytes).sum();
         writer.stats.bytes.store(total, Ordering::Relaxed);
         writer.observer.bytes_changed(total as i64);
-        writer
-            .stats
-            .segments
-            .store(writer.segments.len() as u64, Ordering::Relaxed);
         writer.collect_garbage();
         writer.write_checkpoint();
         if writer.sealing.key_id.is_some()
@@ -471,7 +651,26 @@ impl Writer {
             // Their records are delivered from them all the same; a later start seals them.
             tracing::warn!(error = %e, "cannot seal the spool's plain segments yet");
         }
-        Ok((writer, recovery))
+        recovery.backlog = writer.segments.values().map(|s| s.live).sum();
+        writer.publish();
+        let skip = writer.delivered.clone();
+        Ok((writer, recovery, skip))
+    }
+
+    /// Tells the reader what is durable now, and the rest of the daemon what is backlogged.
+    fn publish(&self) {
+        let live: u64 = self.segments.values().map(|s| s.live).sum();
+        self.stats.records.store(live, Ordering::Relaxed);
+        self.stats
+            .segments
+            .store(self.segments.len() as u64, Ordering::Relaxed);
+        let mut index = self.published.index.lock().expect("index lock");
+        index.segments = self.segments.iter().map(|(b, s)| (*b, s.bytes)).collect();
+        index.active = self.active.as_ref().map(|a| a.base);
+        index.next_seq = self.next_seq;
+        index.closed = self.closed;
+        drop(index);
+        self.published.changed.notify_all();
     }
 
     fn run(mut self, rx: mpsc::Receiver<Cmd>) {
@@ -493,6 +692,23 @@ impl Writer {
                         appends.push((records, reply));
                     }
                     Cmd::Delivered(seqs) => self.mark_delivered(&seqs),
+                    Cmd::Damaged { base, from } => {
+                        if !appends.is_empty() {
+                            self.append_group(std::mem::take(&mut appends));
+                            pending_bytes = 0;
+                        }
+                        self.damaged(base, from);
+                    }
+                    Cmd::StopIntake(done) => {
+                        // Appends already taken are committed first.
+                        if !appends.is_empty() {
+                            self.append_group(std::mem::take(&mut appends));
+                            pending_bytes = 0;
+                        }
+                        self.closed = true;
+                        self.publish();
+                        let _ = done.send(());
+                    }
                     Cmd::SetSealing { key_id, reply } => {
                         // Appends already taken go out under the old setting first.
                         if !appends.is_empty() {
@@ -519,19 +735,50 @@ impl Writer {
             {
                 self.collect_garbage();
                 self.write_checkpoint();
+                self.publish();
                 last_checkpoint = Instant::now();
             }
             if let Some(done) = close {
                 // Nothing more will be appended: the active segment may go too if delivered.
                 self.active = None;
+                self.closed = true;
                 self.collect_garbage();
                 self.write_checkpoint();
+                self.publish();
                 let _ = done.send(());
                 return;
             }
         }
         self.collect_garbage();
         self.write_checkpoint();
+    }
+
+    /// The reader cannot read the segment at `base` past seq `from`: the records from there to
+    /// the segment's end are lost (settled, counted). An active segment is left for a new one,
+    /// so nothing more is appended behind the damage.
+    fn damaged(&mut self, base: u64, from: u64) {
+        if self.active.as_ref().is_some_and(|a| a.base == base) {
+            self.active = None;
+        }
+        let end = match self.segments.get(&base) {
+            Some(seg) => seg.end,
+            None => return,
+        };
+        let lost: Vec<u64> = (from.max(self.low)..end)
+            .filter(|s| !self.delivered.contains(*s))
+            .collect();
+        self.observer.corrupt(lost.len() as u64);
+        if !lost.is_empty() {
+            tracing::error!(
+                segment = base,
+                records = lost.len(),
+                "records after the damage in a spool segment cannot be read; they are lost"
+            );
+        }
+        self.mark_delivered(&lost);
+        self.collect_garbage();
+        self.write_checkpoint();
+        self.publish();
     }
 
     fn open_active(&mut self) -> Result<(), SpoolError> {
@@ -542,7 +789,10 @@ impl Writer {
             None => (None, format::plain_header(base)),
             Some(key_id) => {
                 let (cipher, envelope) = self.new_cipher(key_id, base).map_err(SpoolError::Key)?;
-                (Some(cipher), format::sealed_header(base, &envelope))
+                let header = format::sealed_header(base, &envelope);
+                let cipher = Arc::new(cipher);
+                self.cache_cipher(base, envelope, &cipher);
+                (Some(cipher), header)
             }
         };
         let mut f = OpenOptions::new()
@@ -577,6 +827,15 @@ impl Writer {
         Ok(())
     }
 
+    /// Lets the reader open the segment at `base` without asking the key service.
+    fn cache_cipher(&self, base: u64, envelope: Vec<u8>, cipher: &Arc<SegmentCipher>) {
+        self.published
+            .ciphers
+            .lock()
+            .expect("cipher lock")
+            .insert(base, (envelope, cipher.clone()));
+    }
+
     /// A data key for the segment at `base`, the call counted.
     fn new_cipher(&self, key_id: &str, base: u64) -> Result<(SegmentCipher, Vec<u8>), KeyError> {
         let result = SegmentCipher::create(
@@ -594,10 +853,13 @@ impl Writer {
         self.sealing.key_id = key_id;
         self.active = None;
         self.collect_garbage();
-        if self.sealing.key_id.is_some() {
-            self.seal_plain_segments()?;
-        }
-        Ok(())
+        let sealed = if self.sealing.key_id.is_some() {
+            self.seal_plain_segments()
+        } else {
+            Ok(())
+        };
+        self.publish();
+        sealed
     }
 
     /// Rewrites every plain segment that still holds undelivered records as a sealed one
@@ -627,6 +889,7 @@ impl Writer {
                 encode_record(&mut out, r.seq, r.arrival_ms, &r.data, Some(&cipher));
             }
             write_atomically(&path, &out).map_err(io_err(&path))?;
+            self.cache_cipher(base, envelope, &Arc::new(cipher));
             let seg = self.segments.get_mut(&base).expect("segment listed");
             let before = seg.bytes;
             seg.bytes = out.len() as u64;
@@ -649,6 +912,12 @@ impl Writer {
     }
 
     fn append_group(&mut self, appends: Vec<PendingAppend>) {
+        if self.closed {
+            for (_, reply) in appends {
+                let _ = reply.send(Err(SpoolError::Closed));
+            }
+            return;
+        }
         let count: u64 = appends.iter().map(|(r, _)| r.len() as u64).sum();
         let needs_new = match &self.active {
             None => true,
@@ -680,7 +949,7 @@ impl Writer {
         for (records, _) in &appends {
             firsts.push(seq);
             for r in records {
-                encode_record(&mut buf, seq, r.arrival_ms, &r.data, cipher.as_ref());
+                encode_record(&mut buf, seq, r.arrival_ms, &r.data, cipher.as_deref());
                 seq += 1;
             }
         }
@@ -705,6 +974,7 @@ impl Writer {
                 seg.end = seq;
                 self.next_seq = seq;
                 self.add_bytes(buf.len() as i64);
+                self.publish();
                 for ((_, reply), first) in appends.into_iter().zip(firsts) {
                     let _ = reply.send(Ok((first, sealed)));
                 }

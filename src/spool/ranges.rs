@@ -58,6 +58,23 @@ impl RangeSet {
         self.ranges = keep;
     }
 
+    /// How many members lie in `[start, end)`.
+    pub fn count_in(&self, start: u64, end: u64) -> u64 {
+        if start >= end {
+            return 0;
+        }
+        let mut n = 0;
+        if let Some((_, &e)) = self.ranges.range(..start).next_back()
+            && e > start
+        {
+            n += e.min(end) - start;
+        }
+        for (&s, &e) in self.ranges.range(start..end) {
+            n += e.min(end) - s;
+        }
+        n
+    }
+
     pub fn ranges(&self) -> impl Iterator<Item = (u64, u64)> + '_ {
         self.ranges.iter().map(|(&s, &e)| (s, e))
     }

@@ -8,6 +8,70 @@ impl SpoolObserver for NoMetrics {
     fn fsync(&self, _: f64) {}
     fn bytes_changed(&self, _: i64) {}
     fn key_call(&self, _: Result<(), &KeyError>) {}
+    fn corrupt(&self, _: u64) {}
+}
+
+/// Counts what the reader found damaged.
+#[derive(Default)]
+struct Damage {
+    segments: AtomicU64,
+    lost: AtomicU64,
+}
+impl SpoolObserver for Damage {
+    fn fsync(&self, _: f64) {}
+    fn bytes_changed(&self, _: i64) {}
+    fn key_call(&self, _: Result<(), &KeyError>) {}
+    fn corrupt(&self, lost: u64) {
+        self.segments.fetch_add(1, Ordering::Relaxed);
+        self.lost.fetch_add(lost, Ordering::Relaxed);
+    }
+}
+
+/// A budget that always has room.
+struct Unlimited;
+impl ReadBudget for Unlimited {
+    fn reserve(&self, _: u64, _: Duration) -> bool {
+        true
+    }
+    fn release(&self, _: u64) {}
+}
+
+/// Starts the spool's reader; what it hands on arrives on the receiver.
+fn reader(spool: &Spool) -> tokio::sync::mpsc::Receiver<Vec<Record>> {
+    let (tx, rx) = tokio::sync::mpsc::channel(2);
+    spool.start_reader(tx, Arc::new(Unlimited)).unwrap();
+    rx
+}
+
+/// Everything the reader hands on once intake stops: what a restart delivers.
+async fn read_back(spool: &Spool) -> Vec<Record> {
+    let mut rx = reader(spool);
+    spool.stop_intake().await;
+    let mut out = Vec::new();
+    while let Some(chunk) = tokio::time::timeout(Duration::from_secs(10), rx.recv())
+        .await
+        .expect("the reader finishes")
+    {
+        out.extend(chunk);
+    }
+    out
+}
+
+/// The next `n` records the reader hands on.
+async fn take(rx: &mut tokio::sync::mpsc::Receiver<Vec<Record>>, n: usize) -> Vec<Record> {
+    let mut out = Vec::new();
+    while out.len() < n {
+        let chunk = tokio::time::timeout(Duration::from_secs(10), rx.recv())
+            .await
+            .expect("records arrive")
+            .expect("the reader runs");
+        out.extend(chunk);
+    }
+    out
+}
+
+fn seqs(records: &[Record]) -> Vec<u64> {
+    records.iter().map(|r| r.seq).collect()
 }
 
 fn settings(root: &Path, segment_bytes: u64) -> SpoolSettings {
@@ -59,7 +123,7 @@ async fn appended_records_come_back_after_a_restart_with_seq_and_arrival() {
     let dir = tempfile::tempdir().unwrap();
     {
         let (spool, rec) = open(dir.path(), 1 << 20);
-        assert!(rec.records.is_empty());
+        assert_eq!(rec.backlog, 0);
         let mut a = recs(3, "a");
         spool.append(&mut a).await.unwrap();
         let mut b = recs(2, "b");
@@ -70,8 +134,12 @@ async fn appended_records_come_back_after_a_restart_with_seq_and_arrival() {
         spool.close().await;
     }
     let (spool, rec) = open(dir.path(), 1 << 20);
-    let got: Vec<(u64, String, i64)> = rec
-        .records
+    assert_eq!(rec.backlog, 3);
+    let mut c = recs(1, "c");
+    spool.append(&mut c).await.unwrap();
+    assert_eq!(c[0].seq, 5, "seqs continue after a restart");
+    let got: Vec<(u64, String, i64)> = read_back(&spool)
+        .await
         .iter()
         .map(|r| {
             (
@@ -86,12 +154,10 @@ async fn appended_records_come_back_after_a_restart_with_seq_and_arrival() {
         vec![
             (0, "a-0".into(), 1000),
             (2, "a-2".into(), 1002),
-            (4, "b-1".into(), 1001)
+            (4, "b-1".into(), 1001),
+            (5, "c-0".into(), 1000)
         ]
     );
-    let mut c = recs(1, "c");
-    spool.append(&mut c).await.unwrap();
-    assert_eq!(c[0].seq, 5, "seqs continue after a restart");
 }
 
 #[tokio::test]
@@ -111,8 +177,9 @@ async fn delivered_segments_are_deleted_and_the_spool_empties() {
         segments(dir.path()).len() <= 1,
         "only the active segment may stay"
     );
-    let (_, rec) = open(dir.path(), 64);
-    assert!(rec.records.is_empty());
+    let (spool, rec) = open(dir.path(), 64);
+    assert_eq!(rec.backlog, 0);
+    assert!(read_back(&spool).await.is_empty());
 }
 
 #[tokio::test]
@@ -128,14 +195,15 @@ async fn a_torn_tail_is_truncated_and_the_rest_replayed() {
     let len = std::fs::metadata(&seg).unwrap().len();
     let f = OpenOptions::new().write(true).open(&seg).unwrap();
     f.set_len(len - 3).unwrap();
-    let (_, rec) = open(dir.path(), 1 << 20);
-    assert_eq!(rec.records.len(), 9);
+    let (spool, rec) = open(dir.path(), 1 << 20);
+    assert_eq!(rec.backlog, 9);
+    assert_eq!(read_back(&spool).await.len(), 9);
     assert!(rec.truncated_bytes > 0);
     assert!(rec.corrupt_segments.is_empty());
 }
 
 #[tokio::test]
-async fn a_corrupt_middle_segment_is_moved_aside_and_its_good_prefix_salvaged() {
+async fn a_corrupt_middle_segment_is_copied_aside_read_up_to_the_damage_and_then_deleted() {
     let dir = tempfile::tempdir().unwrap();
     {
         let (spool, _) = open(dir.path(), 100);
@@ -151,13 +219,98 @@ async fn a_corrupt_middle_segment_is_moved_aside_and_its_good_prefix_salvaged() 
     let at = HEADER_LEN + 30;
     bytes[at] ^= 0xff;
     std::fs::write(&segs[0], &bytes).unwrap();
-    let (spool, rec) = open(dir.path(), 100);
-    assert_eq!(rec.corrupt_segments.len(), 1);
-    assert!(rec.corrupt_segments[0].starts_with(dir.path().join("corrupt")));
-    assert!(!segs[0].exists());
-    assert!(rec.salvaged.len() < 5 && rec.records.len() == 15, "{rec:?}");
+    let damage = Arc::new(Damage::default());
+    let (spool, rec) = Spool::open(
+        dir.path(),
+        &settings(dir.path(), 100),
+        damage.clone(),
+        plain(),
+    )
+    .unwrap();
+    assert_eq!(rec.backlog, 20, "start-up does not read the segments");
     let mut more = recs(1, "after");
     spool.append(&mut more).await.unwrap();
+    let got = read_back(&spool).await;
+    let first_seg: Vec<u64> = seqs(&got).into_iter().filter(|s| *s < 5).collect();
+    assert!(first_seg.len() < 5, "{first_seg:?}");
+    assert_eq!(
+        got.len() - first_seg.len(),
+        16,
+        "every other segment, and the new record"
+    );
+    assert!(
+        dir.path()
+            .join("corrupt")
+            .join(segs[0].file_name().unwrap())
+            .exists()
+    );
+    // Once what could be read is delivered, the damaged segment goes like any other.
+    spool.delivered(seqs(&got));
+    spool.close().await;
+    assert_eq!(damage.segments.load(Ordering::Relaxed), 1);
+    assert_eq!(
+        damage.lost.load(Ordering::Relaxed) as usize,
+        5 - first_seg.len()
+    );
+    assert!(!segs[0].exists());
+    let (spool, rec) = open(dir.path(), 100);
+    assert_eq!(rec.backlog, 0);
+    assert!(read_back(&spool).await.is_empty());
+}
+
+#[tokio::test]
+async fn the_reader_follows_appends_across_segments_and_restarts_at_the_checkpoint() {
+    let dir = tempfile::tempdir().unwrap();
+    let (spool, _) = open(dir.path(), 200);
+    let mut rx = reader(&spool);
+    let mut all = Vec::new();
+    for i in 0..6 {
+        let mut r = recs(7, &format!("f{i}"));
+        spool.append(&mut r).await.unwrap();
+        all.extend(seqs(&r));
+        // Each append is read as soon as it is committed, also in a segment rolled since.
+        assert_eq!(seqs(&take(&mut rx, 7).await), seqs(&r));
+    }
+    assert!(segments(dir.path()).len() >= 3);
+    // Deliver out of order, leaving holes; a restart reads only the holes, in order.
+    let delivered: Vec<u64> = all.iter().copied().filter(|s| s % 3 != 0).collect();
+    spool.delivered(delivered);
+    spool.close().await;
+    drop(spool);
+    let (spool, rec) = open(dir.path(), 200);
+    let holes: Vec<u64> = all.iter().copied().filter(|s| s % 3 == 0).collect();
+    assert_eq!(rec.backlog, holes.len() as u64);
+    assert_eq!(seqs(&read_back(&spool).await), holes);
+}
+
+#[tokio::test]
+async fn segments_are_deleted_only_behind_the_reader() {
+    let dir = tempfile::tempdir().unwrap();
+    let (spool, _) = open(dir.path(), 100);
+    for i in 0..5 {
+        let mut r = recs(5, &format!("g{i}"));
+        spool.append(&mut r).await.unwrap();
+    }
+    let before = segments(dir.path()).len();
+    assert!(before >= 4);
+    // Nothing was read, so nothing can have been delivered: every segment stays.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(segments(dir.path()).len(), before);
+    let mut rx = reader(&spool);
+    let first = take(&mut rx, 5).await;
+    spool.delivered(seqs(&first));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let after = segments(dir.path());
+    assert!(
+        after.len() < before,
+        "the segment read and delivered is gone"
+    );
+    let rest = take(&mut rx, 20).await;
+    assert_eq!(
+        seqs(&rest),
+        (5..25).collect::<Vec<_>>(),
+        "the rest is still read, in order"
+    );
 }
 
 fn scan(data: &[u8]) -> Scan {
@@ -242,9 +395,9 @@ async fn sealed_segments_hold_no_plaintext_and_come_back_after_a_restart() {
     let first = std::fs::read(&segments(&spool_dir)[0]).unwrap();
     assert_eq!(&first[..8], SEALED_MAGIC);
     // Reading needs the key service, not the sealing setting.
-    let (_spool, rec) = open_sealed(&spool_dir, sealed(&ring, None)).unwrap();
-    let got: Vec<_> = rec
-        .records
+    let (spool, _) = open_sealed(&spool_dir, sealed(&ring, None)).unwrap();
+    let got: Vec<_> = read_back(&spool)
+        .await
         .iter()
         .map(|r| (r.seq, r.arrival_ms, r.data.clone()))
         .collect();
@@ -277,8 +430,12 @@ async fn turning_sealing_on_seals_the_plain_records_still_waiting_and_off_again(
     spool.close().await;
     assert!(!in_the_clear(&spool_dir, b"later-"));
     assert!(in_the_clear(&spool_dir, b"plain-again"));
-    let (_spool, rec) = open_sealed(&spool_dir, sealed(&ring, None)).unwrap();
-    let data: Vec<_> = rec.records.iter().map(|r| r.data.clone()).collect();
+    let (spool, _) = open_sealed(&spool_dir, sealed(&ring, None)).unwrap();
+    let data: Vec<_> = read_back(&spool)
+        .await
+        .iter()
+        .map(|r| r.data.clone())
+        .collect();
     assert_eq!(
         data,
         ["early-1", "early-2", "later-0", "later-1", "plain-again-0"].map(Bytes::from)
@@ -299,10 +456,11 @@ async fn sealing_keeps_the_numbering_of_delivered_records() {
         spool.close().await;
     }
     let (spool, rec) = open_sealed(&spool_dir, sealed(&ring, Some("spool"))).unwrap();
-    assert_eq!(rec.records.len(), 5);
+    assert_eq!(rec.backlog, 5);
     let mut b = recs(1, "next");
     spool.append(&mut b).await.unwrap();
     assert_eq!(b[0].seq, 10, "a delivered seq is never handed out again");
+    assert_eq!(seqs(&read_back(&spool).await), vec![0, 1, 2, 3, 4, 10]);
 }
 
 #[tokio::test]
@@ -346,13 +504,16 @@ async fn altered_sealed_segments_are_set_aside_and_unopenable_ones_wait() {
     altered[at + 4..at + 8].copy_from_slice(&crc.to_le_bytes());
     std::fs::write(&seg, &altered).unwrap();
     {
-        let (_spool, rec) = open_sealed(&spool_dir, sealed(&ring, None)).unwrap();
+        // The last segment is scanned at start: its damage is found there.
+        let (spool, rec) = open_sealed(&spool_dir, sealed(&ring, None)).unwrap();
         assert_eq!(rec.corrupt_segments.len(), 1);
-        assert!(rec.records.is_empty() && rec.salvaged.is_empty());
+        assert!(rec.corrupt_segments[0].starts_with(spool_dir.join("corrupt")));
+        assert!(read_back(&spool).await.is_empty());
+        spool.close().await;
     }
     // A keyring without the master key: the segment is not touched and the spool does not open.
-    std::fs::create_dir_all(&spool_dir).unwrap();
     std::fs::write(&seg, &original).unwrap();
+    std::fs::remove_file(spool_dir.join("checkpoint.json")).unwrap();
     let other = dir.path().join("other.json");
     crate::crypto::keyring::Keyring::new(&other)
         .create("unrelated")
@@ -362,8 +523,9 @@ async fn altered_sealed_segments_are_set_aside_and_unopenable_ones_wait() {
         Err(SpoolError::Unseal { .. })
     ));
     assert_eq!(std::fs::read(&seg).unwrap(), original);
-    let (_spool, rec) = open_sealed(&spool_dir, sealed(&ring, None)).unwrap();
-    assert_eq!(rec.records.len(), 3);
+    let (spool, rec) = open_sealed(&spool_dir, sealed(&ring, None)).unwrap();
+    assert_eq!(rec.backlog, 3);
+    assert_eq!(read_back(&spool).await.len(), 3);
 }
 
 proptest! {
@@ -407,9 +569,9 @@ proptest! {
             }
             spool.delivered(gone);
             spool.close().await;
-            let (_, rec) = open(dir.path(), 150);
-            let replayed: Vec<u64> = rec.records.iter().map(|r| r.seq).collect();
-            assert_eq!(replayed, kept);
+            let (spool, rec) = open(dir.path(), 150);
+            assert_eq!(rec.backlog, kept.len() as u64);
+            assert_eq!(seqs(&read_back(&spool).await), kept);
         });
     }
 }

@@ -843,7 +843,12 @@ fn push_all(
     over: &mut Vec<Record>,
     mut on_flush: impl FnMut(Batch),
 ) {
-    for r in records {
+    for mut r in records {
+        if limit.is_some() {
+            // Records of one spool read share its buffer; scattered over partitions that flush
+            // at different times, each would keep all of it alive.
+            r.data = bytes::Bytes::copy_from_slice(&r.data);
+        }
         if let Some(limit) = limit
             && !buffer.is_open(&r.partition)
             && !ctx.stats.is_in_flight(&r.partition)

@@ -71,16 +71,67 @@ impl AppState {
 
     /// Opaque, unique record ids: this process's nonce and a sequence number.
     fn record_ids(&self, n: usize) -> impl Iterator<Item = String> + '_ {
-        let first = self.record_seq.fetch_add(n as u64, Ordering::Relaxed);
-        (first..first + n as u64).map(move |seq| {
-            format!(
-                "{:016x}{:016x}{:024x}",
-                self.record_nonce,
-                seq,
-                seq.wrapping_mul(0x9E37_79B9_7F4A_7C15)
-            )
+        self.record_id_seqs(n).map(|seq| {
+            let mut id = String::with_capacity(RECORD_ID_LEN);
+            self.write_record_id(&mut id, seq);
+            id
         })
     }
+
+    /// The seqs of `n` new record ids.
+    fn record_id_seqs(&self, n: usize) -> std::ops::Range<u64> {
+        let first = self.record_seq.fetch_add(n as u64, Ordering::Relaxed);
+        first..first + n as u64
+    }
+
+    /// Appends the record id of `seq` (56 hex digits) to `out`.
+    fn write_record_id(&self, out: &mut String, seq: u64) {
+        use std::fmt::Write;
+        let _ = write!(
+            out,
+            "{:016x}{:016x}{:024x}",
+            self.record_nonce,
+            seq,
+            seq.wrapping_mul(0x9E37_79B9_7F4A_7C15)
+        );
+    }
+}
+
+const RECORD_ID_LEN: usize = 56;
+
+/// An operation's answer: a JSON value, or a body already written (a put's, which names every
+/// record and is written straight into its text).
+enum Answer {
+    Json(Value),
+    Text(String),
+}
+
+/// The answer to a `PutRecordBatch`: the first `accepted` of `total` records got RecordIds, the
+/// rest are refused with "Slow down.".
+fn put_batch_answer(state: &AppState, accepted: usize, total: usize, encrypted: bool) -> String {
+    const REFUSED: &str =
+        r#"{"ErrorCode":"ServiceUnavailableException","ErrorMessage":"Slow down."}"#;
+    let mut out = String::with_capacity(80 + total * (REFUSED.len() + 1));
+    out.push_str(&format!(
+        r#"{{"FailedPutCount":{},"Encrypted":{encrypted},"RequestResponses":["#,
+        total - accepted
+    ));
+    for (i, seq) in state.record_id_seqs(accepted).enumerate() {
+        if i > 0 {
+            out.push(',');
+        }
+        out.push_str(r#"{"RecordId":""#);
+        state.write_record_id(&mut out, seq);
+        out.push_str(r#""}"#);
+    }
+    for i in accepted..total {
+        if i > 0 {
+            out.push(',');
+        }
+        out.push_str(REFUSED);
+    }
+    out.push_str("]}");
+    out
 }
 
 pub fn router(state: Arc<AppState>) -> Router {
@@ -144,8 +195,12 @@ async fn status(State(state): State<Arc<AppState>>) -> Response {
     resp
 }
 
-fn json_response(value: Value) -> Response {
-    let mut resp = (StatusCode::OK, value.to_string()).into_response();
+fn json_response(answer: Answer) -> Response {
+    let text = match answer {
+        Answer::Json(value) => value.to_string(),
+        Answer::Text(text) => text,
+    };
+    let mut resp = (StatusCode::OK, text).into_response();
     resp.headers_mut()
         .insert(header::CONTENT_TYPE, HeaderValue::from_static(AMZ_JSON));
     resp
@@ -269,7 +324,7 @@ struct PutCountIn {
 /// Answers a put that capacity refused before its records were decoded: Firehose's
 /// per-record "Slow down." for each of a batch's records, `ServiceUnavailableException` for a
 /// single record.
-fn refuse_put(state: &AppState, operation: &str, body: &[u8]) -> Result<Value, ApiError> {
+fn refuse_put(state: &AppState, operation: &str, body: &[u8]) -> Result<Answer, ApiError> {
     let input: PutCountIn = parse(body)?;
     let name = stream_name(input.delivery_stream_name)?;
     state.registry.intake(&name)?;
@@ -284,19 +339,7 @@ fn refuse_put(state: &AppState, operation: &str, body: &[u8]) -> Result<Value, A
         )));
     }
     state.admission.throttled(&name, total);
-    Ok(all_refused(total))
-}
-
-/// A `PutRecordBatch` answer refusing all `total` records with "Slow down.".
-fn all_refused(total: usize) -> Value {
-    json!({
-        "FailedPutCount": total,
-        "Encrypted": false,
-        "RequestResponses": vec![
-            json!({ "ErrorCode": "ServiceUnavailableException", "ErrorMessage": SLOW_DOWN });
-            total
-        ],
-    })
+    Ok(Answer::Text(put_batch_answer(state, 0, total, false)))
 }
 
 const KNOWN_OPERATIONS: &[&str] = &[
@@ -546,41 +589,43 @@ async fn accept(
     })
 }
 
-async fn dispatch(state: &AppState, operation: &str, body: &[u8]) -> Result<Value, ApiError> {
+async fn dispatch(state: &AppState, operation: &str, body: &[u8]) -> Result<Answer, ApiError> {
+    if operation == "PutRecordBatch" {
+        return put_record_batch(state, body).await.map(Answer::Text);
+    }
+    operation_value(state, operation, body)
+        .await
+        .map(Answer::Json)
+}
+
+async fn put_record_batch(state: &AppState, body: &[u8]) -> Result<String, ApiError> {
+    let input: PutRecordBatchIn = parse(body)?;
+    let name = stream_name(input.delivery_stream_name)?;
+    let records = input
+        .records
+        .ok_or_else(|| ApiError::InvalidArgument("Records is required".into()))?;
+    if records.is_empty() || records.len() > MAX_BATCH_RECORDS {
+        return Err(ApiError::InvalidArgument(format!(
+            "1 validation error detected: Value at 'records' failed to satisfy constraint: Member must have length between 1 and {MAX_BATCH_RECORDS} (got {})",
+            records.len()
+        )));
+    }
+    let decoded = decode_records(&records, now_ms())?;
+    let Accepted {
+        accepted,
+        total,
+        encrypted,
+    } = accept(state, &name, decoded).await?;
+    Ok(put_batch_answer(state, accepted, total, encrypted))
+}
+
+async fn operation_value(
+    state: &AppState,
+    operation: &str,
+    body: &[u8],
+) -> Result<Value, ApiError> {
     let registry = &state.registry;
     match operation {
-        "PutRecordBatch" => {
-            let input: PutRecordBatchIn = parse(body)?;
-            let name = stream_name(input.delivery_stream_name)?;
-            let records = input
-                .records
-                .ok_or_else(|| ApiError::InvalidArgument("Records is required".into()))?;
-            if records.is_empty() || records.len() > MAX_BATCH_RECORDS {
-                return Err(ApiError::InvalidArgument(format!(
-                    "1 validation error detected: Value at 'records' failed to satisfy constraint: Member must have length between 1 and {MAX_BATCH_RECORDS} (got {})",
-                    records.len()
-                )));
-            }
-            let decoded = decode_records(&records, now_ms())?;
-            let Accepted {
-                accepted,
-                total,
-                encrypted,
-            } = accept(state, &name, decoded).await?;
-            let mut responses: Vec<Value> = state
-                .record_ids(accepted)
-                .map(|id| json!({ "RecordId": id }))
-                .collect();
-            responses.resize(
-                total,
-                json!({ "ErrorCode": "ServiceUnavailableException", "ErrorMessage": SLOW_DOWN }),
-            );
-            Ok(json!({
-                "FailedPutCount": total - accepted,
-                "Encrypted": encrypted,
-                "RequestResponses": responses,
-            }))
-        }
         "PutRecord" => {
             let input: PutRecordIn = parse(body)?;
             let name = stream_name(input.delivery_stream_name)?;

@@ -143,8 +143,8 @@ pub enum Frame {
 }
 
 /// Reads the frame at `pos` of `data` (a sealed segment's records opened with `cipher`). A
-/// plain record's data is copied out, so it keeps nothing else of `data` alive.
-pub fn next_frame(data: &[u8], pos: usize, cipher: Option<&SegmentCipher>) -> Frame {
+/// plain record's data is a slice of `data`.
+pub fn next_frame(data: &Bytes, pos: usize, cipher: Option<&SegmentCipher>) -> Frame {
     if data.len() - pos < FRAME_LEN {
         return Frame::Incomplete;
     }
@@ -166,7 +166,7 @@ pub fn next_frame(data: &[u8], pos: usize, cipher: Option<&SegmentCipher>) -> Fr
     let seq = u64::from_le_bytes(body[..8].try_into().expect("8 bytes"));
     let arrival_ms = i64::from_le_bytes(body[8..16].try_into().expect("8 bytes"));
     let data = match cipher {
-        None => Bytes::copy_from_slice(&body[META_LEN..]),
+        None => data.slice(body_start + META_LEN..end),
         // A record whose checksum holds but which does not authenticate was altered.
         Some(c) => match c.open_record(seq, arrival_ms, &body[META_LEN..]) {
             Some(plain) => Bytes::from(plain),
@@ -192,13 +192,14 @@ pub fn scan_segment(data: &[u8], header: &SegmentHeader, cipher: Option<&Segment
         cipher.is_some(),
         "a sealed segment is scanned with its cipher"
     );
+    let all = Bytes::copy_from_slice(data);
     let mut records = Vec::new();
     let mut pos = header.len;
     let end = loop {
         if pos == data.len() {
             break ScanEnd::Clean;
         }
-        match next_frame(data, pos, cipher) {
+        match next_frame(&all, pos, cipher) {
             Frame::Record(r, next) => {
                 records.push(r);
                 pos = next;

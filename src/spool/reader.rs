@@ -4,8 +4,8 @@
 //! It reads only what the writer has published as committed ([`super::Index`]): in the active
 //! segment up to its committed length, in an older one to its end. It starts at the checkpoint's
 //! lowest undelivered seq and skips the seqs the checkpoint says are delivered, so a restart is
-//! the reader starting again, not a replay into memory. Each chunk (up to 500 records or 1 MiB)
-//! is handed on only once the memory budget has room for it, and only as fast as the pipeline's
+//! the reader starting again, not a replay into memory. Each chunk (the records of one read of
+//! up to 1 MiB, sharing its buffer) is handed on only once the memory budget has room for it, and only as fast as the pipeline's
 //! first channel takes it: a backlog stays on disk, whatever its size.
 //!
 //! Damage met while reading (a record failing its checksum or its authentication) ends the
@@ -37,9 +37,7 @@ pub trait ReadBudget: Send + Sync + 'static {
     fn release(&self, bytes: u64);
 }
 
-/// A chunk is handed on at this many records …
-const CHUNK_RECORDS: usize = 500;
-/// … or bytes of records, whichever comes first; also the size of one read.
+/// One read, and so one chunk of records handed on.
 const CHUNK_BYTES: usize = 1 << 20;
 /// What a record costs in the memory budget besides its bytes.
 pub const RECORD_OVERHEAD: u64 = 24;
@@ -51,12 +49,13 @@ struct Cursor {
     file: File,
     /// File offset of `buf[0]`.
     offset: u64,
+    /// Read and not yet parsed: at most the start of a frame not all read yet.
     buf: Vec<u8>,
-    /// Where the next frame starts in `buf`.
-    pos: usize,
     cipher: Option<Arc<SegmentCipher>>,
     /// The file has ended and, the segment no longer being active, nothing more will come.
     eof: bool,
+    /// The last parse stopped at a frame not all in `buf`.
+    partial: bool,
 }
 
 /// What one step of reading gave.
@@ -283,9 +282,9 @@ impl Reader {
             file,
             offset: header.len as u64,
             buf: Vec::new(),
-            pos: 0,
             cipher,
             eof: false,
+            partial: false,
         });
         Ok(())
     }
@@ -324,15 +323,18 @@ impl Reader {
             (limit, index.end_of(base))
         };
         let cur = self.cursor.as_mut().expect("a segment is open");
-        if cur.pos > 0 {
-            cur.buf.drain(..cur.pos);
-            cur.offset += cur.pos as u64;
-            cur.pos = 0;
-        }
         let file_pos = cur.offset + cur.buf.len() as u64;
+        // Read only what is missing for a chunk, or as much again when a frame did not fit:
+        // bytes read far ahead would be moved again and again.
+        let unparsed = cur.buf.len();
+        let room = if cur.partial {
+            unparsed.max(CHUNK_BYTES)
+        } else {
+            CHUNK_BYTES.saturating_sub(unparsed)
+        };
         let want = match limit {
-            Some(l) => (l.saturating_sub(file_pos) as usize).min(CHUNK_BYTES),
-            None => CHUNK_BYTES,
+            Some(l) => (l.saturating_sub(file_pos) as usize).min(room),
+            None => room,
         };
         let mut got = 0;
         if want > 0 && !cur.eof {
@@ -352,30 +354,34 @@ impl Reader {
                 }
             }
         }
+        // The records of this read share its buffer; what is left is at most a frame's start.
+        let data = bytes::Bytes::from(std::mem::take(&mut cur.buf));
+        let mut pos = 0;
         let mut records = Vec::new();
-        let mut bytes = 0;
         let mut finished = false;
-        while cur.pos < cur.buf.len() && records.len() < CHUNK_RECORDS && bytes < CHUNK_BYTES {
-            match next_frame(&cur.buf, cur.pos, cur.cipher.as_deref()) {
+        cur.partial = false;
+        while pos < data.len() {
+            match next_frame(&data, pos, cur.cipher.as_deref()) {
                 Frame::Record(r, next) => {
-                    cur.pos = next;
+                    pos = next;
                     if r.seq < self.seq {
                         continue;
                     }
                     self.seq = r.seq + 1;
                     if !self.skip.contains(r.seq) {
-                        bytes += r.data.len();
                         records.push(r);
                     }
                 }
                 Frame::Incomplete => {
                     // The rest of a finished segment is a write cut short.
                     finished = cur.eof;
+                    cur.partial = true;
                     break;
                 }
                 Frame::Bad { last } => {
                     if last && limit.is_none() && !cur.eof {
                         // Whether anything follows is not known yet: read on first.
+                        cur.partial = true;
                         break;
                     }
                     // Whether this is damage or a write cut short at the very end (which the
@@ -385,7 +391,9 @@ impl Reader {
                 }
             }
         }
-        if cur.pos == cur.buf.len() && cur.eof {
+        cur.buf = data[pos..].to_vec();
+        cur.offset += pos as u64;
+        if cur.buf.is_empty() && cur.eof {
             finished = true;
         }
         if !records.is_empty() {

@@ -160,7 +160,10 @@ impl Admission {
             return Err(Refusal::SpoolFull);
         }
         let cost = request_cost(body_bytes);
-        let pipeline = *self.memory.pipeline.lock().expect("memory lock");
+        // Requests always have the quarter the readers may not fill, and whatever the
+        // pipelines leave of the rest.
+        let pipeline = (*self.memory.pipeline.lock().expect("memory lock"))
+            .min(self.memory.pipeline_ceiling());
         let mut current = self.memory.requests.load(Ordering::Relaxed);
         loop {
             // One request at a time is always let in, however small the budget.

@@ -4,7 +4,6 @@
 //! core, and both cores compressing halves), and the process's peak RSS. Refused records are
 //! re-sent at once, with no back-off, as an impatient client would.
 
-use std::io::Write;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -110,17 +109,31 @@ pub fn make_bodies(args: &BenchArgs, count: usize) -> (Vec<Bytes>, Vec<u8>) {
     (bodies, raw)
 }
 
-/// Bare gzip of `raw` at the pipeline's level, single-threaded: MiB/s.
-fn gzip_baseline(raw: &[u8], min_time: Duration) -> f64 {
+/// A gzip compressor of whole buffers at the pipeline's level.
+type Gzip = fn(&[u8]) -> Vec<u8>;
+
+/// The pipeline's: libdeflate.
+fn libdeflate_gzip(raw: &[u8]) -> Vec<u8> {
+    crate::compress::gzip(raw).expect("gzip into memory")
+}
+
+/// The earlier backend, for comparison: flate2 with zlib-rs.
+fn zlib_rs_gzip(raw: &[u8]) -> Vec<u8> {
+    use std::io::Write;
+    let mut enc = flate2::write::GzEncoder::new(
+        Vec::with_capacity(raw.len() / 2),
+        flate2::Compression::new(GZIP_LEVEL),
+    );
+    enc.write_all(raw).expect("gzip into memory");
+    enc.finish().expect("gzip into memory")
+}
+
+/// Bare gzip of `raw`, single-threaded: MiB/s.
+fn gzip_baseline(gzip: Gzip, raw: &[u8], min_time: Duration) -> f64 {
     let start = Instant::now();
     let mut bytes = 0usize;
     while start.elapsed() < min_time {
-        let mut enc = flate2::write::GzEncoder::new(
-            Vec::with_capacity(raw.len() / 4),
-            flate2::Compression::new(GZIP_LEVEL),
-        );
-        enc.write_all(raw).expect("gzip into memory");
-        std::hint::black_box(enc.finish().expect("gzip into memory"));
+        std::hint::black_box(gzip(raw));
         bytes += raw.len();
     }
     bytes as f64 / (1024.0 * 1024.0) / start.elapsed().as_secs_f64()
@@ -128,12 +141,12 @@ fn gzip_baseline(raw: &[u8], min_time: Duration) -> f64 {
 
 /// Bare gzip of `raw` with `threads` threads each compressing its share at once: MiB/s of
 /// them all together.
-fn gzip_baseline_parallel(raw: &[u8], threads: usize, min_time: Duration) -> f64 {
+fn gzip_baseline_parallel(gzip: Gzip, raw: &[u8], threads: usize, min_time: Duration) -> f64 {
     let share = raw.len().div_ceil(threads);
     let rates: Vec<f64> = std::thread::scope(|scope| {
         let handles: Vec<_> = raw
             .chunks(share)
-            .map(|part| scope.spawn(move || gzip_baseline(part, min_time)))
+            .map(|part| scope.spawn(move || gzip_baseline(gzip, part, min_time)))
             .collect();
         handles
             .into_iter()
@@ -178,15 +191,19 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     };
     let (bodies, raw) = make_bodies(&args, 32);
     let bodies = Arc::new(bodies);
+    let ratio = |gzip: Gzip| gzip(&raw).len() as f64 / raw.len() as f64 * 100.0;
+    let (ratio, zlib_ratio) = (ratio(libdeflate_gzip), ratio(zlib_rs_gzip));
     let raw = Arc::new(raw);
-    let one = raw.clone();
-    let baseline =
-        tokio::task::spawn_blocking(move || gzip_baseline(&one, Duration::from_secs(3))).await?;
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-    let baseline_all = tokio::task::spawn_blocking(move || {
-        gzip_baseline_parallel(&raw, cores, Duration::from_secs(3))
-    })
-    .await?;
+    let measure = |gzip: Gzip, threads: usize| {
+        let raw = raw.clone();
+        tokio::task::spawn_blocking(move || {
+            gzip_baseline_parallel(gzip, &raw, threads, Duration::from_secs(3))
+        })
+    };
+    let baseline = measure(libdeflate_gzip, 1).await?;
+    let baseline_all = measure(libdeflate_gzip, cores).await?;
+    let zlib_all = measure(zlib_rs_gzip, cores).await?;
     println!(
         "hosepipe bench: {} connections x {}-record batches of {}-byte JSON records, {} s push at {}, {} to local disk (gzip level {GZIP_LEVEL}), buffer {} MiB / {} s",
         args.connections,
@@ -202,14 +219,19 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         args.size_mb,
         args.interval
     );
-    println!("  bare gzip, same bytes  {baseline:.1} MiB/s (one core, level {GZIP_LEVEL})");
+    println!(
+        "  bare gzip, same bytes  {baseline:.1} MiB/s (one core, libdeflate level {GZIP_LEVEL}, the pipeline's; output {ratio:.1}% of the input)"
+    );
     println!(
         "  bare gzip, same bytes  {baseline_all:.1} MiB/s ({cores} cores compressing their share at once)"
+    );
+    println!(
+        "  bare gzip, same bytes  {zlib_all:.1} MiB/s ({cores} cores, flate2 + zlib-rs level {GZIP_LEVEL}, the earlier backend; output {zlib_ratio:.1}%)"
     );
     let mut results = Vec::new();
     for mode in modes {
         let r = run_once(&args, mode, bodies.clone()).await?;
-        report(&args, &r, baseline, baseline_all);
+        report(&args, &r, baseline, baseline_all, zlib_all);
         results.push(r);
     }
     if let [os, fsync] = &results[..] {
@@ -223,7 +245,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn report(args: &BenchArgs, r: &RunResult, baseline: f64, baseline_all: f64) {
+fn report(args: &BenchArgs, r: &RunResult, baseline: f64, baseline_all: f64, zlib_all: f64) {
     let mib = |n: u64| n as f64 * args.record_bytes as f64 / (1024.0 * 1024.0);
     let mut lat = r.latencies.clone();
     lat.sort_by(|a, b| a.partial_cmp(b).unwrap_or(std::cmp::Ordering::Equal));
@@ -260,10 +282,12 @@ fn report(args: &BenchArgs, r: &RunResult, baseline: f64, baseline_all: f64) {
             r.sent as f64 / fs.len() as f64
         );
     }
+    let rate = mib(r.sent) / r.total_secs;
     println!(
-        "  ratio                  {:.2}x bare gzip on one core, {:.2}x on all cores",
-        (mib(r.sent) / r.total_secs) / baseline,
-        (mib(r.sent) / r.total_secs) / baseline_all
+        "  ratio                  {:.2}x bare gzip on one core, {:.2}x on all cores; {:.2}x zlib-rs on all cores",
+        rate / baseline,
+        rate / baseline_all,
+        rate / zlib_all
     );
     println!(
         "  peak RSS               {:.0} MiB (the whole bench process: daemon, client and its bodies)",

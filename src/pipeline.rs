@@ -1219,6 +1219,9 @@ async fn deliver_stage(ctx: StreamContext, mut objects: mpsc::Receiver<EncodedOb
         tokio::select! {
             obj = objects.recv(), if open && running.len() < DELIVER_WORKERS => match obj {
                 Some(obj) => {
+                    // The encoded body is held too until the object is written (retried through
+                    // an outage): it counts in the memory budget beside its records.
+                    ctx.shared.admission.force_reserve(obj.body.len() as u64);
                     let ctx = ctx.clone();
                     running.spawn(async move { deliver_one(&ctx, obj).await }.in_current_span());
                 }
@@ -1305,7 +1308,9 @@ async fn deliver_one(ctx: &StreamContext, obj: EncodedObject) {
     // Delivered, in the error output, or refused for good and logged: either way the spool may
     // let them go.
     ctx.settle(obj.seqs());
-    ctx.shared.admission.release(obj.raw_bytes + 24 * records);
+    ctx.shared
+        .admission
+        .release(obj.raw_bytes + 24 * records + obj.body.len() as u64);
     if obj.error_output.is_none() {
         ctx.settled_destination(obj.batch_id);
     }

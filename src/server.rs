@@ -133,6 +133,7 @@ impl Server {
                 }),
             }),
         };
+        return_freed_memory();
         let registry = Arc::new(Registry::new(
             &config.data_dir,
             shared,
@@ -203,4 +204,19 @@ impl Server {
         }
         left
     }
+}
+
+/// Hands memory the allocator holds free back to the system twice a second. Requests, reads and
+/// objects come and go in buffers of about a megabyte; glibc keeps what they free inside its
+/// heap, where it would count in the process's RSS on top of the memory budget.
+fn return_freed_memory() {
+    #[cfg(target_env = "gnu")]
+    tokio::spawn(async {
+        let mut tick = tokio::time::interval(std::time::Duration::from_millis(500));
+        loop {
+            tick.tick().await;
+            // SAFETY: malloc_trim only returns free pages of the allocator's heaps.
+            let _ = tokio::task::spawn_blocking(|| unsafe { libc::malloc_trim(0) }).await;
+        }
+    });
 }

@@ -166,6 +166,27 @@ where
     Ok(out.into())
 }
 
+/// One gzip member of `data` at [`GZIP_LEVEL`], by libdeflate (the compressor's state is kept
+/// per thread). The pipeline's GZIP objects and the benchmarks' baseline both use it.
+pub fn gzip(data: &[u8]) -> std::io::Result<Vec<u8>> {
+    thread_local! {
+        static COMPRESSOR: std::cell::RefCell<libdeflater::Compressor> = std::cell::RefCell::new(
+            libdeflater::Compressor::new(
+                libdeflater::CompressionLvl::new(GZIP_LEVEL as i32).expect("level 6 is valid"),
+            ),
+        );
+    }
+    COMPRESSOR.with_borrow_mut(|c| {
+        let mut out = vec![0; c.gzip_compress_bound(data.len())];
+        let n = c
+            .gzip_compress(data, &mut out)
+            .map_err(|e| std::io::Error::other(format!("{e:?}")))?;
+        out.truncate(n);
+        out.shrink_to_fit();
+        Ok(out)
+    })
+}
+
 /// Compresses `parts` as one piece on this thread.
 fn compress_whole<'a, I>(
     format: CompressionFormat,
@@ -186,14 +207,11 @@ where
             Ok(out)
         }
         CompressionFormat::Gzip => {
-            let mut enc = flate2::write::GzEncoder::new(
-                Vec::with_capacity(total_len / 4 + 64),
-                flate2::Compression::new(GZIP_LEVEL),
-            );
+            let mut joined = Vec::with_capacity(total_len);
             for p in parts {
-                enc.write_all(p).map_err(io)?;
+                joined.extend_from_slice(p);
             }
-            enc.finish().map_err(io)
+            gzip(&joined).map_err(io)
         }
         CompressionFormat::Snappy => {
             let mut enc = snap::write::FrameEncoder::new(Vec::with_capacity(total_len / 2 + 64));

@@ -251,7 +251,7 @@ impl Admission {
         let mut bytes = 0u64;
         for &s in sizes {
             // Each record costs its bytes plus its spool frame.
-            let cost = Self::cost(s);
+            let cost = Self::spool_cost(s);
             if bytes + cost > room {
                 break;
             }
@@ -292,9 +292,9 @@ impl Admission {
         *self.memory.pipeline.lock().expect("memory lock") += bytes;
     }
 
-    /// The reservation a record of `len` bytes takes.
-    pub fn cost(len: usize) -> u64 {
-        len as u64 + crate::spool::RECORD_OVERHEAD
+    /// What a record of `len` bytes takes in the spool: its bytes and its frame.
+    pub fn spool_cost(len: usize) -> u64 {
+        len as u64 + 24
     }
 
     /// Memory in use: records in the pipelines, and requests being decoded.

@@ -61,6 +61,8 @@ struct RunResult {
     latencies: Vec<f64>,
     fsyncs: Vec<f64>,
     peak_rss_mib: f64,
+    /// The process's RSS just before the daemon started (the generator's bodies and baselines).
+    before_mib: f64,
 }
 
 /// One JSON record of about `size` bytes, like a clickstream event.
@@ -290,8 +292,8 @@ fn report(args: &BenchArgs, r: &RunResult, baseline: f64, baseline_all: f64, zli
         rate / zlib_all
     );
     println!(
-        "  peak RSS               {:.0} MiB (the whole bench process: daemon, client and its bodies)",
-        r.peak_rss_mib
+        "  peak RSS               {:.0} MiB (the whole bench process: daemon, client and its bodies; {:.0} MiB before the daemon started)",
+        r.peak_rss_mib, r.before_mib
     );
 }
 
@@ -330,6 +332,7 @@ buffering_hints = {{ size_in_mbs = {}, interval_in_seconds = {} }}
     let config = Config::from_raw(raw_cfg, &overrides, &|_| None)
         .map_err(|e| anyhow::anyhow!(e.join("\n")))?;
 
+    let before_mib = proc_status_kib(std::process::id(), "VmRSS:") as f64 / 1024.0;
     let server = Server::start(config).await?;
     let addr = server.addr;
     let registry = server.registry.clone();
@@ -391,6 +394,7 @@ buffering_hints = {{ size_in_mbs = {}, interval_in_seconds = {} }}
         latencies: metrics.take_latencies(),
         fsyncs: metrics.take_fsyncs(),
         peak_rss_mib: peak_rss_mib(),
+        before_mib,
     })
 }
 

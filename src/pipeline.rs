@@ -35,7 +35,7 @@ use crate::deliver::prefix::RenderContext;
 use crate::deliver::{self, DeliveryResult, EncodedObject};
 use crate::metrics::{FlushLabels, Metrics};
 use crate::partition::Partitioner;
-use crate::spool::Spool;
+use crate::spool::{Spool, memory_cost};
 use crate::transform::catalog::Catalog;
 use crate::transform::{Failure, Fate, METADATA_EXTRACTION_FAILED, Processing};
 
@@ -799,7 +799,7 @@ fn process_batch(
         );
     }
     // The memory budget now holds what goes on instead of what came in.
-    let cost = |n: u64, bytes: u64| bytes + 24 * n;
+    let cost = |n: u64, bytes: u64| memory_cost(n as usize, bytes);
     ctx.shared
         .admission
         .force_reserve(cost(emitted.len() as u64, ok_bytes) + cost(failed_records, failed_bytes));
@@ -931,7 +931,7 @@ fn encode_batch(ctx: &StreamContext, current: &Versioned, batch: Batch) -> Vec<E
         ctx.settled_destination(batch.id);
         ctx.shared
             .admission
-            .release(batch.bytes + 24 * batch.records.len() as u64);
+            .release(memory_cost(batch.records.len(), batch.bytes));
         Vec::new()
     };
     match (&current.converter, &spec.conversion) {
@@ -988,7 +988,7 @@ fn backup_all(
         Ok(obj) => {
             ctx.shared
                 .admission
-                .force_reserve(obj.raw_bytes + 24 * obj.records.len() as u64);
+                .force_reserve(memory_cost(obj.records.len(), obj.raw_bytes));
             Some(obj)
         }
         Err(e) => {
@@ -1049,7 +1049,7 @@ fn after_http_delivery(
     ctx.settle(delivered.iter().map(|r| r.seq).collect());
     ctx.shared
         .admission
-        .release(bytes + 24 * delivered.len() as u64);
+        .release(memory_cost(delivered.len(), bytes));
     ctx.settled_destination(batch_id);
     if failed.is_empty() {
         return None;
@@ -1219,9 +1219,6 @@ async fn deliver_stage(ctx: StreamContext, mut objects: mpsc::Receiver<EncodedOb
         tokio::select! {
             obj = objects.recv(), if open && running.len() < DELIVER_WORKERS => match obj {
                 Some(obj) => {
-                    // The encoded body is held too until the object is written (retried through
-                    // an outage): it counts in the memory budget beside its records.
-                    ctx.shared.admission.force_reserve(obj.body.len() as u64);
                     let ctx = ctx.clone();
                     running.spawn(async move { deliver_one(&ctx, obj).await }.in_current_span());
                 }
@@ -1310,7 +1307,7 @@ async fn deliver_one(ctx: &StreamContext, obj: EncodedObject) {
     ctx.settle(obj.seqs());
     ctx.shared
         .admission
-        .release(obj.raw_bytes + 24 * records + obj.body.len() as u64);
+        .release(memory_cost(records as usize, obj.raw_bytes));
     if obj.error_output.is_none() {
         ctx.settled_destination(obj.batch_id);
     }

@@ -44,7 +44,7 @@ pub use format::{
     next_frame, read_header, scan_segment,
 };
 pub use ranges::RangeSet;
-pub use reader::{RECORD_OVERHEAD, ReadBudget};
+pub use reader::{ReadBudget, memory_cost};
 
 /// When an append counts as done.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

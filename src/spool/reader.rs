@@ -40,7 +40,15 @@ pub trait ReadBudget: Send + Sync + 'static {
 /// One read, and so one chunk of records handed on.
 const CHUNK_BYTES: usize = 1 << 20;
 /// What a record costs in the memory budget besides its bytes.
-pub const RECORD_OVERHEAD: u64 = 24;
+const RECORD_OVERHEAD: u64 = 24;
+
+/// What `records` records of `bytes` bytes hold in memory while inside the stages: their bytes,
+/// as much again for what they are encoded into (a compressed, converted or plain object's body,
+/// held until it is written, retried through an outage), and their bookkeeping. Reserved when
+/// the reader hands them on, released when they settle.
+pub fn memory_cost(records: usize, bytes: u64) -> u64 {
+    2 * bytes + RECORD_OVERHEAD * records as u64
+}
 
 /// The segment being read.
 struct Cursor {
@@ -165,10 +173,10 @@ impl Reader {
         ingest: &tokio::sync::mpsc::Sender<Vec<Record>>,
         budget: &dyn ReadBudget,
     ) -> bool {
-        let cost: u64 = records
-            .iter()
-            .map(|r| r.data.len() as u64 + RECORD_OVERHEAD)
-            .sum();
+        let cost = memory_cost(
+            records.len(),
+            records.iter().map(|r| r.data.len() as u64).sum(),
+        );
         self.stats
             .oldest_unread_ms
             .store(records[0].arrival_ms, Ordering::Relaxed);

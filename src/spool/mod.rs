@@ -795,9 +795,14 @@ impl Writer {
                 (Some(cipher), header)
             }
         };
+        // A segment that held nothing may be made again at the same base: as a new file, so a
+        // reader still holding the old one never sees the new one's bytes through it.
+        let _ = std::fs::remove_file(&path);
+        if let Some(old) = self.segments.remove(&base) {
+            self.add_bytes(-(old.bytes as i64));
+        }
         let mut f = OpenOptions::new()
-            .create(true)
-            .truncate(true)
+            .create_new(true)
             .write(true)
             .open(&path)
             .map_err(io_err(&path))?;

@@ -88,7 +88,8 @@ pub(super) struct Reader {
     /// Seqs delivered before the start (from the checkpoint): not handed on again.
     skip: RangeSet,
     cursor: Option<Cursor>,
-    /// The segment finished last: the next one read is the first after it.
+    /// A segment left behind (damaged, or deleted): the next one read is the first after it.
+    /// Otherwise the next is the one holding `seq`.
     after: Option<u64>,
 }
 
@@ -413,8 +414,9 @@ impl Reader {
             if self.seq < end {
                 self.damaged(base, &path, writer);
             } else {
+                // On to the segment holding the next seq (a segment that held none and was
+                // made again at the same base is read again).
                 self.cursor = None;
-                self.after = Some(base);
             }
             return Step::Again;
         }

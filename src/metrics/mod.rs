@@ -346,7 +346,7 @@ impl Metrics {
         );
         registry.register(
             "spool_replayed_records",
-            "Undelivered records replayed from the spool at start",
+            "Undelivered records in the spool at start, which its reader then hands on (none are loaded)",
             m.spool_replayed_records.clone(),
         );
         registry.register(

@@ -1116,7 +1116,7 @@ impl Registry {
         let mut waiting = Vec::new();
         let mut open = Vec::new();
         for (name, entry) in entries {
-            open.push((name, entry.handle.stats.clone(), entry.spool.clone()));
+            open.push((name, entry.spool.clone()));
             entry.spool.stop_intake().await;
             waiting.push(entry.handle.done);
         }
@@ -1134,7 +1134,7 @@ impl Registry {
         };
         let finished = tokio::time::timeout(deadline, all).await.is_ok();
         let mut left = 0;
-        for (name, _, spool) in open {
+        for (name, spool) in open {
             spool.close().await;
             // What the spool still holds undelivered (read into the pipeline or not).
             let n = spool

@@ -442,30 +442,36 @@ fn read_head(path: &Path) -> std::io::Result<Vec<u8>> {
 
 /// [`read_head`] of an open file, read from its start.
 fn read_head_of(f: &mut File) -> std::io::Result<Vec<u8>> {
-    let mut head = vec![0u8; HEADER_LEN + 4];
-    let n = read_full(f, &mut head)?;
-    head.truncate(n);
+    let mut head = Vec::with_capacity(HEADER_LEN + 4);
+    let n = read_more(f, (HEADER_LEN + 4) as u64, &mut head)?;
     if n == HEADER_LEN + 4 && &head[..8] == SEALED_MAGIC {
         let len = u32::from_le_bytes(head[HEADER_LEN..].try_into().expect("4 bytes")) as usize;
-        let mut envelope = vec![0u8; len.min(format::MAX_ENVELOPE + 1)];
-        let m = read_full(f, &mut envelope)?;
-        head.extend_from_slice(&envelope[..m]);
+        read_more(f, len.min(format::MAX_ENVELOPE + 1) as u64, &mut head)?;
     }
     Ok(head)
 }
 
-/// Reads until `buf` is full or the file ends; how many bytes were read.
-fn read_full(f: &mut File, buf: &mut [u8]) -> std::io::Result<usize> {
-    let mut n = 0;
-    while n < buf.len() {
-        match f.read(&mut buf[n..]) {
-            Ok(0) => break,
-            Ok(k) => n += k,
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(n)
+/// Appends up to `n` more bytes of `f` to `buf`, fewer where the file ends; how many.
+fn read_more(f: &mut File, n: u64, buf: &mut Vec<u8>) -> std::io::Result<usize> {
+    f.take(n).read_to_end(buf)
+}
+
+/// Puts a damaged segment into `<dir>/corrupt/` for inspection — moved, or with `copy` a copy
+/// (its records before the damage are still to be read) — and logs it. Returns where it went.
+fn set_aside(dir: &Path, path: &Path, copy: bool, detail: &str) -> Result<PathBuf, SpoolError> {
+    let aside = dir.join("corrupt");
+    let target = aside.join(path.file_name().expect("segment has a name"));
+    std::fs::create_dir_all(&aside)
+        .and_then(|()| {
+            if copy {
+                std::fs::copy(path, &target).map(drop)
+            } else {
+                std::fs::rename(path, &target)
+            }
+        })
+        .map_err(io_err(path))?;
+    tracing::error!(segment = %path.display(), moved_to = %target.display(), copy, "corrupt spool segment moved aside; {detail}");
+    Ok(target)
 }
 
 impl Writer {
@@ -558,11 +564,7 @@ impl Writer {
                     continue;
                 }
                 Err(_) => {
-                    let aside = dir.join("corrupt");
-                    std::fs::create_dir_all(&aside).map_err(io_err(&aside))?;
-                    let target = aside.join(path.file_name().expect("segment has a name"));
-                    std::fs::rename(&path, &target).map_err(io_err(&path))?;
-                    tracing::error!(segment = %path.display(), moved_to = %target.display(), "corrupt spool segment moved aside; its records cannot be recovered");
+                    let target = set_aside(dir, &path, false, "its records cannot be recovered")?;
                     recovery.corrupt_segments.push(target);
                     continue;
                 }
@@ -586,13 +588,10 @@ impl Writer {
                 if let ScanEnd::Corrupt { at } = scan.end {
                     // What follows the damage cannot be read, nor counted: numbering goes on
                     // after the last good record, and the reader stops at the damage.
-                    let aside = dir.join("corrupt");
-                    let target = aside.join(path.file_name().expect("segment has a name"));
-                    std::fs::create_dir_all(&aside)
-                        .and_then(|()| std::fs::copy(&path, &target))
-                        .map_err(io_err(&path))?;
-                    tracing::error!(segment = %path.display(), copy = %target.display(), at, "corrupt spool segment moved aside (a copy is in corrupt/); records after the damage cannot be recovered");
-                    recovery.corrupt_segments.push(target);
+                    let detail = format!("records after byte {at} cannot be recovered");
+                    recovery
+                        .corrupt_segments
+                        .push(set_aside(dir, &path, true, &detail)?);
                 }
                 // Damage in an earlier segment is found, copied aside and counted by the reader.
                 scan.records.last().map_or(base, |r| r.seq + 1)
@@ -1025,7 +1024,14 @@ impl Writer {
         for base in done {
             let seg = self.segments.remove(&base).expect("segment listed");
             match std::fs::remove_file(&seg.path) {
-                Ok(()) => self.add_bytes(-(seg.bytes as i64)),
+                Ok(()) => {
+                    self.add_bytes(-(seg.bytes as i64));
+                    self.published
+                        .ciphers
+                        .lock()
+                        .expect("cipher lock")
+                        .remove(&base);
+                }
                 Err(e) => {
                     tracing::warn!(segment = %seg.path.display(), error = %e, "cannot delete delivered spool segment");
                     self.segments.insert(base, seg);

@@ -24,7 +24,7 @@ use tokio::sync::mpsc::error::TrySendError;
 use super::format::{Frame, next_frame, read_header};
 use super::{
     Cmd, Published, RangeSet, Sealing, SegmentCipher, SpoolObserver, SpoolStats, open_sealed,
-    read_full, segment_path,
+    read_more, segment_path, set_aside,
 };
 use crate::buffer::Record;
 
@@ -301,10 +301,11 @@ impl Reader {
     /// The segment at `base` is damaged: records from `self.seq` to its end cannot be read. A
     /// copy goes to `corrupt/`; the writer settles the rest as lost.
     fn damaged(&mut self, base: u64, path: &Path, writer: &mpsc::Sender<Cmd>) {
-        let aside = self.dir.join("corrupt");
-        let target = aside.join(path.file_name().expect("segment has a name"));
-        let copied = std::fs::create_dir_all(&aside).and_then(|()| std::fs::copy(path, &target));
-        tracing::error!(segment = %path.display(), copy = %target.display(), copied = copied.is_ok(), seq = self.seq, "corrupt spool segment moved aside (a copy is in corrupt/); records after the damage cannot be recovered");
+        let detail = format!("records from seq {} cannot be recovered", self.seq);
+        if let Err(e) = set_aside(&self.dir, path, true, &detail) {
+            // The records are settled as lost all the same; only the copy for inspection fails.
+            tracing::error!(segment = %path.display(), error = %e, "{detail}; no copy could be made");
+        }
         let _ = writer.send(Cmd::Damaged {
             base,
             from: self.seq,
@@ -348,16 +349,16 @@ impl Reader {
         let mut got = 0;
         if want > 0 && !cur.eof {
             let start = cur.buf.len();
-            cur.buf.resize(start + want, 0);
-            match read_full(&mut cur.file, &mut cur.buf[start..]) {
+            match read_more(&mut cur.file, want as u64, &mut cur.buf) {
                 Ok(n) => {
-                    cur.buf.truncate(start + n);
                     got = n;
                     if n < want && limit.is_none() {
                         cur.eof = true;
                     }
                 }
                 Err(e) => {
+                    // Where the file stands after a failed read is not known: read the segment
+                    // again from its start (records already handed on are skipped by seq).
                     cur.buf.truncate(start);
                     return Step::Failed(format!("{}: {e}", cur.path.display()));
                 }

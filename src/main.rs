@@ -44,9 +44,9 @@ enum Command {
         endpoint: String,
     },
     /// Measure accepted-and-delivered throughput against bare gzip of the same bytes.
-    Bench(hosepipe::bench::BenchArgs),
+    Bench(hosepipe::bench::ingest::BenchArgs),
     /// Measure a destination outage backing up on disk, a kill -9 restart and the drain.
-    BenchBacklog(hosepipe::bench_backlog::BenchBacklogArgs),
+    BenchBacklog(hosepipe::bench::backlog::BenchBacklogArgs),
     /// Print the columns record format conversion would use for a table (local catalog or Glue).
     Schema {
         #[arg(long)]
@@ -63,17 +63,17 @@ enum Command {
         version_id: Option<String>,
     },
     /// Measure JSON → Parquet conversion against a bare JSON parse of the same bytes.
-    BenchConvert(hosepipe::encode::bench::BenchConvertArgs),
+    BenchConvert(hosepipe::bench::convert::BenchConvertArgs),
     /// Measure the WASM sandbox's per-record cost against the same transforms run natively.
-    BenchTransform(hosepipe::transform::bench::BenchTransformArgs),
+    BenchTransform(hosepipe::bench::transform::BenchTransformArgs),
     /// Measure dynamic partitioning (jq keys, a buffer per partition) against one partition.
-    BenchPartition(hosepipe::partition::bench::BenchPartitionArgs),
+    BenchPartition(hosepipe::bench::partition::BenchPartitionArgs),
     /// Measure the encryption stage against bare AES-256-GCM of the same bytes.
-    BenchEncrypt(hosepipe::crypto::bench::BenchEncryptArgs),
+    BenchEncrypt(hosepipe::bench::encrypt::BenchEncryptArgs),
     /// Benchmark: records/s into OpenSearch through hosepipe's _bulk path vs a bare HTTP client.
-    BenchOpensearch(hosepipe::deliver::opensearch_bench::BenchOpenSearchArgs),
+    BenchOpensearch(hosepipe::bench::opensearch::BenchOpenSearchArgs),
     /// Benchmark: records/s into a Splunk HEC through hosepipe's path vs a bare HTTP client.
-    BenchSplunk(hosepipe::deliver::splunk_bench::BenchSplunkArgs),
+    BenchSplunk(hosepipe::bench::splunk::BenchSplunkArgs),
     /// Tail log files into delivery streams (the Kinesis Agent's job; reads its agent.json).
     Agent {
         /// agent.json (the Kinesis Agent's format) or a TOML file with the same settings.
@@ -83,7 +83,7 @@ enum Command {
     /// Send records built from a template at a set rate (the Kinesis Data Generator's job).
     Generate(hosepipe::generate::GenerateArgs),
     /// Benchmark: lines/s the agent sends from a growing file vs `cat` of it to /dev/null.
-    BenchAgent(hosepipe::agent::bench::BenchAgentArgs),
+    BenchAgent(hosepipe::bench::agent::BenchAgentArgs),
     /// Decrypt an object written by a stream with KMSEncryptionConfig (a file or s3://bucket/key).
     Decrypt {
         #[arg(long)]
@@ -311,7 +311,7 @@ fn main() -> ExitCode {
             ),
         },
         Command::BenchEncrypt(args) => {
-            finished("bench-encrypt", hosepipe::crypto::bench::run(args))
+            finished("bench-encrypt", hosepipe::bench::encrypt::run(args))
         }
         Command::Agent { config } => {
             let cfg = match hosepipe::agent::config::AgentConfig::load(&config) {
@@ -339,17 +339,14 @@ fn main() -> ExitCode {
                 ExitCode::from(2)
             }
         },
-        Command::BenchAgent(args) => finished("bench-agent", hosepipe::agent::bench::run(args)),
+        Command::BenchAgent(args) => finished("bench-agent", hosepipe::bench::agent::run(args)),
         Command::BenchBacklog(args) => {
-            finished("bench-backlog", hosepipe::bench_backlog::run(args))
+            finished("bench-backlog", hosepipe::bench::backlog::run(args))
         }
-        Command::BenchSplunk(args) => {
-            finished("bench-splunk", hosepipe::deliver::splunk_bench::run(args))
+        Command::BenchSplunk(args) => finished("bench-splunk", hosepipe::bench::splunk::run(args)),
+        Command::BenchOpensearch(args) => {
+            finished("bench-opensearch", hosepipe::bench::opensearch::run(args))
         }
-        Command::BenchOpensearch(args) => finished(
-            "bench-opensearch",
-            hosepipe::deliver::opensearch_bench::run(args),
-        ),
         Command::Keys { config, action } => match load_quietly(config.as_deref()) {
             Err(code) => code,
             Ok(cfg) => match hosepipe::crypto::cli::keys(&cfg, &action) {
@@ -364,19 +361,19 @@ fn main() -> ExitCode {
             },
         },
         Command::BenchPartition(args) => {
-            finished("bench-partition", hosepipe::partition::bench::run(args))
+            finished("bench-partition", hosepipe::bench::partition::run(args))
         }
         Command::BenchConvert(args) => {
-            finished("bench-convert", hosepipe::encode::bench::run(args))
+            finished("bench-convert", hosepipe::bench::convert::run(args))
         }
         Command::BenchTransform(args) => {
             init_tracing();
-            finished("bench-transform", hosepipe::transform::bench::run(args))
+            finished("bench-transform", hosepipe::bench::transform::run(args))
         }
         Command::Bench(args) => {
             init_tracing();
             block_on(async {
-                match hosepipe::bench::run(args).await {
+                match hosepipe::bench::ingest::run(args).await {
                     Ok(()) => ExitCode::SUCCESS,
                     Err(e) => {
                         eprintln!("bench failed: {e:#}");

@@ -341,7 +341,7 @@ impl Registry {
             "{name}-{}",
             chrono::Utc::now().format("%Y%m%dT%H%M%S%.3f")
         ));
-        match std::fs::create_dir_all(&aside).and_then(|()| std::fs::rename(dir, &target)) {
+        match std::fs::create_dir_all(&aside).and_then(|()| crate::durable::rename(dir, &target)) {
             Ok(()) => {
                 tracing::warn!(from = %dir.display(), to = %target.display(), "a spool that belongs to no stream was set aside; its records are not delivered")
             }
@@ -609,31 +609,14 @@ impl Registry {
     }
 
     /// Writes the API-created streams (fsync, then rename over the old file).
-    fn persist(&self, streams: &BTreeMap<String, Entry>) -> Result<(), ApiError> {
+    fn save_definitions(&self, streams: &BTreeMap<String, Entry>) -> Result<(), ApiError> {
         let saved: Vec<&Saved> = streams
             .values()
             .filter(|e| !e.from_config)
             .map(|e| &e.saved)
             .collect();
         let text = serde_json::to_vec_pretty(&saved).expect("saved streams serialise");
-        let write = || -> std::io::Result<()> {
-            if let Some(dir) = self.state_file.parent() {
-                std::fs::create_dir_all(dir)?;
-            }
-            let tmp = self.state_file.with_extension("json.tmp");
-            {
-                use std::io::Write;
-                let mut f = std::fs::File::create(&tmp)?;
-                f.write_all(&text)?;
-                f.sync_all()?;
-            }
-            std::fs::rename(&tmp, &self.state_file)?;
-            if let Some(dir) = self.state_file.parent() {
-                std::fs::File::open(dir)?.sync_all()?;
-            }
-            Ok(())
-        };
-        write().map_err(|e| {
+        crate::durable::write(&self.state_file, &text).map_err(|e| {
             tracing::error!(file = %self.state_file.display(), error = %e, "cannot save stream definitions");
             ApiError::InternalFailure(format!("cannot save stream definitions: {e}"))
         })
@@ -677,7 +660,7 @@ impl Registry {
             ApiError::InternalFailure(e.to_string())
         })?;
         streams.insert(name.clone(), entry);
-        if let Err(e) = self.persist(&streams) {
+        if let Err(e) = self.save_definitions(&streams) {
             if let Some(entry) = streams.remove(&name) {
                 self.retire(entry);
             }
@@ -721,7 +704,7 @@ impl Registry {
         let entry = streams
             .remove(name)
             .ok_or_else(|| ApiError::not_found(name, &self.account_id))?;
-        let persisted = self.persist(&streams);
+        let persisted = self.save_definitions(&streams);
         self.retire(entry);
         persisted
     }
@@ -889,7 +872,7 @@ impl Registry {
         entry.saved.updated = epoch_secs();
         let version = entry.saved.version;
         let from_config = entry.from_config;
-        if !from_config && let Err(e) = self.persist(&streams) {
+        if !from_config && let Err(e) = self.save_definitions(&streams) {
             if let Some(entry) = streams.get_mut(name) {
                 entry.saved = previous;
             }
@@ -956,7 +939,7 @@ impl Registry {
             failure: None,
         };
         drop(state);
-        if !from_config && let Err(e) = self.persist(&streams) {
+        if !from_config && let Err(e) = self.save_definitions(&streams) {
             let entry = streams.get_mut(name).expect("entry exists under the lock");
             entry
                 .saved
@@ -1012,7 +995,7 @@ impl Registry {
         }
         entry.saved.tags = next;
         if !entry.from_config {
-            self.persist(&streams)?;
+            self.save_definitions(&streams)?;
         }
         Ok(())
     }
@@ -1031,7 +1014,7 @@ impl Registry {
             entry.saved.tags.remove(k);
         }
         if !entry.from_config {
-            self.persist(&streams)?;
+            self.save_definitions(&streams)?;
         }
         Ok(())
     }

@@ -1,5 +1,5 @@
 //! Checkpoints: per flow, per file (device + inode + content fingerprint), the offset up to
-//! which every record has been accepted by the endpoint. Saved (tmp + rename) only after a
+//! which every record has been accepted by the endpoint. Saved durably only after a
 //! batch is fully sent, so a restart re-sends at most the batch that was in flight.
 
 use std::collections::BTreeMap;
@@ -135,7 +135,7 @@ impl Checkpoints {
         self.flows.entry(flow.to_string()).or_default();
     }
 
-    /// Writes the file atomically (tmp + rename), dropping expired entries.
+    /// Writes the file durably (`durable::write`), dropping expired entries.
     pub fn save(&mut self) -> std::io::Result<()> {
         let oldest = now_secs().saturating_sub(self.ttl.as_secs());
         for files in self.flows.values_mut() {
@@ -149,14 +149,7 @@ impl Checkpoints {
                 .map(|(k, v)| (k.clone(), v.values().cloned().collect()))
                 .collect(),
         };
-        if let Some(dir) = self.path.parent()
-            && !dir.as_os_str().is_empty()
-        {
-            std::fs::create_dir_all(dir)?;
-        }
-        let tmp = self.path.with_extension("tmp");
-        std::fs::write(&tmp, serde_json::to_vec_pretty(&disk).expect("JSON"))?;
-        std::fs::rename(&tmp, &self.path)
+        crate::durable::write(&self.path, &serde_json::to_vec_pretty(&disk).expect("JSON"))
     }
 }
 

@@ -5,7 +5,6 @@
 //! buffer is fully accepted the files' offsets are saved ([`checkpoint`]). Progress goes to the
 //! log every `log.statusReportingPeriodSeconds` and to a Prometheus endpoint.
 
-pub mod bench;
 pub mod checkpoint;
 pub mod config;
 pub mod convert;

@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 
 use serde_json::Value;
 
-use super::stream::FieldError;
+use super::fields::FieldError;
 use crate::encode::parquet::{Deserializer, ParquetCompression, ParquetOptions};
 use crate::schema::TableRef;
 

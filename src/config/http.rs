@@ -5,10 +5,9 @@ use std::time::Duration;
 
 use serde_json::Value;
 
+use super::fields::{FieldError, check_range};
 use super::processing::ProcessingSpec;
-use super::stream::{
-    ExtendedS3DestinationConfiguration, FieldError, S3Spec, check_range, validate_s3,
-};
+use super::s3::{ExtendedS3DestinationConfiguration, S3Spec, validate_s3};
 
 /// An http:// or https:// endpoint URL (`field` of `path`), without a trailing `/`.
 pub(crate) fn endpoint(

@@ -3,10 +3,12 @@
 //! error names its dotted path and what is allowed.
 
 pub mod conversion;
+pub mod fields;
 pub mod http;
 pub mod names;
 pub mod opensearch;
 pub mod processing;
+pub mod s3;
 pub mod splunk;
 pub mod stream;
 

@@ -6,11 +6,10 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+use super::fields::{BufferingHints, FieldError, buffering_limits};
 use super::http;
 use super::processing::ProcessingSpec;
-use super::stream::{
-    BufferingHints, ExtendedS3DestinationConfiguration, FieldError, S3Spec, buffering_limits,
-};
+use super::s3::{ExtendedS3DestinationConfiguration, S3Spec};
 use crate::buffer::Limits;
 
 /// The OpenSearch / Elasticsearch destination block, as the API spells it.

@@ -6,7 +6,7 @@ use std::time::Duration;
 use base64::Engine;
 use serde_json::Value;
 
-use super::stream::FieldError;
+use super::fields::FieldError;
 use crate::buffer::Limits;
 
 /// `RecordDeAggregation`'s `SubRecordType`.

@@ -5,12 +5,10 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+use super::fields::{BufferingHints, FieldError, buffering_limits, check_range};
 use super::http;
 use super::processing::ProcessingSpec;
-use super::stream::{
-    BufferingHints, ExtendedS3DestinationConfiguration, FieldError, S3Spec, buffering_limits,
-    check_range,
-};
+use super::s3::{ExtendedS3DestinationConfiguration, S3Spec};
 use crate::buffer::Limits;
 
 /// The Splunk destination block, as the API spells it.

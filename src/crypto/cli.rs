@@ -114,22 +114,15 @@ pub fn decrypt(cfg: &Config, from: &str, output: Option<&Path>) -> Result<u64, S
     }
     match output {
         Some(path) => {
-            let tmp = path.with_extension("partial");
-            let result = (|| {
-                let mut f = std::io::BufWriter::new(
-                    std::fs::File::create(&tmp).map_err(|e| format!("{}: {e}", tmp.display()))?,
-                );
-                let n = decryptor
-                    .decrypt_to(&mut f)
-                    .map_err(|e| explain(e.into()))?;
-                f.flush().map_err(|e| format!("{}: {e}", tmp.display()))?;
-                std::fs::rename(&tmp, path).map_err(|e| format!("{}: {e}", path.display()))?;
-                Ok(n)
-            })();
-            if result.is_err() {
-                let _ = std::fs::remove_file(&tmp);
-            }
-            result
+            // Written whole or not at all: a failed check leaves no partial plaintext.
+            let mut failed = None;
+            crate::durable::write_with(path, crate::durable::Access::Default, |w| {
+                decryptor.decrypt_to(w).map_err(|e| {
+                    failed = Some(explain(e.into()));
+                    std::io::Error::other("decryption failed")
+                })
+            })
+            .map_err(|e| failed.unwrap_or_else(|| format!("{}: {e}", path.display())))
         }
         None => {
             let mut plain = Vec::new();

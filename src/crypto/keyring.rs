@@ -91,21 +91,11 @@ impl Keyring {
     /// Writes the file with mode 0600 (write to a temporary file, fsync, rename).
     fn save(&self, file: &File) -> Result<(), String> {
         use std::io::Write;
-        let dir = self.path.parent().unwrap_or(Path::new("."));
-        std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
-        let tmp = self.path.with_extension("tmp");
-        let mut options = std::fs::OpenOptions::new();
-        options.write(true).create(true).truncate(true);
-        #[cfg(unix)]
-        std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
-        let mut f = options
-            .open(&tmp)
-            .map_err(|e| format!("{}: {e}", tmp.display()))?;
         let text = serde_json::to_vec_pretty(file).expect("keyring serialises");
-        f.write_all(&text)
-            .and_then(|()| f.sync_all())
-            .map_err(|e| format!("{}: {e}", tmp.display()))?;
-        std::fs::rename(&tmp, &self.path).map_err(|e| format!("{}: {e}", self.path.display()))?;
+        crate::durable::write_with(&self.path, crate::durable::Access::Private, |w| {
+            w.write_all(&text)
+        })
+        .map_err(|e| format!("{}: {e}", self.path.display()))?;
         *self.cache.lock().expect("keyring lock") = (None, File::default());
         Ok(())
     }

@@ -3,7 +3,6 @@
 //! a master key that a [`KeyService`] holds — the local keyring ([`keyring`]) or AWS KMS
 //! ([`kms`]).
 
-pub mod bench;
 pub mod cli;
 pub mod format;
 pub mod keyring;

@@ -2,10 +2,8 @@
 
 pub mod error_output;
 pub mod opensearch;
-pub mod opensearch_bench;
 pub mod prefix;
 pub mod splunk;
-pub mod splunk_bench;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;

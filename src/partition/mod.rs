@@ -5,7 +5,6 @@
 //! namespaces. A record's [`Partition`] holds only the keys its stream's `Prefix` uses, so two
 //! records share a partition (a buffer, an object) exactly when they share a prefix.
 
-pub mod bench;
 pub mod jq;
 
 use std::sync::Arc;

@@ -420,20 +420,6 @@ fn segment_path(dir: &Path, base: u64) -> PathBuf {
     dir.join(format!("seg-{base:020}.log"))
 }
 
-fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    let tmp = path.with_extension("tmp");
-    {
-        let mut f = File::create(&tmp)?;
-        f.write_all(bytes)?;
-        f.sync_all()?;
-    }
-    std::fs::rename(&tmp, path)?;
-    if let Some(dir) = path.parent() {
-        File::open(dir)?.sync_all()?;
-    }
-    Ok(())
-}
-
 /// A segment's header bytes (magic, base and a sealed segment's envelope), or all of it when
 /// it is shorter.
 fn read_head(path: &Path) -> std::io::Result<Vec<u8>> {
@@ -466,7 +452,7 @@ fn set_aside(dir: &Path, path: &Path, copy: bool, detail: &str) -> Result<PathBu
             if copy {
                 std::fs::copy(path, &target).map(drop)
             } else {
-                std::fs::rename(path, &target)
+                crate::durable::rename(path, &target)
             }
         })
         .map_err(io_err(path))?;
@@ -806,9 +792,7 @@ impl Writer {
             .open(&path)
             .map_err(io_err(&path))?;
         f.write_all(&header).map_err(io_err(&path))?;
-        if let Ok(d) = File::open(&self.dir) {
-            let _ = d.sync_all();
-        }
+        let _ = crate::durable::sync_dir(&self.dir);
         self.segments.insert(
             base,
             Segment {
@@ -892,7 +876,7 @@ impl Writer {
             for r in &records {
                 encode_record(&mut out, r.seq, r.arrival_ms, &r.data, Some(&cipher));
             }
-            write_atomically(&path, &out).map_err(io_err(&path))?;
+            crate::durable::write(&path, &out).map_err(io_err(&path))?;
             self.cache_cipher(base, envelope, &Arc::new(cipher));
             let seg = self.segments.get_mut(&base).expect("segment listed");
             let before = seg.bytes;
@@ -1061,7 +1045,7 @@ impl Writer {
             delivered: self.delivered.ranges().collect(),
         };
         let path = self.dir.join("checkpoint.json");
-        match write_atomically(
+        match crate::durable::write(
             &path,
             &serde_json::to_vec(&ckpt).expect("checkpoint serialises"),
         ) {

@@ -8,7 +8,6 @@
 //!
 //! Everything here is blocking CPU work: callers run it on the blocking pool.
 
-pub mod bench;
 pub mod catalog;
 pub mod native;
 pub mod wasm;

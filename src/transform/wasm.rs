@@ -226,12 +226,7 @@ fn write_cache(file: &Path, component: &Component) -> std::io::Result<()> {
     let code = component
         .serialize()
         .map_err(|e| std::io::Error::other(e.to_string()))?;
-    let dir = file.parent().unwrap_or(Path::new("."));
-    std::fs::create_dir_all(dir)?;
-    let tmp = tempfile::NamedTempFile::new_in(dir)?;
-    std::fs::write(tmp.path(), code)?;
-    tmp.persist(file).map_err(|e| e.error)?;
-    Ok(())
+    crate::durable::write(file, &code)
 }
 
 /// One live instance with its store.

@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 
-use crate::bench::{BenchArgs, make_bodies, proc_status_kib, push};
+use crate::bench::ingest::{BenchArgs, make_bodies, proc_status_kib, push};
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct BenchBacklogArgs {

@@ -6,8 +6,8 @@ use std::io::Write;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use super::config::AgentConfig;
-use super::{AgentMetrics, run_with};
+use crate::agent::config::AgentConfig;
+use crate::agent::{AgentMetrics, run_with};
 use crate::config::{Config, Overrides, RawConfig};
 use crate::server::Server;
 

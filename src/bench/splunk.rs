@@ -4,8 +4,8 @@
 
 use std::time::{Duration, Instant};
 
-use super::splunk::{EventFields, HecClient, body};
 use crate::config::splunk::SplunkSpec;
+use crate::deliver::splunk::{EventFields, HecClient, body};
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct BenchSplunkArgs {
@@ -52,7 +52,7 @@ pub fn run(args: BenchSplunkArgs) -> Result<(), String> {
         .build()
         .map_err(|e| e.to_string())?;
     rt.block_on(async move {
-        let recs = super::opensearch_bench::records(args.records, args.record_bytes);
+        let recs = crate::bench::opensearch::records(args.records, args.record_bytes);
         let fields = EventFields::default();
         let http = reqwest::Client::new();
         println!(

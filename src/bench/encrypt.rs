@@ -9,9 +9,9 @@ use aes_gcm::aead::{AeadInPlace, KeyInit};
 use aes_gcm::{Aes256Gcm, Nonce};
 use rand::RngCore;
 
-use super::keyring::Keyring;
-use super::sink::{DataKeyCache, Reuse};
-use super::{CONTEXT_STREAM, KeyError, KeyService};
+use crate::crypto::keyring::Keyring;
+use crate::crypto::sink::{DataKeyCache, Reuse};
+use crate::crypto::{CONTEXT_STREAM, KeyError, KeyService};
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct BenchEncryptArgs {
@@ -50,7 +50,8 @@ pub fn run(args: BenchEncryptArgs) -> Result<(), String> {
     });
     let stage = crate::bench::per_second(args.seconds, || {
         let data_key = ring.generate("bench", &context).expect("data key");
-        let sealed = super::sink::seal("local", &data_key, "bench", "bench/object.gz.enc", &body);
+        let sealed =
+            crate::crypto::sink::seal("local", &data_key, "bench", "bench/object.gz.enc", &body);
         std::hint::black_box(sealed);
         body.len()
     });

@@ -1,7 +1,7 @@
 //! `hosepipe bench-convert`: JSON → Parquet conversion throughput against a bare `serde_json`
 //! parse of the same bytes, measured in the same run.
 
-use super::parquet::{Converter, Deserializer, ParquetCompression, ParquetOptions};
+use crate::encode::parquet::{Converter, Deserializer, ParquetCompression, ParquetOptions};
 use crate::schema::{TableRef, TableSchema};
 
 #[derive(Debug, Clone, clap::Args)]

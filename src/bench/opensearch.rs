@@ -7,9 +7,9 @@ use std::time::Instant;
 
 use bytes::Bytes;
 
-use super::opensearch::{BulkClient, bulk_body, prepare};
 use crate::buffer::Record;
 use crate::config::opensearch::OpenSearchSpec;
+use crate::deliver::opensearch::{BulkClient, bulk_body, prepare};
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct BenchOpenSearchArgs {

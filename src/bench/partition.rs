@@ -7,10 +7,10 @@ use std::time::Duration;
 
 use bytes::Bytes;
 
-use super::jq::Query;
-use super::{PartitionKeys, Partitioner};
 use crate::buffer::{Batch, FlushReason, Limits, Partitioned, Record};
 use crate::compress::{CompressionFormat, compress};
+use crate::partition::jq::Query;
+use crate::partition::{PartitionKeys, Partitioner};
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct BenchPartitionArgs {

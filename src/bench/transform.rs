@@ -7,10 +7,10 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 
-use super::catalog::{BUILTINS, CatalogSettings};
-use super::wasm::{SandboxLimits, WasmRuntime};
-use super::{Outcome, Transform};
 use crate::buffer::Record;
+use crate::transform::catalog::{BUILTINS, CatalogSettings};
+use crate::transform::wasm::{SandboxLimits, WasmRuntime};
+use crate::transform::{Outcome, Transform};
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct BenchTransformArgs {

@@ -4,8 +4,9 @@
 //! the config file come from the config file.
 
 use std::collections::BTreeMap;
+use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
@@ -154,7 +155,13 @@ impl StreamStatus {
 }
 
 pub struct Registry {
+    /// The control plane's state. Never held across a key-service call, a table lookup, a
+    /// transform compile or a spool open; ingest never takes it.
     streams: Mutex<BTreeMap<String, Entry>>,
+    /// What ingest reads: each stream's intake. Written only to add or remove a stream.
+    intakes: RwLock<HashMap<String, Intake>>,
+    /// Names whose stream is being created (its spool opening) outside the lock.
+    creating: Mutex<HashSet<String>>,
     /// Streams being deleted, still draining.
     draining: Mutex<Vec<Draining>>,
     state_file: PathBuf,
@@ -314,6 +321,8 @@ impl Registry {
     ) -> Self {
         Registry {
             streams: Mutex::new(BTreeMap::new()),
+            intakes: RwLock::new(HashMap::new()),
+            creating: Mutex::new(HashSet::new()),
             draining: Mutex::new(Vec::new()),
             state_file: data_dir.join("streams.json"),
             shared,
@@ -382,6 +391,32 @@ impl Registry {
 
     fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, Entry>> {
         self.streams.lock().expect("registry lock poisoned")
+    }
+
+    /// Adds a started stream to the control state and to what ingest reads.
+    fn insert(&self, streams: &mut BTreeMap<String, Entry>, entry: Entry) {
+        self.publish(&entry);
+        streams.insert(entry.saved.name.clone(), entry);
+    }
+
+    /// Lets ingest reach a stream.
+    fn publish(&self, entry: &Entry) {
+        let intake = Intake {
+            spool: entry.spool.clone(),
+        };
+        self.intakes
+            .write()
+            .expect("intake table lock")
+            .insert(entry.saved.name.clone(), intake);
+    }
+
+    /// Removes a stream from the control state and from what ingest reads.
+    fn remove(&self, streams: &mut BTreeMap<String, Entry>, name: &str) -> Option<Entry> {
+        self.intakes
+            .write()
+            .expect("intake table lock")
+            .remove(name);
+        streams.remove(name)
     }
 
     /// Builds the processor chain a spec asks for (resolving its Lambda function).
@@ -565,7 +600,7 @@ impl Registry {
         })?;
         let saved = Saved::new(spec.name.clone(), input);
         let entry = self.start(saved, spec, parts, true)?;
-        self.lock().insert(entry.saved.name.clone(), entry);
+        self.insert(&mut self.lock(), entry);
         Ok(())
     }
 
@@ -597,7 +632,7 @@ impl Registry {
                     let entry = self
                         .start(s, spec, parts, false)
                         .map_err(|e| e.to_string())?;
-                    self.lock().insert(entry.saved.name.clone(), entry);
+                    self.insert(&mut self.lock(), entry);
                     restored += 1;
                 }
                 Err(errs) => {
@@ -638,27 +673,35 @@ impl Registry {
                 "Firehose {name} is still being deleted; try again shortly"
             )));
         }
-        let mut streams = self.lock();
-        if streams.contains_key(&name) {
-            return Err(ApiError::ResourceInUse(format!(
-                "Firehose {name} under accountId {} already exists",
-                self.account_id
-            )));
-        }
-        if streams.len() >= 5000 {
-            return Err(ApiError::LimitExceeded(
-                "at most 5000 delivery streams may exist".into(),
-            ));
+        {
+            // The name is claimed under the lock; the spool opens (recovery, fsync) outside it.
+            let streams = self.lock();
+            let mut creating = self.creating.lock().expect("creating lock");
+            if streams.contains_key(&name) || creating.contains(&name) {
+                return Err(ApiError::ResourceInUse(format!(
+                    "Firehose {name} under accountId {} already exists",
+                    self.account_id
+                )));
+            }
+            if streams.len() + creating.len() >= 5000 {
+                return Err(ApiError::LimitExceeded(
+                    "at most 5000 delivery streams may exist".into(),
+                ));
+            }
+            creating.insert(name.clone());
         }
         let leftover = self.spool_dir(&name);
         if leftover.exists() {
             self.set_aside(&leftover);
         }
         let saved = Saved::new(name.clone(), input);
-        let entry = self.start(saved, spec, parts, false).map_err(|e| {
+        let started = self.start(saved, spec, parts, false).map_err(|e| {
             tracing::error!(error = %e, "cannot start a new stream");
             ApiError::InternalFailure(e.to_string())
-        })?;
+        });
+        let mut streams = self.lock();
+        self.creating.lock().expect("creating lock").remove(&name);
+        let entry = started?;
         streams.insert(name.clone(), entry);
         if let Err(e) = self.save_definitions(&streams) {
             if let Some(entry) = streams.remove(&name) {
@@ -666,6 +709,7 @@ impl Registry {
             }
             return Err(e);
         }
+        self.publish(&streams[&name]);
         Ok(self.arn(&name))
     }
 
@@ -701,8 +745,8 @@ impl Registry {
 
     pub fn delete(&self, name: &str) -> Result<(), ApiError> {
         let mut streams = self.lock();
-        let entry = streams
-            .remove(name)
+        let entry = self
+            .remove(&mut streams, name)
             .ok_or_else(|| ApiError::not_found(name, &self.account_id))?;
         let persisted = self.save_definitions(&streams);
         self.retire(entry);
@@ -710,12 +754,14 @@ impl Registry {
     }
 
     /// Where a stream's records enter.
+    /// Reads the intake table only, which control operations lock just to add or remove a
+    /// stream: a put never waits for a key service, a table lookup or a compile.
     pub fn intake(&self, name: &str) -> Result<Intake, ApiError> {
-        self.lock()
+        self.intakes
+            .read()
+            .expect("intake table lock")
             .get(name)
-            .map(|e| Intake {
-                spool: e.spool.clone(),
-            })
+            .cloned()
             .ok_or_else(|| ApiError::not_found(name, &self.account_id))
     }
 
@@ -797,22 +843,21 @@ impl Registry {
         destination_id: &str,
         update: &ExtendedS3DestinationConfiguration,
     ) -> Result<(), ApiError> {
-        let mut streams = self.lock();
-        let entry = streams
-            .get_mut(name)
-            .ok_or_else(|| ApiError::not_found(name, &self.account_id))?;
-        if version_id != entry.saved.version.to_string() {
-            return Err(ApiError::ConcurrentModification(format!(
-                "Cannot update firehose: {name} since the current version id: {} and specified version id: {version_id} do not match",
-                entry.saved.version
-            )));
-        }
+        // What the update starts from, read under the lock; the key service, table lookups and
+        // compiles below run outside it, and the version is checked again before the swap.
+        let (mut input, version) = {
+            let streams = self.lock();
+            let entry = streams
+                .get(name)
+                .ok_or_else(|| ApiError::not_found(name, &self.account_id))?;
+            Self::check_version(name, entry, version_id)?;
+            (entry.saved.input.clone(), entry.saved.version)
+        };
         if destination_id != DESTINATION_ID {
             return Err(ApiError::InvalidArgument(format!(
                 "Destination Id {destination_id} not found"
             )));
         }
-        let mut input = entry.saved.input.clone();
         if input.extended_s3_destination_configuration.is_none()
             && input.s3_destination_configuration.is_none()
         {
@@ -866,6 +911,12 @@ impl Registry {
         })?;
         self.check_key(&spec)?;
         let (processing, converter) = self.runtime_parts(&spec)?;
+        let mut streams = self.lock();
+        let entry = streams
+            .get_mut(name)
+            .ok_or_else(|| ApiError::not_found(name, &self.account_id))?;
+        // Another update may have been applied while this one checked its key.
+        Self::check_version(name, entry, &version.to_string())?;
         let previous = entry.saved.clone();
         entry.saved.input = input;
         entry.saved.version += 1;
@@ -886,6 +937,17 @@ impl Registry {
             converter,
         }));
         Ok(())
+    }
+
+    /// ConcurrentModificationException unless `version_id` is the stream's current version.
+    fn check_version(name: &str, entry: &Entry, version_id: &str) -> Result<(), ApiError> {
+        if version_id == entry.saved.version.to_string() {
+            return Ok(());
+        }
+        Err(ApiError::ConcurrentModification(format!(
+            "Cannot update firehose: {name} since the current version id: {} and specified version id: {version_id} do not match",
+            entry.saved.version
+        )))
     }
 
     /// StartDeliveryStreamEncryption (`input`) or StopDeliveryStreamEncryption (`None`): the
@@ -1096,6 +1158,7 @@ impl Registry {
     /// in the spool and are delivered after the next start).
     pub async fn shutdown(&self, deadline: Duration) -> u64 {
         let entries: Vec<(String, Entry)> = std::mem::take(&mut *self.lock()).into_iter().collect();
+        self.intakes.write().expect("intake table lock").clear();
         let mut waiting = Vec::new();
         let mut open = Vec::new();
         for (name, entry) in entries {

@@ -6,6 +6,8 @@ OpenSearch cluster shows under load but osmem-server does not on its own: whole-
     proxy.whole = 3   # the next 3 requests get 429 without reaching the server
     proxy.items = 2   # the next 2 _bulk answers say every other item was rejected (429)
                       # (those items were indexed all the same: a resend must not duplicate)
+    proxy.hold()      # requests wait at the door (counted in proxy.held) until
+    proxy.release()   # lets them through: a slow server, with no clock in the test
 """
 import json
 import threading
@@ -23,6 +25,9 @@ class FaultyProxy:
         self.whole = 0
         self.items = 0
         self.seen = 0
+        self.held = 0
+        self.gate = threading.Event()
+        self.gate.set()
         self.lock = threading.Lock()
         proxy = self
 
@@ -43,6 +48,10 @@ class FaultyProxy:
 
             def do_POST(self):
                 body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+                if not proxy.gate.is_set():
+                    with proxy.lock:
+                        proxy.held += 1
+                    proxy.gate.wait()
                 with proxy.lock:
                     proxy.seen += 1
                     refuse = proxy.whole > 0
@@ -53,7 +62,8 @@ class FaultyProxy:
                     self._answer(429, json.dumps({"error": REJECTED, "status": 429}).encode())
                     return
                 headers = {k: v for k, v in self.headers.items()
-                           if k.lower() in ("content-type", "content-encoding", "authorization")}
+                           if k.lower() in ("content-type", "content-encoding", "authorization")
+                           or k.lower().startswith("x-amz-")}
                 r = requests.post(proxy.upstream + self.path, data=body, headers=headers, timeout=60)
                 if not mark or r.status_code != 200:
                     self._answer(r.status_code, r.content)
@@ -71,6 +81,13 @@ class FaultyProxy:
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
         threading.Thread(target=self.server.serve_forever, daemon=True).start()
 
+    def hold(self):
+        self.gate.clear()
+
+    def release(self):
+        self.gate.set()
+
     def close(self):
+        self.release()
         self.server.shutdown()
         self.server.server_close()

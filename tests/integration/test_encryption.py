@@ -6,12 +6,14 @@ import gzip
 import json
 import re
 import subprocess
+import threading
 
 import boto3
 import botocore.exceptions
 import pytest
 
 from conftest import BIN, REGION, wait_for
+from faulty_proxy import FaultyProxy
 from decrypt_hpen import HpenError, decrypt, kms_unwrap, local_unwrap, read_header
 
 ROLE = "arn:aws:iam::000000000000:role/firehose"
@@ -265,3 +267,56 @@ def test_stream_encryption_seals_the_spool_at_rest(daemon_factory, s3, bucket, t
     want = sorted([b"owned-secret-%d" % i for i in range(20)] + [b"owned-secret-x"]
                   + [b"early-secret-%d" % i for i in range(10)] + [b"sealed-secret", b"plain-again"])
     assert got == want
+
+
+def test_a_slow_key_service_never_stalls_puts_to_other_streams(moto, daemon_factory, bucket):
+    """UpdateDestination on a KMS-encrypted stream asks the key service for a data key; held at
+    a proxy in front of moto's KMS, the update stays in flight while another stream takes puts
+    and answers Describe. Ordering is asserted, not time."""
+    kms = boto3.client("kms", endpoint_url=moto, region_name=REGION,
+                       aws_access_key_id="AKIDKMS", aws_secret_access_key="secret")
+    key = kms.create_key(Description="slow")["KeyMetadata"]
+    proxy = FaultyProxy(moto)
+    try:
+        d = daemon_factory(f'[encryption]\nprovider = "aws-kms"\nkms_endpoint = "{proxy.url}"\n')
+        fh = d.firehose()
+        create(fh, "sealed", bucket, key["Arn"])
+        fh.create_delivery_stream(DeliveryStreamName="plain", ExtendedS3DestinationConfiguration={
+            "RoleARN": ROLE, "BucketARN": f"arn:aws:s3:::{bucket}", "Prefix": "plain/",
+            "BufferingHints": {"SizeInMBs": 1, "IntervalInSeconds": 1}})
+        version = fh.describe_delivery_stream(
+            DeliveryStreamName="sealed")["DeliveryStreamDescription"]["VersionId"]
+        proxy.hold()
+        outcome = {}
+        finished = threading.Event()
+
+        def update():
+            try:
+                d.firehose().update_destination(
+                    DeliveryStreamName="sealed", CurrentDeliveryStreamVersionId=version,
+                    DestinationId="destinationId-000000000001",
+                    ExtendedS3DestinationUpdate={"BufferingHints": {"SizeInMBs": 2,
+                                                                    "IntervalInSeconds": 2}})
+                outcome["ok"] = True
+            except Exception as e:  # noqa: BLE001 - reported by the assertion below
+                outcome["error"] = e
+            finally:
+                finished.set()
+
+        updating = threading.Thread(target=update)
+        updating.start()
+        wait_for(lambda: proxy.held >= 1, what="the update's key request held at the proxy")
+        for i in range(10):
+            answer = fh.put_record_batch(DeliveryStreamName="plain",
+                                         Records=[{"Data": b"%d-%d\n" % (i, j)} for j in range(50)])
+            assert answer["FailedPutCount"] == 0
+        assert fh.describe_delivery_stream(DeliveryStreamName="plain")
+        # Every put above was answered while the update still waited for the key service.
+        assert not finished.is_set()
+        proxy.release()
+        updating.join(60)
+        assert outcome == {"ok": True}
+        after = fh.describe_delivery_stream(DeliveryStreamName="sealed")["DeliveryStreamDescription"]
+        assert int(after["VersionId"]) == int(version) + 1
+    finally:
+        proxy.close()

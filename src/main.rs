@@ -47,6 +47,8 @@ enum Command {
     Bench(hosepipe::bench::ingest::BenchArgs),
     /// Measure a destination outage backing up on disk, a kill -9 restart and the drain.
     BenchBacklog(hosepipe::bench::backlog::BenchBacklogArgs),
+    /// Measure one stream's put latency while another's UpdateDestination waits on a slow KMS.
+    BenchControl(hosepipe::bench::control::BenchControlArgs),
     /// Print the columns record format conversion would use for a table (local catalog or Glue).
     Schema {
         #[arg(long)]
@@ -342,6 +344,9 @@ fn main() -> ExitCode {
         Command::BenchAgent(args) => finished("bench-agent", hosepipe::bench::agent::run(args)),
         Command::BenchBacklog(args) => {
             finished("bench-backlog", hosepipe::bench::backlog::run(args))
+        }
+        Command::BenchControl(args) => {
+            finished("bench-control", hosepipe::bench::control::run(args))
         }
         Command::BenchSplunk(args) => finished("bench-splunk", hosepipe::bench::splunk::run(args)),
         Command::BenchOpensearch(args) => {

@@ -1,7 +1,8 @@
 //! The control plane's state: which streams exist, their definitions and versions, their tags,
 //! and their running pipelines. Streams created through the API are saved to
-//! `<data_dir>/streams.json` (fsync + rename) and come back after a restart; streams declared in
-//! the config file come from the config file.
+//! `<data_dir>/streams.json` (`durable::write`) and come back after a restart; streams declared in
+//! the config file come from the config file. Refusals are `ControlError`s; only `api/` turns
+//! them (and descriptions) into Firehose's names and JSON.
 
 use std::collections::BTreeMap;
 use std::collections::{HashMap, HashSet};
@@ -10,9 +11,8 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
-use serde_json::{Value, json};
+use serde_json::Value;
 
-use crate::api::error::ApiError;
 use crate::config::stream::{
     self, AtRestKey, CreateDeliveryStreamInput, DestinationSpec,
     ExtendedS3DestinationConfiguration, StreamEncryptionInput, StreamSpec, Tag,
@@ -72,12 +72,51 @@ struct Entry {
 
 /// The stream's encryption at rest, as DescribeDeliveryStream reports it.
 #[derive(Debug, Clone)]
-struct AtRest {
-    key: Option<AtRestKey>,
+pub struct AtRest {
+    pub key: Option<AtRestKey>,
     /// ENABLED, ENABLING, ENABLING_FAILED, DISABLED, DISABLING or DISABLING_FAILED.
-    status: &'static str,
+    pub status: &'static str,
     /// `FailureDescription{Type, Details}` of a failed change.
-    failure: Option<(&'static str, String)>,
+    pub failure: Option<(&'static str, String)>,
+}
+
+/// One stream as DescribeDeliveryStream reports it.
+pub struct StreamView {
+    pub name: String,
+    pub arn: String,
+    /// The definition in force.
+    pub current: Arc<Versioned>,
+    pub at_rest: AtRest,
+    pub version: u64,
+    pub created: f64,
+    pub updated: f64,
+}
+
+/// Why a control operation was refused; `api::error` names each as Firehose does.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum ControlError {
+    /// A request value is wrong.
+    #[error("{0}")]
+    Invalid(String),
+    /// The definition does not validate (each error with its field path).
+    #[error("{} validation errors", .0.len())]
+    Fields(Vec<crate::config::stream::FieldError>),
+    #[error("stream {stream} not found in account {account}")]
+    NotFound { stream: String, account: String },
+    /// The stream exists already, is still being deleted, or its encryption is changing.
+    #[error("{0}")]
+    InUse(String),
+    /// The caller's VersionId is not the stream's current one.
+    #[error("{0}")]
+    VersionConflict(String),
+    #[error("{0}")]
+    Limit(String),
+    /// A master key the key service cannot use (unknown, disabled, no access).
+    #[error("{0}")]
+    KeyUnusable(String),
+    /// This machine could not save or start the stream.
+    #[error("{0}")]
+    Internal(String),
 }
 
 impl AtRest {
@@ -92,20 +131,6 @@ impl AtRest {
 
     fn changing(&self) -> bool {
         matches!(self.status, "ENABLING" | "DISABLING")
-    }
-
-    fn describe(&self) -> Value {
-        let mut out = json!({ "Status": self.status });
-        if let Some(key) = &self.key {
-            out["KeyType"] = json!(key.key_type());
-            if let Some(arn) = key.key_arn() {
-                out["KeyARN"] = json!(arn);
-            }
-        }
-        if let Some((kind, details)) = &self.failure {
-            out["FailureDescription"] = json!({ "Type": kind, "Details": details });
-        }
-        out
     }
 }
 
@@ -188,24 +213,11 @@ fn epoch_secs() -> f64 {
     chrono::Utc::now().timestamp_millis() as f64 / 1000.0
 }
 
-fn strip_nulls(v: Value) -> Value {
-    match v {
-        Value::Object(map) => Value::Object(
-            map.into_iter()
-                .filter(|(_, v)| !v.is_null())
-                .map(|(k, v)| (k, strip_nulls(v)))
-                .collect(),
-        ),
-        Value::Array(a) => Value::Array(a.into_iter().map(strip_nulls).collect()),
-        other => other,
-    }
-}
-
 /// Overlays the non-null top-level fields of `update` on `base` (UpdateDestination's merge).
 fn merge(
     base: &ExtendedS3DestinationConfiguration,
     update: &ExtendedS3DestinationConfiguration,
-) -> Result<ExtendedS3DestinationConfiguration, ApiError> {
+) -> Result<ExtendedS3DestinationConfiguration, ControlError> {
     let mut merged = serde_json::to_value(base).expect("config serialises");
     let update = serde_json::to_value(update).expect("config serialises");
     if let (Value::Object(m), Value::Object(u)) = (&mut merged, update) {
@@ -215,100 +227,7 @@ fn merge(
             }
         }
     }
-    serde_json::from_value(merged).map_err(|e| ApiError::InvalidArgument(e.to_string()))
-}
-
-/// `ExtendedS3DestinationDescription` with the defaults in force filled in.
-fn s3_description(spec: &stream::S3Spec) -> Value {
-    let raw = &spec.raw;
-    strip_nulls(json!({
-        "RoleARN": raw.role_arn,
-        "BucketARN": raw.bucket_arn,
-        "Prefix": raw.prefix,
-        "ErrorOutputPrefix": raw.error_output_prefix,
-        "BufferingHints": {
-            "SizeInMBs": spec.limits.size_bytes / (1024 * 1024),
-            "IntervalInSeconds": spec.limits.interval.as_secs(),
-        },
-        "CompressionFormat": spec.compression.as_api(),
-        "EncryptionConfiguration": raw.encryption_configuration.clone()
-            .unwrap_or_else(|| json!({"NoEncryptionConfig": "NoEncryption"})),
-        "CloudWatchLoggingOptions": raw.cloud_watch_logging_options.clone()
-            .unwrap_or_else(|| json!({"Enabled": false})),
-        "ProcessingConfiguration": raw.processing_configuration,
-        "S3BackupMode": raw.s3_backup_mode.clone().unwrap_or_else(|| "Disabled".into()),
-        "DataFormatConversionConfiguration": raw.data_format_conversion_configuration,
-        "DynamicPartitioningConfiguration": raw.dynamic_partitioning_configuration,
-        "FileExtension": raw.file_extension,
-        "CustomTimeZone": raw.custom_time_zone,
-    }))
-}
-
-/// The deprecated `S3DestinationDescription`: the fields its shape has.
-fn legacy_s3_description(extended: &Value) -> Value {
-    let mut legacy = serde_json::Map::new();
-    for field in [
-        "RoleARN",
-        "BucketARN",
-        "Prefix",
-        "ErrorOutputPrefix",
-        "BufferingHints",
-        "CompressionFormat",
-        "EncryptionConfiguration",
-        "CloudWatchLoggingOptions",
-    ] {
-        if let Some(v) = extended.get(field) {
-            legacy.insert(field.to_string(), v.clone());
-        }
-    }
-    Value::Object(legacy)
-}
-
-/// `AmazonopensearchserviceDestinationDescription` with the defaults in force filled in.
-fn opensearch_description(spec: &crate::config::opensearch::OpenSearchSpec) -> Value {
-    let raw = &spec.raw;
-    strip_nulls(json!({
-        "RoleARN": raw.role_arn,
-        "ClusterEndpoint": raw.cluster_endpoint,
-        "IndexName": spec.index,
-        "TypeName": spec.type_name,
-        "IndexRotationPeriod": spec.rotation.as_api(),
-        "BufferingHints": {
-            "SizeInMBs": spec.limits.size_bytes / (1024 * 1024),
-            "IntervalInSeconds": spec.limits.interval.as_secs(),
-        },
-        "RetryOptions": { "DurationInSeconds": spec.retry.as_secs() },
-        "S3BackupMode": if spec.backup_all { "AllDocuments" } else { "FailedDocumentsOnly" },
-        "S3DestinationDescription": legacy_s3_description(&s3_description(&spec.backup)),
-        "ProcessingConfiguration": raw.processing_configuration,
-        "CloudWatchLoggingOptions": raw.cloud_watch_logging_options.clone()
-            .unwrap_or_else(|| json!({"Enabled": false})),
-        "DocumentIdOptions": {
-            "DefaultDocumentIdFormat":
-                if spec.document_ids { "FIREHOSE_DEFAULT" } else { "NO_DOCUMENT_ID" },
-        },
-    }))
-}
-
-/// `SplunkDestinationDescription` with the defaults in force filled in.
-fn splunk_description(spec: &crate::config::splunk::SplunkSpec) -> Value {
-    let raw = &spec.raw;
-    strip_nulls(json!({
-        "HECEndpoint": raw.hec_endpoint,
-        "HECEndpointType": raw.hec_endpoint_type,
-        "HECToken": raw.hec_token,
-        "HECAcknowledgmentTimeoutInSeconds": spec.ack_timeout.as_secs(),
-        "RetryOptions": { "DurationInSeconds": spec.retry.as_secs() },
-        "S3BackupMode": if spec.backup_all { "AllEvents" } else { "FailedEventsOnly" },
-        "S3DestinationDescription": legacy_s3_description(&s3_description(&spec.backup)),
-        "ProcessingConfiguration": raw.processing_configuration,
-        "CloudWatchLoggingOptions": raw.cloud_watch_logging_options.clone()
-            .unwrap_or_else(|| json!({"Enabled": false})),
-        "BufferingHints": {
-            "SizeInMBs": spec.limits.size_bytes / (1024 * 1024),
-            "IntervalInSeconds": spec.limits.interval.as_secs(),
-        },
-    }))
+    serde_json::from_value(merged).map_err(|e| ControlError::Invalid(e.to_string()))
 }
 
 impl Registry {
@@ -449,7 +368,7 @@ impl Registry {
     /// A stream with `KMSEncryptionConfig` needs a master key the key service can use: asking
     /// it for a data key now turns an unknown or unusable key into InvalidKMSResourceException
     /// before anything is accepted.
-    fn check_key(&self, spec: &StreamSpec) -> Result<(), ApiError> {
+    fn check_key(&self, spec: &StreamSpec) -> Result<(), ControlError> {
         let Some(enc) = &spec.s3_output().encryption else {
             return Ok(());
         };
@@ -459,7 +378,7 @@ impl Registry {
             .generate(&enc.key_id, &context)
             .map(drop)
             .map_err(|e| {
-                ApiError::InvalidKmsResource(format!(
+                ControlError::KeyUnusable(format!(
                     "AWSKMSKeyARN {:?} cannot be used: {e}",
                     enc.key_id
                 ))
@@ -477,7 +396,7 @@ impl Registry {
     /// The master key of an at-rest setting, checked by asking for a data key (the daemon's
     /// own key is created first if the key service does that): an unusable key is
     /// InvalidKMSResourceException before anything changes.
-    fn check_at_rest_key(&self, stream: &str, key: &AtRestKey) -> Result<String, ApiError> {
+    fn check_at_rest_key(&self, stream: &str, key: &AtRestKey) -> Result<String, ControlError> {
         let key_id = self.at_rest_key_id(key);
         let keys = &self.shared.keys;
         let context = vec![(
@@ -490,19 +409,17 @@ impl Registry {
             Ok(())
         }
         .and_then(|()| keys.generate(&key_id, &context).map(drop))
-        .map_err(|e| {
-            ApiError::InvalidKmsResource(format!("KeyARN {key_id:?} cannot be used: {e}"))
-        })?;
+        .map_err(|e| ControlError::KeyUnusable(format!("KeyARN {key_id:?} cannot be used: {e}")))?;
         Ok(key_id)
     }
 
     /// The processor chain and converter a spec needs, or why they cannot be built.
-    fn runtime_parts(&self, spec: &StreamSpec) -> Result<Parts, ApiError> {
+    fn runtime_parts(&self, spec: &StreamSpec) -> Result<Parts, ControlError> {
         let processing = self
             .processing(spec)
-            .map_err(|m| ApiError::InvalidArgument(format!("ProcessingConfiguration: {m}")))?;
+            .map_err(|m| ControlError::Invalid(format!("ProcessingConfiguration: {m}")))?;
         let converter = self.converter(spec).map_err(|m| {
-            ApiError::InvalidArgument(format!("DataFormatConversionConfiguration: {m}"))
+            ControlError::Invalid(format!("DataFormatConversionConfiguration: {m}"))
         })?;
         Ok((processing, converter))
     }
@@ -644,7 +561,7 @@ impl Registry {
     }
 
     /// Writes the API-created streams (fsync, then rename over the old file).
-    fn save_definitions(&self, streams: &BTreeMap<String, Entry>) -> Result<(), ApiError> {
+    fn save_definitions(&self, streams: &BTreeMap<String, Entry>) -> Result<(), ControlError> {
         let saved: Vec<&Saved> = streams
             .values()
             .filter(|e| !e.from_config)
@@ -653,23 +570,23 @@ impl Registry {
         let text = serde_json::to_vec_pretty(&saved).expect("saved streams serialise");
         crate::durable::write(&self.state_file, &text).map_err(|e| {
             tracing::error!(file = %self.state_file.display(), error = %e, "cannot save stream definitions");
-            ApiError::InternalFailure(format!("cannot save stream definitions: {e}"))
+            ControlError::Internal(format!("cannot save stream definitions: {e}"))
         })
     }
 
-    pub fn create(&self, input: CreateDeliveryStreamInput) -> Result<String, ApiError> {
+    pub fn create(&self, input: CreateDeliveryStreamInput) -> Result<String, ControlError> {
         let name = input
             .delivery_stream_name
             .clone()
-            .ok_or_else(|| ApiError::InvalidArgument("DeliveryStreamName is required".into()))?;
-        let spec = stream::validate(&name, &input).map_err(|e| ApiError::from_field_errors(&e))?;
+            .ok_or_else(|| ControlError::Invalid("DeliveryStreamName is required".into()))?;
+        let spec = stream::validate(&name, &input).map_err(ControlError::Fields)?;
         self.check_key(&spec)?;
         if let Some(key) = &spec.at_rest {
             self.check_at_rest_key(&name, key)?;
         }
         let parts = self.runtime_parts(&spec)?;
         if self.is_draining(&name) {
-            return Err(ApiError::ResourceInUse(format!(
+            return Err(ControlError::InUse(format!(
                 "Firehose {name} is still being deleted; try again shortly"
             )));
         }
@@ -678,13 +595,13 @@ impl Registry {
             let streams = self.lock();
             let mut creating = self.creating.lock().expect("creating lock");
             if streams.contains_key(&name) || creating.contains(&name) {
-                return Err(ApiError::ResourceInUse(format!(
+                return Err(ControlError::InUse(format!(
                     "Firehose {name} under accountId {} already exists",
                     self.account_id
                 )));
             }
             if streams.len() + creating.len() >= 5000 {
-                return Err(ApiError::LimitExceeded(
+                return Err(ControlError::Limit(
                     "at most 5000 delivery streams may exist".into(),
                 ));
             }
@@ -697,7 +614,7 @@ impl Registry {
         let saved = Saved::new(name.clone(), input);
         let started = self.start(saved, spec, parts, false).map_err(|e| {
             tracing::error!(error = %e, "cannot start a new stream");
-            ApiError::InternalFailure(e.to_string())
+            ControlError::Internal(e.to_string())
         });
         let mut streams = self.lock();
         self.creating.lock().expect("creating lock").remove(&name);
@@ -743,11 +660,11 @@ impl Registry {
         });
     }
 
-    pub fn delete(&self, name: &str) -> Result<(), ApiError> {
+    pub fn delete(&self, name: &str) -> Result<(), ControlError> {
         let mut streams = self.lock();
         let entry = self
             .remove(&mut streams, name)
-            .ok_or_else(|| ApiError::not_found(name, &self.account_id))?;
+            .ok_or_else(|| self.not_found(name))?;
         let persisted = self.save_definitions(&streams);
         self.retire(entry);
         persisted
@@ -756,58 +673,36 @@ impl Registry {
     /// Where a stream's records enter.
     /// Reads the intake table only, which control operations lock just to add or remove a
     /// stream: a put never waits for a key service, a table lookup or a compile.
-    pub fn intake(&self, name: &str) -> Result<Intake, ApiError> {
+    pub fn intake(&self, name: &str) -> Result<Intake, ControlError> {
         self.intakes
             .read()
             .expect("intake table lock")
             .get(name)
             .cloned()
-            .ok_or_else(|| ApiError::not_found(name, &self.account_id))
+            .ok_or_else(|| self.not_found(name))
     }
 
-    pub fn describe(&self, name: &str) -> Result<Value, ApiError> {
+    /// What DescribeDeliveryStream reports of a stream (`api::describe` gives it Firehose's
+    /// shape).
+    pub fn describe(&self, name: &str) -> Result<StreamView, ControlError> {
         let streams = self.lock();
-        let entry = streams
-            .get(name)
-            .ok_or_else(|| ApiError::not_found(name, &self.account_id))?;
-        let current = entry.handle.config.borrow().clone();
-        let destination = match &current.spec.destination {
-            DestinationSpec::S3(s3) => {
-                let extended = s3_description(s3);
-                json!({
-                    "DestinationId": DESTINATION_ID,
-                    "S3DestinationDescription": legacy_s3_description(&extended),
-                    "ExtendedS3DestinationDescription": extended,
-                })
-            }
-            DestinationSpec::OpenSearch(os) => {
-                let field = if os.elasticsearch {
-                    "ElasticsearchDestinationDescription"
-                } else {
-                    "AmazonopensearchserviceDestinationDescription"
-                };
-                json!({ "DestinationId": DESTINATION_ID, field: opensearch_description(os) })
-            }
-            DestinationSpec::Splunk(sp) => json!({
-                "DestinationId": DESTINATION_ID,
-                "SplunkDestinationDescription": splunk_description(sp),
-            }),
-        };
-        Ok(json!({
-            "DeliveryStreamDescription": {
-                "DeliveryStreamName": name,
-                "DeliveryStreamARN": self.arn(name),
-                "DeliveryStreamStatus": "ACTIVE",
-                "DeliveryStreamEncryptionConfiguration":
-                    entry.at_rest.lock().expect("at-rest lock").describe(),
-                "DeliveryStreamType": current.spec.stream_type,
-                "VersionId": entry.saved.version.to_string(),
-                "CreateTimestamp": entry.saved.created,
-                "LastUpdateTimestamp": entry.saved.updated,
-                "Destinations": [destination],
-                "HasMoreDestinations": false,
-            }
-        }))
+        let entry = streams.get(name).ok_or_else(|| self.not_found(name))?;
+        Ok(StreamView {
+            name: name.to_string(),
+            arn: self.arn(name),
+            current: entry.handle.config.borrow().clone(),
+            at_rest: entry.at_rest.lock().expect("at-rest lock").clone(),
+            version: entry.saved.version,
+            created: entry.saved.created,
+            updated: entry.saved.updated,
+        })
+    }
+
+    fn not_found(&self, name: &str) -> ControlError {
+        ControlError::NotFound {
+            stream: name.to_string(),
+            account: self.account_id.clone(),
+        }
     }
 
     pub fn list(
@@ -842,26 +737,24 @@ impl Registry {
         version_id: &str,
         destination_id: &str,
         update: &ExtendedS3DestinationConfiguration,
-    ) -> Result<(), ApiError> {
+    ) -> Result<(), ControlError> {
         // What the update starts from, read under the lock; the key service, table lookups and
         // compiles below run outside it, and the version is checked again before the swap.
         let (mut input, version) = {
             let streams = self.lock();
-            let entry = streams
-                .get(name)
-                .ok_or_else(|| ApiError::not_found(name, &self.account_id))?;
+            let entry = streams.get(name).ok_or_else(|| self.not_found(name))?;
             Self::check_version(name, entry, version_id)?;
             (entry.saved.input.clone(), entry.saved.version)
         };
         if destination_id != DESTINATION_ID {
-            return Err(ApiError::InvalidArgument(format!(
+            return Err(ControlError::Invalid(format!(
                 "Destination Id {destination_id} not found"
             )));
         }
         if input.extended_s3_destination_configuration.is_none()
             && input.s3_destination_configuration.is_none()
         {
-            return Err(ApiError::InvalidArgument(
+            return Err(ControlError::Invalid(
                 "this stream's destination is not S3; hosepipe does not update OpenSearch or Splunk destinations yet (delete and create the stream)".into(),
             ));
         }
@@ -877,13 +770,13 @@ impl Registry {
             stream::enabled(&merged.dynamic_partitioning_configuration),
         ) {
             (false, true) => {
-                return Err(ApiError::InvalidArgument(
+                return Err(ControlError::Invalid(
                     "Dynamic partitioning can only be enabled when the delivery stream is created"
                         .into(),
                 ));
             }
             (true, false) => {
-                return Err(ApiError::InvalidArgument(
+                return Err(ControlError::Invalid(
                     "Dynamic partitioning cannot be disabled once enabled".into(),
                 ));
             }
@@ -907,14 +800,12 @@ impl Registry {
                     fe
                 })
                 .collect();
-            ApiError::from_field_errors(&errs)
+            ControlError::Fields(errs)
         })?;
         self.check_key(&spec)?;
         let (processing, converter) = self.runtime_parts(&spec)?;
         let mut streams = self.lock();
-        let entry = streams
-            .get_mut(name)
-            .ok_or_else(|| ApiError::not_found(name, &self.account_id))?;
+        let entry = streams.get_mut(name).ok_or_else(|| self.not_found(name))?;
         // Another update may have been applied while this one checked its key.
         Self::check_version(name, entry, &version.to_string())?;
         let previous = entry.saved.clone();
@@ -940,11 +831,11 @@ impl Registry {
     }
 
     /// ConcurrentModificationException unless `version_id` is the stream's current version.
-    fn check_version(name: &str, entry: &Entry, version_id: &str) -> Result<(), ApiError> {
+    fn check_version(name: &str, entry: &Entry, version_id: &str) -> Result<(), ControlError> {
         if version_id == entry.saved.version.to_string() {
             return Ok(());
         }
-        Err(ApiError::ConcurrentModification(format!(
+        Err(ControlError::VersionConflict(format!(
             "Cannot update firehose: {name} since the current version id: {} and specified version id: {version_id} do not match",
             entry.saved.version
         )))
@@ -957,26 +848,24 @@ impl Registry {
         &self,
         name: &str,
         input: Option<StreamEncryptionInput>,
-    ) -> Result<(), ApiError> {
+    ) -> Result<(), ControlError> {
         let key = input
             .as_ref()
             .map(|i| stream::validate_at_rest(i, "delivery_stream_encryption_configuration_input"))
             .transpose()
-            .map_err(|e| ApiError::from_field_errors(&[e]))?;
+            .map_err(|e| ControlError::Fields(vec![e]))?;
         if !self.lock().contains_key(name) {
-            return Err(ApiError::not_found(name, &self.account_id));
+            return Err(self.not_found(name));
         }
         let key_id = key
             .as_ref()
             .map(|k| self.check_at_rest_key(name, k))
             .transpose()?;
         let mut streams = self.lock();
-        let entry = streams
-            .get_mut(name)
-            .ok_or_else(|| ApiError::not_found(name, &self.account_id))?;
+        let entry = streams.get_mut(name).ok_or_else(|| self.not_found(name))?;
         let mut state = entry.at_rest.lock().expect("at-rest lock");
         if state.changing() {
-            return Err(ApiError::ResourceInUse(format!(
+            return Err(ControlError::InUse(format!(
                 "Firehose {name} encryption is {}; try again when it settles",
                 state.status
             )));
@@ -1036,21 +925,19 @@ impl Registry {
         Ok(())
     }
 
-    pub fn tag(&self, name: &str, tags: &[Tag]) -> Result<(), ApiError> {
-        stream::validate_tags(tags, &["tags"]).map_err(|e| ApiError::from_field_errors(&[e]))?;
+    pub fn tag(&self, name: &str, tags: &[Tag]) -> Result<(), ControlError> {
+        stream::validate_tags(tags, &["tags"]).map_err(|e| ControlError::Fields(vec![e]))?;
         if tags.is_empty() {
-            return Err(ApiError::InvalidArgument("Tags must hold 1-50 tags".into()));
+            return Err(ControlError::Invalid("Tags must hold 1-50 tags".into()));
         }
         let mut streams = self.lock();
-        let entry = streams
-            .get_mut(name)
-            .ok_or_else(|| ApiError::not_found(name, &self.account_id))?;
+        let entry = streams.get_mut(name).ok_or_else(|| self.not_found(name))?;
         let mut next = entry.saved.tags.clone();
         for t in tags {
             next.insert(t.key.clone(), t.value.clone().unwrap_or_default());
         }
         if next.len() > 50 {
-            return Err(ApiError::LimitExceeded(format!(
+            return Err(ControlError::Limit(format!(
                 "a stream may have at most 50 tags; this would make {}",
                 next.len()
             )));
@@ -1062,16 +949,12 @@ impl Registry {
         Ok(())
     }
 
-    pub fn untag(&self, name: &str, keys: &[String]) -> Result<(), ApiError> {
+    pub fn untag(&self, name: &str, keys: &[String]) -> Result<(), ControlError> {
         if keys.is_empty() || keys.len() > 50 {
-            return Err(ApiError::InvalidArgument(
-                "TagKeys must hold 1-50 keys".into(),
-            ));
+            return Err(ControlError::Invalid("TagKeys must hold 1-50 keys".into()));
         }
         let mut streams = self.lock();
-        let entry = streams
-            .get_mut(name)
-            .ok_or_else(|| ApiError::not_found(name, &self.account_id))?;
+        let entry = streams.get_mut(name).ok_or_else(|| self.not_found(name))?;
         for k in keys {
             entry.saved.tags.remove(k);
         }
@@ -1086,11 +969,9 @@ impl Registry {
         name: &str,
         start_after: Option<&str>,
         limit: usize,
-    ) -> Result<(Vec<(String, String)>, bool), ApiError> {
+    ) -> Result<(Vec<(String, String)>, bool), ControlError> {
         let streams = self.lock();
-        let entry = streams
-            .get(name)
-            .ok_or_else(|| ApiError::not_found(name, &self.account_id))?;
+        let entry = streams.get(name).ok_or_else(|| self.not_found(name))?;
         let mut tags = entry
             .saved
             .tags

@@ -131,3 +131,19 @@ fn config_files_import_each_other_without_a_circle() {
         "config files import each other in a circle: {circle:?}"
     );
 }
+
+#[test]
+fn only_the_api_names_firehose_errors() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+    let api = root.join("api");
+    let offenders: Vec<String> = sources(&root)
+        .into_iter()
+        .filter(|(path, _)| !path.starts_with(&api) && !path.ends_with("src/tidy.rs"))
+        .filter(|(_, text)| text.contains("ApiError"))
+        .map(|(path, _)| path.display().to_string())
+        .collect();
+    assert!(
+        offenders.is_empty(),
+        "{offenders:#?} use ApiError: return the module's own error type and map it in api/"
+    );
+}

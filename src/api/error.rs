@@ -88,6 +88,23 @@ impl ApiError {
     }
 }
 
+/// The control plane's refusals, named as Firehose names them.
+impl From<crate::registry::ControlError> for ApiError {
+    fn from(e: crate::registry::ControlError) -> Self {
+        use crate::registry::ControlError as C;
+        match e {
+            C::Invalid(m) => ApiError::InvalidArgument(m),
+            C::Fields(errors) => ApiError::from_field_errors(&errors),
+            C::NotFound { stream, account } => ApiError::not_found(&stream, &account),
+            C::InUse(m) => ApiError::ResourceInUse(m),
+            C::VersionConflict(m) => ApiError::ConcurrentModification(m),
+            C::Limit(m) => ApiError::LimitExceeded(m),
+            C::KeyUnusable(m) => ApiError::InvalidKmsResource(m),
+            C::Internal(m) => ApiError::InternalFailure(m),
+        }
+    }
+}
+
 /// Content type of every API answer.
 pub const AMZ_JSON: &str = "application/x-amz-json-1.1";
 

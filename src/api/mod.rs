@@ -1,6 +1,7 @@
 //! The Firehose API (AWS JSON 1.1 on `POST /`), `/metrics` and `/health`.
 
 pub mod auth;
+pub mod describe;
 pub mod error;
 
 use std::borrow::Cow;
@@ -688,7 +689,8 @@ async fn operation_value(
         }
         "DescribeDeliveryStream" => {
             let input: NameIn = parse(body)?;
-            registry.describe(&stream_name(input.delivery_stream_name)?)
+            let view = registry.describe(&stream_name(input.delivery_stream_name)?)?;
+            Ok(describe::description(&view))
         }
         "DeleteDeliveryStream" => {
             let input: NameIn = parse(body)?;

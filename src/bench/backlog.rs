@@ -41,17 +41,20 @@ pub struct BenchBacklogArgs {
 }
 
 /// A `hosepipe serve` child and its address.
-struct Daemon {
-    child: Child,
-    url: String,
+pub(super) struct Daemon {
+    pub(super) child: Child,
+    pub(super) url: String,
 }
 
 impl Daemon {
-    fn start(
+    /// Starts `hosepipe serve` with `env` added to its environment; returns it once it answers
+    /// `/health`, with the time that took.
+    pub(super) fn start(
         rt: &tokio::runtime::Runtime,
         config: &Path,
         data: &Path,
         log: &Path,
+        env: &[(&str, &str)],
     ) -> anyhow::Result<(Daemon, Duration)> {
         let started = Instant::now();
         let exe = std::env::current_exe().context("this binary")?;
@@ -61,6 +64,7 @@ impl Daemon {
             .arg("--data-dir")
             .arg(data)
             .env("RUST_LOG", "warn")
+            .envs(env.iter().copied())
             .stdout(Stdio::piped())
             .stderr(std::fs::File::create(log)?)
             .spawn()
@@ -107,7 +111,7 @@ impl Daemon {
     }
 
     /// SIGTERM, and the exit status.
-    fn stop(mut self) -> anyhow::Result<std::process::ExitStatus> {
+    pub(super) fn stop(mut self) -> anyhow::Result<std::process::ExitStatus> {
         let _ = Command::new("kill")
             .arg(self.child.id().to_string())
             .status();
@@ -116,14 +120,14 @@ impl Daemon {
 }
 
 /// Samples a process's VmRSS every 50 ms; the peak in MiB.
-struct RssSampler {
+pub(super) struct RssSampler {
     stop: Arc<AtomicBool>,
     peak: Arc<AtomicU64>,
     thread: std::thread::JoinHandle<()>,
 }
 
 impl RssSampler {
-    fn start(pid: u32) -> RssSampler {
+    pub(super) fn start(pid: u32) -> RssSampler {
         let stop = Arc::new(AtomicBool::new(false));
         let peak = Arc::new(AtomicU64::new(0));
         let (s, p) = (stop.clone(), peak.clone());
@@ -136,7 +140,7 @@ impl RssSampler {
         RssSampler { stop, peak, thread }
     }
 
-    fn finish(self, pid: u32) -> f64 {
+    pub(super) fn finish(self, pid: u32) -> f64 {
         self.stop.store(true, Ordering::Relaxed);
         let _ = self.thread.join();
         // VmHWM catches what the sampling missed.
@@ -237,7 +241,7 @@ buffering_hints = {{ size_in_mbs = 8, interval_in_seconds = 1 }}
 
     // 1. The outage: push until the first refusal.
     let rt = tokio::runtime::Runtime::new()?;
-    let (first, _) = Daemon::start(&rt, &config, &data, &log)?;
+    let (first, _) = Daemon::start(&rt, &config, &data, &log, &[])?;
     let pid = first.child.id();
     let rss = RssSampler::start(pid);
     let started = Instant::now();
@@ -267,7 +271,7 @@ buffering_hints = {{ size_in_mbs = 8, interval_in_seconds = 1 }}
 
     // 2. kill -9 with the backlog on disk, start again (still in the outage).
     first.kill();
-    let (second, health) = Daemon::start(&rt, &config, &data, &log)?;
+    let (second, health) = Daemon::start(&rt, &config, &data, &log, &[])?;
     let pid = second.child.id();
     let rss = RssSampler::start(pid);
     std::thread::sleep(Duration::from_secs(2));

@@ -3,6 +3,7 @@
 
 pub mod agent;
 pub mod backlog;
+pub mod control;
 pub mod convert;
 pub mod encrypt;
 pub mod ingest;

@@ -29,6 +29,66 @@ pub enum StartError {
     Restore(String),
 }
 
+/// What every stream's pipeline is given, from the config: the key service, the transform
+/// catalog, the table schemas, the HTTP destinations' clients.
+pub(crate) fn shared_parts(
+    config: &Config,
+    sink: Arc<dyn Destination>,
+    metrics: Arc<Metrics>,
+    admission: Arc<Admission>,
+) -> Result<Shared, StartError> {
+    Ok(Shared {
+        sink,
+        metrics,
+        admission,
+        retention: config.spool.retention,
+        quotas: Arc::new(config.quotas.clone()),
+        catalog: Arc::new(crate::transform::catalog::Catalog::new(
+            config.transforms.clone(),
+        )),
+        keys: config
+            .encryption
+            .key_service()
+            .map_err(|e| StartError::Restore(format!("[encryption]: {e}")))?,
+        key_reuse: config.encryption.reuse,
+        owned_key: config.encryption.owned_key.clone(),
+        opensearch: crate::deliver::opensearch::BulkClient {
+            http: reqwest::Client::builder()
+                .timeout(crate::deliver::opensearch::REQUEST_TIMEOUT)
+                .build()
+                .map_err(|e| StartError::Restore(format!("HTTP client: {e}")))?,
+            auth: config.opensearch_auth.clone(),
+        },
+        splunk: crate::deliver::splunk::HecClient {
+            http: reqwest::Client::builder()
+                .timeout(crate::deliver::opensearch::REQUEST_TIMEOUT)
+                .build()
+                .map_err(|e| StartError::Restore(format!("HTTP client: {e}")))?,
+            fields: {
+                let d = crate::deliver::splunk::EventFields::default();
+                let s = &config.splunk;
+                crate::deliver::splunk::EventFields {
+                    host: s.host.clone().unwrap_or(d.host),
+                    source: s.source.clone(),
+                    sourcetype: s.sourcetype.clone().unwrap_or(d.sourcetype),
+                    index: s.index.clone(),
+                }
+            },
+            ack_timeout: config
+                .splunk
+                .ack_timeout_seconds
+                .map(std::time::Duration::from_secs),
+        },
+        schemas: Arc::new(crate::schema::SchemaSource {
+            local: config.catalog.clone(),
+            glue: config.glue_endpoint().unwrap_or_else(|e| {
+                tracing::warn!(error = %e, "a Glue endpoint is configured but cannot be called; tables come from the local catalog only");
+                None
+            }),
+        }),
+    })
+}
+
 /// A started daemon.
 pub struct Server {
     pub addr: SocketAddr,
@@ -83,56 +143,7 @@ impl Server {
             max_spool / (1024 * 1024),
             config.spool.memory_bytes / (1024 * 1024),
         );
-        let shared = Shared {
-            sink,
-            metrics: metrics.clone(),
-            admission: admission.clone(),
-            retention: config.spool.retention,
-            quotas: Arc::new(config.quotas.clone()),
-            catalog: Arc::new(crate::transform::catalog::Catalog::new(
-                config.transforms.clone(),
-            )),
-            keys: config
-                .encryption
-                .key_service()
-                .map_err(|e| StartError::Restore(format!("[encryption]: {e}")))?,
-            key_reuse: config.encryption.reuse,
-            owned_key: config.encryption.owned_key.clone(),
-            opensearch: crate::deliver::opensearch::BulkClient {
-                http: reqwest::Client::builder()
-                    .timeout(crate::deliver::opensearch::REQUEST_TIMEOUT)
-                    .build()
-                    .map_err(|e| StartError::Restore(format!("HTTP client: {e}")))?,
-                auth: config.opensearch_auth.clone(),
-            },
-            splunk: crate::deliver::splunk::HecClient {
-                http: reqwest::Client::builder()
-                    .timeout(crate::deliver::opensearch::REQUEST_TIMEOUT)
-                    .build()
-                    .map_err(|e| StartError::Restore(format!("HTTP client: {e}")))?,
-                fields: {
-                    let d = crate::deliver::splunk::EventFields::default();
-                    let s = &config.splunk;
-                    crate::deliver::splunk::EventFields {
-                        host: s.host.clone().unwrap_or(d.host),
-                        source: s.source.clone(),
-                        sourcetype: s.sourcetype.clone().unwrap_or(d.sourcetype),
-                        index: s.index.clone(),
-                    }
-                },
-                ack_timeout: config
-                    .splunk
-                    .ack_timeout_seconds
-                    .map(std::time::Duration::from_secs),
-            },
-            schemas: Arc::new(crate::schema::SchemaSource {
-                local: config.catalog.clone(),
-                glue: config.glue_endpoint().unwrap_or_else(|e| {
-                    tracing::warn!(error = %e, "a Glue endpoint is configured but cannot be called; tables come from the local catalog only");
-                    None
-                }),
-            }),
-        };
+        let shared = shared_parts(&config, sink, metrics.clone(), admission.clone())?;
         return_freed_memory();
         let registry = Arc::new(Registry::new(
             &config.data_dir,

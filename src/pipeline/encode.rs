@@ -1,0 +1,138 @@
+//! The encode stage: a batch named and compressed (or converted to Parquet) into objects on
+//! the blocking pool; for OpenSearch and Splunk streams it hands the batch to their delivery.
+
+use super::deliver::{deliver_opensearch, deliver_splunk};
+use super::*;
+
+/// Names and compresses batches on the blocking pool, a few at a time.
+pub(super) async fn encode_stage(
+    ctx: StreamContext,
+    config: watch::Receiver<Arc<Versioned>>,
+    mut batches: mpsc::Receiver<Batch>,
+    objects: mpsc::Sender<EncodedObject>,
+) {
+    let mut running: JoinSet<Vec<EncodedObject>> = JoinSet::new();
+    let mut open = true;
+    loop {
+        tokio::select! {
+            batch = batches.recv(), if open && running.len() < ENCODE_WORKERS => match batch {
+                Some(batch) => {
+                    let current = config.borrow().clone();
+                    let ctx = ctx.clone();
+                    match &current.spec.destination {
+                        DestinationSpec::S3(_) => {
+                            running.spawn_blocking(move || encode_batch(&ctx, &current, batch));
+                        }
+                        DestinationSpec::OpenSearch(_) => {
+                            running.spawn(
+                                async move { deliver_opensearch(&ctx, &current, batch).await }
+                                    .in_current_span(),
+                            );
+                        }
+                        DestinationSpec::Splunk(_) => {
+                            running.spawn(
+                                async move { deliver_splunk(&ctx, &current, batch).await }
+                                    .in_current_span(),
+                            );
+                        }
+                    }
+                }
+                None => open = false,
+            },
+            Some(done) = running.join_next(), if !running.is_empty() => match done {
+                Ok(objs) => {
+                    for obj in objs {
+                        if objects.send(obj).await.is_err() {
+                            tracing::error!("deliver stage is gone");
+                            return;
+                        }
+                    }
+                }
+                Err(e) => tracing::error!(error = %e, "encoding task panicked"),
+            },
+            else => break,
+        }
+    }
+}
+
+/// One batch's objects (blocking CPU work): compressed records, or a Parquet file plus the
+/// error output of the records that did not fit the table.
+pub(super) fn encode_batch(
+    ctx: &StreamContext,
+    current: &Versioned,
+    batch: Batch,
+) -> Vec<EncodedObject> {
+    let spec = current.spec.s3_output();
+    let failed = |error: &dyn std::fmt::Display| {
+        // Compression or Parquet writing into memory only fails on a bug.
+        tracing::error!(batch = batch.id, records = batch.records.len(), error = %error, "encoding failed; these records are not delivered");
+        ctx.settled_destination(batch.id);
+        ctx.shared
+            .admission
+            .release(memory_cost(batch.records.len(), batch.bytes));
+        Vec::new()
+    };
+    match (&current.converter, &spec.conversion) {
+        (Some(converter), Some(conversion)) => {
+            match crate::deliver::encode_s3_converted(
+                &batch,
+                spec,
+                converter,
+                &conversion.table,
+                &ctx.name,
+                current.version,
+                now_ms(),
+            ) {
+                Ok(out) => {
+                    ctx.shared
+                        .metrics
+                        .converted(&ctx.name, out.converted, out.failures);
+                    if out.failures.0 > 0 {
+                        tracing::warn!(
+                            batch = batch.id,
+                            records = out.failures.0,
+                            "records do not fit the table; writing them to the error output"
+                        );
+                    }
+                    if out.object.is_none() {
+                        ctx.settled_destination(batch.id);
+                    }
+                    out.object.into_iter().chain(out.failed).collect()
+                }
+                Err(e) => failed(&e),
+            }
+        }
+        _ => match crate::deliver::encode_s3(&batch, spec, &ctx.name, current.version) {
+            Ok(obj) => vec![obj],
+            Err(e) => failed(&e),
+        },
+    }
+}
+
+/// With `AllDocuments` / `AllEvents`: the backup object of every record of `batch`. The spool
+/// keeps each record until both its delivery and its backup copy have settled.
+pub(super) fn backup_all(
+    ctx: &StreamContext,
+    current: &Versioned,
+    batch: &Batch,
+    backup: &crate::config::stream::S3Spec,
+) -> Option<EncodedObject> {
+    ctx.add_outputs(batch.records.iter().map(|r| r.seq));
+    let copy = Batch {
+        id: u64::MAX,
+        ..batch.clone()
+    };
+    match crate::deliver::encode_s3(&copy, backup, &ctx.name, current.version) {
+        Ok(obj) => {
+            ctx.shared
+                .admission
+                .force_reserve(memory_cost(obj.records.len(), obj.raw_bytes));
+            Some(obj)
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "cannot encode the backup of every record; this batch is not backed up");
+            ctx.settle(batch.records.iter().map(|r| r.seq).collect());
+            None
+        }
+    }
+}

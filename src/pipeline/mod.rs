@@ -1,0 +1,409 @@
+//! One delivery stream's whole path, wired in one place:
+//!
+//! ```text
+//! api ──records──▶ processing buffer ──batch──▶ process (transforms) ──records──▶ buffer
+//!     ──batch──▶ encode (name + compress) ──object──▶ deliver (S3, retries)
+//!                       process ──failed records (error output object)──▶ deliver
+//! ```
+//!
+//! For OpenSearch and Splunk streams the encode stage delivers each batch itself
+//! (`deliver_opensearch` / `deliver_splunk`); deliver then writes only their S3 objects (failed
+//! records, `AllDocuments` / `AllEvents` backups) to the backup bucket.
+//!
+//! Records enter from the stream's spool reader, which hands them on only while the memory
+//! budget has room: a backlog (an outage, a slow destination) stays on disk, and what is in
+//! memory is what the stages hold. Bounded channels sit between the stages; when the reader is
+//! short of memory the buffers flush what they hold (`FlushReason::Memory`) so the budget frees.
+//! Without a `ProcessingConfiguration` the processing buffer and the process stage pass records
+//! straight through.
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use hosepipe_sinks::Destination;
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinSet;
+use tokio::time::Instant;
+use tracing::Instrument;
+
+use crate::admission::Admission;
+use crate::buffer::{Batch, FlushReason, Partitioned, Record};
+use crate::config::stream::{DestinationSpec, StreamSpec};
+use crate::deliver::error_output::FailedRecord;
+use crate::deliver::prefix::RenderContext;
+use crate::deliver::{DeliveryResult, EncodedObject};
+use crate::metrics::{FlushLabels, Metrics};
+use crate::partition::Partitioner;
+use crate::spool::{Spool, memory_cost};
+use crate::transform::catalog::Catalog;
+use crate::transform::{Failure, Fate, METADATA_EXTRACTION_FAILED, Processing};
+
+/// How many batches compress at once (the machine has 2 cores).
+const ENCODE_WORKERS: usize = 2;
+/// How many objects upload at once.
+const DELIVER_WORKERS: usize = 4;
+/// How many batches are transformed at once.
+const PROCESS_WORKERS: usize = 2;
+
+/// A stream's definition with its version (`VersionId`, also in object names).
+#[derive(Clone)]
+pub struct Versioned {
+    pub spec: StreamSpec,
+    pub version: u64,
+    /// The processor chain built from the spec's `ProcessingConfiguration`.
+    pub processing: Option<Arc<Processing>>,
+    /// The Parquet converter built from `DataFormatConversionConfiguration` and its table.
+    pub converter: Option<Arc<crate::encode::parquet::Converter>>,
+}
+
+/// Which of a stream's two buffers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Stage {
+    /// Before the transforms, with the Lambda processor's buffering hints.
+    Processing,
+    /// Before the destination, with its buffering hints.
+    Destination,
+}
+
+/// A flushed batch not yet delivered: (oldest arrival ms, records, partition).
+type InFlight = (i64, u64, Option<crate::partition::Partition>);
+
+/// Live counters of one stream, read by `/metrics` and `status`.
+#[derive(Debug)]
+pub struct StreamStats {
+    pub buffered_bytes: AtomicU64,
+    pub buffered_records: AtomicU64,
+    buffer_oldest_ms: AtomicI64,
+    processing_oldest_ms: AtomicI64,
+    /// Flushed but not yet delivered: (stage, batch id) → (oldest arrival ms, records,
+    /// partition).
+    in_flight: Mutex<BTreeMap<(Stage, u64), InFlight>>,
+    pub delivered_records: AtomicU64,
+    pub failed_attempts: AtomicU64,
+    /// Dynamic partitioning: the partitions with an open buffer, and the limit (`None`
+    /// without partitioning).
+    partitions: Mutex<(Vec<Option<crate::partition::Partition>>, Option<usize>)>,
+}
+
+impl Default for StreamStats {
+    fn default() -> Self {
+        StreamStats {
+            buffered_bytes: AtomicU64::new(0),
+            buffered_records: AtomicU64::new(0),
+            buffer_oldest_ms: AtomicI64::new(i64::MAX),
+            processing_oldest_ms: AtomicI64::new(i64::MAX),
+            in_flight: Mutex::new(BTreeMap::new()),
+            delivered_records: AtomicU64::new(0),
+            failed_attempts: AtomicU64::new(0),
+            partitions: Mutex::new((Vec::new(), None)),
+        }
+    }
+}
+
+impl StreamStats {
+    /// Arrival time of the oldest record not yet delivered.
+    pub fn oldest_undelivered_ms(&self) -> Option<i64> {
+        let in_flight = self
+            .in_flight
+            .lock()
+            .expect("stats lock")
+            .values()
+            .map(|(oldest, _, _)| *oldest)
+            .min();
+        let buffered =
+            [&self.buffer_oldest_ms, &self.processing_oldest_ms].map(|a| a.load(Ordering::Relaxed));
+        in_flight
+            .into_iter()
+            .chain(buffered.into_iter().filter(|b| *b != i64::MAX))
+            .min()
+    }
+
+    /// Records flushed but not yet delivered.
+    pub fn in_flight_records(&self) -> u64 {
+        self.in_flight
+            .lock()
+            .expect("stats lock")
+            .values()
+            .map(|(_, n, _)| n)
+            .sum()
+    }
+
+    /// The partitions of the destination batches flushed and not yet delivered.
+    /// How many partitions are active: those in `open` (buffered) together with those of the
+    /// destination batches flushed and not yet delivered.
+    fn count_active<'a>(
+        &self,
+        open: impl Iterator<Item = &'a Option<crate::partition::Partition>>,
+    ) -> usize {
+        let in_flight = self.in_flight.lock().expect("stats lock");
+        let mut active: std::collections::HashSet<&Option<crate::partition::Partition>> =
+            open.collect();
+        active.extend(
+            in_flight
+                .iter()
+                .filter(|((stage, _), _)| *stage == Stage::Destination)
+                .map(|(_, (_, _, p))| p),
+        );
+        active.len()
+    }
+
+    fn is_in_flight(&self, partition: &Option<crate::partition::Partition>) -> bool {
+        self.in_flight
+            .lock()
+            .expect("stats lock")
+            .iter()
+            .any(|((stage, _), (_, _, p))| *stage == Stage::Destination && p == partition)
+    }
+
+    /// Active partitions (open, or flushed and not yet delivered) and the limit, when the
+    /// stream partitions dynamically.
+    pub fn active_partitions(&self) -> Option<(usize, usize)> {
+        let (open, limit) = &*self.partitions.lock().expect("stats lock");
+        Some((self.count_active(open.iter()), (*limit)?))
+    }
+
+    fn observe_partitions(&self, buffer: &Partitioned, limit: Option<usize>) {
+        let mut p = self.partitions.lock().expect("stats lock");
+        p.0.clear();
+        if limit.is_some() {
+            p.0.extend(buffer.partitions().cloned());
+        }
+        p.1 = limit;
+    }
+
+    fn observe_buffer(&self, stage: Stage, buffer: &Partitioned) {
+        let oldest = buffer.oldest_arrival_ms().unwrap_or(i64::MAX);
+        match stage {
+            Stage::Processing => self.processing_oldest_ms.store(oldest, Ordering::Relaxed),
+            Stage::Destination => {
+                self.buffered_bytes.store(buffer.bytes(), Ordering::Relaxed);
+                self.buffered_records
+                    .store(buffer.len() as u64, Ordering::Relaxed);
+                self.buffer_oldest_ms.store(oldest, Ordering::Relaxed);
+            }
+        }
+    }
+
+    fn flushed(&self, stage: Stage, batch: &Batch) {
+        self.in_flight.lock().expect("stats lock").insert(
+            (stage, batch.id),
+            (
+                batch.oldest_arrival_ms(),
+                batch.records.len() as u64,
+                batch.partition.clone(),
+            ),
+        );
+    }
+
+    fn settled(&self, stage: Stage, batch_id: u64) {
+        self.in_flight
+            .lock()
+            .expect("stats lock")
+            .remove(&(stage, batch_id));
+    }
+}
+
+/// The running stages of one stream.
+pub struct StreamHandle {
+    pub stats: Arc<StreamStats>,
+    pub config: watch::Sender<Arc<Versioned>>,
+    /// Finishes when every stage has drained.
+    pub done: tokio::task::JoinHandle<()>,
+}
+
+/// What every stream's pipeline is given by the daemon.
+#[derive(Clone)]
+pub struct Shared {
+    pub sink: Arc<dyn Destination>,
+    pub metrics: Arc<Metrics>,
+    pub admission: Arc<Admission>,
+    /// Records undelivered for longer are counted as expired.
+    pub retention: std::time::Duration,
+    /// Per-stream quotas (the active-partition limit).
+    pub quotas: Arc<BTreeMap<String, crate::config::Quota>>,
+    /// Resolves `ProcessingConfiguration`s to transforms.
+    pub catalog: Arc<Catalog>,
+    /// Resolves format conversion's tables.
+    pub schemas: Arc<crate::schema::SchemaSource>,
+    /// The key service behind `KMSEncryptionConfig`, and its data-key reuse.
+    pub keys: Arc<dyn crate::crypto::KeyService>,
+    pub key_reuse: crate::crypto::sink::Reuse,
+    /// The master key behind `AWS_OWNED_CMK` (spool encryption at rest).
+    pub owned_key: String,
+    /// Talks `_bulk` to OpenSearch / Elasticsearch destinations.
+    pub opensearch: crate::deliver::opensearch::BulkClient,
+    /// Talks HEC to Splunk destinations.
+    pub splunk: crate::deliver::splunk::HecClient,
+}
+
+/// Everything a stream's stages share.
+#[derive(Clone)]
+pub struct StreamContext {
+    pub name: String,
+    pub shared: Shared,
+    pub spool: Arc<Spool>,
+    pub stats: Arc<StreamStats>,
+    /// Spool seqs that became several records (de-aggregation): how many are unsettled.
+    fragments: Arc<Mutex<HashMap<u64, u32>>>,
+    /// The data key the stream's objects are being encrypted with (when reused).
+    data_keys: Arc<crate::crypto::sink::DataKeyCache>,
+    /// Makes OpenSearch document ids unique to this stream (its creation time).
+    id_base: String,
+    /// The stream's Splunk HEC channel (`X-Splunk-Request-Channel`).
+    hec_channel: String,
+}
+
+impl StreamContext {
+    /// A destination batch has left the pipeline: it no longer counts as in flight, and its
+    /// partition may no longer be active.
+    fn settled_destination(&self, batch_id: u64) {
+        self.stats.settled(Stage::Destination, batch_id);
+        if let Some((active, limit)) = self.stats.active_partitions() {
+            self.shared.metrics.partitions(&self.name, active, limit);
+        }
+    }
+
+    /// Each record of `seqs` goes to one more output (the `AllDocuments` backup): the spool
+    /// keeps it until that one has settled too.
+    fn add_outputs(&self, seqs: impl Iterator<Item = u64>) {
+        let mut fragments = self.fragments.lock().expect("fragments lock");
+        for seq in seqs {
+            *fragments.entry(seq).or_insert(1) += 1;
+        }
+    }
+
+    /// Lets the spool forget the records of `seqs` once every record made from each has
+    /// settled (delivered, dropped, or in the error output).
+    fn settle(&self, seqs: Vec<u64>) {
+        let done: Vec<u64> = {
+            let mut fragments = self.fragments.lock().expect("fragments lock");
+            if fragments.is_empty() {
+                seqs
+            } else {
+                seqs.into_iter()
+                    .filter(|seq| match fragments.get_mut(seq) {
+                        None => true,
+                        Some(left) if *left <= 1 => {
+                            fragments.remove(seq);
+                            true
+                        }
+                        Some(left) => {
+                            *left -= 1;
+                            false
+                        }
+                    })
+                    .collect()
+            }
+        };
+        self.spool.delivered(done);
+    }
+}
+
+pub fn now_ms() -> i64 {
+    chrono::Utc::now().timestamp_millis()
+}
+
+/// Records the spool reader hands on at once, waiting for the processing buffer.
+const INGEST_CHUNKS: usize = 4;
+
+/// Wires a stream from the sink backwards and starts it. Returns its handle and where its
+/// records enter (the spool reader's end): dropping that flushes and stops the stream.
+pub fn spawn_pipeline(
+    name: &str,
+    initial: Versioned,
+    shared: Shared,
+    spool: Arc<Spool>,
+    id_base: String,
+) -> (StreamHandle, mpsc::Sender<Vec<Record>>) {
+    let stats = Arc::new(StreamStats::default());
+    let ctx = StreamContext {
+        name: name.to_string(),
+        shared,
+        spool,
+        stats: stats.clone(),
+        fragments: Arc::default(),
+        data_keys: Arc::default(),
+        id_base,
+        hec_channel: uuid::Uuid::new_v4().to_string(),
+    };
+    let (config_tx, config_rx) = watch::channel(Arc::new(initial));
+    let (object_tx, object_rx) = mpsc::channel::<EncodedObject>(DELIVER_WORKERS);
+    let (batch_tx, batch_rx) = mpsc::channel::<Batch>(ENCODE_WORKERS);
+    let (processed_tx, processed_rx) = mpsc::channel::<Vec<Record>>(64);
+    let (unprocessed_tx, unprocessed_rx) = mpsc::channel::<Batch>(PROCESS_WORKERS);
+    let (ingest_tx, ingest_rx) = mpsc::channel::<Vec<Record>>(INGEST_CHUNKS);
+
+    let span = tracing::info_span!("stream", stream = %name);
+    let deliver = tokio::spawn(deliver_stage(ctx.clone(), object_rx).instrument(span.clone()));
+    let encode = tokio::spawn(
+        encode_stage(ctx.clone(), config_rx.clone(), batch_rx, object_tx.clone())
+            .instrument(span.clone()),
+    );
+    let buffer = tokio::spawn(
+        buffer_stage(
+            ctx.clone(),
+            Stage::Destination,
+            config_rx.clone(),
+            processed_rx,
+            batch_tx,
+            object_tx.clone(),
+        )
+        .instrument(span.clone()),
+    );
+    let process = tokio::spawn(
+        process_stage(
+            ctx.clone(),
+            config_rx.clone(),
+            unprocessed_rx,
+            processed_tx,
+            object_tx.clone(),
+        )
+        .instrument(span.clone()),
+    );
+    let processing_buffer = tokio::spawn(
+        buffer_stage(
+            ctx,
+            Stage::Processing,
+            config_rx,
+            ingest_rx,
+            unprocessed_tx,
+            object_tx,
+        )
+        .instrument(span),
+    );
+    let done = tokio::spawn(async move {
+        for (stage, task) in [
+            ("processing buffer", processing_buffer),
+            ("process", process),
+            ("buffer", buffer),
+            ("encode", encode),
+            ("deliver", deliver),
+        ] {
+            if let Err(e) = task.await {
+                tracing::error!(stage, error = %e, "pipeline stage panicked");
+            }
+        }
+    });
+    (
+        StreamHandle {
+            stats,
+            config: config_tx,
+            done,
+        },
+        ingest_tx,
+    )
+}
+
+mod buffer;
+mod deliver;
+mod encode;
+mod process;
+
+use buffer::buffer_stage;
+use deliver::deliver_stage;
+use encode::encode_stage;
+use process::process_stage;
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,216 @@
+//! The process stage: a batch through the stream's processors on the blocking pool; what they
+//! emit goes on, what fails becomes error output.
+
+use super::*;
+
+/// Runs batches through the stream's processors on the blocking pool, a few at a time; sends
+/// what they emit on to the destination buffer and what fails to the error output.
+pub(super) async fn process_stage(
+    ctx: StreamContext,
+    config: watch::Receiver<Arc<Versioned>>,
+    mut batches: mpsc::Receiver<Batch>,
+    records: mpsc::Sender<Vec<Record>>,
+    objects: mpsc::Sender<EncodedObject>,
+) {
+    let mut running: JoinSet<(u64, Vec<Record>, Vec<EncodedObject>)> = JoinSet::new();
+    let mut open = true;
+    loop {
+        tokio::select! {
+            batch = batches.recv(), if open && running.len() < PROCESS_WORKERS => match batch {
+                Some(batch) => {
+                    let current = config.borrow().clone();
+                    match current.processing.clone() {
+                        Some(processing) => {
+                            let ctx = ctx.clone();
+                            running.spawn_blocking(move || process_batch(&ctx, &current, &processing, batch));
+                        }
+                        _ => {
+                            let id = batch.id;
+                            if records.send(batch.records).await.is_err() {
+                                tracing::error!("buffer stage is gone");
+                                return;
+                            }
+                            ctx.stats.settled(Stage::Processing, id);
+                        }
+                    }
+                }
+                None => open = false,
+            },
+            Some(done) = running.join_next(), if !running.is_empty() => match done {
+                Ok((id, emitted, failed)) => {
+                    for obj in failed {
+                        if objects.send(obj).await.is_err() {
+                            tracing::error!("deliver stage is gone");
+                            return;
+                        }
+                    }
+                    for chunk in emitted.chunks(500) {
+                        if records.send(chunk.to_vec()).await.is_err() {
+                            tracing::error!("buffer stage is gone");
+                            return;
+                        }
+                    }
+                    ctx.stats.settled(Stage::Processing, id);
+                }
+                Err(e) => tracing::error!(error = %e, "processing task panicked"),
+            },
+            else => break,
+        }
+    }
+}
+
+/// Runs one batch through the processors (blocking). Returns the batch id, the records to
+/// deliver, and the error-output objects for the records that failed.
+pub(super) fn process_batch(
+    ctx: &StreamContext,
+    current: &Versioned,
+    processing: &Processing,
+    batch: Batch,
+) -> (u64, Vec<Record>, Vec<EncodedObject>) {
+    let started = std::time::Instant::now();
+    let (fates, jq_time) = processing.run_timed(&batch.records);
+    let seconds = started.elapsed().as_secs_f64();
+    let spec = current.spec.s3_output();
+    if processing.query.is_some() {
+        ctx.shared
+            .metrics
+            .jq_processing_duration
+            .get_or_create(&Metrics::stream(&ctx.name))
+            .observe(jq_time.as_secs_f64());
+    }
+    // With dynamic partitioning each output record gets its partition here; one whose keys
+    // are missing, or whose prefix does not evaluate, fails its input record.
+    let now = now_ms();
+    let mut partitioner = spec.partitioning.as_ref().map(|_| {
+        let time = crate::deliver::zoned(now, spec.time_zone);
+        Partitioner::new(spec.prefix.partition_keys(), move |keys| {
+            spec.prefix
+                .render(&RenderContext {
+                    time: &time,
+                    error_output_type: None,
+                    partition: Some(keys),
+                })
+                .map(drop)
+                .map_err(|e| e.to_string())
+        })
+    });
+    let mut emitted = Vec::new();
+    let mut failed: BTreeMap<&'static str, (crate::deliver::ErrorOutputType, Vec<FailedRecord>)> =
+        BTreeMap::new();
+    let mut dropped = Vec::new();
+    let (mut ok_bytes, mut dropped_bytes, mut failed_bytes, mut ok_records) = (0, 0, 0, 0);
+    let mut fragments = Vec::new();
+    for (record, fate) in batch.records.iter().zip(fates) {
+        let (fate, partitions) = match (fate, partitioner.as_mut()) {
+            (Fate::Emit(out), Some(p)) => {
+                match out
+                    .iter()
+                    .map(|e| p.assign(&e.query_keys, &e.partition_keys).map(Some))
+                    .collect::<Result<Vec<_>, String>>()
+                {
+                    Ok(partitions) => (Fate::Emit(out), partitions),
+                    Err(message) => (
+                        Fate::Failed {
+                            error_type: crate::deliver::ErrorOutputType::ProcessingFailed,
+                            failure: Failure::new(METADATA_EXTRACTION_FAILED, message),
+                            attempts: 1,
+                            lambda_arn: None,
+                        },
+                        Vec::new(),
+                    ),
+                }
+            }
+            (fate, _) => (fate, Vec::new()),
+        };
+        match fate {
+            Fate::Emit(out) if out.is_empty() => {
+                dropped_bytes += record.data.len() as u64;
+                dropped.push(record.seq);
+            }
+            Fate::Emit(out) => {
+                if out.len() > 1 {
+                    fragments.push((record.seq, out.len() as u32));
+                }
+                ok_records += 1;
+                let mut partitions = partitions.into_iter();
+                for e in out {
+                    ok_bytes += e.data.len() as u64;
+                    emitted.push(Record {
+                        data: e.data,
+                        arrival_ms: record.arrival_ms,
+                        seq: record.seq,
+                        partition: partitions.next().flatten(),
+                    });
+                }
+            }
+            Fate::Failed {
+                error_type,
+                failure,
+                attempts,
+                lambda_arn,
+            } => {
+                failed_bytes += record.data.len() as u64;
+                failed
+                    .entry(error_type.as_str())
+                    .or_insert_with(|| (error_type, Vec::new()))
+                    .1
+                    .push(FailedRecord {
+                        record: record.clone(),
+                        attempts,
+                        code: failure.code,
+                        message: failure.message,
+                        lambda_arn,
+                        extra: None,
+                        catalog_table: None,
+                    });
+            }
+        }
+    }
+    let failed_records: u64 = failed.values().map(|(_, v)| v.len() as u64).sum();
+    ctx.shared.metrics.processed(
+        &ctx.name,
+        seconds,
+        &[
+            ("ok", ok_records, ok_bytes),
+            ("dropped", dropped.len() as u64, dropped_bytes),
+            ("failed", failed_records, failed_bytes),
+        ],
+    );
+    if failed_records > 0 {
+        tracing::warn!(
+            batch = batch.id,
+            records = failed_records,
+            "records failed processing; writing them to the error output"
+        );
+    }
+    // The memory budget now holds what goes on instead of what came in.
+    let cost = |n: u64, bytes: u64| memory_cost(n as usize, bytes);
+    ctx.shared
+        .admission
+        .force_reserve(cost(emitted.len() as u64, ok_bytes) + cost(failed_records, failed_bytes));
+    ctx.shared
+        .admission
+        .release(cost(batch.records.len() as u64, batch.bytes));
+    if !fragments.is_empty() {
+        ctx.fragments
+            .lock()
+            .expect("fragments lock")
+            .extend(fragments);
+    }
+    ctx.settle(dropped);
+    let objects = failed
+        .into_values()
+        .map(|(error_type, records)| {
+            crate::deliver::encode_error_output(
+                &records,
+                error_type,
+                spec,
+                &ctx.name,
+                current.version,
+                batch.id,
+                now,
+            )
+        })
+        .collect();
+    (batch.id, emitted, objects)
+}

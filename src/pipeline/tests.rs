@@ -1,0 +1,242 @@
+//! One stream's stages end to end against a scripted in-memory destination, under paused time:
+//! the spool, its reader, the buffers, encoding and delivery are the real ones; the destination
+//! fails when told to. What is checked is what the records become and that each is settled
+//! once (the spool forgets it, the memory budget gets its bytes back).
+
+use std::sync::atomic::AtomicU32;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use hosepipe_sinks::{Outcome, Payload, Report};
+
+use super::*;
+use crate::config::{Config, Overrides, RawConfig};
+use crate::spool::Sealing;
+
+/// Keeps what it is given, after failing the first `fail_first` attempts; keys under
+/// `refuse_prefix` always fail (a prefix S3 keeps refusing).
+#[derive(Debug, Default)]
+struct Scripted {
+    fail_first: AtomicU32,
+    refuse_prefix: Option<String>,
+    attempts: AtomicU32,
+    written: Mutex<Vec<(String, Bytes)>>,
+}
+
+#[async_trait]
+impl Destination for Scripted {
+    fn kind(&self) -> &'static str {
+        "scripted"
+    }
+
+    async fn deliver(&self, payload: &Payload) -> Report {
+        let Payload::Object {
+            key, body, records, ..
+        } = payload;
+        self.attempts.fetch_add(1, Ordering::Relaxed);
+        let failing = self
+            .fail_first
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1))
+            .is_ok();
+        if failing
+            || self
+                .refuse_prefix
+                .as_ref()
+                .is_some_and(|p| key.starts_with(p))
+        {
+            return Report::uniform(*records, Outcome::Retryable("scripted failure".into()));
+        }
+        self.written
+            .lock()
+            .unwrap()
+            .push((key.clone(), body.clone()));
+        Report::uniform(*records, Outcome::Delivered)
+    }
+}
+
+impl Scripted {
+    /// The written objects' lines under `prefix`.
+    fn lines(&self, prefix: &str) -> Vec<String> {
+        self.written
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|(k, _)| k.starts_with(prefix))
+            .flat_map(|(_, body)| {
+                String::from_utf8(body.to_vec())
+                    .unwrap()
+                    .lines()
+                    .map(str::to_string)
+                    .collect::<Vec<_>>()
+            })
+            .collect()
+    }
+}
+
+/// A running stream `t` writing UNCOMPRESSED objects under `data/` to `sink`.
+struct Harness {
+    _dir: tempfile::TempDir,
+    spool: Arc<Spool>,
+    admission: Arc<Admission>,
+    handle: StreamHandle,
+    sink: Arc<Scripted>,
+}
+
+fn start(sink: Scripted) -> Harness {
+    let dir = tempfile::tempdir().unwrap();
+    let raw: RawConfig = toml::from_str(
+        r#"
+object_store = "local"
+[spool]
+sync = "os"
+retention_seconds = 60
+[streams.t.extended_s3_destination_configuration]
+bucket_arn = "arn:aws:s3:::bucket"
+prefix = "data/"
+error_output_prefix = "errors/!{firehose:error-output-type}/"
+buffering_hints = { size_in_mbs = 1, interval_in_seconds = 1 }
+"#,
+    )
+    .unwrap();
+    let overrides = Overrides {
+        listen: None,
+        data_dir: Some(dir.path().to_path_buf()),
+    };
+    let config = Config::from_raw(raw, &overrides, &|_| None).unwrap();
+    let metrics = Arc::new(Metrics::new());
+    let admission = Arc::new(Admission::new(
+        u64::MAX / 4,
+        64 << 20,
+        Duration::from_millis(10),
+        &config.quotas,
+        metrics.clone(),
+    ));
+    let sink = Arc::new(sink);
+    let shared =
+        crate::server::shared_parts(&config, sink.clone(), metrics, admission.clone()).unwrap();
+    let (spool, _) = Spool::open(
+        &dir.path().join("spool/t"),
+        &config.spool.settings,
+        admission.spool_observer("t"),
+        Sealing {
+            keys: shared.keys.clone(),
+            stream: "t".into(),
+            key_id: None,
+        },
+    )
+    .unwrap();
+    let spool = Arc::new(spool);
+    let spec = config.streams[0].spec.clone();
+    let (handle, ingest) = spawn_pipeline(
+        "t",
+        Versioned {
+            spec,
+            version: 1,
+            processing: None,
+            converter: None,
+        },
+        shared,
+        spool.clone(),
+        "test".into(),
+    );
+    spool.start_reader(ingest, admission.clone()).unwrap();
+    Harness {
+        _dir: dir,
+        spool,
+        admission,
+        handle,
+        sink,
+    }
+}
+
+impl Harness {
+    /// Appends `n` records that arrived at `arrival_ms`.
+    async fn put(&self, n: usize, arrival_ms: i64) {
+        let mut records: Vec<Record> = (0..n)
+            .map(|i| Record {
+                data: Bytes::from(format!("{{\"n\":{i}}}\n")),
+                arrival_ms,
+                seq: 0,
+                partition: None,
+            })
+            .collect();
+        self.spool.append(&mut records).await.unwrap();
+    }
+
+    /// Waits (virtual time passing, real time bounded) until `done` holds.
+    async fn until(&self, what: &str, done: impl Fn(&Harness) -> bool) {
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        while !done(self) {
+            assert!(std::time::Instant::now() < deadline, "timed out: {what}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Every record settled: the spool holds none and the stages hold no memory.
+    async fn settled(&self) {
+        self.until("every record settled", |h| {
+            h.spool.stats.records.load(Ordering::Relaxed) == 0 && h.admission.memory_used() == 0
+        })
+        .await;
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn records_are_written_once_and_settled() {
+    let h = start(Scripted::default());
+    h.put(500, now_ms()).await;
+    h.put(500, now_ms()).await;
+    h.until("1000 lines written", |h| {
+        h.sink.lines("data/").len() >= 1000
+    })
+    .await;
+    h.settled().await;
+    let mut lines = h.sink.lines("data/");
+    assert_eq!(lines.len(), 1000, "no record written twice");
+    lines.sort();
+    lines.dedup();
+    assert_eq!(lines.len(), 500, "each put's 500 distinct records");
+    assert_eq!(
+        h.handle.stats.delivered_records.load(Ordering::Relaxed),
+        1000
+    );
+    assert!(h.sink.lines("errors/").is_empty());
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_failing_write_is_retried_until_it_is_written_once() {
+    let h = start(Scripted {
+        fail_first: AtomicU32::new(3),
+        ..Scripted::default()
+    });
+    h.put(200, now_ms()).await;
+    h.until("200 lines written", |h| h.sink.lines("data/").len() >= 200)
+        .await;
+    h.settled().await;
+    assert_eq!(h.sink.lines("data/").len(), 200);
+    assert_eq!(h.handle.stats.failed_attempts.load(Ordering::Relaxed), 3);
+    assert_eq!(h.sink.attempts.load(Ordering::Relaxed), 4);
+}
+
+#[tokio::test(start_paused = true)]
+async fn records_past_the_retention_age_go_to_the_error_output() {
+    let h = start(Scripted {
+        refuse_prefix: Some("data/".into()),
+        ..Scripted::default()
+    });
+    // Arrived two minutes ago: past the 60 s retention at the first failed write.
+    h.put(100, now_ms() - 120_000).await;
+    h.until("100 error documents", |h| {
+        h.sink.lines("errors/").len() >= 100
+    })
+    .await;
+    h.settled().await;
+    let docs = h.sink.lines("errors/");
+    assert_eq!(docs.len(), 100);
+    let doc: serde_json::Value = serde_json::from_str(&docs[0]).unwrap();
+    assert!(doc["rawData"].is_string(), "{doc}");
+    assert!(doc["errorCode"].is_string(), "{doc}");
+    assert!(h.sink.lines("data/").is_empty());
+    assert_eq!(h.handle.stats.delivered_records.load(Ordering::Relaxed), 0);
+}

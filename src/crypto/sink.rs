@@ -85,7 +85,8 @@ impl DataKeyCache {
 /// Told of every key-service call: `Ok` or the failure (metrics).
 pub type OnKeyCall = Arc<dyn Fn(Result<(), &KeyError>) + Send + Sync>;
 
-/// Encrypts every object on its way to `inner`.
+/// Encrypts every object on its way to `inner`. Made for one object's delivery: each payload key
+/// is sealed once (one data key, one encryption) and a retry uploads the same sealed bytes.
 pub struct Encrypting {
     pub inner: Arc<dyn Destination>,
     pub keys: Arc<dyn KeyService>,
@@ -96,6 +97,46 @@ pub struct Encrypting {
     pub reuse: Reuse,
     /// Told of every key-service call: `Ok` or the failure.
     pub on_call: OnKeyCall,
+    /// What each payload key was sealed into, for the retries.
+    pub sealed: Mutex<Vec<(String, bytes::Bytes)>>,
+}
+
+impl Encrypting {
+    /// `key` sealed: the bytes of an earlier attempt, or a new data key and encryption.
+    fn sealed(&self, key: &str, body: &[u8]) -> Result<bytes::Bytes, KeyError> {
+        if let Some((_, b)) = self
+            .sealed
+            .lock()
+            .expect("sealed lock")
+            .iter()
+            .find(|(k, _)| k == key)
+        {
+            return Ok(b.clone());
+        }
+        // Key-service calls and AES-GCM are blocking work: keep them off the async workers.
+        let sealed: bytes::Bytes = tokio::task::block_in_place(|| {
+            let data_key = self.cache.take(
+                self.keys.as_ref(),
+                &self.key_id,
+                &self.stream,
+                self.reuse,
+                self.on_call.as_ref(),
+            )?;
+            Ok::<_, KeyError>(seal(
+                self.keys.provider(),
+                &data_key,
+                &self.stream,
+                key,
+                body,
+            ))
+        })?
+        .into();
+        self.sealed
+            .lock()
+            .expect("sealed lock")
+            .push((key.to_string(), sealed.clone()));
+        Ok(sealed)
+    }
 }
 
 impl std::fmt::Debug for Encrypting {
@@ -149,24 +190,7 @@ impl Destination for Encrypting {
             records,
         } = payload;
         let encrypted_key = format!("{key}{SUFFIX}");
-        // Key-service calls and AES-GCM are blocking work: keep them off the async workers.
-        let sealed = tokio::task::block_in_place(|| {
-            let data_key = self.cache.take(
-                self.keys.as_ref(),
-                &self.key_id,
-                &self.stream,
-                self.reuse,
-                self.on_call.as_ref(),
-            )?;
-            Ok::<_, KeyError>(seal(
-                self.keys.provider(),
-                &data_key,
-                &self.stream,
-                &encrypted_key,
-                body,
-            ))
-        });
-        let sealed = match sealed {
+        let sealed = match self.sealed(&encrypted_key, body) {
             Ok(b) => b,
             Err(e) => {
                 return Report::uniform(
@@ -185,7 +209,7 @@ impl Destination for Encrypting {
             .deliver(&Payload::Object {
                 bucket: bucket.clone(),
                 key: encrypted_key,
-                body: sealed.into(),
+                body: sealed,
                 content_type: Some("application/octet-stream".into()),
                 metadata,
                 records: *records,
@@ -229,6 +253,89 @@ mod tests {
             fresh.take(&ring, "missing", "s", Reuse::default(), &on_call),
             Err(KeyError::NotFound(_))
         ));
+    }
+
+    /// Fails its first `fail` attempts; keeps every body it is offered.
+    #[derive(Debug, Default)]
+    struct Flaky {
+        fail: std::sync::atomic::AtomicU32,
+        bodies: Mutex<Vec<bytes::Bytes>>,
+    }
+
+    #[async_trait]
+    impl Destination for Flaky {
+        fn kind(&self) -> &'static str {
+            "flaky"
+        }
+        async fn deliver(&self, payload: &Payload) -> Report {
+            let Payload::Object { body, records, .. } = payload;
+            self.bodies.lock().unwrap().push(body.clone());
+            let failing = self
+                .fail
+                .fetch_update(
+                    std::sync::atomic::Ordering::Relaxed,
+                    std::sync::atomic::Ordering::Relaxed,
+                    |n| n.checked_sub(1),
+                )
+                .is_ok();
+            let outcome = if failing {
+                Outcome::Retryable("flaky".into())
+            } else {
+                Outcome::Delivered
+            };
+            Report::uniform(*records, outcome)
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 1)]
+    async fn a_retried_object_is_sealed_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let ring = Arc::new(Keyring::new(&dir.path().join("k.json")));
+        ring.create("k").unwrap();
+        let inner = Arc::new(Flaky {
+            fail: 2.into(),
+            ..Flaky::default()
+        });
+        let calls = Arc::new(std::sync::atomic::AtomicU32::new(0));
+        let counted = calls.clone();
+        let sink = Encrypting {
+            inner: inner.clone(),
+            keys: ring,
+            key_id: "k".into(),
+            stream: "s".into(),
+            cache: Arc::default(),
+            reuse: Reuse::default(),
+            on_call: Arc::new(move |_| {
+                counted.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            }),
+            sealed: Mutex::default(),
+        };
+        let payload = |key: &str| Payload::Object {
+            bucket: "b".into(),
+            key: key.into(),
+            body: bytes::Bytes::from_static(b"records"),
+            content_type: None,
+            metadata: Vec::new(),
+            records: 1,
+        };
+        for _ in 0..3 {
+            sink.deliver(&payload("p/o.gz")).await;
+        }
+        let bodies = inner.bodies.lock().unwrap().clone();
+        assert_eq!(bodies.len(), 3);
+        assert!(
+            bodies.iter().all(|b| *b == bodies[0]),
+            "the same sealed bytes each attempt"
+        );
+        assert_eq!(
+            calls.load(std::sync::atomic::Ordering::Relaxed),
+            1,
+            "one data key"
+        );
+        // Another key of the same delivery (its error output) is sealed on its own.
+        sink.deliver(&payload("errors/o")).await;
+        assert_eq!(calls.load(std::sync::atomic::Ordering::Relaxed), 2);
+        assert_ne!(inner.bodies.lock().unwrap()[3], bodies[0]);
     }
 
     #[test]

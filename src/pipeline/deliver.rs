@@ -257,6 +257,7 @@ pub(super) async fn deliver_one(ctx: &StreamContext, obj: EncodedObject) {
                 cache: ctx.data_keys.clone(),
                 reuse: ctx.shared.key_reuse,
                 on_call: Arc::new(move |result| metrics.key_service_call(&stream, result)),
+                sealed: Default::default(),
             })
         }
     };

@@ -147,3 +147,38 @@ fn only_the_api_names_firehose_errors() {
         "{offenders:#?} use ApiError: return the module's own error type and map it in api/"
     );
 }
+
+#[test]
+fn only_settling_releases_the_spool_and_the_memory_budget() {
+    // The spool forgets records and the budget gets memory back only through the settling
+    // methods of `pipeline/mod.rs` (and the reader, for what it never handed on).
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+    let allowed = [
+        "src/pipeline/mod.rs",
+        "src/admission.rs",
+        "src/spool/reader.rs",
+        "src/spool/mod.rs",
+        "src/api/mod.rs",
+        "src/tidy.rs",
+    ];
+    let mut offenders = Vec::new();
+    for (path, text) in sources(&root) {
+        if allowed.iter().any(|a| path.ends_with(a)) || path.starts_with(root.join("bench")) {
+            continue;
+        }
+        for pattern in [
+            ".release(",
+            ".force_reserve(",
+            ".delivered(",
+            "memory_cost(",
+        ] {
+            if text.contains(pattern) {
+                offenders.push(format!("{}: {pattern}", path.display()));
+            }
+        }
+    }
+    assert!(
+        offenders.is_empty(),
+        "settle through StreamContext::settle / processed / add_outputs / abandon: {offenders:#?}"
+    );
+}

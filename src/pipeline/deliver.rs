@@ -51,10 +51,10 @@ pub(super) fn after_http_delivery(
     ctx.stats
         .delivered_records
         .fetch_add(delivered.len() as u64, Ordering::Relaxed);
-    ctx.settle(delivered.iter().map(|r| r.seq).collect());
-    ctx.shared
-        .admission
-        .release(memory_cost(delivered.len(), bytes));
+    ctx.settle(
+        delivered.iter().map(|r| r.seq).collect(),
+        Held::of(delivered.len(), bytes),
+    );
     ctx.settled_destination(batch_id);
     if failed.is_empty() {
         return None;
@@ -311,10 +311,7 @@ pub(super) async fn deliver_one(ctx: &StreamContext, obj: EncodedObject) {
     }
     // Delivered, in the error output, or refused for good and logged: either way the spool may
     // let them go.
-    ctx.settle(obj.seqs());
-    ctx.shared
-        .admission
-        .release(memory_cost(records as usize, obj.raw_bytes));
+    ctx.settle(obj.seqs(), Held::of(records as usize, obj.raw_bytes));
     if obj.error_output.is_none() {
         ctx.settled_destination(obj.batch_id);
     }

@@ -67,9 +67,7 @@ pub(super) fn encode_batch(
         // Compression or Parquet writing into memory only fails on a bug.
         tracing::error!(batch = batch.id, records = batch.records.len(), error = %error, "encoding failed; these records are not delivered");
         ctx.settled_destination(batch.id);
-        ctx.shared
-            .admission
-            .release(memory_cost(batch.records.len(), batch.bytes));
+        ctx.abandon(Held::of(batch.records.len(), batch.bytes));
         Vec::new()
     };
     match (&current.converter, &spec.conversion) {
@@ -117,21 +115,20 @@ pub(super) fn backup_all(
     batch: &Batch,
     backup: &crate::config::stream::S3Spec,
 ) -> Option<EncodedObject> {
-    ctx.add_outputs(batch.records.iter().map(|r| r.seq));
     let copy = Batch {
         id: u64::MAX,
         ..batch.clone()
     };
     match crate::deliver::encode_s3(&copy, backup, &ctx.name, current.version) {
         Ok(obj) => {
-            ctx.shared
-                .admission
-                .force_reserve(memory_cost(obj.records.len(), obj.raw_bytes));
+            ctx.add_outputs(
+                batch.records.iter().map(|r| r.seq),
+                Held::of(obj.records.len(), obj.raw_bytes),
+            );
             Some(obj)
         }
         Err(e) => {
             tracing::error!(error = %e, "cannot encode the backup of every record; this batch is not backed up");
-            ctx.settle(batch.records.iter().map(|r| r.seq).collect());
             None
         }
     }

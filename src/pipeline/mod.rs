@@ -237,6 +237,31 @@ pub struct Shared {
     pub splunk: crate::deliver::splunk::HecClient,
 }
 
+/// Memory the stages hold for some records (what the reader reserved for them, or what a
+/// processor's output reserved): `records` records of `bytes` data bytes in all.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(super) struct Held {
+    pub records: usize,
+    pub bytes: u64,
+}
+
+impl Held {
+    pub(super) fn of(records: usize, bytes: u64) -> Held {
+        Held { records, bytes }
+    }
+
+    fn cost(self) -> u64 {
+        memory_cost(self.records, self.bytes)
+    }
+}
+
+impl std::ops::Add for Held {
+    type Output = Held;
+    fn add(self, other: Held) -> Held {
+        Held::of(self.records + other.records, self.bytes + other.bytes)
+    }
+}
+
 /// Everything a stream's stages share.
 #[derive(Clone)]
 pub struct StreamContext {
@@ -264,18 +289,45 @@ impl StreamContext {
         }
     }
 
-    /// Each record of `seqs` goes to one more output (the `AllDocuments` backup): the spool
-    /// keeps it until that one has settled too.
-    fn add_outputs(&self, seqs: impl Iterator<Item = u64>) {
+    // Settling: the only code that lets the spool forget records or gives the memory budget
+    // back what records held (a tidy test keeps it so).
+
+    /// Each record of `seqs` goes to one more output (the `AllDocuments` backup), which holds
+    /// `held` more memory: the spool keeps each record until that output has settled too.
+    fn add_outputs(&self, seqs: impl Iterator<Item = u64>, held: Held) {
         let mut fragments = self.fragments.lock().expect("fragments lock");
         for seq in seqs {
             *fragments.entry(seq).or_insert(1) += 1;
         }
+        self.shared.admission.force_reserve(held.cost());
     }
 
-    /// Lets the spool forget the records of `seqs` once every record made from each has
-    /// settled (delivered, dropped, or in the error output).
-    fn settle(&self, seqs: Vec<u64>) {
+    /// Processors replaced records that held `from` with records (to deliver, or for the error
+    /// output) that hold `to`; `fragments`: spool seqs that became several records, and how
+    /// many; `dropped`: seqs that became nothing, settled at once.
+    fn processed(&self, from: Held, to: Held, fragments: Vec<(u64, u32)>, dropped: Vec<u64>) {
+        self.shared.admission.force_reserve(to.cost());
+        self.shared.admission.release(from.cost());
+        if !fragments.is_empty() {
+            self.fragments
+                .lock()
+                .expect("fragments lock")
+                .extend(fragments);
+        }
+        self.settle(dropped, Held::default());
+    }
+
+    /// Records that left without being delivered or settled (an encoding bug): the budget gets
+    /// their memory back; the spool keeps them, and they go out after a restart.
+    fn abandon(&self, held: Held) {
+        self.shared.admission.release(held.cost());
+    }
+
+    /// Records of `seqs` left the pipeline (delivered, dropped, in the error output, or refused
+    /// for good): the budget gets back the `held` memory, and the spool forgets each once every
+    /// record made from it has settled.
+    fn settle(&self, seqs: Vec<u64>, held: Held) {
+        self.shared.admission.release(held.cost());
         let done: Vec<u64> = {
             let mut fragments = self.fragments.lock().expect("fragments lock");
             if fragments.is_empty() {

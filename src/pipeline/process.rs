@@ -184,20 +184,12 @@ pub(super) fn process_batch(
         );
     }
     // The memory budget now holds what goes on instead of what came in.
-    let cost = |n: u64, bytes: u64| memory_cost(n as usize, bytes);
-    ctx.shared
-        .admission
-        .force_reserve(cost(emitted.len() as u64, ok_bytes) + cost(failed_records, failed_bytes));
-    ctx.shared
-        .admission
-        .release(cost(batch.records.len() as u64, batch.bytes));
-    if !fragments.is_empty() {
-        ctx.fragments
-            .lock()
-            .expect("fragments lock")
-            .extend(fragments);
-    }
-    ctx.settle(dropped);
+    ctx.processed(
+        Held::of(batch.records.len(), batch.bytes),
+        Held::of(emitted.len(), ok_bytes) + Held::of(failed_records as usize, failed_bytes),
+        fragments,
+        dropped,
+    );
     let objects = failed
         .into_values()
         .map(|(error_type, records)| {

@@ -11,7 +11,7 @@ use serde_json::Value;
 use super::fields::{BufferingHints, FieldError, buffering_limits, check_range, enabled};
 use crate::buffer::Limits;
 use crate::compress::CompressionFormat;
-use crate::deliver::prefix::{PrefixKind, Template};
+use crate::encode::prefix::{PrefixKind, Template};
 
 /// `ExtendedS3DestinationConfiguration` (also used for its `Update` and the deprecated
 /// `S3DestinationConfiguration`, whose fields are a subset).

@@ -212,9 +212,9 @@ pub(super) fn over_limit(
             }
         })
         .collect();
-    Some(crate::deliver::encode_error_output(
+    Some(crate::encode::encode_error_output(
         &failed,
-        crate::deliver::ErrorOutputType::ProcessingFailed,
+        crate::encode::ErrorOutputType::ProcessingFailed,
         spec,
         &ctx.name,
         current.version,

@@ -26,12 +26,12 @@ pub(super) fn after_http_delivery(
     let (dest_metrics, error_type, per_record_latency) = match dest {
         Http::OpenSearch => (
             &metrics.opensearch,
-            crate::deliver::ErrorOutputType::OpenSearchFailed,
+            crate::encode::ErrorOutputType::OpenSearchFailed,
             true,
         ),
         Http::Splunk => (
             &metrics.splunk,
-            crate::deliver::ErrorOutputType::SplunkFailed,
+            crate::encode::ErrorOutputType::SplunkFailed,
             false,
         ),
     };
@@ -66,7 +66,7 @@ pub(super) fn after_http_delivery(
         first_reason = %failed[0].message,
         "records the destination did not take go to the S3 backup"
     );
-    Some(crate::deliver::encode_error_output(
+    Some(crate::encode::encode_error_output(
         failed,
         error_type,
         current.spec.s3_output(),

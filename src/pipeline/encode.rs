@@ -72,7 +72,7 @@ pub(super) fn encode_batch(
     };
     match (&current.converter, &spec.conversion) {
         (Some(converter), Some(conversion)) => {
-            match crate::deliver::encode_s3_converted(
+            match crate::encode::encode_s3_converted(
                 &batch,
                 spec,
                 converter,
@@ -100,7 +100,7 @@ pub(super) fn encode_batch(
                 Err(e) => failed(&e),
             }
         }
-        _ => match crate::deliver::encode_s3(&batch, spec, &ctx.name, current.version) {
+        _ => match crate::encode::encode_s3(&batch, spec, &ctx.name, current.version) {
             Ok(obj) => vec![obj],
             Err(e) => failed(&e),
         },
@@ -119,7 +119,7 @@ pub(super) fn backup_all(
         id: u64::MAX,
         ..batch.clone()
     };
-    match crate::deliver::encode_s3(&copy, backup, &ctx.name, current.version) {
+    match crate::encode::encode_s3(&copy, backup, &ctx.name, current.version) {
         Ok(obj) => {
             ctx.add_outputs(
                 batch.records.iter().map(|r| r.seq),

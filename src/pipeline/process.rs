@@ -82,7 +82,7 @@ pub(super) fn process_batch(
     // are missing, or whose prefix does not evaluate, fails its input record.
     let now = now_ms();
     let mut partitioner = spec.partitioning.as_ref().map(|_| {
-        let time = crate::deliver::zoned(now, spec.time_zone);
+        let time = crate::encode::zoned(now, spec.time_zone);
         Partitioner::new(spec.prefix.partition_keys(), move |keys| {
             spec.prefix
                 .render(&RenderContext {
@@ -95,7 +95,7 @@ pub(super) fn process_batch(
         })
     });
     let mut emitted = Vec::new();
-    let mut failed: BTreeMap<&'static str, (crate::deliver::ErrorOutputType, Vec<FailedRecord>)> =
+    let mut failed: BTreeMap<&'static str, (crate::encode::ErrorOutputType, Vec<FailedRecord>)> =
         BTreeMap::new();
     let mut dropped = Vec::new();
     let (mut ok_bytes, mut dropped_bytes, mut failed_bytes, mut ok_records) = (0, 0, 0, 0);
@@ -111,7 +111,7 @@ pub(super) fn process_batch(
                     Ok(partitions) => (Fate::Emit(out), partitions),
                     Err(message) => (
                         Fate::Failed {
-                            error_type: crate::deliver::ErrorOutputType::ProcessingFailed,
+                            error_type: crate::encode::ErrorOutputType::ProcessingFailed,
                             failure: Failure::new(METADATA_EXTRACTION_FAILED, message),
                             attempts: 1,
                             lambda_arn: None,
@@ -193,7 +193,7 @@ pub(super) fn process_batch(
     let objects = failed
         .into_values()
         .map(|(error_type, records)| {
-            crate::deliver::encode_error_output(
+            crate::encode::encode_error_output(
                 &records,
                 error_type,
                 spec,

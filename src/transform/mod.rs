@@ -18,7 +18,7 @@ use bytes::Bytes;
 
 use crate::buffer::Record;
 use crate::config::processing::{Deaggregation, ProcessingSpec};
-use crate::deliver::prefix::ErrorOutputType;
+use crate::encode::prefix::ErrorOutputType;
 use crate::partition::jq::Query;
 
 /// What a transform made of one record.

@@ -52,13 +52,13 @@ pub(crate) fn shared_parts(
             .map_err(|e| StartError::Restore(format!("[encryption]: {e}")))?,
         key_reuse: config.encryption.reuse,
         owned_key: config.encryption.owned_key.clone(),
-        opensearch: crate::deliver::opensearch::BulkClient {
-            http: reqwest::Client::builder()
-                .timeout(crate::deliver::opensearch::REQUEST_TIMEOUT)
-                .build()
-                .map_err(|e| StartError::Restore(format!("HTTP client: {e}")))?,
-            auth: config.opensearch_auth.clone(),
-        },
+        opensearch: hosepipe_sinks::opensearch::BulkClient::new(
+            hosepipe_sinks::opensearch::BulkSettings {
+                timeout: Some(crate::deliver::opensearch::REQUEST_TIMEOUT),
+                auth: config.opensearch_auth.clone(),
+            },
+        )
+        .map_err(|e| StartError::Restore(format!("HTTP client: {e}")))?,
         splunk: crate::deliver::splunk::HecClient {
             http: reqwest::Client::builder()
                 .timeout(crate::deliver::opensearch::REQUEST_TIMEOUT)

@@ -5,6 +5,7 @@
 //! no buffers, no metrics. It only moves bytes to a place and says how that went.
 
 mod object;
+pub mod opensearch;
 
 pub use object::{ObjectError, ObjectStoreSettings, S3Endpoint, S3Sink, valid_bucket_name};
 

@@ -9,7 +9,8 @@ use bytes::Bytes;
 
 use crate::buffer::Record;
 use crate::config::opensearch::OpenSearchSpec;
-use crate::deliver::opensearch::{BulkClient, bulk_body, prepare};
+use crate::deliver::opensearch::{bulk_body, deliver, prepare};
+use hosepipe_sinks::opensearch::{BulkClient, BulkSettings};
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct BenchOpenSearchArgs {
@@ -111,12 +112,12 @@ pub fn run(args: BenchOpenSearchArgs) -> Result<(), String> {
 
         // hosepipe's path: items, ids, body, gzip, send, every item read.
         let ours = spec(&args.endpoint, &format!("bench-hosepipe-{stamp}"))?;
-        let client = BulkClient { http, auth: None };
+        let client = BulkClient::new(BulkSettings::default()).map_err(|e| e.to_string())?;
         let started = Instant::now();
         let mut indexed = 0;
         for chunk in recs.chunks(args.batch) {
             let (docs, failed) = prepare(&ours, chunk, "bench");
-            let out = client.deliver(&ours, docs, |_| {}).await;
+            let out = deliver(&client, &ours, docs, |_| {}).await;
             if !failed.is_empty() || !out.failed.is_empty() {
                 return Err(format!("{} documents failed", out.failed.len() + failed.len()));
             }

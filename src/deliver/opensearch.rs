@@ -5,10 +5,10 @@
 //! whole-request failure (connection refused, 5xx, 429, …) retries everything still pending.
 //! Each document keeps its `_id` across attempts, so a retry overwrites rather than duplicates.
 
-use std::io::Write;
 use std::time::Duration;
 
 use bytes::Bytes;
+use hosepipe_sinks::opensearch::{BulkClient, Item, RequestFailure};
 use serde_json::Value;
 
 use crate::buffer::Record;
@@ -153,193 +153,81 @@ pub fn bulk_body<'a>(docs: impl Iterator<Item = &'a Doc>, type_name: Option<&str
     out
 }
 
-/// One item of a bulk answer.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Item {
-    Indexed,
-    /// Worth sending again (429, 5xx, `es_rejected_execution_exception`).
-    Retry {
-        status: u16,
-        reason: String,
-    },
-    /// Refused for good (a mapping error, another 4xx).
-    Refused {
-        status: u16,
-        reason: String,
-    },
-}
-
-/// Reads a `_bulk` answer for `n` items, in request order.
-pub fn parse_bulk_response(body: &[u8], n: usize) -> Result<Vec<Item>, String> {
-    let v: Value =
-        serde_json::from_slice(body).map_err(|e| format!("the _bulk answer is not JSON: {e}"))?;
-    let items = v
-        .get("items")
-        .and_then(Value::as_array)
-        .ok_or("the _bulk answer has no items")?;
-    if items.len() != n {
-        return Err(format!(
-            "the _bulk answer has {} items for {n} documents",
-            items.len()
-        ));
-    }
-    Ok(items
-        .iter()
-        .map(|item| {
-            let result = item
-                .as_object()
-                .and_then(|o| o.values().next())
-                .cloned()
-                .unwrap_or(Value::Null);
-            let status = result.get("status").and_then(Value::as_u64).unwrap_or(0) as u16;
-            let error = result.get("error");
-            if (200..300).contains(&status) && error.is_none() {
-                return Item::Indexed;
-            }
-            let kind = error
-                .and_then(|e| e.get("type"))
-                .and_then(Value::as_str)
-                .unwrap_or("");
-            let reason = match error {
-                Some(e) => format!(
-                    "{kind}: {}",
-                    e.get("reason").and_then(Value::as_str).unwrap_or("")
-                ),
-                None => format!("status {status}"),
-            };
-            if status == 429 || status >= 500 || kind == "es_rejected_execution_exception" {
-                Item::Retry { status, reason }
-            } else {
-                Item::Refused { status, reason }
-            }
-        })
-        .collect())
-}
-
-/// Talks `_bulk` to one cluster.
-#[derive(Clone)]
-pub struct BulkClient {
-    pub http: reqwest::Client,
-    /// HTTP basic auth (`[opensearch] username` / `password`).
-    pub auth: Option<(String, String)>,
-}
-
-/// Why a whole request failed: the code and message its documents get if it never heals.
-struct RequestFailure {
-    code: String,
-    message: String,
-}
-
-impl BulkClient {
-    async fn send(
-        &self,
-        endpoint: &str,
-        body: Vec<u8>,
-        n: usize,
-    ) -> Result<Vec<Item>, RequestFailure> {
-        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
-        gz.write_all(&body).expect("gzip into memory");
-        let gz = gz.finish().expect("gzip into memory");
-        let mut req = self
-            .http
-            .post(format!("{endpoint}/_bulk"))
-            .header("Content-Type", "application/x-ndjson")
-            .header("Content-Encoding", "gzip")
-            .body(gz);
-        if let Some((user, password)) = &self.auth {
-            req = req.basic_auth(user, Some(password));
-        }
-        let resp = req.send().await.map_err(|e| RequestFailure {
-            code: CONNECTION_FAILED.into(),
-            message: format!("cannot reach {endpoint}: {e}"),
-        })?;
-        let status = resp.status();
-        let text = resp.bytes().await.map_err(|e| RequestFailure {
-            code: CONNECTION_FAILED.into(),
-            message: format!("reading the _bulk answer: {e}"),
-        })?;
-        if !status.is_success() {
-            let snippet = String::from_utf8_lossy(&text[..text.len().min(512)]).into_owned();
-            return Err(RequestFailure {
-                code: status.as_u16().to_string(),
-                message: format!("_bulk answered {status}: {snippet}"),
-            });
-        }
-        parse_bulk_response(&text, n).map_err(|message| RequestFailure {
-            code: "500".into(),
-            message,
-        })
-    }
-
-    /// Indexes `docs`, retrying what failed for a retryable reason until `retry` (counted from
-    /// the first attempt) runs out. `observe` hears of every attempt.
-    pub async fn deliver(
-        &self,
-        spec: &OpenSearchSpec,
-        docs: Vec<Doc>,
-        observe: impl Fn(Attempt<'_>),
-    ) -> BulkOutcome {
-        let started = tokio::time::Instant::now();
-        let mut out = BulkOutcome::default();
-        // Pending documents with the last reason they failed.
-        let mut pending: Vec<(Doc, String, String)> = docs
-            .into_iter()
-            .map(|d| (d, String::new(), String::new()))
-            .collect();
-        let mut attempt = 0u32;
-        while !pending.is_empty() {
-            attempt += 1;
-            let body = bulk_body(pending.iter().map(|(d, _, _)| d), spec.type_name.as_deref());
-            let result = self.send(&spec.endpoint, body, pending.len()).await;
-            let mut next = Vec::new();
-            let answered = result.is_ok();
-            match result {
-                Ok(items) => {
-                    for ((doc, _, _), item) in pending.into_iter().zip(items) {
-                        match item {
-                            Item::Indexed => out.indexed.push(doc),
-                            Item::Retry { status, reason } => {
-                                next.push((doc, status.to_string(), reason))
-                            }
-                            Item::Refused { status, reason } => out.failed.push(FailedDoc {
-                                doc,
-                                attempts: attempt,
-                                code: status.to_string(),
-                                message: reason,
-                            }),
+/// Indexes `docs` through `client`, retrying what failed for a retryable reason until `retry`
+/// (counted from the first attempt) runs out. `observe` hears of every attempt.
+pub async fn deliver(
+    client: &BulkClient,
+    spec: &OpenSearchSpec,
+    docs: Vec<Doc>,
+    observe: impl Fn(Attempt<'_>),
+) -> BulkOutcome {
+    let started = tokio::time::Instant::now();
+    let mut out = BulkOutcome::default();
+    // Pending documents with the last reason they failed.
+    let mut pending: Vec<(Doc, String, String)> = docs
+        .into_iter()
+        .map(|d| (d, String::new(), String::new()))
+        .collect();
+    let mut attempt = 0u32;
+    while !pending.is_empty() {
+        attempt += 1;
+        let body = bulk_body(pending.iter().map(|(d, _, _)| d), spec.type_name.as_deref());
+        let result = client.bulk(&spec.endpoint, &body, pending.len()).await;
+        let mut next = Vec::new();
+        let answered = result.is_ok();
+        match result {
+            Ok(items) => {
+                for ((doc, _, _), item) in pending.into_iter().zip(items) {
+                    match item {
+                        Item::Indexed => out.indexed.push(doc),
+                        Item::Retry { status, reason } => {
+                            next.push((doc, status.to_string(), reason))
                         }
+                        Item::Refused { status, reason } => out.failed.push(FailedDoc {
+                            doc,
+                            attempts: attempt,
+                            code: status.to_string(),
+                            message: reason,
+                        }),
                     }
                 }
-                Err(f) => {
-                    next = pending
-                        .into_iter()
-                        .map(|(d, _, _)| (d, f.code.clone(), f.message.clone()))
-                        .collect();
-                }
             }
-            pending = next;
-            let wait = super::backoff(attempt - 1);
-            let retrying = !pending.is_empty() && started.elapsed() + wait <= spec.retry;
-            observe(Attempt {
-                answered,
-                pending: pending.len(),
-                retrying,
-                reason: pending.first().map_or("", |p| p.2.as_str()),
-            });
-            if !retrying {
-                break;
+            Err(f) => {
+                // Firehose's code for the documents of a request that failed whole.
+                let code = match &f {
+                    RequestFailure::Unreachable(_) => CONNECTION_FAILED.to_string(),
+                    RequestFailure::Status { status, .. } => status.to_string(),
+                    RequestFailure::BadAnswer(_) => "500".to_string(),
+                };
+                let message = f.to_string();
+                next = pending
+                    .into_iter()
+                    .map(|(d, _, _)| (d, code.clone(), message.clone()))
+                    .collect();
             }
-            tokio::time::sleep(wait).await;
         }
-        out.failed
-            .extend(pending.into_iter().map(|(doc, code, message)| FailedDoc {
-                doc,
-                attempts: attempt,
-                code,
-                message,
-            }));
-        out
+        pending = next;
+        let wait = super::backoff(attempt - 1);
+        let retrying = !pending.is_empty() && started.elapsed() + wait <= spec.retry;
+        observe(Attempt {
+            answered,
+            pending: pending.len(),
+            retrying,
+            reason: pending.first().map_or("", |p| p.2.as_str()),
+        });
+        if !retrying {
+            break;
+        }
+        tokio::time::sleep(wait).await;
     }
+    out.failed
+        .extend(pending.into_iter().map(|(doc, code, message)| FailedDoc {
+            doc,
+            attempts: attempt,
+            code,
+            message,
+        }));
+    out
 }
 
 /// Firehose's failed-document fields for the error output.
@@ -433,27 +321,6 @@ mod tests {
                 .iter()
                 .all(|d| d.id.is_none())
         );
-    }
-
-    #[test]
-    fn bulk_items_are_told_apart_by_status_and_type() {
-        let body = serde_json::json!({"errors": true, "items": [
-            {"index": {"status": 201}},
-            {"index": {"status": 400, "error": {"type": "mapper_parsing_exception", "reason": "bad"}}},
-            {"index": {"status": 429, "error": {"type": "es_rejected_execution_exception", "reason": "busy"}}},
-            {"create": {"status": 503, "error": {"type": "unavailable_shards_exception", "reason": "x"}}},
-            {"index": {"status": 400, "error": {"type": "es_rejected_execution_exception", "reason": "y"}}},
-        ]});
-        let items = parse_bulk_response(body.to_string().as_bytes(), 5).unwrap();
-        assert_eq!(items[0], Item::Indexed);
-        assert!(
-            matches!(&items[1], Item::Refused { status: 400, reason } if reason.starts_with("mapper_parsing_exception"))
-        );
-        assert!(matches!(items[2], Item::Retry { status: 429, .. }));
-        assert!(matches!(items[3], Item::Retry { status: 503, .. }));
-        assert!(matches!(items[4], Item::Retry { status: 400, .. }));
-        assert!(parse_bulk_response(body.to_string().as_bytes(), 4).is_err());
-        assert!(parse_bulk_response(b"<html>", 1).is_err());
     }
 
     #[test]

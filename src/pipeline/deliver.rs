@@ -94,10 +94,8 @@ pub(super) async fn deliver_opensearch(
     }
     let (docs, mut failed) =
         crate::deliver::opensearch::prepare(spec, &batch.records, &ctx.id_base);
-    let outcome = ctx
-        .shared
-        .opensearch
-        .deliver(spec, docs, |attempt| {
+    let outcome =
+        crate::deliver::opensearch::deliver(&ctx.shared.opensearch, spec, docs, |attempt| {
             ctx.shared
                 .metrics
                 .opensearch

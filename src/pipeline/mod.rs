@@ -233,7 +233,7 @@ pub struct Shared {
     /// The master key behind `AWS_OWNED_CMK` (spool encryption at rest).
     pub owned_key: String,
     /// Talks `_bulk` to OpenSearch / Elasticsearch destinations.
-    pub opensearch: crate::deliver::opensearch::BulkClient,
+    pub opensearch: hosepipe_sinks::opensearch::BulkClient,
     /// Talks HEC to Splunk destinations.
     pub splunk: crate::deliver::splunk::HecClient,
 }

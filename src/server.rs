@@ -59,11 +59,11 @@ pub(crate) fn shared_parts(
             },
         )
         .map_err(|e| StartError::Restore(format!("HTTP client: {e}")))?,
-        splunk: crate::deliver::splunk::HecClient {
-            http: reqwest::Client::builder()
-                .timeout(crate::deliver::opensearch::REQUEST_TIMEOUT)
-                .build()
-                .map_err(|e| StartError::Restore(format!("HTTP client: {e}")))?,
+        splunk: crate::deliver::splunk::Hec {
+            client: hosepipe_sinks::hec::HecClient::new(Some(
+                crate::deliver::opensearch::REQUEST_TIMEOUT,
+            ))
+            .map_err(|e| StartError::Restore(format!("HTTP client: {e}")))?,
             fields: {
                 let d = crate::deliver::splunk::EventFields::default();
                 let s = &config.splunk;

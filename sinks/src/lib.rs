@@ -4,6 +4,7 @@
 //! [`Outcome`] per record the payload carries. This crate knows nothing of the daemon: no streams,
 //! no buffers, no metrics. It only moves bytes to a place and says how that went.
 
+pub mod hec;
 mod object;
 pub mod opensearch;
 

@@ -5,7 +5,7 @@
 use std::time::{Duration, Instant};
 
 use crate::config::splunk::SplunkSpec;
-use crate::deliver::splunk::{EventFields, HecClient, body};
+use crate::deliver::splunk::{EventFields, Hec, body};
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct BenchSplunkArgs {
@@ -80,8 +80,8 @@ pub fn run(args: BenchSplunkArgs) -> Result<(), String> {
             r.bytes().await.map_err(|e| e.to_string())?;
         }
         let bare = args.records as f64 / started.elapsed().as_secs_f64();
-        let client = HecClient {
-            http,
+        let client = Hec {
+            client: hosepipe_sinks::hec::HecClient::new(None).map_err(|e| e.to_string())?,
             fields,
             ack_timeout: Some(Duration::from_secs(60)),
         };

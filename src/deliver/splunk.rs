@@ -7,6 +7,7 @@
 
 use std::time::Duration;
 
+use hosepipe_sinks::hec::{HecClient, HecFailure, HecTarget};
 use serde_json::Value;
 
 use crate::buffer::Record;
@@ -37,10 +38,11 @@ impl Default for EventFields {
     }
 }
 
-/// Talks HEC.
+/// The daemon's side of HEC: the client (`hosepipe_sinks::hec`), the event metadata, and the
+/// acknowledgement timeout override.
 #[derive(Clone)]
-pub struct HecClient {
-    pub http: reqwest::Client,
+pub struct Hec {
+    pub client: HecClient,
     pub fields: EventFields,
     /// `[splunk] ack_timeout_seconds`: replaces every stream's acknowledgement timeout.
     pub ack_timeout: Option<Duration>,
@@ -138,99 +140,25 @@ pub fn classify(status: u16, code: Option<i64>, text: &str) -> Failure {
     }
 }
 
-fn transport(e: &reqwest::Error) -> Failure {
-    let code = if e.is_timeout() {
-        "Splunk.ConnectionTimeout"
-    } else {
-        "Splunk.ConnectionClosed"
-    };
-    Failure::retry(code, e.to_string())
+/// Firehose's meaning of a failed HEC call.
+fn failure(f: HecFailure) -> Failure {
+    let message = f.to_string();
+    match f {
+        HecFailure::Transport { timed_out, .. } => Failure::retry(
+            if timed_out {
+                "Splunk.ConnectionTimeout"
+            } else {
+                "Splunk.ConnectionClosed"
+            },
+            message,
+        ),
+        HecFailure::Refused { status, code, text } => classify(status, code, &text),
+        HecFailure::NoAckId => Failure::retry("Splunk.DisabledAck", message),
+        HecFailure::AckTimeout { .. } => Failure::retry("Splunk.AckTimeout", message),
+    }
 }
 
-impl HecClient {
-    fn request(&self, spec: &SplunkSpec, path: &str, channel: &str) -> reqwest::RequestBuilder {
-        self.http
-            .post(format!("{}{path}?channel={channel}", spec.endpoint))
-            .header("Authorization", format!("Splunk {}", spec.token))
-            .header("X-Splunk-Request-Channel", channel)
-    }
-
-    /// Posts a body; the ackId it was given.
-    async fn post(
-        &self,
-        spec: &SplunkSpec,
-        channel: &str,
-        body: bytes::Bytes,
-    ) -> Result<u64, Failure> {
-        let path = match spec.endpoint_type {
-            EndpointType::Raw => "/services/collector/raw",
-            EndpointType::Event => "/services/collector/event",
-        };
-        let resp = self
-            .request(spec, path, channel)
-            .body(body)
-            .send()
-            .await
-            .map_err(|e| transport(&e))?;
-        let status = resp.status().as_u16();
-        let answer: Value = resp.json().await.unwrap_or(Value::Null);
-        let code = answer.get("code").and_then(Value::as_i64);
-        let text = answer.get("text").and_then(Value::as_str).unwrap_or("");
-        if status != 200 || code.is_some_and(|c| c != 0) {
-            return Err(classify(status, code, text));
-        }
-        answer.get("ackId").and_then(Value::as_u64).ok_or_else(|| {
-            Failure::retry(
-                "Splunk.DisabledAck",
-                "the HEC answer has no ackId: enable indexer acknowledgement on the token",
-            )
-        })
-    }
-
-    /// Polls for `ack_id` until it reads true or `timeout` passes.
-    async fn wait_ack(
-        &self,
-        spec: &SplunkSpec,
-        channel: &str,
-        ack_id: u64,
-        timeout: Duration,
-    ) -> Result<Duration, Failure> {
-        let started = tokio::time::Instant::now();
-        let mut every = Duration::from_millis(100);
-        loop {
-            let resp = self
-                .request(spec, "/services/collector/ack", channel)
-                .json(&serde_json::json!({ "acks": [ack_id] }))
-                .send()
-                .await;
-            match resp {
-                Ok(r) if r.status().is_success() => {
-                    let answer: Value = r.json().await.unwrap_or(Value::Null);
-                    if answer
-                        .pointer(&format!("/acks/{ack_id}"))
-                        .and_then(Value::as_bool)
-                        == Some(true)
-                    {
-                        return Ok(started.elapsed());
-                    }
-                }
-                // A failing ack endpoint is the same as no ack: wait out the timeout.
-                Ok(_) | Err(_) => {}
-            }
-            if started.elapsed() + every > timeout {
-                return Err(Failure::retry(
-                    "Splunk.AckTimeout",
-                    format!(
-                        "no indexer acknowledgement for ackId {ack_id} within {} s",
-                        timeout.as_secs()
-                    ),
-                ));
-            }
-            tokio::time::sleep(every).await;
-            every = (every * 2).min(Duration::from_secs(1));
-        }
-    }
-
+impl Hec {
     /// Sends `records` until they are acknowledged, a refusal is final, or `RetryOptions`
     /// (counted from the first failure) runs out. `observe` hears of every failed attempt.
     pub async fn deliver(
@@ -243,15 +171,25 @@ impl HecClient {
     ) -> HecOutcome {
         // Built once; every attempt sends the same bytes.
         let body = bytes::Bytes::from(body(spec, &self.fields, stream, records));
+        let target = HecTarget {
+            endpoint: spec.endpoint.clone(),
+            token: spec.token.clone(),
+            raw: spec.endpoint_type == EndpointType::Raw,
+        };
         let ack_timeout = self.ack_timeout.unwrap_or(spec.ack_timeout);
         let mut first_failure = None;
         let mut attempt = 0;
         loop {
             attempt += 1;
-            let result = match self.post(spec, channel, body.clone()).await {
-                Ok(ack_id) => self.wait_ack(spec, channel, ack_id, ack_timeout).await,
+            let result = match self.client.post(&target, channel, body.clone()).await {
+                Ok(ack_id) => {
+                    self.client
+                        .wait_ack(&target, channel, ack_id, ack_timeout)
+                        .await
+                }
                 Err(f) => Err(f),
-            };
+            }
+            .map_err(failure);
             let failure = match result {
                 Ok(latency) => {
                     return HecOutcome {

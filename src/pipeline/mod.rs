@@ -235,7 +235,7 @@ pub struct Shared {
     /// Talks `_bulk` to OpenSearch / Elasticsearch destinations.
     pub opensearch: hosepipe_sinks::opensearch::BulkClient,
     /// Talks HEC to Splunk destinations.
-    pub splunk: crate::deliver::splunk::HecClient,
+    pub splunk: crate::deliver::splunk::Hec,
 }
 
 /// Memory the stages hold for some records (what the reader reserved for them, or what a

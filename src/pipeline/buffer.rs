@@ -35,7 +35,7 @@ pub(super) async fn buffer_stage(
     mut config: watch::Receiver<Arc<Versioned>>,
     mut ingest: mpsc::Receiver<Vec<Record>>,
     batches: mpsc::Sender<Batch>,
-    objects: mpsc::Sender<EncodedObject>,
+    objects: mpsc::Sender<Delivery>,
 ) {
     let initial = limits_for(stage, &config.borrow());
     let mut passthrough = initial.is_none();
@@ -83,7 +83,9 @@ pub(super) async fn buffer_stage(
                 }
             },
             permit = objects.reserve(), if !refused.is_empty() => match permit {
-                Ok(permit) => permit.send(refused.pop_front().expect("refused is not empty")),
+                Ok(permit) => permit.send(Delivery::Object(
+                    refused.pop_front().expect("refused is not empty"),
+                )),
                 Err(_) => {
                     tracing::error!(?stage, "the deliver stage is gone; records over the partition limit are not delivered");
                     return;

@@ -80,7 +80,7 @@ pub(super) fn after_http_delivery(
 /// Indexes one batch in OpenSearch (retrying what failed for a retryable reason, within the
 /// stream's `RetryOptions`); returns the S3 objects that follow from it: the failed documents
 /// (`AmazonOpenSearchService-failed`) and, with `AllDocuments`, the backup of every record.
-pub(super) async fn deliver_opensearch(
+async fn deliver_opensearch(
     ctx: &StreamContext,
     current: &Versioned,
     batch: Batch,
@@ -144,7 +144,7 @@ pub(super) async fn deliver_opensearch(
 /// Sends one batch to Splunk HEC and waits for its indexer acknowledgement (sending it again
 /// when the ack does not come in time, within `RetryOptions`); returns the S3 objects that
 /// follow: the failed events (`splunk-failed`) and, with `AllEvents`, the backup of every record.
-pub(super) async fn deliver_splunk(
+async fn deliver_splunk(
     ctx: &StreamContext,
     current: &Versioned,
     batch: Batch,
@@ -215,16 +215,17 @@ pub(super) async fn deliver_splunk(
     objects
 }
 
-/// Uploads objects, a few at a time, each retried until it is written.
-pub(super) async fn deliver_stage(ctx: StreamContext, mut objects: mpsc::Receiver<EncodedObject>) {
+/// Delivers a few at a time: objects to S3, each retried until it is written; OpenSearch and
+/// Splunk batches, then the objects that follow from them (failed records, backups).
+pub(super) async fn deliver_stage(ctx: StreamContext, mut objects: mpsc::Receiver<Delivery>) {
     let mut running: JoinSet<()> = JoinSet::new();
     let mut open = true;
     loop {
         tokio::select! {
             obj = objects.recv(), if open && running.len() < DELIVER_WORKERS => match obj {
-                Some(obj) => {
+                Some(work) => {
                     let ctx = ctx.clone();
-                    running.spawn(async move { deliver_one(&ctx, obj).await }.in_current_span());
+                    running.spawn(async move { deliver(&ctx, work).await }.in_current_span());
                 }
                 None => open = false,
             },
@@ -238,7 +239,18 @@ pub(super) async fn deliver_stage(ctx: StreamContext, mut objects: mpsc::Receive
     }
 }
 
-pub(super) async fn deliver_one(ctx: &StreamContext, obj: EncodedObject) {
+async fn deliver(ctx: &StreamContext, work: Delivery) {
+    let follow = match work {
+        Delivery::Object(obj) => return deliver_one(ctx, obj).await,
+        Delivery::OpenSearch(current, batch) => deliver_opensearch(ctx, &current, batch).await,
+        Delivery::Splunk(current, batch) => deliver_splunk(ctx, &current, batch).await,
+    };
+    for obj in follow {
+        deliver_one(ctx, obj).await;
+    }
+}
+
+async fn deliver_one(ctx: &StreamContext, obj: EncodedObject) {
     let records = obj.records.len() as u64;
     let expired_counted = std::sync::atomic::AtomicBool::new(false);
     let labels = Metrics::stream(&ctx.name);

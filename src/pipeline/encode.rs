@@ -1,7 +1,6 @@
 //! The encode stage: a batch named and compressed (or converted to Parquet) into objects on
-//! the blocking pool; for OpenSearch and Splunk streams it hands the batch to their delivery.
+//! the blocking pool; an OpenSearch or Splunk batch goes on to the deliver stage as it is.
 
-use super::deliver::{deliver_opensearch, deliver_splunk};
 use super::*;
 
 /// Names and compresses batches on the blocking pool, a few at a time.
@@ -9,7 +8,7 @@ pub(super) async fn encode_stage(
     ctx: StreamContext,
     config: watch::Receiver<Arc<Versioned>>,
     mut batches: mpsc::Receiver<Batch>,
-    objects: mpsc::Sender<EncodedObject>,
+    objects: mpsc::Sender<Delivery>,
 ) {
     let mut running: JoinSet<Vec<EncodedObject>> = JoinSet::new();
     let mut open = true;
@@ -19,22 +18,17 @@ pub(super) async fn encode_stage(
                 Some(batch) => {
                     let current = config.borrow().clone();
                     let ctx = ctx.clone();
-                    match &current.spec.destination {
+                    let http = match &current.spec.destination {
                         DestinationSpec::S3(_) => {
                             running.spawn_blocking(move || encode_batch(&ctx, &current, batch));
+                            None
                         }
-                        DestinationSpec::OpenSearch(_) => {
-                            running.spawn(
-                                async move { deliver_opensearch(&ctx, &current, batch).await }
-                                    .in_current_span(),
-                            );
-                        }
-                        DestinationSpec::Splunk(_) => {
-                            running.spawn(
-                                async move { deliver_splunk(&ctx, &current, batch).await }
-                                    .in_current_span(),
-                            );
-                        }
+                        DestinationSpec::OpenSearch(_) => Some(Delivery::OpenSearch(current, batch)),
+                        DestinationSpec::Splunk(_) => Some(Delivery::Splunk(current, batch)),
+                    };
+                    if let Some(d) = http && objects.send(d).await.is_err() {
+                        tracing::error!("deliver stage is gone");
+                        return;
                     }
                 }
                 None => open = false,
@@ -42,7 +36,7 @@ pub(super) async fn encode_stage(
             Some(done) = running.join_next(), if !running.is_empty() => match done {
                 Ok(objs) => {
                     for obj in objs {
-                        if objects.send(obj).await.is_err() {
+                        if objects.send(Delivery::Object(obj)).await.is_err() {
                             tracing::error!("deliver stage is gone");
                             return;
                         }

@@ -6,9 +6,10 @@
 //!                       process ──failed records (error output object)──▶ deliver
 //! ```
 //!
-//! For OpenSearch and Splunk streams the encode stage delivers each batch itself
-//! (`deliver_opensearch` / `deliver_splunk`); deliver then writes only their S3 objects (failed
-//! records, `AllDocuments` / `AllEvents` backups) to the backup bucket.
+//! For OpenSearch and Splunk streams the encode stage passes each batch on as it is; the deliver
+//! stage sends it (`deliver::deliver_opensearch` / `deliver_splunk`), then writes the S3 objects
+//! that follow from it (failed records, `AllDocuments` / `AllEvents` backups) to the backup
+//! bucket.
 //!
 //! Records enter from the stream's spool reader, which hands them on only while the memory
 //! budget has room: a backlog (an outage, a slow destination) stays on disk, and what is in
@@ -263,6 +264,14 @@ impl std::ops::Add for Held {
     }
 }
 
+/// What the deliver stage is handed: an object for S3, or an OpenSearch / Splunk batch (the
+/// failed records and backups that follow from it become objects it writes too).
+pub(super) enum Delivery {
+    Object(EncodedObject),
+    OpenSearch(Arc<Versioned>, Batch),
+    Splunk(Arc<Versioned>, Batch),
+}
+
 /// Everything a stream's stages share.
 #[derive(Clone)]
 pub struct StreamContext {
@@ -381,7 +390,7 @@ pub fn spawn_pipeline(
         hec_channel: uuid::Uuid::new_v4().to_string(),
     };
     let (config_tx, config_rx) = watch::channel(Arc::new(initial));
-    let (object_tx, object_rx) = mpsc::channel::<EncodedObject>(DELIVER_WORKERS);
+    let (object_tx, object_rx) = mpsc::channel::<Delivery>(DELIVER_WORKERS);
     let (batch_tx, batch_rx) = mpsc::channel::<Batch>(ENCODE_WORKERS);
     let (processed_tx, processed_rx) = mpsc::channel::<Vec<Record>>(64);
     let (unprocessed_tx, unprocessed_rx) = mpsc::channel::<Batch>(PROCESS_WORKERS);

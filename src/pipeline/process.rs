@@ -10,7 +10,7 @@ pub(super) async fn process_stage(
     config: watch::Receiver<Arc<Versioned>>,
     mut batches: mpsc::Receiver<Batch>,
     records: mpsc::Sender<Vec<Record>>,
-    objects: mpsc::Sender<EncodedObject>,
+    objects: mpsc::Sender<Delivery>,
 ) {
     let mut running: JoinSet<(u64, Vec<Record>, Vec<EncodedObject>)> = JoinSet::new();
     let mut open = true;
@@ -39,7 +39,7 @@ pub(super) async fn process_stage(
             Some(done) = running.join_next(), if !running.is_empty() => match done {
                 Ok((id, emitted, failed)) => {
                     for obj in failed {
-                        if objects.send(obj).await.is_err() {
+                        if objects.send(Delivery::Object(obj)).await.is_err() {
                             tracing::error!("deliver stage is gone");
                             return;
                         }

@@ -1,4 +1,4 @@
-//! Calls to AWS JSON 1.1 services (Glue now; KMS later): a POST with `X-Amz-Target`, signed
+//! Calls to AWS JSON 1.1 services (Glue, KMS): a POST with `X-Amz-Target`, signed
 //! with SigV4 by `aws-sigv4`, answered with JSON or with an error `{"__type", "message"}`.
 
 use std::time::SystemTime;
@@ -57,7 +57,12 @@ pub enum CallError {
     Transport(String),
 }
 
-/// POSTs `body` as `target` (e.g. `AWSGlue.GetTable`) to `service` (the SigV4 name, e.g. `glue`).
+/// How long a call to an AWS service (Glue, KMS) may take before it fails as a transport error:
+/// a hung service fails the operation that waits for it instead of holding it forever.
+pub const CALL_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// POSTs `body` as `target` (e.g. `AWSGlue.GetTable`) to `service` (the SigV4 name, e.g. `glue`),
+/// failing after [`CALL_TIMEOUT`].
 pub async fn call(
     endpoint: &ServiceEndpoint,
     service: &str,
@@ -65,7 +70,11 @@ pub async fn call(
     body: &Value,
 ) -> Result<Value, CallError> {
     let body = serde_json::to_vec(body).expect("JSON to memory");
-    call_with(&reqwest::Client::new(), endpoint, service, target, body).await
+    let client = reqwest::Client::builder()
+        .timeout(CALL_TIMEOUT)
+        .build()
+        .map_err(|e| CallError::Transport(e.to_string()))?;
+    call_with(&client, endpoint, service, target, body).await
 }
 
 /// [`call`] with the caller's HTTP client (kept for its connection pool) and a body already

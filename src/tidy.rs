@@ -32,21 +32,32 @@ fn crate_dirs() -> Vec<PathBuf> {
     vec![root.join("src"), root.join("sinks/src")]
 }
 
-#[test]
-fn only_durable_renames_files_into_place() {
+/// `path: pattern` for every source under `dirs` (but this file and those `exempt` says)
+/// whose product code contains one of `patterns`.
+fn uses(dirs: &[PathBuf], exempt: impl Fn(&Path) -> bool, patterns: &[&str]) -> Vec<String> {
     let mut offenders = Vec::new();
-    for dir in crate_dirs() {
-        for (path, text) in sources(&dir) {
-            if path.ends_with("src/durable.rs") || path.ends_with("src/tidy.rs") {
+    for dir in dirs {
+        for (path, text) in sources(dir) {
+            if path.ends_with("src/tidy.rs") || exempt(&path) {
                 continue;
             }
-            for pattern in ["fs::rename(", ".persist(", ".persist_noclobber("] {
+            for pattern in patterns {
                 if text.contains(pattern) {
                     offenders.push(format!("{}: {pattern}", path.display()));
                 }
             }
         }
     }
+    offenders
+}
+
+#[test]
+fn only_durable_renames_files_into_place() {
+    let offenders = uses(
+        &crate_dirs(),
+        |p| p.ends_with("src/durable.rs"),
+        &["fs::rename(", ".persist(", ".persist_noclobber("],
+    );
     assert!(
         offenders.is_empty(),
         "write files that must survive a crash through crate::durable: {offenders:#?}"
@@ -136,12 +147,7 @@ fn config_files_import_each_other_without_a_circle() {
 fn only_the_api_names_firehose_errors() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
     let api = root.join("api");
-    let offenders: Vec<String> = sources(&root)
-        .into_iter()
-        .filter(|(path, _)| !path.starts_with(&api) && !path.ends_with("src/tidy.rs"))
-        .filter(|(_, text)| text.contains("ApiError"))
-        .map(|(path, _)| path.display().to_string())
-        .collect();
+    let offenders = uses(&[root], |p| p.starts_with(&api), &["ApiError"]);
     assert!(
         offenders.is_empty(),
         "{offenders:#?} use ApiError: return the module's own error type and map it in api/"
@@ -159,24 +165,18 @@ fn only_settling_releases_the_spool_and_the_memory_budget() {
         "src/spool/reader.rs",
         "src/spool/mod.rs",
         "src/api/mod.rs",
-        "src/tidy.rs",
     ];
-    let mut offenders = Vec::new();
-    for (path, text) in sources(&root) {
-        if allowed.iter().any(|a| path.ends_with(a)) || path.starts_with(root.join("bench")) {
-            continue;
-        }
-        for pattern in [
+    let bench = root.join("bench");
+    let offenders = uses(
+        std::slice::from_ref(&root),
+        |p| allowed.iter().any(|a| p.ends_with(a)) || p.starts_with(&bench),
+        &[
             ".release(",
             ".force_reserve(",
             ".delivered(",
             "memory_cost(",
-        ] {
-            if text.contains(pattern) {
-                offenders.push(format!("{}: {pattern}", path.display()));
-            }
-        }
-    }
+        ],
+    );
     assert!(
         offenders.is_empty(),
         "settle through StreamContext::settle / processed / add_outputs / abandon: {offenders:#?}"

@@ -28,5 +28,7 @@ pub mod server;
 pub mod spool;
 pub mod status;
 #[cfg(test)]
+mod testing;
+#[cfg(test)]
 mod tidy;
 pub mod transform;

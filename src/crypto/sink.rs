@@ -222,6 +222,7 @@ impl Destination for Encrypting {
 mod tests {
     use super::*;
     use crate::crypto::keyring::Keyring;
+    use crate::testing::ScriptedSink;
 
     #[test]
     fn data_keys_are_reused_within_the_limits() {
@@ -255,47 +256,12 @@ mod tests {
         ));
     }
 
-    /// Fails its first `fail` attempts; keeps every body it is offered.
-    #[derive(Debug, Default)]
-    struct Flaky {
-        fail: std::sync::atomic::AtomicU32,
-        bodies: Mutex<Vec<bytes::Bytes>>,
-    }
-
-    #[async_trait]
-    impl Destination for Flaky {
-        fn kind(&self) -> &'static str {
-            "flaky"
-        }
-        async fn deliver(&self, payload: &Payload) -> Report {
-            let Payload::Object { body, records, .. } = payload;
-            self.bodies.lock().unwrap().push(body.clone());
-            let failing = self
-                .fail
-                .fetch_update(
-                    std::sync::atomic::Ordering::Relaxed,
-                    std::sync::atomic::Ordering::Relaxed,
-                    |n| n.checked_sub(1),
-                )
-                .is_ok();
-            let outcome = if failing {
-                Outcome::Retryable("flaky".into())
-            } else {
-                Outcome::Delivered
-            };
-            Report::uniform(*records, outcome)
-        }
-    }
-
     #[tokio::test(flavor = "multi_thread", worker_threads = 1)]
     async fn a_retried_object_is_sealed_once() {
         let dir = tempfile::tempdir().unwrap();
         let ring = Arc::new(Keyring::new(&dir.path().join("k.json")));
         ring.create("k").unwrap();
-        let inner = Arc::new(Flaky {
-            fail: 2.into(),
-            ..Flaky::default()
-        });
+        let inner = Arc::new(ScriptedSink::failing_first(2));
         let calls = Arc::new(std::sync::atomic::AtomicU32::new(0));
         let counted = calls.clone();
         let sink = Encrypting {
@@ -321,7 +287,13 @@ mod tests {
         for _ in 0..3 {
             sink.deliver(&payload("p/o.gz")).await;
         }
-        let bodies = inner.bodies.lock().unwrap().clone();
+        let bodies: Vec<_> = inner
+            .attempts
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|a| a.1.clone())
+            .collect();
         assert_eq!(bodies.len(), 3);
         assert!(
             bodies.iter().all(|b| *b == bodies[0]),
@@ -335,7 +307,7 @@ mod tests {
         // Another key of the same delivery (its error output) is sealed on its own.
         sink.deliver(&payload("errors/o")).await;
         assert_eq!(calls.load(std::sync::atomic::Ordering::Relaxed), 2);
-        assert_ne!(inner.bodies.lock().unwrap()[3], bodies[0]);
+        assert_ne!(inner.attempts.lock().unwrap()[3].1, bodies[0]);
     }
 
     #[test]

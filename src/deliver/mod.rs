@@ -116,36 +116,8 @@ pub async fn deliver_with_retry(
 mod tests {
     use super::*;
     use crate::buffer::Record;
+    use crate::testing::{FAILURE, ScriptedSink};
     use bytes::Bytes;
-
-    /// A destination that refuses keys outside `ok_prefix` until `heal_after` attempts.
-    #[derive(Debug)]
-    struct Flaky {
-        ok_prefix: &'static str,
-        heal_after: u32,
-        attempts: std::sync::Mutex<Vec<(String, Bytes)>>,
-    }
-
-    #[async_trait::async_trait]
-    impl Destination for Flaky {
-        fn kind(&self) -> &'static str {
-            "flaky"
-        }
-        async fn deliver(&self, payload: &Payload) -> hosepipe_sinks::Report {
-            let Payload::Object {
-                key, body, records, ..
-            } = payload;
-            let mut log = self.attempts.lock().unwrap();
-            log.push((key.clone(), body.clone()));
-            let ok = key.starts_with(self.ok_prefix) || log.len() as u32 > self.heal_after;
-            let outcome = if ok {
-                Outcome::Delivered
-            } else {
-                Outcome::Retryable("503 Slow Down".into())
-            };
-            hosepipe_sinks::Report::uniform(*records, outcome)
-        }
-    }
 
     fn object(arrival_ms: i64) -> EncodedObject {
         EncodedObject {
@@ -178,11 +150,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn retryable_failures_are_retried_until_they_heal() {
-        let sink: Arc<dyn Destination> = Arc::new(Flaky {
-            ok_prefix: "nothing",
-            heal_after: 3,
-            attempts: Default::default(),
-        });
+        let sink: Arc<dyn Destination> = Arc::new(ScriptedSink::failing_first(3));
         let seen = std::sync::Mutex::new(Vec::new());
         let result = deliver_with_retry(
             &sink,
@@ -203,11 +171,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn past_retention_the_records_go_to_the_error_output() {
-        let flaky = Arc::new(Flaky {
-            ok_prefix: "errors/",
-            heal_after: u32::MAX,
-            attempts: Default::default(),
-        });
+        let flaky = Arc::new(ScriptedSink::refusing("data/"));
         let sink: Arc<dyn Destination> = flaky.clone();
         let day = 86_400_000;
         let result = deliver_with_retry(
@@ -222,12 +186,13 @@ mod tests {
             result,
             DeliveryResult::ErrorOutput {
                 attempts: 1,
-                reason: "503 Slow Down".into()
+                reason: FAILURE.into()
             }
         );
         let attempts = flaky.attempts.lock().unwrap();
         assert_eq!(attempts.len(), 2);
-        let (key, body) = &attempts[1];
+        let (key, body, delivered) = &attempts[1];
+        assert!(delivered);
         assert_eq!(key, "errors/retention-expired/obj");
         let first: serde_json::Value =
             serde_json::from_slice(body.split(|b| *b == b'\n').next().unwrap()).unwrap();
@@ -237,11 +202,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn a_partition_retry_window_sends_records_to_the_error_output_early() {
-        let flaky = Arc::new(Flaky {
-            ok_prefix: "errors/",
-            heal_after: u32::MAX,
-            attempts: Default::default(),
-        });
+        let flaky = Arc::new(ScriptedSink::refusing("data/"));
         let sink: Arc<dyn Destination> = flaky.clone();
         let mut obj = object(0);
         obj.retry_window = Some(Duration::from_secs(10));

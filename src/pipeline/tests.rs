@@ -3,76 +3,14 @@
 //! fails when told to. What is checked is what the records become and that each is settled
 //! once (the spool forgets it, the memory budget gets its bytes back).
 
-use std::sync::atomic::AtomicU32;
 use std::time::Duration;
 
-use async_trait::async_trait;
 use bytes::Bytes;
-use hosepipe_sinks::{Outcome, Payload, Report};
 
 use super::*;
 use crate::config::{Config, Overrides, RawConfig};
 use crate::spool::Sealing;
-
-/// Keeps what it is given, after failing the first `fail_first` attempts; keys under
-/// `refuse_prefix` always fail (a prefix S3 keeps refusing).
-#[derive(Debug, Default)]
-struct Scripted {
-    fail_first: AtomicU32,
-    refuse_prefix: Option<String>,
-    attempts: AtomicU32,
-    written: Mutex<Vec<(String, Bytes)>>,
-}
-
-#[async_trait]
-impl Destination for Scripted {
-    fn kind(&self) -> &'static str {
-        "scripted"
-    }
-
-    async fn deliver(&self, payload: &Payload) -> Report {
-        let Payload::Object {
-            key, body, records, ..
-        } = payload;
-        self.attempts.fetch_add(1, Ordering::Relaxed);
-        let failing = self
-            .fail_first
-            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1))
-            .is_ok();
-        if failing
-            || self
-                .refuse_prefix
-                .as_ref()
-                .is_some_and(|p| key.starts_with(p))
-        {
-            return Report::uniform(*records, Outcome::Retryable("scripted failure".into()));
-        }
-        self.written
-            .lock()
-            .unwrap()
-            .push((key.clone(), body.clone()));
-        Report::uniform(*records, Outcome::Delivered)
-    }
-}
-
-impl Scripted {
-    /// The written objects' lines under `prefix`.
-    fn lines(&self, prefix: &str) -> Vec<String> {
-        self.written
-            .lock()
-            .unwrap()
-            .iter()
-            .filter(|(k, _)| k.starts_with(prefix))
-            .flat_map(|(_, body)| {
-                String::from_utf8(body.to_vec())
-                    .unwrap()
-                    .lines()
-                    .map(str::to_string)
-                    .collect::<Vec<_>>()
-            })
-            .collect()
-    }
-}
+use crate::testing::ScriptedSink;
 
 /// A running stream `t` writing UNCOMPRESSED objects under `data/` to `sink`.
 struct Harness {
@@ -80,15 +18,15 @@ struct Harness {
     spool: Arc<Spool>,
     admission: Arc<Admission>,
     handle: StreamHandle,
-    sink: Arc<Scripted>,
+    sink: Arc<ScriptedSink>,
 }
 
-fn start(sink: Scripted) -> Harness {
+fn start(sink: ScriptedSink) -> Harness {
     start_with(sink, "")
 }
 
 /// [`start`] with more of the S3 block (`extra`, TOML lines).
-fn start_with(sink: Scripted, extra: &str) -> Harness {
+fn start_with(sink: ScriptedSink, extra: &str) -> Harness {
     let dir = tempfile::tempdir().unwrap();
     let raw: RawConfig = toml::from_str(&format!(
         r#"
@@ -197,7 +135,7 @@ impl Harness {
 
 #[tokio::test(start_paused = true)]
 async fn records_are_written_once_and_settled() {
-    let h = start(Scripted::default());
+    let h = start(ScriptedSink::default());
     h.put(500, now_ms()).await;
     h.put(500, now_ms()).await;
     h.until("1000 lines written", |h| {
@@ -219,25 +157,19 @@ async fn records_are_written_once_and_settled() {
 
 #[tokio::test(start_paused = true)]
 async fn a_failing_write_is_retried_until_it_is_written_once() {
-    let h = start(Scripted {
-        fail_first: AtomicU32::new(3),
-        ..Scripted::default()
-    });
+    let h = start(ScriptedSink::failing_first(3));
     h.put(200, now_ms()).await;
     h.until("200 lines written", |h| h.sink.lines("data/").len() >= 200)
         .await;
     h.settled().await;
     assert_eq!(h.sink.lines("data/").len(), 200);
     assert_eq!(h.handle.stats.failed_attempts.load(Ordering::Relaxed), 3);
-    assert_eq!(h.sink.attempts.load(Ordering::Relaxed), 4);
+    assert_eq!(h.sink.attempts.lock().unwrap().len(), 4);
 }
 
 #[tokio::test(start_paused = true)]
 async fn records_past_the_retention_age_go_to_the_error_output() {
-    let h = start(Scripted {
-        refuse_prefix: Some("data/".into()),
-        ..Scripted::default()
-    });
+    let h = start(ScriptedSink::refusing("data/"));
     // Arrived two minutes ago: past the 60 s retention at the first failed write.
     h.put(100, now_ms() - 120_000).await;
     h.until("100 error documents", |h| {
@@ -258,10 +190,7 @@ async fn records_past_the_retention_age_go_to_the_error_output() {
 async fn a_record_split_by_the_processors_settles_once_all_its_parts_are_written() {
     // RecordDeAggregation (DELIMITED on "|"): each spool record becomes three.
     let h = start_with(
-        Scripted {
-            fail_first: AtomicU32::new(1),
-            ..Scripted::default()
-        },
+        ScriptedSink::failing_first(1),
         r#"processing_configuration = { enabled = true, processors = [{ type = "RecordDeAggregation", parameters = [{ parameter_name = "SubRecordType", parameter_value = "DELIMITED" }, { parameter_name = "Delimiter", parameter_value = "fA==" }] }] }"#,
     );
     h.put_data((0..50).map(|i| format!("{i}a|{i}b|{i}c")), now_ms())
@@ -271,5 +200,6 @@ async fn a_record_split_by_the_processors_settles_once_all_its_parts_are_written
     let written: String = h.sink.lines("data/").concat();
     let expected: String = (0..50).map(|i| format!("{i}a{i}b{i}c")).collect();
     assert_eq!(written, expected, "every part written once, in order");
+    assert_eq!(h.sink.delivered(), 1, "one object, written once");
     assert!(h.sink.lines("errors/").is_empty());
 }

@@ -3,6 +3,8 @@
 
 use super::encode::backup_all;
 use super::*;
+use crate::config::opensearch::OpenSearchSpec;
+use crate::config::splunk::SplunkSpec;
 
 /// A destination reached over HTTP.
 #[derive(Clone, Copy)]
@@ -83,11 +85,9 @@ pub(super) fn after_http_delivery(
 async fn deliver_opensearch(
     ctx: &StreamContext,
     current: &Versioned,
+    spec: &OpenSearchSpec,
     batch: Batch,
 ) -> Vec<EncodedObject> {
-    let DestinationSpec::OpenSearch(spec) = &current.spec.destination else {
-        unreachable!("called for OpenSearch destinations only");
-    };
     let mut objects = Vec::new();
     if spec.backup_all {
         objects.extend(backup_all(ctx, current, &batch, &spec.backup));
@@ -147,11 +147,9 @@ async fn deliver_opensearch(
 async fn deliver_splunk(
     ctx: &StreamContext,
     current: &Versioned,
+    spec: &SplunkSpec,
     batch: Batch,
 ) -> Vec<EncodedObject> {
-    let DestinationSpec::Splunk(spec) = &current.spec.destination else {
-        unreachable!("called for Splunk destinations only");
-    };
     let mut objects = Vec::new();
     if spec.backup_all {
         objects.extend(backup_all(ctx, current, &batch, &spec.backup));
@@ -240,10 +238,14 @@ pub(super) async fn deliver_stage(ctx: StreamContext, mut objects: mpsc::Receive
 }
 
 async fn deliver(ctx: &StreamContext, work: Delivery) {
-    let follow = match work {
+    let (current, batch) = match work {
         Delivery::Object(obj) => return deliver_one(ctx, obj).await,
-        Delivery::OpenSearch(current, batch) => deliver_opensearch(ctx, &current, batch).await,
-        Delivery::Splunk(current, batch) => deliver_splunk(ctx, &current, batch).await,
+        Delivery::Http(current, batch) => (current, batch),
+    };
+    let follow = match &current.spec.destination {
+        DestinationSpec::OpenSearch(spec) => deliver_opensearch(ctx, &current, spec, batch).await,
+        DestinationSpec::Splunk(spec) => deliver_splunk(ctx, &current, spec, batch).await,
+        DestinationSpec::S3(_) => unreachable!("the encode stage turns S3 batches into objects"),
     };
     for obj in follow {
         deliver_one(ctx, obj).await;

@@ -23,8 +23,9 @@ pub(super) async fn encode_stage(
                             running.spawn_blocking(move || encode_batch(&ctx, &current, batch));
                             None
                         }
-                        DestinationSpec::OpenSearch(_) => Some(Delivery::OpenSearch(current, batch)),
-                        DestinationSpec::Splunk(_) => Some(Delivery::Splunk(current, batch)),
+                        DestinationSpec::OpenSearch(_) | DestinationSpec::Splunk(_) => {
+                            Some(Delivery::Http(current, batch))
+                        }
                     };
                     if let Some(d) = http && objects.send(d).await.is_err() {
                         tracing::error!("deliver stage is gone");

@@ -268,8 +268,9 @@ impl std::ops::Add for Held {
 /// failed records and backups that follow from it become objects it writes too).
 pub(super) enum Delivery {
     Object(EncodedObject),
-    OpenSearch(Arc<Versioned>, Batch),
-    Splunk(Arc<Versioned>, Batch),
+    /// A batch of a stream whose destination is reached over HTTP, with the definition it was
+    /// flushed under.
+    Http(Arc<Versioned>, Batch),
 }
 
 /// Everything a stream's stages share.

@@ -65,9 +65,9 @@ pub(crate) fn shared_parts(
             ))
             .map_err(|e| StartError::Restore(format!("HTTP client: {e}")))?,
             fields: {
-                let d = crate::deliver::splunk::EventFields::default();
+                let d = crate::encode::splunk::EventFields::default();
                 let s = &config.splunk;
-                crate::deliver::splunk::EventFields {
+                crate::encode::splunk::EventFields {
                     host: s.host.clone().unwrap_or(d.host),
                     source: s.source.clone(),
                     sourcetype: s.sourcetype.clone().unwrap_or(d.sourcetype),

@@ -9,7 +9,8 @@ use bytes::Bytes;
 
 use crate::buffer::Record;
 use crate::config::opensearch::OpenSearchSpec;
-use crate::deliver::opensearch::{bulk_body, deliver, prepare};
+use crate::deliver::opensearch::deliver;
+use crate::encode::opensearch::{bulk_body, prepare};
 use hosepipe_sinks::opensearch::{BulkClient, BulkSettings};
 
 #[derive(Debug, Clone, clap::Args)]

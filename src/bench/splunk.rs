@@ -5,7 +5,8 @@
 use std::time::{Duration, Instant};
 
 use crate::config::splunk::SplunkSpec;
-use crate::deliver::splunk::{EventFields, Hec, body};
+use crate::deliver::splunk::Hec;
+use crate::encode::splunk::{EventFields, body};
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct BenchSplunkArgs {

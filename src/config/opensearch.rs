@@ -194,81 +194,55 @@ pub fn validate(
     })
 }
 
-/// The index a record arriving at `arrival_ms` (UTC) goes to.
-pub fn index_name(index: &str, rotation: IndexRotation, arrival_ms: i64) -> String {
-    use chrono::{TimeZone, Utc};
-    let t = Utc
-        .timestamp_millis_opt(arrival_ms)
-        .single()
-        .unwrap_or_else(Utc::now);
-    match rotation {
-        IndexRotation::NoRotation => index.to_string(),
-        IndexRotation::OneHour => format!("{index}-{}", t.format("%Y-%m-%d-%H")),
-        IndexRotation::OneDay => format!("{index}-{}", t.format("%Y-%m-%d")),
-        IndexRotation::OneMonth => format!("{index}-{}", t.format("%Y-%m")),
-        IndexRotation::OneWeek => {
-            let (year, week) = us_week(t.date_naive());
-            format!("{index}-{year}-w{week:02}")
-        }
-    }
-}
-
-/// The week of `date` with weeks starting on Sunday; week 1 is the first week with at least
-/// four days in the year (days before it belong to the previous year's last week).
-///
-/// Firehose's documents conflict here: the note says "the first week that contains a Saturday
-/// in this year", while its own example puts 2016-02-25 in week 08, which only a week 1 that
-/// holds most of its days in the year gives. hosepipe follows the example.
-pub fn us_week(date: chrono::NaiveDate) -> (i32, u32) {
-    use chrono::{Datelike, NaiveDate};
-    let week_one_start = |year: i32| {
-        let jan1 = NaiveDate::from_ymd_opt(year, 1, 1).expect("January 1st exists");
-        let dow = jan1.weekday().num_days_from_sunday() as i64;
-        // The Sunday on or before January 1st starts week 1 if at least four of its days are
-        // in the year (January 1st is Sunday to Wednesday); else the next Sunday does.
-        let sunday = jan1 - chrono::Duration::days(dow);
-        if dow <= 3 {
-            sunday
-        } else {
-            sunday + chrono::Duration::days(7)
-        }
-    };
-    let mut year = date.year();
-    if date < week_one_start(year) {
-        year -= 1;
-    } else if date >= week_one_start(year + 1) {
-        year += 1;
-    }
-    let days = (date - week_one_start(year)).num_days();
-    (year, (days / 7 + 1) as u32)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::stream::{CreateDeliveryStreamInput, validate};
 
     #[test]
-    fn index_names_follow_the_rotation_table() {
-        // 2016-02-25T13:00:00Z, Firehose's example.
-        let t = 1_456_405_200_000;
-        let name = |r| index_name("myindex", r, t);
-        assert_eq!(name(IndexRotation::NoRotation), "myindex");
-        assert_eq!(name(IndexRotation::OneHour), "myindex-2016-02-25-13");
-        assert_eq!(name(IndexRotation::OneDay), "myindex-2016-02-25");
-        assert_eq!(name(IndexRotation::OneWeek), "myindex-2016-w08");
-        assert_eq!(name(IndexRotation::OneMonth), "myindex-2016-02");
-    }
-
-    #[test]
-    fn weeks_start_on_sunday_and_belong_to_the_year_holding_most_of_their_days() {
-        let d = |y, m, day| chrono::NaiveDate::from_ymd_opt(y, m, day).unwrap();
-        // 2016-01-01 is a Friday: Jan 1-2 belong to 2015's last week; Sunday Jan 3 starts w01.
-        assert_eq!(us_week(d(2016, 1, 2)), (2015, 52));
-        assert_eq!(us_week(d(2016, 1, 3)), (2016, 1));
-        assert_eq!(us_week(d(2016, 1, 9)), (2016, 1));
-        assert_eq!(us_week(d(2016, 1, 10)), (2016, 2));
-        // 2020-01-01 is a Wednesday: its week (from Sunday 2019-12-29) is 2020's w01.
-        assert_eq!(us_week(d(2019, 12, 29)), (2020, 1));
-        assert_eq!(us_week(d(2020, 8, 12)), (2020, 33));
+    fn the_api_rules_hold() {
+        let errs = |conf: Value| {
+            let input: CreateDeliveryStreamInput = serde_json::from_value(
+                serde_json::json!({ "ElasticsearchDestinationConfiguration": conf }),
+            )
+            .unwrap();
+            validate("s", &input)
+                .err()
+                .unwrap_or_default()
+                .iter()
+                .map(|e| e.api_path())
+                .collect::<Vec<_>>()
+        };
+        let base = serde_json::json!({
+            "ClusterEndpoint": "https://search:9200", "IndexName": "i",
+            "S3Configuration": {"BucketARN": "arn:aws:s3:::bkt"},
+        });
+        assert!(errs(base.clone()).is_empty());
+        let mut bad = base.clone();
+        bad["BufferingHints"] = serde_json::json!({"SizeInMBs": 101});
+        bad["RetryOptions"] = serde_json::json!({"DurationInSeconds": 7201});
+        bad["IndexRotationPeriod"] = "OneYear".into();
+        bad["S3BackupMode"] = "Some".into();
+        bad["S3Configuration"] = serde_json::json!({"BucketARN": "nope"});
+        assert_eq!(
+            errs(bad),
+            [
+                "ElasticsearchDestinationConfiguration.IndexRotationPeriod",
+                "ElasticsearchDestinationConfiguration.BufferingHints.SizeInMBs",
+                "ElasticsearchDestinationConfiguration.RetryOptions.DurationInSeconds",
+                "ElasticsearchDestinationConfiguration.S3BackupMode",
+                "ElasticsearchDestinationConfiguration.S3Configuration.BucketARN",
+            ]
+        );
+        let mut no_endpoint = base.clone();
+        no_endpoint
+            .as_object_mut()
+            .unwrap()
+            .remove("ClusterEndpoint");
+        no_endpoint["DomainARN"] = "arn:aws:es:us-east-1:1:domain/d".into();
+        assert_eq!(
+            errs(no_endpoint),
+            ["ElasticsearchDestinationConfiguration.ClusterEndpoint"]
+        );
     }
 }

@@ -134,3 +134,41 @@ pub fn validate(
         raw: raw.clone(),
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::config::stream::{CreateDeliveryStreamInput, validate};
+
+    #[test]
+    fn the_api_rules_hold() {
+        let input: CreateDeliveryStreamInput = serde_json::from_value(serde_json::json!({
+            "SplunkDestinationConfiguration": {
+                "HECEndpoint": "splunk:8088", "HECAcknowledgmentTimeoutInSeconds": 100,
+                "BufferingHints": {"SizeInMBs": 6, "IntervalInSeconds": 61},
+                "RetryOptions": {"DurationInSeconds": -1}, "S3BackupMode": "Some",
+            }
+        }))
+        .unwrap();
+        let paths: Vec<String> = validate("s", &input)
+            .unwrap_err()
+            .iter()
+            .map(|e| e.api_path())
+            .collect();
+        let at = |f: &str| format!("SplunkDestinationConfiguration.{f}");
+        assert_eq!(
+            paths,
+            [
+                "HECEndpoint",
+                "HECEndpointType",
+                "HECToken",
+                "HECAcknowledgmentTimeoutInSeconds",
+                "RetryOptions.DurationInSeconds",
+                "S3BackupMode",
+                "BufferingHints.SizeInMBs",
+                "BufferingHints.IntervalInSeconds",
+                "S3Configuration",
+            ]
+            .map(at)
+        );
+    }
+}

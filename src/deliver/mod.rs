@@ -1,33 +1,85 @@
-//! Delivering an encoded object with retries, and, past the retention age, its records to the
-//! error output; the OpenSearch and Splunk destinations.
+//! Delivery: one retry loop ([`run`]) for every destination, each with its [`Policy`]; each
+//! destination's attempt in its own file (S3 objects, OpenSearch `_bulk`, Splunk HEC). What is
+//! sent is encoded once, before the first attempt (`crate::encode`); only the sending repeats.
 
 pub mod opensearch;
+pub mod s3;
 pub mod splunk;
 
-use std::sync::Arc;
 use std::time::Duration;
 
-use hosepipe_sinks::{Destination, Outcome, Payload};
+pub use s3::{DeliveryResult, RETENTION_EXPIRED_CODE};
 
-use crate::encode::EncodedObject;
-use crate::encode::error_output;
+/// What one attempt came to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Step {
+    /// Everything is delivered (or, for a destination that answers per item, settled: what it
+    /// refused for good is the target's to report).
+    Done,
+    /// Something is still to send, for this reason.
+    Retry(String),
+    /// The destination refused it for good: no further attempt.
+    Refused(String),
+}
+
+/// How long a destination is retried.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Policy {
+    /// S3: retried until written. Once the records are past `expires_at_ms` (the retention age,
+    /// wall-clock epoch ms), or have been failing for `window` (dynamic partitioning's
+    /// `RetryOptions`), every failed attempt is followed by the target's
+    /// [`fallback`](Target::fallback) (the error output); retrying goes on until one succeeds.
+    UntilWritten {
+        expires_at_ms: i64,
+        window: Option<Duration>,
+    },
+    /// An HTTP destination's `RetryOptions`: retried while the next attempt would start within
+    /// this long of the first one (Firehose counts the first attempt in); then it is given up
+    /// and the caller sends what is left to the S3 backup. Zero: one attempt.
+    For(Duration),
+}
 
 /// How a delivery ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum DeliveryResult {
-    Delivered {
+pub enum Ended {
+    Done {
         attempts: u32,
     },
-    /// Past the retention age and still failing: written to the error output instead.
-    ErrorOutput {
-        attempts: u32,
-        reason: String,
-    },
-    /// The destination refused the object for good.
-    Rejected {
+    /// Refused for good on attempt `attempts`.
+    Refused {
         attempts: u32,
         reason: String,
     },
+    /// The policy ran out (`For`), or the fallback took it (`UntilWritten`).
+    Expired {
+        attempts: u32,
+        reason: String,
+    },
+}
+
+/// One failed attempt, as a target hears of it.
+#[derive(Debug, Clone, Copy)]
+pub struct Failed<'a> {
+    pub attempt: u32,
+    pub reason: &'a str,
+    /// The policy has run out: `For` gives up after this; `UntilWritten` tries the fallback.
+    pub expired: bool,
+}
+
+/// Something to deliver: its attempts, and what it does once the policy runs out.
+#[allow(async_fn_in_trait)]
+pub trait Target {
+    /// One attempt at sending what is still undelivered.
+    async fn attempt(&mut self) -> Step;
+
+    /// Told of every failed attempt (metrics, logs).
+    fn failed(&mut self, _failure: Failed<'_>) {}
+
+    /// Under `UntilWritten`, after each failed attempt past expiry: puts the records somewhere
+    /// else (the error output). True when that worked and delivery is over.
+    async fn fallback(&mut self, _reason: &str, _attempts: u32) -> bool {
+        true
+    }
 }
 
 /// Backoff between attempts: 500 ms doubling to 30 s.
@@ -36,190 +88,178 @@ pub fn backoff(attempt: u32) -> Duration {
     Duration::from_millis(ms.min(30_000))
 }
 
-/// The error code hosepipe gives records written to the error output after the retention age.
-pub const RETENTION_EXPIRED_CODE: &str = "S3.RetentionExpired";
-
-/// Delivers one object, retrying retryable failures until it succeeds. Once its oldest record
-/// is older than `retention`, or it has failed for its `retry_window`, each failed attempt is
-/// followed by one at writing the records to the error output (Firehose's failed-record JSON
-/// under `error_key`). The caller bounds the
-/// total time (shutdown deadline); nothing here gives up on a retryable failure.
-/// `on_failure(reason, attempt, expired)` is told of every failed attempt.
-pub async fn deliver_with_retry(
-    sink: &Arc<dyn Destination>,
-    object: &EncodedObject,
-    retention: Duration,
-    now_ms: impl Fn() -> i64,
-    on_failure: impl Fn(&str, u32, bool),
-) -> DeliveryResult {
-    let payload = Payload::Object {
-        bucket: object.bucket.clone(),
-        key: object.key.clone(),
-        body: object.body.clone(),
-        content_type: Some(object.content_type.to_string()),
-        metadata: Vec::new(),
-        records: 1,
-    };
-    let oldest = object.oldest_arrival_ms();
+/// The retry loop: attempts `target` until it is done, refused for good, or `policy` runs
+/// out, with [`backoff`] between attempts. `now_ms` is the wall clock the retention age is
+/// measured on; durations are measured on tokio's clock (paused in tests).
+pub async fn run(target: &mut impl Target, policy: Policy, now_ms: impl Fn() -> i64) -> Ended {
+    let started = tokio::time::Instant::now();
     let mut first_failure = None;
     let mut attempt = 0u32;
     loop {
         attempt += 1;
-        let report = sink.deliver(&payload).await;
-        let reason = match report.outcomes.first() {
-            Some(Outcome::Delivered) | None => {
-                return DeliveryResult::Delivered { attempts: attempt };
-            }
-            Some(Outcome::Rejected(reason)) => {
-                return DeliveryResult::Rejected {
-                    attempts: attempt,
-                    reason: reason.clone(),
-                };
-            }
-            Some(Outcome::Retryable(reason)) => reason.clone(),
-        };
-        let now = now_ms();
-        let failing_since = *first_failure.get_or_insert(now);
-        let expired = now.saturating_sub(oldest) > retention.as_millis() as i64
-            || object
-                .retry_window
-                .is_some_and(|w| now.saturating_sub(failing_since) >= w.as_millis() as i64);
-        on_failure(&reason, attempt, expired);
-        if expired {
-            let documents = error_output::failed_record_documents(
-                &object.records,
-                attempt,
-                RETENTION_EXPIRED_CODE,
-                &reason,
-                now,
-            );
-            let error_payload = Payload::Object {
-                bucket: object.bucket.clone(),
-                key: object.error_key.clone(),
-                body: documents,
-                content_type: Some("application/x-ndjson".into()),
-                metadata: Vec::new(),
-                records: 1,
-            };
-            if sink.deliver(&error_payload).await.all_delivered() {
-                return DeliveryResult::ErrorOutput {
+        let reason = match target.attempt().await {
+            Step::Done => return Ended::Done { attempts: attempt },
+            Step::Refused(reason) => {
+                return Ended::Refused {
                     attempts: attempt,
                     reason,
                 };
             }
+            Step::Retry(reason) => reason,
+        };
+        let wait = backoff(attempt - 1);
+        let failing_since = *first_failure.get_or_insert_with(tokio::time::Instant::now);
+        let expired = match policy {
+            Policy::UntilWritten {
+                expires_at_ms,
+                window,
+            } => now_ms() > expires_at_ms || window.is_some_and(|w| failing_since.elapsed() >= w),
+            Policy::For(limit) => started.elapsed() + wait > limit,
+        };
+        target.failed(Failed {
+            attempt,
+            reason: &reason,
+            expired,
+        });
+        if expired && target.fallback(&reason, attempt).await {
+            return Ended::Expired {
+                attempts: attempt,
+                reason,
+            };
         }
-        tokio::time::sleep(backoff(attempt - 1)).await;
+        tokio::time::sleep(wait).await;
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::buffer::Record;
-    use crate::testing::{FAILURE, ScriptedSink};
-    use bytes::Bytes;
 
-    fn object(arrival_ms: i64) -> EncodedObject {
-        EncodedObject {
-            batch_id: 1,
-            bucket: "bkt".into(),
-            key: "data/obj".into(),
-            body: Bytes::from_static(b"ab"),
-            content_type: "application/octet-stream",
-            raw_bytes: 2,
-            records: vec![
-                Record {
-                    data: Bytes::from_static(b"a"),
-                    arrival_ms,
-                    seq: 0,
-                    partition: None,
-                },
-                Record {
-                    data: Bytes::from_static(b"b"),
-                    arrival_ms,
-                    seq: 1,
-                    partition: None,
-                },
-            ],
-            error_key: "errors/retention-expired/obj".into(),
-            error_output: None,
-            retry_window: None,
-            encryption: None,
+    /// Fails `failures` times, then succeeds; its fallback works from attempt `fallback_from`.
+    struct Scripted {
+        failures: u32,
+        refuse: bool,
+        fallback_from: u32,
+        seen: Vec<(u32, bool, tokio::time::Instant)>,
+        fallbacks: u32,
+    }
+
+    impl Scripted {
+        fn new(failures: u32) -> Self {
+            Scripted {
+                failures,
+                refuse: false,
+                fallback_from: 0,
+                seen: Vec::new(),
+                fallbacks: 0,
+            }
         }
     }
 
+    impl Target for Scripted {
+        async fn attempt(&mut self) -> Step {
+            match self.failures {
+                0 => Step::Done,
+                _ if self.refuse => Step::Refused("no".into()),
+                _ => {
+                    self.failures -= 1;
+                    Step::Retry("busy".into())
+                }
+            }
+        }
+        fn failed(&mut self, f: Failed<'_>) {
+            self.seen
+                .push((f.attempt, f.expired, tokio::time::Instant::now()));
+        }
+        async fn fallback(&mut self, _: &str, attempts: u32) -> bool {
+            self.fallbacks += 1;
+            attempts >= self.fallback_from
+        }
+    }
+
+    const FOREVER: Policy = Policy::UntilWritten {
+        expires_at_ms: i64::MAX,
+        window: None,
+    };
+
     #[tokio::test(start_paused = true)]
-    async fn retryable_failures_are_retried_until_they_heal() {
-        let sink: Arc<dyn Destination> = Arc::new(ScriptedSink::failing_first(3));
-        let seen = std::sync::Mutex::new(Vec::new());
-        let result = deliver_with_retry(
-            &sink,
-            &object(1_000),
-            Duration::from_secs(60),
-            || 2_000,
-            |_, a, expired| {
-                seen.lock().unwrap().push((a, expired));
-            },
-        )
-        .await;
-        assert_eq!(result, DeliveryResult::Delivered { attempts: 4 });
+    async fn failures_are_retried_with_growing_waits_until_they_heal() {
+        let mut t = Scripted::new(3);
+        let t0 = tokio::time::Instant::now();
         assert_eq!(
-            *seen.lock().unwrap(),
-            vec![(1, false), (2, false), (3, false)]
+            run(&mut t, FOREVER, || 0).await,
+            Ended::Done { attempts: 4 }
         );
+        let waits: Vec<_> = t.seen.iter().map(|(a, e, at)| (*a, *e, *at - t0)).collect();
+        let ms = Duration::from_millis;
+        assert_eq!(
+            waits,
+            [(1, false, ms(0)), (2, false, ms(500)), (3, false, ms(1500))]
+        );
+        assert_eq!(t.fallbacks, 0);
     }
 
     #[tokio::test(start_paused = true)]
-    async fn past_retention_the_records_go_to_the_error_output() {
-        let flaky = Arc::new(ScriptedSink::refusing("data/"));
-        let sink: Arc<dyn Destination> = flaky.clone();
-        let day = 86_400_000;
-        let result = deliver_with_retry(
-            &sink,
-            &object(0),
-            Duration::from_secs(86_400),
-            || day + 1,
-            |_, _, _| {},
-        )
-        .await;
+    async fn a_refusal_ends_at_once() {
+        let mut t = Scripted::new(5);
+        t.refuse = true;
         assert_eq!(
-            result,
-            DeliveryResult::ErrorOutput {
+            run(&mut t, FOREVER, || 0).await,
+            Ended::Refused {
                 attempts: 1,
-                reason: FAILURE.into()
+                reason: "no".into()
             }
         );
-        let attempts = flaky.attempts.lock().unwrap();
-        assert_eq!(attempts.len(), 2);
-        let (key, body, delivered) = &attempts[1];
-        assert!(delivered);
-        assert_eq!(key, "errors/retention-expired/obj");
-        let first: serde_json::Value =
-            serde_json::from_slice(body.split(|b| *b == b'\n').next().unwrap()).unwrap();
-        assert_eq!(first["errorCode"], RETENTION_EXPIRED_CODE);
-        assert_eq!(first["rawData"], "YQ==");
+        assert!(t.seen.is_empty());
     }
 
     #[tokio::test(start_paused = true)]
-    async fn a_partition_retry_window_sends_records_to_the_error_output_early() {
-        let flaky = Arc::new(ScriptedSink::refusing("data/"));
-        let sink: Arc<dyn Destination> = flaky.clone();
-        let mut obj = object(0);
-        obj.retry_window = Some(Duration::from_secs(10));
-        let clock = std::sync::atomic::AtomicI64::new(1_000);
-        let result = deliver_with_retry(
-            &sink,
-            &obj,
-            Duration::from_secs(86_400),
-            || clock.fetch_add(4_000, std::sync::atomic::Ordering::Relaxed),
-            |_, _, _| {},
-        )
-        .await;
-        // Failures at 1 s, 5 s, 9 s are inside the window; the one at 13 s is past it.
-        assert!(
-            matches!(result, DeliveryResult::ErrorOutput { attempts: 4, .. }),
-            "{result:?}"
+    async fn retry_options_give_up_once_the_next_attempt_would_start_too_late() {
+        // Attempts start at 0, 0.5, 1.5, 3.5, 7.5 s; the next would start at 15.5 s > 10 s.
+        let mut t = Scripted::new(u32::MAX);
+        let ended = run(&mut t, Policy::For(Duration::from_secs(10)), || 0).await;
+        assert_eq!(
+            ended,
+            Ended::Expired {
+                attempts: 5,
+                reason: "busy".into()
+            }
         );
+        assert_eq!(t.fallbacks, 1);
+        assert!(t.seen[..4].iter().all(|(_, expired, _)| !expired));
+        // Zero means one attempt.
+        let mut once = Scripted::new(u32::MAX);
+        let ended = run(&mut once, Policy::For(Duration::ZERO), || 0).await;
+        assert!(matches!(ended, Ended::Expired { attempts: 1, .. }));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn past_retention_every_failure_tries_the_fallback_until_it_works() {
+        let mut t = Scripted::new(u32::MAX);
+        t.fallback_from = 3;
+        let policy = Policy::UntilWritten {
+            expires_at_ms: 1_000,
+            window: None,
+        };
+        let ended = run(&mut t, policy, || 2_000).await;
+        assert!(matches!(ended, Ended::Expired { attempts: 3, .. }));
+        assert_eq!(t.fallbacks, 3);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_partition_window_expires_records_before_the_retention_age() {
+        // Failures at 0, 0.5, 1.5, 3.5, 7.5 s are inside 10 s of the first; 15.5 s is past it.
+        let mut t = Scripted::new(u32::MAX);
+        let policy = Policy::UntilWritten {
+            expires_at_ms: i64::MAX,
+            window: Some(Duration::from_secs(10)),
+        };
+        let ended = run(&mut t, policy, || 0).await;
+        assert!(
+            matches!(ended, Ended::Expired { attempts: 6, .. }),
+            "{ended:?}"
+        );
+        assert_eq!(t.fallbacks, 1);
     }
 
     #[test]

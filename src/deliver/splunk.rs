@@ -8,35 +8,11 @@
 use std::time::Duration;
 
 use hosepipe_sinks::hec::{HecClient, HecFailure, HecTarget};
-use serde_json::Value;
 
+use super::{Ended, Failed, Policy, Step, Target};
 use crate::buffer::Record;
 use crate::config::splunk::{EndpointType, SplunkSpec};
-
-/// Event metadata from `[splunk]` (Event endpoint only).
-#[derive(Debug, Clone)]
-pub struct EventFields {
-    pub host: String,
-    /// `None`: `hosepipe:<stream>`.
-    pub source: Option<String>,
-    pub sourcetype: String,
-    pub index: Option<String>,
-}
-
-impl Default for EventFields {
-    fn default() -> Self {
-        EventFields {
-            host: std::fs::read_to_string("/etc/hostname")
-                .ok()
-                .map(|h| h.trim().to_string())
-                .filter(|h| !h.is_empty())
-                .unwrap_or_else(|| "hosepipe".into()),
-            source: None,
-            sourcetype: "aws:firehose".into(),
-            index: None,
-        }
-    }
-}
+use crate::encode::splunk::{EventFields, body};
 
 /// The daemon's side of HEC: the client (`hosepipe_sinks::hec`), the event metadata, and the
 /// acknowledgement timeout override.
@@ -81,42 +57,6 @@ pub struct Attempt<'a> {
     pub retrying: bool,
 }
 
-/// The request body: the records as sent (Raw), or one JSON event per record (Event).
-pub fn body(spec: &SplunkSpec, fields: &EventFields, stream: &str, records: &[Record]) -> Vec<u8> {
-    let mut out = Vec::new();
-    match spec.endpoint_type {
-        EndpointType::Raw => {
-            for r in records {
-                out.extend_from_slice(&r.data);
-            }
-        }
-        EndpointType::Event => {
-            let source = fields
-                .source
-                .clone()
-                .unwrap_or_else(|| format!("hosepipe:{stream}"));
-            for r in records {
-                let data = r.data.trim_ascii_end();
-                let event = serde_json::from_slice::<Value>(data)
-                    .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(data).into_owned()));
-                let mut e = serde_json::json!({
-                    "time": r.arrival_ms as f64 / 1000.0,
-                    "host": fields.host,
-                    "source": source,
-                    "sourcetype": fields.sourcetype,
-                    "event": event,
-                });
-                if let Some(index) = &fields.index {
-                    e["index"] = index.clone().into();
-                }
-                serde_json::to_writer(&mut out, &e).expect("JSON into memory");
-                out.push(b'\n');
-            }
-        }
-    }
-    out
-}
-
 /// The meaning of a HEC answer that is not a success (its status and `code`).
 pub fn classify(status: u16, code: Option<i64>, text: &str) -> Failure {
     let message = format!(
@@ -158,9 +98,66 @@ fn failure(f: HecFailure) -> Failure {
     }
 }
 
+/// One batch's body on its way to HEC.
+struct Post<'a, F> {
+    hec: &'a Hec,
+    target: HecTarget,
+    channel: &'a str,
+    body: bytes::Bytes,
+    ack_timeout: Duration,
+    /// The last failure, with Firehose's code.
+    last: Option<Failure>,
+    latency: Duration,
+    observe: F,
+}
+
+impl<F: Fn(Attempt<'_>)> Target for Post<'_, F> {
+    async fn attempt(&mut self) -> Step {
+        let client = &self.hec.client;
+        let result = match client
+            .post(&self.target, self.channel, self.body.clone())
+            .await
+        {
+            Ok(ack_id) => {
+                client
+                    .wait_ack(&self.target, self.channel, ack_id, self.ack_timeout)
+                    .await
+            }
+            Err(f) => Err(f),
+        };
+        match result.map_err(failure) {
+            Ok(latency) => {
+                self.latency = latency;
+                Step::Done
+            }
+            Err(f) => {
+                let step = match f.retry {
+                    true => Step::Retry(f.message.clone()),
+                    false => Step::Refused(f.message.clone()),
+                };
+                if !f.retry {
+                    (self.observe)(Attempt {
+                        failure: Some(&f),
+                        retrying: false,
+                    });
+                }
+                self.last = Some(f);
+                step
+            }
+        }
+    }
+
+    fn failed(&mut self, f: Failed<'_>) {
+        (self.observe)(Attempt {
+            failure: self.last.as_ref(),
+            retrying: !f.expired,
+        });
+    }
+}
+
 impl Hec {
     /// Sends `records` until they are acknowledged, a refusal is final, or `RetryOptions`
-    /// (counted from the first failure) runs out. `observe` hears of every failed attempt.
+    /// (counted from the first attempt) runs out. `observe` hears of every failed attempt.
     pub async fn deliver(
         &self,
         spec: &SplunkSpec,
@@ -169,146 +166,36 @@ impl Hec {
         records: &[Record],
         observe: impl Fn(Attempt<'_>),
     ) -> HecOutcome {
-        // Built once; every attempt sends the same bytes.
-        let body = bytes::Bytes::from(body(spec, &self.fields, stream, records));
-        let target = HecTarget {
-            endpoint: spec.endpoint.clone(),
-            token: spec.token.clone(),
-            raw: spec.endpoint_type == EndpointType::Raw,
+        let mut post = Post {
+            hec: self,
+            target: HecTarget {
+                endpoint: spec.endpoint.clone(),
+                token: spec.token.clone(),
+                raw: spec.endpoint_type == EndpointType::Raw,
+            },
+            channel,
+            // Built once; every attempt sends the same bytes.
+            body: bytes::Bytes::from(body(spec, &self.fields, stream, records)),
+            ack_timeout: self.ack_timeout.unwrap_or(spec.ack_timeout),
+            last: None,
+            latency: Duration::ZERO,
+            observe,
         };
-        let ack_timeout = self.ack_timeout.unwrap_or(spec.ack_timeout);
-        let mut first_failure = None;
-        let mut attempt = 0;
-        loop {
-            attempt += 1;
-            let result = match self.client.post(&target, channel, body.clone()).await {
-                Ok(ack_id) => {
-                    self.client
-                        .wait_ack(&target, channel, ack_id, ack_timeout)
-                        .await
-                }
-                Err(f) => Err(f),
-            }
-            .map_err(failure);
-            let failure = match result {
-                Ok(latency) => {
-                    return HecOutcome {
-                        attempts: attempt,
-                        result: Ok(latency),
-                    };
-                }
-                Err(f) => f,
-            };
-            let since = *first_failure.get_or_insert_with(tokio::time::Instant::now);
-            let wait = super::backoff(attempt - 1);
-            let retrying = failure.retry && since.elapsed() + wait <= spec.retry;
-            observe(Attempt {
-                failure: Some(&failure),
-                retrying,
-            });
-            if !retrying {
-                return HecOutcome {
-                    attempts: attempt,
-                    result: Err(failure),
-                };
-            }
-            tokio::time::sleep(wait).await;
-        }
+        let ended = super::run(&mut post, Policy::For(spec.retry), crate::pipeline::now_ms).await;
+        let (attempts, result) = match ended {
+            Ended::Done { attempts } => (attempts, Ok(post.latency)),
+            Ended::Refused { attempts, .. } | Ended::Expired { attempts, .. } => (
+                attempts,
+                Err(post.last.expect("a failed delivery has a failure")),
+            ),
+        };
+        HecOutcome { attempts, result }
     }
-}
-
-/// Firehose's `EventId` of the `n`th record made from spool seq `seq`.
-pub fn event_id(seq: u64, n: u32) -> String {
-    format!("{seq}.{n}")
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::stream::{CreateDeliveryStreamInput, DestinationSpec, validate};
-    use bytes::Bytes;
-
-    fn spec(kind: &str) -> SplunkSpec {
-        let input: CreateDeliveryStreamInput = serde_json::from_value(serde_json::json!({
-            "SplunkDestinationConfiguration": {
-                "HECEndpoint": "http://127.0.0.1:8088/", "HECEndpointType": kind,
-                "HECToken": "t", "S3Configuration": {"BucketARN": "arn:aws:s3:::bkt"},
-            }
-        }))
-        .unwrap();
-        match validate("s", &input).unwrap().destination {
-            DestinationSpec::Splunk(s) => *s,
-            other => panic!("{other:?}"),
-        }
-    }
-
-    fn rec(data: &str) -> Record {
-        Record {
-            data: Bytes::from(data.to_string()),
-            arrival_ms: 1_500,
-            seq: 0,
-            partition: None,
-        }
-    }
-
-    #[test]
-    fn bodies_follow_the_endpoint_type() {
-        let fields = EventFields {
-            host: "h".into(),
-            source: None,
-            sourcetype: "st".into(),
-            index: Some("main".into()),
-        };
-        let records = [rec("{\"a\":1}\n"), rec("plain line\n")];
-        let raw = body(&spec("Raw"), &fields, "s", &records);
-        assert_eq!(raw, b"{\"a\":1}\nplain line\n");
-        let event = body(&spec("Event"), &fields, "s", &records);
-        let events: Vec<Value> = serde_json::Deserializer::from_slice(&event)
-            .into_iter()
-            .map(Result::unwrap)
-            .collect();
-        assert_eq!(events[0]["event"], serde_json::json!({"a": 1}));
-        assert_eq!(events[1]["event"], "plain line");
-        assert_eq!(events[0]["time"], 1.5);
-        assert_eq!(events[0]["source"], "hosepipe:s");
-        assert_eq!(events[0]["index"], "main");
-        assert_eq!(spec("Raw").endpoint, "http://127.0.0.1:8088");
-        assert_eq!(spec("Raw").ack_timeout, Duration::from_secs(180));
-        assert_eq!(spec("Raw").retry, Duration::from_secs(3600));
-    }
-
-    #[test]
-    fn the_api_rules_hold() {
-        let input: CreateDeliveryStreamInput = serde_json::from_value(serde_json::json!({
-            "SplunkDestinationConfiguration": {
-                "HECEndpoint": "splunk:8088", "HECAcknowledgmentTimeoutInSeconds": 100,
-                "BufferingHints": {"SizeInMBs": 6, "IntervalInSeconds": 61},
-                "RetryOptions": {"DurationInSeconds": -1}, "S3BackupMode": "Some",
-            }
-        }))
-        .unwrap();
-        let paths: Vec<String> = validate("s", &input)
-            .unwrap_err()
-            .iter()
-            .map(|e| e.api_path())
-            .collect();
-        let at = |f: &str| format!("SplunkDestinationConfiguration.{f}");
-        assert_eq!(
-            paths,
-            [
-                "HECEndpoint",
-                "HECEndpointType",
-                "HECToken",
-                "HECAcknowledgmentTimeoutInSeconds",
-                "RetryOptions.DurationInSeconds",
-                "S3BackupMode",
-                "BufferingHints.SizeInMBs",
-                "BufferingHints.IntervalInSeconds",
-                "S3Configuration",
-            ]
-            .map(at)
-        );
-    }
 
     #[test]
     fn answers_are_handled_by_their_meaning() {

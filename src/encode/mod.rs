@@ -1,10 +1,12 @@
 //! Pure encoding of what a stream delivers: object names and bodies, error-output documents,
-//! Parquet.
+//! Parquet, OpenSearch `_bulk` items, Splunk HEC bodies.
 
 pub mod error_output;
 pub mod object;
+pub mod opensearch;
 pub mod parquet;
 pub mod prefix;
+pub mod splunk;
 
 pub use object::{
     ConvertedBatch, EncodedObject, encode_error_output, encode_s3, encode_s3_converted, zoned,

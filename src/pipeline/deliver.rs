@@ -92,8 +92,7 @@ async fn deliver_opensearch(
     if spec.backup_all {
         objects.extend(backup_all(ctx, current, &batch, &spec.backup));
     }
-    let (docs, mut failed) =
-        crate::deliver::opensearch::prepare(spec, &batch.records, &ctx.id_base);
+    let (docs, mut failed) = crate::encode::opensearch::prepare(spec, &batch.records, &ctx.id_base);
     let outcome =
         crate::deliver::opensearch::deliver(&ctx.shared.opensearch, spec, docs, |attempt| {
             ctx.shared
@@ -123,7 +122,7 @@ async fn deliver_opensearch(
             code: f.code.clone(),
             message: f.message.clone(),
             lambda_arn: None,
-            extra: Some(crate::deliver::opensearch::failed_fields(
+            extra: Some(crate::encode::opensearch::failed_fields(
                 f,
                 spec.type_name.as_deref(),
             )),
@@ -186,7 +185,7 @@ async fn deliver_splunk(
                     let mut extra = serde_json::Map::new();
                     extra.insert(
                         "EventId".into(),
-                        crate::deliver::splunk::event_id(r.seq, *k - 1).into(),
+                        crate::encode::splunk::event_id(r.seq, *k - 1).into(),
                     );
                     FailedRecord {
                         record: r.clone(),
@@ -273,7 +272,7 @@ async fn deliver_one(ctx: &StreamContext, obj: EncodedObject) {
             })
         }
     };
-    let result = crate::deliver::deliver_with_retry(
+    let result = crate::deliver::s3::write(
         &sink,
         &obj,
         ctx.shared.retention,

@@ -27,6 +27,23 @@ fn start(sink: ScriptedSink) -> Harness {
 
 /// [`start`] with more of the S3 block (`extra`, TOML lines).
 fn start_with(sink: ScriptedSink, extra: &str) -> Harness {
+    start_stream(
+        sink,
+        &format!(
+            r#"
+[streams.t.extended_s3_destination_configuration]
+bucket_arn = "arn:aws:s3:::bucket"
+prefix = "data/"
+error_output_prefix = "errors/!{{firehose:error-output-type}}/"
+buffering_hints = {{ size_in_mbs = 1, interval_in_seconds = 1 }}
+{extra}
+"#
+        ),
+    )
+}
+
+/// A running stream `t` as `stream` (TOML) declares it, its S3 objects written to `sink`.
+fn start_stream(sink: ScriptedSink, stream: &str) -> Harness {
     let dir = tempfile::tempdir().unwrap();
     let raw: RawConfig = toml::from_str(&format!(
         r#"
@@ -34,12 +51,7 @@ object_store = "local"
 [spool]
 sync = "os"
 retention_seconds = 60
-[streams.t.extended_s3_destination_configuration]
-bucket_arn = "arn:aws:s3:::bucket"
-prefix = "data/"
-error_output_prefix = "errors/!{{firehose:error-output-type}}/"
-buffering_hints = {{ size_in_mbs = 1, interval_in_seconds = 1 }}
-{extra}
+{stream}
 "#
     ))
     .unwrap();
@@ -202,4 +214,39 @@ async fn a_record_split_by_the_processors_settles_once_all_its_parts_are_written
     assert_eq!(written, expected, "every part written once, in order");
     assert_eq!(h.sink.delivered(), 1, "one object, written once");
     assert!(h.sink.lines("errors/").is_empty());
+}
+
+#[tokio::test(start_paused = true)]
+async fn when_retry_options_run_out_an_http_batch_goes_to_the_s3_backup() {
+    // Nothing listens on the cluster's port: every `_bulk` request fails.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let h = start_stream(
+        ScriptedSink::default(),
+        &format!(
+            r#"
+[streams.t.amazonopensearchservice_destination_configuration]
+cluster_endpoint = "http://127.0.0.1:{port}"
+index_name = "logs"
+retry_options = {{ duration_in_seconds = 5 }}
+buffering_hints = {{ size_in_mbs = 1, interval_in_seconds = 1 }}
+s3_configuration = {{ bucket_arn = "arn:aws:s3:::bucket", prefix = "backup/" }}
+"#
+        ),
+    );
+    h.put(20, now_ms()).await;
+    h.settled().await;
+    let docs = h.sink.lines("backup/AmazonOpenSearchService-failed/");
+    assert_eq!(docs.len(), 20, "every document in the backup once");
+    for doc in &docs {
+        let doc: serde_json::Value = serde_json::from_str(doc).unwrap();
+        assert!(doc["attemptsMade"].as_u64().unwrap() > 1, "{doc}");
+        assert_eq!(doc["esIndexName"].as_str().unwrap().get(..5), Some("logs-"));
+        assert!(doc["rawData"].is_string(), "{doc}");
+    }
+    assert_eq!(h.sink.delivered(), 1, "one backup object");
+    assert_eq!(h.handle.stats.delivered_records.load(Ordering::Relaxed), 0);
 }

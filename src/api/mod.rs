@@ -559,12 +559,7 @@ fn decode_records(records: &[RecordIn<'_>], arrival_ms: i64) -> Result<Vec<Recor
     let all = buf.freeze();
     Ok(bounds
         .into_iter()
-        .map(|(a, b)| Record {
-            data: all.slice(a..b),
-            arrival_ms,
-            seq: 0,
-            partition: None,
-        })
+        .map(|(a, b)| Record::new(all.slice(a..b), arrival_ms))
         .collect())
 }
 

@@ -61,6 +61,7 @@ pub(crate) fn records(n: usize, size: usize) -> Vec<Record> {
                 arrival_ms: crate::pipeline::now_ms(),
                 seq: i as u64,
                 partition: None,
+                owed: Default::default(),
             }
         })
         .collect()
@@ -86,7 +87,7 @@ pub fn run(args: BenchOpenSearchArgs) -> Result<(), String> {
         let bodies: Vec<Vec<u8>> = recs
             .chunks(args.batch)
             .map(|chunk| {
-                let (docs, _) = prepare(&bare_spec, chunk, "bench");
+                let (docs, _) = prepare(&bare_spec, copies(chunk), "bench");
                 let mut gz =
                     flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
                 gz.write_all(&bulk_body(docs.iter(), None))
@@ -117,7 +118,7 @@ pub fn run(args: BenchOpenSearchArgs) -> Result<(), String> {
         let started = Instant::now();
         let mut indexed = 0;
         for chunk in recs.chunks(args.batch) {
-            let (docs, failed) = prepare(&ours, chunk, "bench");
+            let (docs, failed) = prepare(&ours, copies(chunk), "bench");
             let out = deliver(&client, &ours, docs, |_| {}).await;
             if !failed.is_empty() || !out.failed.is_empty() {
                 return Err(format!("{} documents failed", out.failed.len() + failed.len()));
@@ -136,4 +137,15 @@ pub fn run(args: BenchOpenSearchArgs) -> Result<(), String> {
         );
         Ok(())
     })
+}
+
+/// Fresh records with the data and positions of `records`.
+fn copies(records: &[Record]) -> Vec<Record> {
+    records
+        .iter()
+        .map(|r| Record {
+            seq: r.seq,
+            ..Record::new(r.data.clone(), r.arrival_ms)
+        })
+        .collect()
 }

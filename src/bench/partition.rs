@@ -93,6 +93,7 @@ pub fn run(args: BenchPartitionArgs) -> Result<(), String> {
                 arrival_ms: i as i64,
                 seq: i as u64,
                 partition: None,
+                owed: Default::default(),
             })
             .collect()
     };

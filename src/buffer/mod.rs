@@ -12,7 +12,7 @@ use bytes::Bytes;
 use tokio::time::Instant;
 
 /// One accepted record.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, PartialEq, Eq)]
 pub struct Record {
     pub data: Bytes,
     /// Approximate arrival time, epoch milliseconds (Firehose's `approximateArrivalTimestamp`).
@@ -21,7 +21,63 @@ pub struct Record {
     pub seq: u64,
     /// Its dynamic-partitioning keys (set by processing; `None` without partitioning).
     pub partition: Option<crate::partition::Partition>,
+    /// What it owes while in a pipeline; settled once it leaves.
+    pub owed: Owed,
 }
+
+impl Record {
+    /// A record that arrived at `arrival_ms`, not yet spooled.
+    pub fn new(data: Bytes, arrival_ms: i64) -> Record {
+        Record {
+            data,
+            arrival_ms,
+            seq: 0,
+            partition: None,
+            owed: Owed::default(),
+        }
+    }
+
+    /// The same record owing nothing: for work that reads records without carrying them
+    /// through the pipeline (the transforms' inputs). The original still settles.
+    pub fn detached(&self) -> Record {
+        Record {
+            data: self.data.clone(),
+            arrival_ms: self.arrival_ms,
+            seq: self.seq,
+            partition: self.partition.clone(),
+            owed: Owed::default(),
+        }
+    }
+}
+
+/// The settle token a record carries through a pipeline: the memory it holds in the budget,
+/// and its share of its spool position (several records made from one spool record share it;
+/// the spool forgets the position once every share has settled). Only settling gives these
+/// back (`pipeline::Ledger`); a token cannot be copied, so a record settles once. A record
+/// outside a pipeline (before the spool, in tests) owes nothing.
+#[derive(Debug, Default)]
+pub struct Owed {
+    /// Bytes of the memory budget.
+    pub(crate) cost: u64,
+    /// The records sharing the spool position, when more than this one does.
+    pub(crate) shares: Option<std::sync::Arc<std::sync::atomic::AtomicU32>>,
+}
+
+impl Owed {
+    /// A token for memory the reader reserved.
+    pub(crate) fn reserved(cost: u64) -> Owed {
+        Owed { cost, shares: None }
+    }
+}
+
+/// Records compare by what they are, not by what they owe.
+impl PartialEq for Owed {
+    fn eq(&self, _: &Owed) -> bool {
+        true
+    }
+}
+
+impl Eq for Owed {}
 
 /// Why a buffer was flushed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -55,7 +111,7 @@ pub struct Limits {
 }
 
 /// A flushed buffer, ready to encode.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, PartialEq, Eq)]
 pub struct Batch {
     pub id: u64,
     pub records: Vec<Record>,
@@ -207,6 +263,7 @@ mod tests {
             arrival_ms: at,
             seq: 0,
             partition: None,
+            owed: Default::default(),
         }
     }
 
@@ -289,7 +346,7 @@ mod tests {
             let now = Instant::now();
             let mut out: Vec<Batch> = Vec::new();
             for (i, n) in sizes.iter().enumerate() {
-                if let Some(batch) = b.push(Record { data: Bytes::from(vec![0u8; *n]), arrival_ms: i as i64, seq: i as u64, partition: None }, now, 0) {
+                if let Some(batch) = b.push(Record { seq: i as u64, ..Record::new(Bytes::from(vec![0u8; *n]), i as i64) }, now, 0) {
                     out.push(batch);
                 }
             }

@@ -169,6 +169,7 @@ mod tests {
             arrival_ms: at,
             seq: at as u64,
             partition: p,
+            owed: Default::default(),
         }
     }
 

@@ -7,7 +7,7 @@ use bytes::Bytes;
 use crate::buffer::Record;
 
 /// One record bound for the error output, with why.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct FailedRecord {
     pub record: Record,
     pub attempts: u32,
@@ -25,34 +25,62 @@ pub struct FailedRecord {
 /// `{"attemptsMade", "arrivalTimestamp", "errorCode", "errorMessage", "attemptEndingTimestamp",
 /// "rawData"[, "lambdaArn"]}` per record, newline-delimited.
 pub fn documents(failed: &[FailedRecord], attempt_ending_ms: i64) -> Bytes {
-    let engine = base64::engine::general_purpose::STANDARD;
     let mut out = Vec::new();
     for f in failed {
-        let (code_key, message_key) = match f.catalog_table {
-            Some(_) => ("lastErrorCode", "lastErrorMessage"),
-            None => ("errorCode", "errorMessage"),
-        };
-        let mut doc = serde_json::json!({
-            "attemptsMade": f.attempts,
-            "arrivalTimestamp": f.record.arrival_ms,
-            code_key: f.code,
-            message_key: f.message,
-            "attemptEndingTimestamp": attempt_ending_ms,
-            "rawData": engine.encode(&f.record.data),
-        });
-        if let Some(arn) = &f.lambda_arn {
-            doc["lambdaArn"] = arn.clone().into();
-        }
-        if let Some(table) = &f.catalog_table {
-            doc["dataCatalogTable"] = table.clone();
-        }
-        if let (Some(extra), Some(obj)) = (&f.extra, doc.as_object_mut()) {
-            obj.extend(extra.clone());
-        }
-        serde_json::to_writer(&mut out, &doc).expect("JSON into memory");
-        out.push(b'\n');
+        write_document(&mut out, &f.record, &Why::from(f), attempt_ending_ms);
     }
     out.into()
+}
+
+/// One failed-record document for `record`, failed as `why` says, and its newline.
+fn write_document(out: &mut Vec<u8>, record: &Record, why: &Why<'_>, attempt_ending_ms: i64) {
+    let engine = base64::engine::general_purpose::STANDARD;
+    let (code_key, message_key) = match why.catalog_table {
+        Some(_) => ("lastErrorCode", "lastErrorMessage"),
+        None => ("errorCode", "errorMessage"),
+    };
+    let mut doc = serde_json::json!({
+        "attemptsMade": why.attempts,
+        "arrivalTimestamp": record.arrival_ms,
+        code_key: why.code,
+        message_key: why.message,
+        "attemptEndingTimestamp": attempt_ending_ms,
+        "rawData": engine.encode(&record.data),
+    });
+    if let Some(arn) = why.lambda_arn {
+        doc["lambdaArn"] = arn.into();
+    }
+    if let Some(table) = why.catalog_table {
+        doc["dataCatalogTable"] = table.clone();
+    }
+    if let (Some(extra), Some(obj)) = (why.extra, doc.as_object_mut()) {
+        obj.extend(extra.clone());
+    }
+    serde_json::to_writer(&mut *out, &doc).expect("JSON into memory");
+    out.push(b'\n');
+}
+
+/// Why a record failed, as its document says.
+struct Why<'a> {
+    attempts: u32,
+    code: &'a str,
+    message: &'a str,
+    lambda_arn: Option<&'a str>,
+    catalog_table: Option<&'a serde_json::Value>,
+    extra: Option<&'a serde_json::Map<String, serde_json::Value>>,
+}
+
+impl<'a> From<&'a FailedRecord> for Why<'a> {
+    fn from(f: &'a FailedRecord) -> Why<'a> {
+        Why {
+            attempts: f.attempts,
+            code: &f.code,
+            message: &f.message,
+            lambda_arn: f.lambda_arn.as_deref(),
+            catalog_table: f.catalog_table.as_ref(),
+            extra: f.extra.as_ref(),
+        }
+    }
 }
 
 /// The same document for every record of `records`.
@@ -63,19 +91,19 @@ pub fn failed_record_documents(
     error_message: &str,
     attempt_ending_ms: i64,
 ) -> Bytes {
-    let failed: Vec<FailedRecord> = records
-        .iter()
-        .map(|r| FailedRecord {
-            record: r.clone(),
-            attempts,
-            code: error_code.to_string(),
-            message: error_message.to_string(),
-            lambda_arn: None,
-            extra: None,
-            catalog_table: None,
-        })
-        .collect();
-    documents(&failed, attempt_ending_ms)
+    let why = Why {
+        attempts,
+        code: error_code,
+        message: error_message,
+        lambda_arn: None,
+        catalog_table: None,
+        extra: None,
+    };
+    let mut out = Vec::new();
+    for r in records {
+        write_document(&mut out, r, &why, attempt_ending_ms);
+    }
+    out.into()
 }
 
 #[cfg(test)]
@@ -90,12 +118,14 @@ mod tests {
                 arrival_ms: 5,
                 seq: 0,
                 partition: None,
+                owed: Default::default(),
             },
             Record {
                 data: Bytes::from_static(b""),
                 arrival_ms: 6,
                 seq: 1,
                 partition: None,
+                owed: Default::default(),
             },
         ];
         let out = failed_record_documents(&recs, 3, "S3.RetentionExpired", "down", 99);
@@ -114,7 +144,7 @@ mod tests {
         assert!(docs[0].get("lambdaArn").is_none());
         let with_arn = documents(
             &[FailedRecord {
-                record: recs[0].clone(),
+                record: Record::new(Bytes::from_static(b"hello"), 5),
                 attempts: 1,
                 code: "Lambda.ProcessingFailed".into(),
                 message: "bad line".into(),

@@ -17,7 +17,7 @@ use crate::config::stream::S3Spec;
 use crate::partition::PartitionKeys;
 
 /// An object ready for upload.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct EncodedObject {
     pub batch_id: u64,
     pub bucket: String,
@@ -44,10 +44,6 @@ pub struct EncodedObject {
 impl EncodedObject {
     pub fn arrivals_ms(&self) -> Vec<i64> {
         self.records.iter().map(|r| r.arrival_ms).collect()
-    }
-
-    pub fn seqs(&self) -> Vec<u64> {
-        self.records.iter().map(|r| r.seq).collect()
     }
 
     pub fn oldest_arrival_ms(&self) -> i64 {
@@ -116,24 +112,29 @@ pub struct ConvertedBatch {
     pub failures: (u64, u64),
 }
 
-/// Converts one batch to Parquet and names it. CPU only: no I/O.
+/// Converts one batch to Parquet and names it. CPU only: no I/O. A batch that cannot be
+/// converted comes back with the error.
 pub fn encode_s3_converted(
-    batch: &Batch,
+    batch: Batch,
     spec: &S3Spec,
     converter: &crate::encode::parquet::Converter,
     table: &crate::schema::TableRef,
     stream: &str,
     version: u64,
     now_ms: i64,
-) -> Result<ConvertedBatch, parquet::errors::ParquetError> {
-    let out = converter.convert(batch.records.iter().map(|r| r.data.as_ref()))?;
+) -> Result<ConvertedBatch, (parquet::errors::ParquetError, Batch)> {
+    let out = match converter.convert(batch.records.iter().map(|r| r.data.as_ref())) {
+        Ok(out) => out,
+        Err(e) => return Err((e, batch)),
+    };
     let mut reasons: BTreeMap<usize, String> = out.failures.into_iter().collect();
     let (mut good, mut failed) = (Vec::new(), Vec::new());
-    for (i, r) in batch.records.iter().enumerate() {
+    let (key, error_key) = object_names(&batch, spec, stream, version);
+    for (i, r) in batch.records.into_iter().enumerate() {
         match reasons.remove(&i) {
-            None => good.push(r.clone()),
+            None => good.push(r),
             Some(reason) => failed.push(error_output::FailedRecord {
-                record: r.clone(),
+                record: r,
                 attempts: 1,
                 code: "DataFormatConversion.MalformedData".into(),
                 message: reason,
@@ -156,25 +157,22 @@ pub fn encode_s3_converted(
         failed.len() as u64,
         bytes(&mut failed.iter().map(|f| &f.record)),
     );
-    let object = (!good.is_empty()).then(|| {
-        let (key, error_key) = object_names(batch, spec, stream, version);
-        EncodedObject {
-            batch_id: batch.id,
-            bucket: spec.bucket.clone(),
-            key,
-            body: out.parquet.into(),
-            content_type: "application/vnd.apache.parquet",
-            raw_bytes: converted.1,
-            records: good,
-            error_key,
-            error_output: None,
-            retry_window: spec.partitioning.as_ref().map(|p| p.retry),
-            encryption: spec.encryption.as_ref().map(|e| e.key_id.clone()),
-        }
+    let object = (!good.is_empty()).then(|| EncodedObject {
+        batch_id: batch.id,
+        bucket: spec.bucket.clone(),
+        key,
+        body: out.parquet.into(),
+        content_type: "application/vnd.apache.parquet",
+        raw_bytes: converted.1,
+        records: good,
+        error_key,
+        error_output: None,
+        retry_window: spec.partitioning.as_ref().map(|p| p.retry),
+        encryption: spec.encryption.as_ref().map(|e| e.key_id.clone()),
     });
     let failed = (!failed.is_empty()).then(|| {
         encode_error_output(
-            &failed,
+            failed,
             ErrorOutputType::FormatConversionFailed,
             spec,
             stream,
@@ -191,26 +189,30 @@ pub fn encode_s3_converted(
     })
 }
 
-/// Names and compresses one batch. CPU only: no I/O.
+/// Names and compresses one batch. CPU only: no I/O. A batch that cannot be compressed comes
+/// back with the error.
 pub fn encode_s3(
-    batch: &Batch,
+    batch: Batch,
     spec: &S3Spec,
     stream: &str,
     version: u64,
-) -> Result<EncodedObject, CompressError> {
-    let (key, error_key) = object_names(batch, spec, stream, version);
+) -> Result<EncodedObject, (CompressError, Batch)> {
+    let (key, error_key) = object_names(&batch, spec, stream, version);
     let entry_name = key
         .rsplit('/')
         .next()
         .unwrap_or(&key)
         .trim_end_matches(&spec.extension)
         .to_string();
-    let body = compress::compress(
+    let body = match compress::compress(
         spec.compression,
         batch.records.iter().map(|r| r.data.as_ref()),
         batch.bytes as usize,
         &entry_name,
-    )?;
+    ) {
+        Ok(body) => body,
+        Err(e) => return Err((e, batch)),
+    };
     Ok(EncodedObject {
         batch_id: batch.id,
         bucket: spec.bucket.clone(),
@@ -218,7 +220,7 @@ pub fn encode_s3(
         body,
         content_type: spec.compression.content_type(),
         raw_bytes: batch.bytes,
-        records: batch.records.clone(),
+        records: batch.records,
         error_key,
         error_output: None,
         retry_window: spec.partitioning.as_ref().map(|p| p.retry),
@@ -230,7 +232,7 @@ pub fn encode_s3(
 /// Firehose's: `<ErrorOutputPrefix with error-output-type>/<stream>-<version>-<time>-<uuid>`.
 /// CPU only: no I/O.
 pub fn encode_error_output(
-    failed: &[error_output::FailedRecord],
+    failed: Vec<error_output::FailedRecord>,
     error_type: ErrorOutputType,
     spec: &S3Spec,
     stream: &str,
@@ -238,16 +240,18 @@ pub fn encode_error_output(
     batch_id: u64,
     now_ms: i64,
 ) -> EncodedObject {
-    let records: Vec<Record> = failed.iter().map(|f| f.record.clone()).collect();
-    let time = zoned(crate::buffer::oldest_arrival_ms(&records), spec.time_zone);
+    let oldest = failed.iter().map(|f| f.record.arrival_ms).min();
+    let time = zoned(oldest.unwrap_or_default(), spec.time_zone);
     let prefix = render_prefix(&spec.error_prefix, &time, Some(error_type), None);
     let key = prefix::object_key(&prefix, stream, version, &time, "");
+    let body = error_output::documents(&failed, now_ms);
+    let records: Vec<Record> = failed.into_iter().map(|f| f.record).collect();
     EncodedObject {
         batch_id,
         bucket: spec.bucket.clone(),
         error_key: key.clone(),
         key,
-        body: error_output::documents(failed, now_ms),
+        body,
         content_type: "application/x-ndjson",
         raw_bytes: records.iter().map(|r| r.data.len() as u64).sum(),
         records,
@@ -285,19 +289,21 @@ mod tests {
                     arrival_ms: t + 5,
                     seq: 1,
                     partition: None,
+                    owed: Default::default(),
                 },
                 Record {
                     data: Bytes::from_static(b"a"),
                     arrival_ms: t,
                     seq: 0,
                     partition: None,
+                    owed: Default::default(),
                 },
             ],
             bytes: 2,
             reason: FlushReason::Size,
             partition: None,
         };
-        let obj = encode_s3(&batch, &spec, "clicks", 2).unwrap();
+        let obj = encode_s3(batch, &spec, "clicks", 2).unwrap();
         assert!(
             obj.key
                 .starts_with("logs/2018/08/28/05/clicks-2-2018-08-28-05-30-00-"),

@@ -9,7 +9,7 @@ use crate::buffer::Record;
 use crate::config::opensearch::{IndexRotation, OpenSearchSpec};
 
 /// One record as a bulk item.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct Doc {
     pub record: Record,
     pub index: String,
@@ -20,7 +20,7 @@ pub struct Doc {
 }
 
 /// A document that did not make it, and why.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct FailedDoc {
     pub doc: Doc,
     pub attempts: u32,
@@ -38,7 +38,7 @@ pub const MALFORMED: &str = "OS.MalformedDocument";
 /// attempt and after a restart.
 pub fn prepare(
     spec: &OpenSearchSpec,
-    records: &[Record],
+    records: Vec<Record>,
     id_base: &str,
 ) -> (Vec<Doc>, Vec<FailedDoc>) {
     let mut docs = Vec::with_capacity(records.len());
@@ -74,8 +74,8 @@ pub fn prepare(
             false => {
                 failed.push(FailedDoc {
                     doc: Doc {
-                        record: r.clone(),
                         index: index_of(r.arrival_ms),
+                        record: r,
                         id: None,
                         source: Bytes::new(),
                     },
@@ -99,7 +99,7 @@ pub fn prepare(
             index: index_of(r.arrival_ms),
             id,
             source,
-            record: r.clone(),
+            record: r,
         });
     }
     (docs, failed)
@@ -214,10 +214,8 @@ mod tests {
 
     fn rec(seq: u64, data: &str) -> Record {
         Record {
-            data: Bytes::from(data.to_string()),
-            arrival_ms: 1_456_405_200_000,
             seq,
-            partition: None,
+            ..Record::new(Bytes::from(data.to_string()), 1_456_405_200_000)
         }
     }
 
@@ -225,14 +223,16 @@ mod tests {
     fn records_become_items_with_stable_ids_and_rotated_indexes() {
         let s = spec(serde_json::json!({}));
         assert_eq!(s.endpoint, "http://127.0.0.1:9200");
-        let records = [
-            rec(7, "{\"a\":1}\n"),
-            rec(7, "{\"a\":1}"),
-            rec(8, "{\n \"b\": 2\n}"),
-            rec(9, "[1]"),
-            rec(10, "not json"),
-        ];
-        let (docs, failed) = prepare(&s, &records, "base");
+        let records = || {
+            vec![
+                rec(7, "{\"a\":1}\n"),
+                rec(7, "{\"a\":1}"),
+                rec(8, "{\n \"b\": 2\n}"),
+                rec(9, "[1]"),
+                rec(10, "not json"),
+            ]
+        };
+        let (docs, failed) = prepare(&s, records(), "base");
         assert_eq!(docs.len(), 3);
         assert_eq!(failed.len(), 2);
         assert!(failed.iter().all(|f| f.code == MALFORMED));
@@ -241,7 +241,7 @@ mod tests {
         assert_eq!(&docs[2].source[..], b"{\"b\":2}");
         // The same data under the same seq (de-aggregated duplicates) still get distinct ids.
         assert_ne!(docs[0].id, docs[1].id);
-        let (again, _) = prepare(&s, &records, "base");
+        let (again, _) = prepare(&s, records(), "base");
         assert_eq!(
             docs.iter().map(|d| &d.id).collect::<Vec<_>>(),
             again.iter().map(|d| &d.id).collect::<Vec<_>>()
@@ -257,7 +257,7 @@ mod tests {
             "DocumentIdOptions": {"DefaultDocumentIdFormat": "NO_DOCUMENT_ID"}
         }));
         assert!(
-            prepare(&no_ids, &records, "base")
+            prepare(&no_ids, records(), "base")
                 .0
                 .iter()
                 .all(|d| d.id.is_none())

@@ -98,6 +98,7 @@ mod tests {
             arrival_ms: 1_500,
             seq: 0,
             partition: None,
+            owed: Default::default(),
         }
     }
 

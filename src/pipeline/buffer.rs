@@ -215,7 +215,7 @@ pub(super) fn over_limit(
         })
         .collect();
     Some(crate::encode::encode_error_output(
-        &failed,
+        failed,
         crate::encode::ErrorOutputType::ProcessingFailed,
         spec,
         &ctx.name,

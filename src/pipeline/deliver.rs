@@ -19,8 +19,8 @@ pub(super) fn after_http_delivery(
     ctx: &StreamContext,
     current: &Versioned,
     batch_id: u64,
-    delivered: &[Record],
-    failed: &[FailedRecord],
+    delivered: Vec<Record>,
+    failed: Vec<FailedRecord>,
     dest: Http,
 ) -> Option<EncodedObject> {
     let metrics = &ctx.shared.metrics;
@@ -53,10 +53,7 @@ pub(super) fn after_http_delivery(
     ctx.stats
         .delivered_records
         .fetch_add(delivered.len() as u64, Ordering::Relaxed);
-    ctx.settle(
-        delivered.iter().map(|r| r.seq).collect(),
-        Held::of(delivered.len(), bytes),
-    );
+    ctx.ledger().settle_all(delivered);
     ctx.settled_destination(batch_id);
     if failed.is_empty() {
         return None;
@@ -86,13 +83,13 @@ async fn deliver_opensearch(
     ctx: &StreamContext,
     current: &Versioned,
     spec: &OpenSearchSpec,
-    batch: Batch,
+    mut batch: Batch,
 ) -> Vec<EncodedObject> {
     let mut objects = Vec::new();
     if spec.backup_all {
-        objects.extend(backup_all(ctx, current, &batch, &spec.backup));
+        objects.extend(backup_all(ctx, current, &mut batch, &spec.backup));
     }
-    let (docs, mut failed) = crate::encode::opensearch::prepare(spec, &batch.records, &ctx.id_base);
+    let (docs, mut failed) = crate::encode::opensearch::prepare(spec, batch.records, &ctx.id_base);
     let outcome =
         crate::deliver::opensearch::deliver(&ctx.shared.opensearch, spec, docs, |attempt| {
             ctx.shared
@@ -115,17 +112,17 @@ async fn deliver_opensearch(
     let indexed: Vec<Record> = outcome.indexed.into_iter().map(|d| d.record).collect();
     failed.extend(outcome.failed);
     let failed: Vec<FailedRecord> = failed
-        .iter()
+        .into_iter()
         .map(|f| FailedRecord {
-            record: f.doc.record.clone(),
-            attempts: f.attempts,
-            code: f.code.clone(),
-            message: f.message.clone(),
-            lambda_arn: None,
             extra: Some(crate::encode::opensearch::failed_fields(
-                f,
+                &f,
                 spec.type_name.as_deref(),
             )),
+            record: f.doc.record,
+            attempts: f.attempts,
+            code: f.code,
+            message: f.message,
+            lambda_arn: None,
             catalog_table: None,
         })
         .collect();
@@ -133,8 +130,8 @@ async fn deliver_opensearch(
         ctx,
         current,
         batch.id,
-        &indexed,
-        &failed,
+        indexed,
+        failed,
         Http::OpenSearch,
     ));
     objects
@@ -147,11 +144,11 @@ async fn deliver_splunk(
     ctx: &StreamContext,
     current: &Versioned,
     spec: &SplunkSpec,
-    batch: Batch,
+    mut batch: Batch,
 ) -> Vec<EncodedObject> {
     let mut objects = Vec::new();
     if spec.backup_all {
-        objects.extend(backup_all(ctx, current, &batch, &spec.backup));
+        objects.extend(backup_all(ctx, current, &mut batch, &spec.backup));
     }
     let outcome = ctx
         .shared
@@ -172,13 +169,13 @@ async fn deliver_splunk(
                 .latency
                 .get_or_create(&Metrics::stream(&ctx.name))
                 .observe(latency.as_secs_f64());
-            (batch.records.as_slice(), Vec::new())
+            (batch.records, Vec::new())
         }
         Err(f) => {
             let mut n: HashMap<u64, u32> = HashMap::new();
             let failed: Vec<FailedRecord> = batch
                 .records
-                .iter()
+                .into_iter()
                 .map(|r| {
                     let k = n.entry(r.seq).or_insert(0);
                     *k += 1;
@@ -188,7 +185,7 @@ async fn deliver_splunk(
                         crate::encode::splunk::event_id(r.seq, *k - 1).into(),
                     );
                     FailedRecord {
-                        record: r.clone(),
+                        record: r,
                         attempts: outcome.attempts,
                         code: f.code.to_string(),
                         message: f.message.clone(),
@@ -198,7 +195,7 @@ async fn deliver_splunk(
                     }
                 })
                 .collect();
-            (&[][..], failed)
+            (Vec::new(), failed)
         }
     };
     objects.extend(after_http_delivery(
@@ -206,7 +203,7 @@ async fn deliver_splunk(
         current,
         batch.id,
         delivered,
-        &failed,
+        failed,
         Http::Splunk,
     ));
     objects
@@ -320,10 +317,10 @@ async fn deliver_one(ctx: &StreamContext, obj: EncodedObject) {
             tracing::error!(key = %obj.key, attempts, reason, records, "S3 refused the object for good; its records are not delivered");
         }
     }
-    // Delivered, in the error output, or refused for good and logged: either way the spool may
-    // let them go.
-    ctx.settle(obj.seqs(), Held::of(records as usize, obj.raw_bytes));
     if obj.error_output.is_none() {
         ctx.settled_destination(obj.batch_id);
     }
+    // Delivered, in the error output, or refused for good and logged: either way the spool may
+    // let them go.
+    ctx.ledger().settle_all(obj.records);
 }

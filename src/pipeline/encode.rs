@@ -58,17 +58,18 @@ pub(super) fn encode_batch(
     batch: Batch,
 ) -> Vec<EncodedObject> {
     let spec = current.spec.s3_output();
-    let failed = |error: &dyn std::fmt::Display| {
+    let failed = |error: &dyn std::fmt::Display, batch: Batch| {
         // Compression or Parquet writing into memory only fails on a bug.
         tracing::error!(batch = batch.id, records = batch.records.len(), error = %error, "encoding failed; these records are not delivered");
         ctx.settled_destination(batch.id);
-        ctx.abandon(Held::of(batch.records.len(), batch.bytes));
+        ctx.ledger().abandon(batch.records);
         Vec::new()
     };
+    let id = batch.id;
     match (&current.converter, &spec.conversion) {
         (Some(converter), Some(conversion)) => {
             match crate::encode::encode_s3_converted(
-                &batch,
+                batch,
                 spec,
                 converter,
                 &conversion.table,
@@ -82,48 +83,47 @@ pub(super) fn encode_batch(
                         .converted(&ctx.name, out.converted, out.failures);
                     if out.failures.0 > 0 {
                         tracing::warn!(
-                            batch = batch.id,
+                            batch = id,
                             records = out.failures.0,
                             "records do not fit the table; writing them to the error output"
                         );
                     }
                     if out.object.is_none() {
-                        ctx.settled_destination(batch.id);
+                        ctx.settled_destination(id);
                     }
                     out.object.into_iter().chain(out.failed).collect()
                 }
-                Err(e) => failed(&e),
+                Err((e, batch)) => failed(&e, batch),
             }
         }
-        _ => match crate::encode::encode_s3(&batch, spec, &ctx.name, current.version) {
+        _ => match crate::encode::encode_s3(batch, spec, &ctx.name, current.version) {
             Ok(obj) => vec![obj],
-            Err(e) => failed(&e),
+            Err((e, batch)) => failed(&e, batch),
         },
     }
 }
 
-/// With `AllDocuments` / `AllEvents`: the backup object of every record of `batch`. The spool
-/// keeps each record until both its delivery and its backup copy have settled.
+/// With `AllDocuments` / `AllEvents`: the backup object of a copy of every record of `batch`.
+/// The spool keeps each record until both its delivery and its backup copy have settled.
 pub(super) fn backup_all(
     ctx: &StreamContext,
     current: &Versioned,
-    batch: &Batch,
+    batch: &mut Batch,
     backup: &crate::config::stream::S3Spec,
 ) -> Option<EncodedObject> {
+    let mut ledger = ctx.ledger();
     let copy = Batch {
         id: u64::MAX,
-        ..batch.clone()
+        records: batch.records.iter_mut().map(|r| ledger.copy(r)).collect(),
+        bytes: batch.bytes,
+        reason: batch.reason,
+        partition: batch.partition.clone(),
     };
-    match crate::encode::encode_s3(&copy, backup, &ctx.name, current.version) {
-        Ok(obj) => {
-            ctx.add_outputs(
-                batch.records.iter().map(|r| r.seq),
-                Held::of(obj.records.len(), obj.raw_bytes),
-            );
-            Some(obj)
-        }
-        Err(e) => {
+    match crate::encode::encode_s3(copy, backup, &ctx.name, current.version) {
+        Ok(obj) => Some(obj),
+        Err((e, copy)) => {
             tracing::error!(error = %e, "cannot encode the backup of every record; this batch is not backed up");
+            ledger.settle_all(copy.records);
             None
         }
     }

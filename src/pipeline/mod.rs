@@ -19,7 +19,7 @@
 //! straight through.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
-use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use hosepipe_sinks::Destination;
@@ -29,7 +29,7 @@ use tokio::time::Instant;
 use tracing::Instrument;
 
 use crate::admission::Admission;
-use crate::buffer::{Batch, FlushReason, Partitioned, Record};
+use crate::buffer::{Batch, FlushReason, Owed, Partitioned, Record};
 use crate::config::stream::{DestinationSpec, StreamSpec};
 use crate::deliver::DeliveryResult;
 use crate::encode::EncodedObject;
@@ -239,31 +239,6 @@ pub struct Shared {
     pub splunk: crate::deliver::splunk::Hec,
 }
 
-/// Memory the stages hold for some records (what the reader reserved for them, or what a
-/// processor's output reserved): `records` records of `bytes` data bytes in all.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub(super) struct Held {
-    pub records: usize,
-    pub bytes: u64,
-}
-
-impl Held {
-    pub(super) fn of(records: usize, bytes: u64) -> Held {
-        Held { records, bytes }
-    }
-
-    fn cost(self) -> u64 {
-        memory_cost(self.records, self.bytes)
-    }
-}
-
-impl std::ops::Add for Held {
-    type Output = Held;
-    fn add(self, other: Held) -> Held {
-        Held::of(self.records + other.records, self.bytes + other.bytes)
-    }
-}
-
 /// What the deliver stage is handed: an object for S3, or an OpenSearch / Splunk batch (the
 /// failed records and backups that follow from it become objects it writes too).
 pub(super) enum Delivery {
@@ -280,8 +255,6 @@ pub struct StreamContext {
     pub shared: Shared,
     pub spool: Arc<Spool>,
     pub stats: Arc<StreamStats>,
-    /// Spool seqs that became several records (de-aggregation): how many are unsettled.
-    fragments: Arc<Mutex<HashMap<u64, u32>>>,
     /// The data key the stream's objects are being encrypted with (when reused).
     data_keys: Arc<crate::crypto::sink::DataKeyCache>,
     /// Makes OpenSearch document ids unique to this stream (its creation time).
@@ -300,66 +273,130 @@ impl StreamContext {
         }
     }
 
-    // Settling: the only code that lets the spool forget records or gives the memory budget
-    // back what records held (a tidy test keeps it so).
-
-    /// Each record of `seqs` goes to one more output (the `AllDocuments` backup), which holds
-    /// `held` more memory: the spool keeps each record until that output has settled too.
-    fn add_outputs(&self, seqs: impl Iterator<Item = u64>, held: Held) {
-        let mut fragments = self.fragments.lock().expect("fragments lock");
-        for seq in seqs {
-            *fragments.entry(seq).or_insert(1) += 1;
+    /// A ledger for settling records; what it gathers applies when it drops.
+    fn ledger(&self) -> Ledger<'_> {
+        Ledger {
+            ctx: self,
+            reserve: 0,
+            release: 0,
+            forget: Vec::new(),
         }
-        self.shared.admission.force_reserve(held.cost());
     }
+}
 
-    /// Processors replaced records that held `from` with records (to deliver, or for the error
-    /// output) that hold `to`; `fragments`: spool seqs that became several records, and how
-    /// many; `dropped`: seqs that became nothing, settled at once.
-    fn processed(&self, from: Held, to: Held, fragments: Vec<(u64, u32)>, dropped: Vec<u64>) {
-        self.shared.admission.force_reserve(to.cost());
-        self.shared.admission.release(from.cost());
-        if !fragments.is_empty() {
-            self.fragments
-                .lock()
-                .expect("fragments lock")
-                .extend(fragments);
-        }
-        self.settle(dropped, Held::default());
-    }
+/// Settling, gathered: the only code that lets the spool forget records or gives the memory
+/// budget back what records held (a tidy test keeps it so). Each record carries its token
+/// ([`Owed`](crate::buffer::Owed)); a ledger takes records (delivered, dropped, in the error
+/// output, refused for good; re-made by processors; copied for a backup) and applies what they
+/// owed to the budget and the spool at once when it drops.
+pub(super) struct Ledger<'a> {
+    ctx: &'a StreamContext,
+    reserve: u64,
+    release: u64,
+    forget: Vec<u64>,
+}
 
-    /// Records that left without being delivered or settled (an encoding bug): the budget gets
-    /// their memory back; the spool keeps them, and they go out after a restart.
-    fn abandon(&self, held: Held) {
-        self.shared.admission.release(held.cost());
-    }
-
-    /// Records of `seqs` left the pipeline (delivered, dropped, in the error output, or refused
-    /// for good): the budget gets back the `held` memory, and the spool forgets each once every
-    /// record made from it has settled.
-    fn settle(&self, seqs: Vec<u64>, held: Held) {
-        self.shared.admission.release(held.cost());
-        let done: Vec<u64> = {
-            let mut fragments = self.fragments.lock().expect("fragments lock");
-            if fragments.is_empty() {
-                seqs
-            } else {
-                seqs.into_iter()
-                    .filter(|seq| match fragments.get_mut(seq) {
-                        None => true,
-                        Some(left) if *left <= 1 => {
-                            fragments.remove(seq);
-                            true
-                        }
-                        Some(left) => {
-                            *left -= 1;
-                            false
-                        }
-                    })
-                    .collect()
-            }
+impl Ledger<'_> {
+    /// `record` has left the pipeline: the budget gets its memory back, and the spool forgets
+    /// its position once every record sharing it has settled.
+    pub(super) fn settle(&mut self, record: Record) {
+        self.release += record.owed.cost;
+        let last = match &record.owed.shares {
+            None => true,
+            Some(shares) => shares.fetch_sub(1, Ordering::AcqRel) == 1,
         };
-        self.spool.delivered(done);
+        if last {
+            self.forget.push(record.seq);
+        }
+    }
+
+    pub(super) fn settle_all(&mut self, records: impl IntoIterator<Item = Record>) {
+        for r in records {
+            self.settle(r);
+        }
+    }
+
+    /// Records that left without being delivered or settled (an encoding bug): the budget
+    /// gets their memory back; the spool keeps them, and they go out after a restart.
+    pub(super) fn abandon(&mut self, records: impl IntoIterator<Item = Record>) {
+        for r in records {
+            self.release += r.owed.cost;
+        }
+    }
+
+    /// `record` became `parts` (what its processors emitted, each with its partition): each
+    /// part holds its own memory and a share of the spool position. No parts: it is settled.
+    pub(super) fn remake(
+        &mut self,
+        record: Record,
+        parts: Vec<(bytes::Bytes, Option<crate::partition::Partition>)>,
+        out: &mut Vec<Record>,
+    ) {
+        let shares = match parts.len() {
+            0 => return self.settle(record),
+            1 => record.owed.shares.clone(),
+            n => Some(self.share(&record, n as u32 - 1)),
+        };
+        self.release += record.owed.cost;
+        for (data, partition) in parts {
+            let cost = memory_cost(1, data.len() as u64);
+            self.reserve += cost;
+            out.push(Record {
+                data,
+                arrival_ms: record.arrival_ms,
+                seq: record.seq,
+                partition,
+                owed: Owed {
+                    cost,
+                    shares: shares.clone(),
+                },
+            });
+        }
+    }
+
+    /// A copy of `record` that goes to one more output (the `AllDocuments` backup): it holds
+    /// memory of its own, and the spool keeps the position until both have settled.
+    pub(super) fn copy(&mut self, record: &mut Record) -> Record {
+        let shares = self.share(record, 1);
+        record.owed.shares = Some(shares.clone());
+        let cost = memory_cost(1, record.data.len() as u64);
+        self.reserve += cost;
+        Record {
+            data: record.data.clone(),
+            arrival_ms: record.arrival_ms,
+            seq: record.seq,
+            partition: record.partition.clone(),
+            owed: Owed {
+                cost,
+                shares: Some(shares),
+            },
+        }
+    }
+
+    /// The shares of `record`'s spool position, `more` of them added.
+    fn share(&self, record: &Record, more: u32) -> Arc<AtomicU32> {
+        match &record.owed.shares {
+            Some(shares) => {
+                shares.fetch_add(more, Ordering::AcqRel);
+                shares.clone()
+            }
+            None => Arc::new(AtomicU32::new(1 + more)),
+        }
+    }
+}
+
+impl Drop for Ledger<'_> {
+    fn drop(&mut self) {
+        let admission = &self.ctx.shared.admission;
+        if self.reserve > 0 {
+            admission.force_reserve(self.reserve);
+        }
+        if self.release > 0 {
+            admission.release(self.release);
+        }
+        if !self.forget.is_empty() {
+            self.ctx.spool.delivered(std::mem::take(&mut self.forget));
+        }
     }
 }
 
@@ -385,7 +422,6 @@ pub fn spawn_pipeline(
         shared,
         spool,
         stats: stats.clone(),
-        fragments: Arc::default(),
         data_keys: Arc::default(),
         id_base,
         hec_channel: uuid::Uuid::new_v4().to_string(),

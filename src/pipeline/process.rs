@@ -44,8 +44,10 @@ pub(super) async fn process_stage(
                             return;
                         }
                     }
-                    for chunk in emitted.chunks(500) {
-                        if records.send(chunk.to_vec()).await.is_err() {
+                    let mut emitted = emitted.into_iter().peekable();
+                    while emitted.peek().is_some() {
+                        let chunk: Vec<Record> = emitted.by_ref().take(500).collect();
+                        if records.send(chunk).await.is_err() {
                             tracing::error!("buffer stage is gone");
                             return;
                         }
@@ -97,10 +99,11 @@ pub(super) fn process_batch(
     let mut emitted = Vec::new();
     let mut failed: BTreeMap<&'static str, (crate::encode::ErrorOutputType, Vec<FailedRecord>)> =
         BTreeMap::new();
-    let mut dropped = Vec::new();
-    let (mut ok_bytes, mut dropped_bytes, mut failed_bytes, mut ok_records) = (0, 0, 0, 0);
-    let mut fragments = Vec::new();
-    for (record, fate) in batch.records.iter().zip(fates) {
+    let mut ledger = ctx.ledger();
+    let (mut ok_bytes, mut dropped_bytes, mut failed_bytes) = (0, 0, 0);
+    let (mut ok_records, mut dropped) = (0, 0);
+    let id = batch.id;
+    for (record, fate) in batch.records.into_iter().zip(fates) {
         let (fate, partitions) = match (fate, partitioner.as_mut()) {
             (Fate::Emit(out), Some(p)) => {
                 match out
@@ -125,23 +128,20 @@ pub(super) fn process_batch(
         match fate {
             Fate::Emit(out) if out.is_empty() => {
                 dropped_bytes += record.data.len() as u64;
-                dropped.push(record.seq);
+                dropped += 1;
+                ledger.settle(record);
             }
             Fate::Emit(out) => {
-                if out.len() > 1 {
-                    fragments.push((record.seq, out.len() as u32));
-                }
                 ok_records += 1;
                 let mut partitions = partitions.into_iter();
-                for e in out {
-                    ok_bytes += e.data.len() as u64;
-                    emitted.push(Record {
-                        data: e.data,
-                        arrival_ms: record.arrival_ms,
-                        seq: record.seq,
-                        partition: partitions.next().flatten(),
-                    });
-                }
+                let parts = out
+                    .into_iter()
+                    .map(|e| {
+                        ok_bytes += e.data.len() as u64;
+                        (e.data, partitions.next().flatten())
+                    })
+                    .collect();
+                ledger.remake(record, parts, &mut emitted);
             }
             Fate::Failed {
                 error_type,
@@ -155,7 +155,7 @@ pub(super) fn process_batch(
                     .or_insert_with(|| (error_type, Vec::new()))
                     .1
                     .push(FailedRecord {
-                        record: record.clone(),
+                        record,
                         attempts,
                         code: failure.code,
                         message: failure.message,
@@ -172,37 +172,32 @@ pub(super) fn process_batch(
         seconds,
         &[
             ("ok", ok_records, ok_bytes),
-            ("dropped", dropped.len() as u64, dropped_bytes),
+            ("dropped", dropped, dropped_bytes),
             ("failed", failed_records, failed_bytes),
         ],
     );
     if failed_records > 0 {
         tracing::warn!(
-            batch = batch.id,
+            batch = id,
             records = failed_records,
             "records failed processing; writing them to the error output"
         );
     }
     // The memory budget now holds what goes on instead of what came in.
-    ctx.processed(
-        Held::of(batch.records.len(), batch.bytes),
-        Held::of(emitted.len(), ok_bytes) + Held::of(failed_records as usize, failed_bytes),
-        fragments,
-        dropped,
-    );
+    drop(ledger);
     let objects = failed
         .into_values()
         .map(|(error_type, records)| {
             crate::encode::encode_error_output(
-                &records,
+                records,
                 error_type,
                 spec,
                 &ctx.name,
                 current.version,
-                batch.id,
+                id,
                 now,
             )
         })
         .collect();
-    (batch.id, emitted, objects)
+    (id, emitted, objects)
 }

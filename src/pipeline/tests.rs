@@ -122,6 +122,7 @@ impl Harness {
                 arrival_ms,
                 seq: 0,
                 partition: None,
+                owed: Default::default(),
             })
             .collect();
         self.spool.append(&mut records).await.unwrap();
@@ -216,15 +217,16 @@ async fn a_record_split_by_the_processors_settles_once_all_its_parts_are_written
     assert!(h.sink.lines("errors/").is_empty());
 }
 
-#[tokio::test(start_paused = true)]
-async fn when_retry_options_run_out_an_http_batch_goes_to_the_s3_backup() {
+/// A stream `t` to an OpenSearch cluster nobody answers for, retried for 5 s, with its S3
+/// backup under `backup/`; `extra`: more TOML lines of the destination.
+fn start_unreachable_opensearch(extra: &str) -> Harness {
     // Nothing listens on the cluster's port: every `_bulk` request fails.
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
         .unwrap()
         .port();
-    let h = start_stream(
+    start_stream(
         ScriptedSink::default(),
         &format!(
             r#"
@@ -234,9 +236,15 @@ index_name = "logs"
 retry_options = {{ duration_in_seconds = 5 }}
 buffering_hints = {{ size_in_mbs = 1, interval_in_seconds = 1 }}
 s3_configuration = {{ bucket_arn = "arn:aws:s3:::bucket", prefix = "backup/" }}
+{extra}
 "#
         ),
-    );
+    )
+}
+
+#[tokio::test(start_paused = true)]
+async fn when_retry_options_run_out_an_http_batch_goes_to_the_s3_backup() {
+    let h = start_unreachable_opensearch("");
     h.put(20, now_ms()).await;
     h.settled().await;
     let docs = h.sink.lines("backup/AmazonOpenSearchService-failed/");
@@ -249,4 +257,23 @@ s3_configuration = {{ bucket_arn = "arn:aws:s3:::bucket", prefix = "backup/" }}
     }
     assert_eq!(h.sink.delivered(), 1, "one backup object");
     assert_eq!(h.handle.stats.delivered_records.load(Ordering::Relaxed), 0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_record_backed_up_and_failed_settles_once_both_objects_are_written() {
+    // With AllDocuments each record goes to two objects: the backup of every record, and
+    // (the cluster being unreachable) the failed documents. The first backup write fails.
+    let h = start_unreachable_opensearch(r#"s3_backup_mode = "AllDocuments""#);
+    h.sink.fail_first.store(1, Ordering::Relaxed);
+    h.put(30, now_ms()).await;
+    h.settled().await;
+    let failed = h.sink.lines("backup/AmazonOpenSearchService-failed/");
+    assert_eq!(failed.len(), 30);
+    let all = h.sink.lines("backup/");
+    assert_eq!(
+        all.len(),
+        60,
+        "each record in the backup and in the failed documents"
+    );
+    assert_eq!(h.sink.delivered(), 2);
 }

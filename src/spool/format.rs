@@ -179,6 +179,7 @@ pub fn next_frame(data: &Bytes, pos: usize, cipher: Option<&SegmentCipher>) -> F
             arrival_ms,
             seq,
             partition: None,
+            owed: Default::default(),
         },
         end,
     )

@@ -359,7 +359,10 @@ impl Spool {
         let (reply, rx) = oneshot::channel();
         self.tx
             .send(Cmd::Append {
-                records: records.to_vec(),
+                records: records
+                    .iter()
+                    .map(|r| Record::new(r.data.clone(), r.arrival_ms))
+                    .collect(),
                 reply,
             })
             .map_err(|_| SpoolError::Closed)?;

@@ -26,7 +26,7 @@ use super::{
     Cmd, Published, RangeSet, Sealing, SegmentCipher, SpoolObserver, SpoolStats, open_sealed,
     read_more, segment_path, set_aside,
 };
-use crate::buffer::Record;
+use crate::buffer::{Owed, Record};
 
 /// The memory budget the reader takes its chunks from.
 pub trait ReadBudget: Send + Sync + 'static {
@@ -170,14 +170,16 @@ impl Reader {
     /// pipeline is gone or the spool closed: the records stay in the spool.
     fn hand_on(
         &self,
-        records: Vec<Record>,
+        mut records: Vec<Record>,
         ingest: &tokio::sync::mpsc::Sender<Vec<Record>>,
         budget: &dyn ReadBudget,
     ) -> bool {
-        let cost = memory_cost(
-            records.len(),
-            records.iter().map(|r| r.data.len() as u64).sum(),
-        );
+        // Each record carries what it holds of the budget until it settles.
+        let mut cost = 0;
+        for r in &mut records {
+            r.owed = Owed::reserved(memory_cost(1, r.data.len() as u64));
+            cost += r.owed.cost;
+        }
         self.stats
             .oldest_unread_ms
             .store(records[0].arrival_ms, Ordering::Relaxed);

@@ -89,6 +89,7 @@ fn recs(n: usize, tag: &str) -> Vec<Record> {
             arrival_ms: 1000 + i as i64,
             seq: 0,
             partition: None,
+            owed: Default::default(),
         })
         .collect()
 }

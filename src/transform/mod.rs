@@ -120,7 +120,8 @@ impl Processing {
     pub fn run_timed(&self, records: &[Record]) -> (Vec<Fate>, std::time::Duration) {
         // Each intermediate record remembers which input it came from.
         let mut fates: Vec<Option<Fate>> = vec![None; records.len()];
-        let mut current: Vec<(usize, Record)> = records.iter().cloned().enumerate().collect();
+        let mut current: Vec<(usize, Record)> =
+            records.iter().map(Record::detached).enumerate().collect();
         let spec = &self.spec;
         if spec.decompression {
             current = expand(
@@ -152,7 +153,7 @@ impl Processing {
         let mut out: Vec<Vec<Emitted>> = vec![Vec::new(); records.len()];
         match &self.lambda {
             Some(step) => {
-                let inputs: Vec<Record> = current.iter().map(|(_, r)| r.clone()).collect();
+                let inputs: Vec<Record> = current.iter().map(|(_, r)| r.detached()).collect();
                 let results = step.transform.process(&inputs);
                 for ((origin, _), p) in current.iter().zip(results) {
                     match p.outcome {
@@ -262,6 +263,7 @@ fn expand(
                         arrival_ms: r.arrival_ms,
                         seq: r.seq,
                         partition: r.partition.clone(),
+                        owed: Default::default(),
                     },
                 )
             })),

@@ -33,6 +33,7 @@ fn records(data: &[&str]) -> Vec<Record> {
             arrival_ms: 1_000 + i as i64,
             seq: i as u64,
             partition: None,
+            owed: Default::default(),
         })
         .collect()
 }
@@ -321,18 +322,21 @@ fn native_processors_decompress_extract_and_delimit() {
             arrival_ms: 1,
             seq: 0,
             partition: None,
+            owed: Default::default(),
         },
         Record {
             data: Bytes::from_static(b"plain"),
             arrival_ms: 2,
             seq: 1,
             partition: None,
+            owed: Default::default(),
         },
         Record {
             data: ctl.finish().unwrap().into(),
             arrival_ms: 3,
             seq: 2,
             partition: None,
+            owed: Default::default(),
         },
     ];
     let fates = p.run(&recs);

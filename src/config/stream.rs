@@ -161,6 +161,15 @@ impl StreamSpec {
         }
     }
 
+    /// `AllDocuments` / `AllEvents`: every record also goes to the backup bucket.
+    pub fn backs_up_all(&self) -> bool {
+        match &self.destination {
+            DestinationSpec::S3(_) => false,
+            DestinationSpec::OpenSearch(os) => os.backup_all,
+            DestinationSpec::Splunk(sp) => sp.backup_all,
+        }
+    }
+
     /// The destination's `ProcessingConfiguration`.
     pub fn processing(&self) -> Option<&super::processing::ProcessingSpec> {
         match &self.destination {

@@ -6,9 +6,37 @@ pub mod opensearch;
 pub mod s3;
 pub mod splunk;
 
+use std::sync::atomic::AtomicU64;
 use std::time::Duration;
 
 pub use s3::{DeliveryResult, RETENTION_EXPIRED_CODE};
+
+use crate::buffer::Record;
+use crate::encode::ErrorOutputType;
+use crate::encode::error_output::FailedRecord;
+use crate::metrics::DestinationMetrics;
+
+/// What a destination reached over HTTP (OpenSearch, Splunk) made of a batch.
+#[derive(Debug)]
+pub struct HttpOutcome {
+    /// Records the destination took.
+    pub delivered: Vec<Record>,
+    /// Records it did not, with why: they go to the backup bucket as `error_type` documents.
+    pub failed: Vec<FailedRecord>,
+    pub error_type: ErrorOutputType,
+    /// The destination's latency histogram is arrival → delivered per record (else the
+    /// destination observes its own, e.g. Splunk's acknowledgement latency).
+    pub latency_per_record: bool,
+}
+
+/// Where an HTTP destination reports its attempts.
+pub struct Observer<'a> {
+    pub metrics: &'a DestinationMetrics,
+    pub stream: &'a str,
+    pub batch: u64,
+    /// The stream's count of failed attempts (`/status`).
+    pub failed_attempts: &'a AtomicU64,
+}
 
 /// What one attempt came to.
 #[derive(Debug, Clone, PartialEq, Eq)]

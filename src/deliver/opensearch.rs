@@ -5,13 +5,17 @@
 //! (connection refused, 5xx, 429, …) retries everything still pending. Each document keeps its
 //! `_id` across attempts, so a retry overwrites rather than duplicates.
 
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use hosepipe_sinks::opensearch::{BulkClient, Item, RequestFailure};
 
-use super::{Failed, Policy, Step, Target};
+use super::{Failed, HttpOutcome, Observer, Policy, Step, Target};
+use crate::buffer::Record;
 use crate::config::opensearch::OpenSearchSpec;
-use crate::encode::opensearch::{Doc, FailedDoc, bulk_body};
+use crate::encode::ErrorOutputType;
+use crate::encode::error_output::FailedRecord;
+use crate::encode::opensearch::{Doc, FailedDoc, bulk_body, failed_fields, prepare};
 
 /// What became of a batch.
 #[derive(Debug, Default)]
@@ -155,4 +159,50 @@ pub async fn deliver(
             }),
     );
     out
+}
+
+/// Indexes one batch's records ([`deliver`]) and says what became of each: records that are
+/// not JSON objects, or that the cluster refused or never took, fail with Firehose's
+/// failed-document fields.
+pub async fn deliver_batch(
+    client: &BulkClient,
+    spec: &OpenSearchSpec,
+    records: Vec<Record>,
+    id_base: &str,
+    seen: &Observer<'_>,
+) -> HttpOutcome {
+    let (docs, mut failed) = prepare(spec, records, id_base);
+    let outcome = deliver(client, spec, docs, |attempt| {
+        seen.metrics.request(seen.stream, attempt.answered);
+        if attempt.pending > 0 {
+            seen.failed_attempts.fetch_add(1, Ordering::Relaxed);
+        }
+        if attempt.retrying {
+            tracing::warn!(
+                batch = seen.batch,
+                documents = attempt.pending,
+                reason = attempt.reason,
+                "OpenSearch did not take every document; retrying those"
+            );
+        }
+    })
+    .await;
+    failed.extend(outcome.failed);
+    HttpOutcome {
+        delivered: outcome.indexed.into_iter().map(|d| d.record).collect(),
+        failed: failed
+            .into_iter()
+            .map(|f| FailedRecord {
+                extra: Some(failed_fields(&f, spec.type_name.as_deref())),
+                record: f.doc.record,
+                attempts: f.attempts,
+                code: f.code,
+                message: f.message,
+                lambda_arn: None,
+                catalog_table: None,
+            })
+            .collect(),
+        error_type: ErrorOutputType::OpenSearchFailed,
+        latency_per_record: true,
+    }
 }

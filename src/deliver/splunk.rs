@@ -5,14 +5,17 @@
 //! sent again. Answers are handled by their meaning: busy (503), token (401/403) and transport
 //! failures are retried until `RetryOptions` runs out; a data-format refusal (400) is final.
 
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use hosepipe_sinks::hec::{HecClient, HecFailure, HecTarget};
 
-use super::{Ended, Failed, Policy, Step, Target};
+use super::{Ended, Failed, HttpOutcome, Observer, Policy, Step, Target};
 use crate::buffer::Record;
 use crate::config::splunk::{EndpointType, SplunkSpec};
-use crate::encode::splunk::{EventFields, body};
+use crate::encode::ErrorOutputType;
+use crate::encode::error_output::FailedRecord;
+use crate::encode::splunk::{EventFields, body, event_id};
 
 /// The daemon's side of HEC: the client (`hosepipe_sinks::hec`), the event metadata, and the
 /// acknowledgement timeout override.
@@ -190,6 +193,64 @@ impl Hec {
             ),
         };
         HecOutcome { attempts, result }
+    }
+
+    /// Sends one batch's records ([`Hec::deliver`]) and says what became of them: all
+    /// acknowledged, or all failed with the last failure's `Splunk.*` code and their `EventId`s.
+    pub async fn deliver_batch(
+        &self,
+        spec: &SplunkSpec,
+        channel: &str,
+        records: Vec<Record>,
+        seen: &Observer<'_>,
+    ) -> HttpOutcome {
+        let outcome = self
+            .deliver(spec, seen.stream, channel, &records, |attempt| {
+                seen.metrics.request(seen.stream, false);
+                seen.failed_attempts.fetch_add(1, Ordering::Relaxed);
+                if let Some(f) = attempt.failure {
+                    tracing::warn!(batch = seen.batch, code = f.code, reason = %f.message, retrying = attempt.retrying, "Splunk HEC did not take the batch");
+                }
+            })
+            .await;
+        let (delivered, failed) = match outcome.result {
+            Ok(latency) => {
+                seen.metrics.request(seen.stream, true);
+                seen.metrics
+                    .latency
+                    .get_or_create(&crate::metrics::Metrics::stream(seen.stream))
+                    .observe(latency.as_secs_f64());
+                (records, Vec::new())
+            }
+            Err(f) => {
+                let mut made: std::collections::HashMap<u64, u32> = Default::default();
+                let failed = records
+                    .into_iter()
+                    .map(|r| {
+                        let n = made.entry(r.seq).or_insert(0);
+                        *n += 1;
+                        let mut extra = serde_json::Map::new();
+                        extra.insert("EventId".into(), event_id(r.seq, *n - 1).into());
+                        FailedRecord {
+                            record: r,
+                            attempts: outcome.attempts,
+                            code: f.code.to_string(),
+                            message: f.message.clone(),
+                            lambda_arn: None,
+                            extra: Some(extra),
+                            catalog_table: None,
+                        }
+                    })
+                    .collect();
+                (Vec::new(), failed)
+            }
+        };
+        HttpOutcome {
+            delivered,
+            failed,
+            error_type: ErrorOutputType::SplunkFailed,
+            latency_per_record: false,
+        }
     }
 }
 

@@ -1,50 +1,34 @@
 //! The deliver stage: objects written to S3 with retries (and, past the retention age, to the
-//! error output); OpenSearch and Splunk batches delivered and what follows from them.
+//! error output); batches of HTTP destinations (OpenSearch, Splunk) delivered, then the objects
+//! that follow from them.
 
 use super::encode::backup_all;
 use super::*;
-use crate::config::opensearch::OpenSearchSpec;
-use crate::config::splunk::SplunkSpec;
+use crate::deliver::{HttpOutcome, Observer, opensearch};
 
-/// A destination reached over HTTP.
-#[derive(Clone, Copy)]
-pub(super) enum Http {
-    OpenSearch,
-    Splunk,
-}
-
-/// Counts and settles what an HTTP destination took (`delivered`), and turns what it did not
-/// into its error output in the backup bucket.
-pub(super) fn after_http_delivery(
+/// Counts and settles what an HTTP destination took, and turns what it did not into its error
+/// output in the backup bucket.
+fn after_http_delivery(
     ctx: &StreamContext,
     current: &Versioned,
     batch_id: u64,
-    delivered: Vec<Record>,
-    failed: Vec<FailedRecord>,
-    dest: Http,
+    outcome: HttpOutcome,
+    dest_metrics: &crate::metrics::DestinationMetrics,
 ) -> Option<EncodedObject> {
-    let metrics = &ctx.shared.metrics;
-    // OpenSearch's latency histogram is per document; Splunk's is the acknowledgement's.
-    let (dest_metrics, error_type, per_record_latency) = match dest {
-        Http::OpenSearch => (
-            &metrics.opensearch,
-            crate::encode::ErrorOutputType::OpenSearchFailed,
-            true,
-        ),
-        Http::Splunk => (
-            &metrics.splunk,
-            crate::encode::ErrorOutputType::SplunkFailed,
-            false,
-        ),
-    };
+    let HttpOutcome {
+        delivered,
+        failed,
+        error_type,
+        latency_per_record,
+    } = outcome;
     let bytes: u64 = delivered.iter().map(|r| r.data.len() as u64).sum();
-    metrics.delivered_http(
+    ctx.shared.metrics.delivered_http(
         dest_metrics,
         &ctx.name,
         &delivered.iter().map(|r| r.arrival_ms).collect::<Vec<_>>(),
         bytes,
         now_ms(),
-        per_record_latency,
+        latency_per_record,
     );
     dest_metrics
         .failed
@@ -76,139 +60,6 @@ pub(super) fn after_http_delivery(
     ))
 }
 
-/// Indexes one batch in OpenSearch (retrying what failed for a retryable reason, within the
-/// stream's `RetryOptions`); returns the S3 objects that follow from it: the failed documents
-/// (`AmazonOpenSearchService-failed`) and, with `AllDocuments`, the backup of every record.
-async fn deliver_opensearch(
-    ctx: &StreamContext,
-    current: &Versioned,
-    spec: &OpenSearchSpec,
-    mut batch: Batch,
-) -> Vec<EncodedObject> {
-    let mut objects = Vec::new();
-    if spec.backup_all {
-        objects.extend(backup_all(ctx, current, &mut batch, &spec.backup));
-    }
-    let (docs, mut failed) = crate::encode::opensearch::prepare(spec, batch.records, &ctx.id_base);
-    let outcome =
-        crate::deliver::opensearch::deliver(&ctx.shared.opensearch, spec, docs, |attempt| {
-            ctx.shared
-                .metrics
-                .opensearch
-                .request(&ctx.name, attempt.answered);
-            if attempt.pending > 0 {
-                ctx.stats.failed_attempts.fetch_add(1, Ordering::Relaxed);
-            }
-            if attempt.retrying {
-                tracing::warn!(
-                    batch = batch.id,
-                    documents = attempt.pending,
-                    reason = attempt.reason,
-                    "OpenSearch did not take every document; retrying those"
-                );
-            }
-        })
-        .await;
-    let indexed: Vec<Record> = outcome.indexed.into_iter().map(|d| d.record).collect();
-    failed.extend(outcome.failed);
-    let failed: Vec<FailedRecord> = failed
-        .into_iter()
-        .map(|f| FailedRecord {
-            extra: Some(crate::encode::opensearch::failed_fields(
-                &f,
-                spec.type_name.as_deref(),
-            )),
-            record: f.doc.record,
-            attempts: f.attempts,
-            code: f.code,
-            message: f.message,
-            lambda_arn: None,
-            catalog_table: None,
-        })
-        .collect();
-    objects.extend(after_http_delivery(
-        ctx,
-        current,
-        batch.id,
-        indexed,
-        failed,
-        Http::OpenSearch,
-    ));
-    objects
-}
-
-/// Sends one batch to Splunk HEC and waits for its indexer acknowledgement (sending it again
-/// when the ack does not come in time, within `RetryOptions`); returns the S3 objects that
-/// follow: the failed events (`splunk-failed`) and, with `AllEvents`, the backup of every record.
-async fn deliver_splunk(
-    ctx: &StreamContext,
-    current: &Versioned,
-    spec: &SplunkSpec,
-    mut batch: Batch,
-) -> Vec<EncodedObject> {
-    let mut objects = Vec::new();
-    if spec.backup_all {
-        objects.extend(backup_all(ctx, current, &mut batch, &spec.backup));
-    }
-    let outcome = ctx
-        .shared
-        .splunk
-        .deliver(spec, &ctx.name, &ctx.hec_channel, &batch.records, |attempt| {
-            ctx.shared.metrics.splunk.request(&ctx.name, false);
-            ctx.stats.failed_attempts.fetch_add(1, Ordering::Relaxed);
-            if let Some(f) = attempt.failure {
-                tracing::warn!(batch = batch.id, code = f.code, reason = %f.message, retrying = attempt.retrying, "Splunk HEC did not take the batch");
-            }
-        })
-        .await;
-    let (delivered, failed) = match outcome.result {
-        Ok(latency) => {
-            let splunk = &ctx.shared.metrics.splunk;
-            splunk.request(&ctx.name, true);
-            splunk
-                .latency
-                .get_or_create(&Metrics::stream(&ctx.name))
-                .observe(latency.as_secs_f64());
-            (batch.records, Vec::new())
-        }
-        Err(f) => {
-            let mut n: HashMap<u64, u32> = HashMap::new();
-            let failed: Vec<FailedRecord> = batch
-                .records
-                .into_iter()
-                .map(|r| {
-                    let k = n.entry(r.seq).or_insert(0);
-                    *k += 1;
-                    let mut extra = serde_json::Map::new();
-                    extra.insert(
-                        "EventId".into(),
-                        crate::encode::splunk::event_id(r.seq, *k - 1).into(),
-                    );
-                    FailedRecord {
-                        record: r,
-                        attempts: outcome.attempts,
-                        code: f.code.to_string(),
-                        message: f.message.clone(),
-                        lambda_arn: None,
-                        extra: Some(extra),
-                        catalog_table: None,
-                    }
-                })
-                .collect();
-            (Vec::new(), failed)
-        }
-    };
-    objects.extend(after_http_delivery(
-        ctx,
-        current,
-        batch.id,
-        delivered,
-        failed,
-        Http::Splunk,
-    ));
-    objects
-}
-
 /// Delivers a few at a time: objects to S3, each retried until it is written; OpenSearch and
 /// Splunk batches, then the objects that follow from them (failed records, backups).
 pub(super) async fn deliver_stage(ctx: StreamContext, mut objects: mpsc::Receiver<Delivery>) {
@@ -233,16 +84,52 @@ pub(super) async fn deliver_stage(ctx: StreamContext, mut objects: mpsc::Receive
     }
 }
 
+/// An object goes to S3. A batch of an HTTP destination goes to it (the arm below is where a
+/// stream picks its destination); then the objects that follow: with `AllDocuments` /
+/// `AllEvents` the backup of every record, and the records the destination did not take.
 async fn deliver(ctx: &StreamContext, work: Delivery) {
-    let (current, batch) = match work {
+    let (current, mut batch) = match work {
         Delivery::Object(obj) => return deliver_one(ctx, obj).await,
         Delivery::Http(current, batch) => (current, batch),
     };
-    let follow = match &current.spec.destination {
-        DestinationSpec::OpenSearch(spec) => deliver_opensearch(ctx, &current, spec, batch).await,
-        DestinationSpec::Splunk(spec) => deliver_splunk(ctx, &current, spec, batch).await,
+    let mut follow = Vec::new();
+    if current.spec.backs_up_all() {
+        follow.extend(backup_all(ctx, &current, &mut batch));
+    }
+    let records = std::mem::take(&mut batch.records);
+    let metrics = &ctx.shared.metrics;
+    let seen = |dest_metrics| Observer {
+        metrics: dest_metrics,
+        stream: &ctx.name,
+        batch: batch.id,
+        failed_attempts: &ctx.stats.failed_attempts,
+    };
+    let (outcome, dest_metrics) = match &current.spec.destination {
+        DestinationSpec::OpenSearch(spec) => {
+            let m = &metrics.opensearch;
+            let client = &ctx.shared.opensearch;
+            let seen = seen(m);
+            let out = opensearch::deliver_batch(client, spec, records, &ctx.id_base, &seen);
+            (out.await, m)
+        }
+        DestinationSpec::Splunk(spec) => {
+            let m = &metrics.splunk;
+            let seen = seen(m);
+            let out = ctx
+                .shared
+                .splunk
+                .deliver_batch(spec, &ctx.hec_channel, records, &seen);
+            (out.await, m)
+        }
         DestinationSpec::S3(_) => unreachable!("the encode stage turns S3 batches into objects"),
     };
+    follow.extend(after_http_delivery(
+        ctx,
+        &current,
+        batch.id,
+        outcome,
+        dest_metrics,
+    ));
     for obj in follow {
         deliver_one(ctx, obj).await;
     }

@@ -109,8 +109,8 @@ pub(super) fn backup_all(
     ctx: &StreamContext,
     current: &Versioned,
     batch: &mut Batch,
-    backup: &crate::config::stream::S3Spec,
 ) -> Option<EncodedObject> {
+    let backup = current.spec.s3_output();
     let mut ledger = ctx.ledger();
     let copy = Batch {
         id: u64::MAX,

@@ -18,7 +18,7 @@
 //! Without a `ProcessingConfiguration` the processing buffer and the process stage pass records
 //! straight through.
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, VecDeque};
 use std::sync::atomic::{AtomicI64, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 

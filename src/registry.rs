@@ -160,7 +160,7 @@ struct Draining {
 /// A live view of one stream for `status`.
 pub struct StreamStatus {
     pub name: String,
-    /// The destination: `s3` or `opensearch`.
+    /// The destination's kind (`DestinationSpec::kind`).
     pub kind: &'static str,
     pub stats: Arc<StreamStats>,
     pub spool: Arc<crate::spool::SpoolStats>,
@@ -989,11 +989,7 @@ impl Registry {
             .iter()
             .map(|(name, e)| StreamStatus {
                 name: name.clone(),
-                kind: match e.handle.config.borrow().spec.destination {
-                    DestinationSpec::S3(_) => "s3",
-                    DestinationSpec::OpenSearch(_) => "opensearch",
-                    DestinationSpec::Splunk(_) => "splunk",
-                },
+                kind: e.handle.config.borrow().spec.destination.kind(),
                 stats: e.handle.stats.clone(),
                 spool: e.spool.stats.clone(),
             })
@@ -1015,9 +1011,8 @@ impl Registry {
                 .unwrap_or(0.0);
             let labels = Metrics::stream(&s.name);
             let freshness = match s.kind {
-                "opensearch" => &self.metrics().opensearch.data_freshness,
-                "splunk" => &self.metrics().splunk.data_freshness,
-                _ => &self.metrics().delivery_to_s3_data_freshness,
+                "s3" => &m.delivery_to_s3_data_freshness,
+                http => &m.destination(http).data_freshness,
             };
             freshness.get_or_create(&labels).set(age);
             use std::sync::atomic::Ordering::Relaxed;

@@ -52,33 +52,8 @@ pub(crate) fn shared_parts(
             .map_err(|e| StartError::Restore(format!("[encryption]: {e}")))?,
         key_reuse: config.encryption.reuse,
         owned_key: config.encryption.owned_key.clone(),
-        opensearch: hosepipe_sinks::opensearch::BulkClient::new(
-            hosepipe_sinks::opensearch::BulkSettings {
-                timeout: Some(crate::deliver::opensearch::REQUEST_TIMEOUT),
-                auth: config.opensearch_auth.clone(),
-            },
-        )
-        .map_err(|e| StartError::Restore(format!("HTTP client: {e}")))?,
-        splunk: crate::deliver::splunk::Hec {
-            client: hosepipe_sinks::hec::HecClient::new(Some(
-                crate::deliver::opensearch::REQUEST_TIMEOUT,
-            ))
+        clients: crate::deliver::Clients::new(config)
             .map_err(|e| StartError::Restore(format!("HTTP client: {e}")))?,
-            fields: {
-                let d = crate::encode::splunk::EventFields::default();
-                let s = &config.splunk;
-                crate::encode::splunk::EventFields {
-                    host: s.host.clone().unwrap_or(d.host),
-                    source: s.source.clone(),
-                    sourcetype: s.sourcetype.clone().unwrap_or(d.sourcetype),
-                    index: s.index.clone(),
-                }
-            },
-            ack_timeout: config
-                .splunk
-                .ack_timeout_seconds
-                .map(std::time::Duration::from_secs),
-        },
         schemas: Arc::new(crate::schema::SchemaSource {
             local: config.catalog.clone(),
             glue: config.glue_endpoint().unwrap_or_else(|e| {

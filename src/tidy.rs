@@ -187,3 +187,29 @@ fn only_settling_releases_the_spool_and_the_memory_budget() {
         "settle records through pipeline::Ledger: {offenders:#?}"
     );
 }
+
+#[test]
+fn only_a_destinations_own_places_name_it() {
+    // A destination is its config (`config/`), its encoding (`encode/`), its client (`sinks`)
+    // and its delivery (`deliver/`); the pipeline, the API, the registry, the metrics and the
+    // server go through `DestinationSpec`'s methods and `deliver::send_http`.
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+    let own = ["config", "encode", "deliver", "bench"].map(|d| root.join(d));
+    let offenders = uses(
+        std::slice::from_ref(&root),
+        |p| own.iter().any(|d| p.starts_with(d)) || p.ends_with("src/main.rs"),
+        &[
+            "DestinationSpec::OpenSearch",
+            "DestinationSpec::Splunk",
+            "OpenSearchSpec",
+            "SplunkSpec",
+            "opensearch::",
+            "splunk::",
+            "hosepipe_sinks::hec",
+        ],
+    );
+    assert!(
+        offenders.is_empty(),
+        "name destinations only in config/, encode/, deliver/ and sinks: {offenders:#?}"
+    );
+}

@@ -98,3 +98,17 @@ pub(crate) fn check_range(
         ));
     }
 }
+
+/// `v` without its null fields (at any depth): a description leaves out what is not set.
+pub fn strip_nulls(v: Value) -> Value {
+    match v {
+        Value::Object(map) => Value::Object(
+            map.into_iter()
+                .filter(|(_, v)| !v.is_null())
+                .map(|(k, v)| (k, strip_nulls(v)))
+                .collect(),
+        ),
+        Value::Array(a) => Value::Array(a.into_iter().map(strip_nulls).collect()),
+        other => other,
+    }
+}

@@ -4,9 +4,9 @@
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
-use serde_json::Value;
+use serde_json::{Value, json};
 
-use super::fields::{BufferingHints, FieldError, buffering_limits};
+use super::fields::{BufferingHints, FieldError, buffering_limits, strip_nulls};
 use super::http;
 use super::processing::ProcessingSpec;
 use super::s3::{ExtendedS3DestinationConfiguration, S3Spec};
@@ -192,6 +192,40 @@ pub fn validate(
         elasticsearch,
         raw: raw.clone(),
     })
+}
+
+impl OpenSearchSpec {
+    /// DescribeDeliveryStream's field for it, with the defaults in force filled in.
+    pub fn description(&self) -> (&'static str, Value) {
+        let (spec, raw) = (self, &self.raw);
+        let field = if self.elasticsearch {
+            "ElasticsearchDestinationDescription"
+        } else {
+            "AmazonopensearchserviceDestinationDescription"
+        };
+        let body = strip_nulls(json!({
+            "RoleARN": raw.role_arn,
+            "ClusterEndpoint": raw.cluster_endpoint,
+            "IndexName": spec.index,
+            "TypeName": spec.type_name,
+            "IndexRotationPeriod": spec.rotation.as_api(),
+            "BufferingHints": {
+                "SizeInMBs": spec.limits.size_bytes / (1024 * 1024),
+                "IntervalInSeconds": spec.limits.interval.as_secs(),
+            },
+            "RetryOptions": { "DurationInSeconds": spec.retry.as_secs() },
+            "S3BackupMode": if spec.backup_all { "AllDocuments" } else { "FailedDocumentsOnly" },
+            "S3DestinationDescription": spec.backup.legacy_description(),
+            "ProcessingConfiguration": raw.processing_configuration,
+            "CloudWatchLoggingOptions": raw.cloud_watch_logging_options.clone()
+                .unwrap_or_else(|| json!({"Enabled": false})),
+            "DocumentIdOptions": {
+                "DefaultDocumentIdFormat":
+                    if spec.document_ids { "FIREHOSE_DEFAULT" } else { "NO_DOCUMENT_ID" },
+            },
+        }));
+        (field, body)
+    }
 }
 
 #[cfg(test)]

@@ -6,9 +6,11 @@ use std::time::Duration;
 
 use chrono_tz::Tz;
 use serde::{Deserialize, Serialize};
-use serde_json::Value;
+use serde_json::{Value, json};
 
-use super::fields::{BufferingHints, FieldError, buffering_limits, check_range, enabled};
+use super::fields::{
+    BufferingHints, FieldError, buffering_limits, check_range, enabled, strip_nulls,
+};
 use crate::buffer::Limits;
 use crate::compress::CompressionFormat;
 use crate::encode::prefix::{PrefixKind, Template};
@@ -363,4 +365,57 @@ pub fn validate_s3(
         raw: raw.clone(),
         legacy,
     })
+}
+impl S3Spec {
+    /// `ExtendedS3DestinationDescription` with the defaults in force filled in.
+    pub fn description(&self) -> Value {
+        let (spec, raw) = (self, &self.raw);
+        strip_nulls(json!({
+            "RoleARN": raw.role_arn,
+            "BucketARN": raw.bucket_arn,
+            "Prefix": raw.prefix,
+            "ErrorOutputPrefix": raw.error_output_prefix,
+            "BufferingHints": {
+                "SizeInMBs": spec.limits.size_bytes / (1024 * 1024),
+                "IntervalInSeconds": spec.limits.interval.as_secs(),
+            },
+            "CompressionFormat": spec.compression.as_api(),
+            "EncryptionConfiguration": raw.encryption_configuration.clone()
+                .unwrap_or_else(|| json!({"NoEncryptionConfig": "NoEncryption"})),
+            "CloudWatchLoggingOptions": raw.cloud_watch_logging_options.clone()
+                .unwrap_or_else(|| json!({"Enabled": false})),
+            "ProcessingConfiguration": raw.processing_configuration,
+            "S3BackupMode": raw.s3_backup_mode.clone().unwrap_or_else(|| "Disabled".into()),
+            "DataFormatConversionConfiguration": raw.data_format_conversion_configuration,
+            "DynamicPartitioningConfiguration": raw.dynamic_partitioning_configuration,
+            "FileExtension": raw.file_extension,
+            "CustomTimeZone": raw.custom_time_zone,
+        }))
+    }
+
+    /// The deprecated `S3DestinationDescription` (the fields its shape has), as the backup
+    /// bucket of other destinations is described too.
+    pub fn legacy_description(&self) -> Value {
+        legacy_description(&self.description())
+    }
+}
+
+/// The deprecated `S3DestinationDescription`: the fields its shape has.
+pub fn legacy_description(extended: &Value) -> Value {
+    let mut legacy = serde_json::Map::new();
+    for field in [
+        "RoleARN",
+        "BucketARN",
+        "Prefix",
+        "ErrorOutputPrefix",
+        "BufferingHints",
+        "CompressionFormat",
+        "EncryptionConfiguration",
+        "CloudWatchLoggingOptions",
+    ] {
+        if let Some(v) = extended.get(field) {
+            legacy.insert(field.to_string(), v.clone());
+        }
+    }
+    Value::Object(legacy)
 }

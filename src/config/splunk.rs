@@ -3,9 +3,9 @@
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
-use serde_json::Value;
+use serde_json::{Value, json};
 
-use super::fields::{BufferingHints, FieldError, buffering_limits, check_range};
+use super::fields::{BufferingHints, FieldError, buffering_limits, check_range, strip_nulls};
 use super::http;
 use super::processing::ProcessingSpec;
 use super::s3::{ExtendedS3DestinationConfiguration, S3Spec};
@@ -133,6 +133,30 @@ pub fn validate(
         processing,
         raw: raw.clone(),
     })
+}
+
+impl SplunkSpec {
+    /// `SplunkDestinationDescription`, with the defaults in force filled in.
+    pub fn description(&self) -> (&'static str, Value) {
+        let (spec, raw) = (self, &self.raw);
+        let body = strip_nulls(json!({
+            "HECEndpoint": raw.hec_endpoint,
+            "HECEndpointType": raw.hec_endpoint_type,
+            "HECToken": raw.hec_token,
+            "HECAcknowledgmentTimeoutInSeconds": spec.ack_timeout.as_secs(),
+            "RetryOptions": { "DurationInSeconds": spec.retry.as_secs() },
+            "S3BackupMode": if spec.backup_all { "AllEvents" } else { "FailedEventsOnly" },
+            "S3DestinationDescription": spec.backup.legacy_description(),
+            "ProcessingConfiguration": raw.processing_configuration,
+            "CloudWatchLoggingOptions": raw.cloud_watch_logging_options.clone()
+                .unwrap_or_else(|| json!({"Enabled": false})),
+            "BufferingHints": {
+                "SizeInMBs": spec.limits.size_bytes / (1024 * 1024),
+                "IntervalInSeconds": spec.limits.interval.as_secs(),
+            },
+        }));
+        ("SplunkDestinationDescription", body)
+    }
 }
 
 #[cfg(test)]

@@ -142,6 +142,41 @@ pub struct StreamSpec {
     pub at_rest: Option<AtRestKey>,
 }
 
+impl DestinationSpec {
+    /// Its name in metric names, logs and `/status`.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            DestinationSpec::S3(_) => "s3",
+            DestinationSpec::OpenSearch(_) => "opensearch",
+            DestinationSpec::Splunk(_) => "splunk",
+        }
+    }
+
+    /// Its fields of DescribeDeliveryStream's `Destinations` entry.
+    pub fn description(&self) -> serde_json::Map<String, Value> {
+        let mut out = serde_json::Map::new();
+        match self {
+            DestinationSpec::S3(s3) => {
+                let extended = s3.description();
+                out.insert(
+                    "S3DestinationDescription".into(),
+                    super::s3::legacy_description(&extended),
+                );
+                out.insert("ExtendedS3DestinationDescription".into(), extended);
+            }
+            DestinationSpec::OpenSearch(os) => {
+                let (field, body) = os.description();
+                out.insert(field.into(), body);
+            }
+            DestinationSpec::Splunk(sp) => {
+                let (field, body) = sp.description();
+                out.insert(field.into(), body);
+            }
+        }
+        out
+    }
+}
+
 impl StreamSpec {
     pub fn limits(&self) -> Limits {
         match &self.destination {

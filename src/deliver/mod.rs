@@ -12,6 +12,7 @@ use std::time::Duration;
 pub use s3::{DeliveryResult, RETENTION_EXPIRED_CODE};
 
 use crate::buffer::Record;
+use crate::config::stream::DestinationSpec;
 use crate::encode::ErrorOutputType;
 use crate::encode::error_output::FailedRecord;
 use crate::metrics::DestinationMetrics;
@@ -29,13 +30,64 @@ pub struct HttpOutcome {
     pub latency_per_record: bool,
 }
 
-/// Where an HTTP destination reports its attempts.
-pub struct Observer<'a> {
-    pub metrics: &'a DestinationMetrics,
+/// One batch of a stream on its way to an HTTP destination: who it is for, and where its
+/// attempts are reported.
+pub struct Sending<'a> {
     pub stream: &'a str,
     pub batch: u64,
+    /// Identifies the stream for good (OpenSearch document ids start with it).
+    pub id_base: &'a str,
+    /// Identifies this run of the stream (Splunk's HEC channel).
+    pub channel: &'a str,
+    pub metrics: &'a crate::metrics::Metrics,
     /// The stream's count of failed attempts (`/status`).
     pub failed_attempts: &'a AtomicU64,
+}
+
+impl Sending<'_> {
+    /// The metric families of destination `kind`.
+    fn metrics(&self, kind: &str) -> &DestinationMetrics {
+        self.metrics.destination(kind)
+    }
+}
+
+/// The clients of the destinations reached over HTTP, one each for the daemon.
+#[derive(Clone)]
+pub struct Clients {
+    /// Talks `_bulk` to OpenSearch / Elasticsearch.
+    pub opensearch: hosepipe_sinks::opensearch::BulkClient,
+    /// Talks HEC to Splunk.
+    pub splunk: splunk::Hec,
+}
+
+impl Clients {
+    /// The clients with the daemon's settings (`[opensearch]`, `[splunk]`).
+    pub fn new(config: &crate::config::Config) -> Result<Clients, reqwest::Error> {
+        Ok(Clients {
+            opensearch: opensearch::client(config)?,
+            splunk: splunk::Hec::new(config)?,
+        })
+    }
+}
+
+/// Firehose's metric families of each destination reached over HTTP.
+pub const HTTP_METRICS: &[&crate::metrics::DestinationNames] =
+    &[&opensearch::METRICS, &splunk::METRICS];
+
+/// Sends a batch to the HTTP destination `spec` names: the one place a stream picks it.
+pub async fn send_http(
+    spec: &DestinationSpec,
+    clients: &Clients,
+    records: Vec<Record>,
+    sending: &Sending<'_>,
+) -> HttpOutcome {
+    match spec {
+        DestinationSpec::OpenSearch(spec) => {
+            opensearch::deliver_batch(&clients.opensearch, spec, records, sending).await
+        }
+        DestinationSpec::Splunk(spec) => clients.splunk.deliver_batch(spec, records, sending).await,
+        DestinationSpec::S3(_) => unreachable!("S3 batches are encoded into objects"),
+    }
 }
 
 /// What one attempt came to.

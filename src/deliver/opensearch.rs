@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use hosepipe_sinks::opensearch::{BulkClient, Item, RequestFailure};
 
-use super::{Failed, HttpOutcome, Observer, Policy, Step, Target};
+use super::{Failed, HttpOutcome, Policy, Sending, Step, Target};
 use crate::buffer::Record;
 use crate::config::opensearch::OpenSearchSpec;
 use crate::encode::ErrorOutputType;
@@ -34,6 +34,27 @@ pub struct Attempt<'a> {
     pub retrying: bool,
     /// Why the first of them failed.
     pub reason: &'a str,
+}
+
+/// Firehose's `DeliveryToAmazonOpenSearchService.*` families.
+pub const METRICS: crate::metrics::DestinationNames = crate::metrics::DestinationNames {
+    name: "opensearch",
+    firehose: "DeliveryToAmazonOpenSearchService",
+    records: "Documents indexed",
+    requests: "_bulk requests by outcome: failure = the whole request failed",
+    latency: ("latency", "Arrival to indexed, per document"),
+    failed: (
+        "opensearch_failed_documents",
+        "Documents written to the S3 backup after failing (AmazonOpenSearchService-failed)",
+    ),
+};
+
+/// The `_bulk` client with `[opensearch]`'s settings.
+pub fn client(config: &crate::config::Config) -> Result<BulkClient, reqwest::Error> {
+    BulkClient::new(hosepipe_sinks::opensearch::BulkSettings {
+        timeout: Some(REQUEST_TIMEOUT),
+        auth: config.opensearch_auth.clone(),
+    })
 }
 
 /// The item code when the cluster could not be reached.
@@ -168,12 +189,12 @@ pub async fn deliver_batch(
     client: &BulkClient,
     spec: &OpenSearchSpec,
     records: Vec<Record>,
-    id_base: &str,
-    seen: &Observer<'_>,
+    seen: &Sending<'_>,
 ) -> HttpOutcome {
-    let (docs, mut failed) = prepare(spec, records, id_base);
+    let (docs, mut failed) = prepare(spec, records, seen.id_base);
+    let metrics = seen.metrics(METRICS.name);
     let outcome = deliver(client, spec, docs, |attempt| {
-        seen.metrics.request(seen.stream, attempt.answered);
+        metrics.request(seen.stream, attempt.answered);
         if attempt.pending > 0 {
             seen.failed_attempts.fetch_add(1, Ordering::Relaxed);
         }

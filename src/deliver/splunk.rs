@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use hosepipe_sinks::hec::{HecClient, HecFailure, HecTarget};
 
-use super::{Ended, Failed, HttpOutcome, Observer, Policy, Step, Target};
+use super::{Ended, Failed, HttpOutcome, Policy, Sending, Step, Target};
 use crate::buffer::Record;
 use crate::config::splunk::{EndpointType, SplunkSpec};
 use crate::encode::ErrorOutputType;
@@ -25,6 +25,40 @@ pub struct Hec {
     pub fields: EventFields,
     /// `[splunk] ack_timeout_seconds`: replaces every stream's acknowledgement timeout.
     pub ack_timeout: Option<Duration>,
+}
+
+/// Firehose's `DeliveryToSplunk.*` families.
+pub const METRICS: crate::metrics::DestinationNames = crate::metrics::DestinationNames {
+    name: "splunk",
+    firehose: "DeliveryToSplunk",
+    records: "Records acknowledged by Splunk",
+    requests: "HEC posts by outcome: success = indexed and acknowledged",
+    latency: (
+        "data_ack_latency",
+        "Post to indexer acknowledgement (Firehose DeliveryToSplunk.DataAckLatency)",
+    ),
+    failed: (
+        "splunk_failed_events",
+        "Records written to the S3 backup after failing (splunk-failed)",
+    ),
+};
+
+impl Hec {
+    /// The HEC client with `[splunk]`'s event metadata and acknowledgement timeout.
+    pub fn new(config: &crate::config::Config) -> Result<Hec, reqwest::Error> {
+        let d = EventFields::default();
+        let s = &config.splunk;
+        Ok(Hec {
+            client: HecClient::new(Some(super::opensearch::REQUEST_TIMEOUT))?,
+            fields: EventFields {
+                host: s.host.clone().unwrap_or(d.host),
+                source: s.source.clone(),
+                sourcetype: s.sourcetype.clone().unwrap_or(d.sourcetype),
+                index: s.index.clone(),
+            },
+            ack_timeout: s.ack_timeout_seconds.map(Duration::from_secs),
+        })
+    }
 }
 
 /// Why an attempt failed: Firehose's `Splunk.*` code, whether to retry, and the details.
@@ -200,13 +234,13 @@ impl Hec {
     pub async fn deliver_batch(
         &self,
         spec: &SplunkSpec,
-        channel: &str,
         records: Vec<Record>,
-        seen: &Observer<'_>,
+        seen: &Sending<'_>,
     ) -> HttpOutcome {
+        let metrics = seen.metrics(METRICS.name);
         let outcome = self
-            .deliver(spec, seen.stream, channel, &records, |attempt| {
-                seen.metrics.request(seen.stream, false);
+            .deliver(spec, seen.stream, seen.channel, &records, |attempt| {
+                metrics.request(seen.stream, false);
                 seen.failed_attempts.fetch_add(1, Ordering::Relaxed);
                 if let Some(f) = attempt.failure {
                     tracing::warn!(batch = seen.batch, code = f.code, reason = %f.message, retrying = attempt.retrying, "Splunk HEC did not take the batch");
@@ -215,8 +249,8 @@ impl Hec {
             .await;
         let (delivered, failed) = match outcome.result {
             Ok(latency) => {
-                seen.metrics.request(seen.stream, true);
-                seen.metrics
+                metrics.request(seen.stream, true);
+                metrics
                     .latency
                     .get_or_create(&crate::metrics::Metrics::stream(seen.stream))
                     .observe(latency.as_secs_f64());

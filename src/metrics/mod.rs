@@ -1,6 +1,7 @@
 //! Prometheus metrics, named after Firehose's CloudWatch metrics:
 //! `hosepipe_<subsystem>_<name>_<unit>[_total]`, base units, bounded labels only.
 
+use std::collections::BTreeMap;
 use std::sync::Mutex;
 use std::sync::atomic::AtomicU64;
 
@@ -71,21 +72,21 @@ impl Default for DestinationMetrics {
 }
 
 /// How a destination's families are named and described.
-struct Names {
-    /// `hosepipe_delivery_to_<name>_…`.
-    name: &'static str,
+pub struct DestinationNames {
+    /// `hosepipe_delivery_to_<name>_…`; also the destination's kind.
+    pub name: &'static str,
     /// Firehose's metric prefix.
-    firehose: &'static str,
-    records: &'static str,
-    requests: &'static str,
+    pub firehose: &'static str,
+    pub records: &'static str,
+    pub requests: &'static str,
     /// (suffix, help) of the latency histogram.
-    latency: (&'static str, &'static str),
+    pub latency: (&'static str, &'static str),
     /// (name, help) of the failed-records counter.
-    failed: (&'static str, &'static str),
+    pub failed: (&'static str, &'static str),
 }
 
 impl DestinationMetrics {
-    fn register(&self, registry: &mut Registry, n: &Names) {
+    fn register(&self, registry: &mut Registry, n: &DestinationNames) {
         use prometheus_client::registry::Unit;
         let (name, firehose) = (n.name, n.firehose);
         registry.register(
@@ -191,10 +192,9 @@ pub struct Metrics {
     pub partition_limit_records: Family<StreamLabels, Counter>,
     pub jq_processing_duration: HistogramFamily<StreamLabels>,
     pub key_service_calls: Family<OutcomeLabels, Counter>,
-    /// `DeliveryToAmazonOpenSearchService.*`.
-    pub opensearch: DestinationMetrics,
-    /// `DeliveryToSplunk.*`.
-    pub splunk: DestinationMetrics,
+    /// Each HTTP destination's families (`DeliveryToAmazonOpenSearchService.*`,
+    /// `DeliveryToSplunk.*`, …), by its kind.
+    destinations: BTreeMap<&'static str, DestinationMetrics>,
     /// Every fsync's latency, kept only when a benchmark asks for them.
     fsync_log: Mutex<Option<Vec<f64>>>,
     /// Per-record arrival → delivered latencies, kept only when a benchmark asks for them.
@@ -252,8 +252,7 @@ impl Metrics {
             partition_limit_records: Family::default(),
             jq_processing_duration: Family::new_with_constructor(processing_histogram),
             key_service_calls: Family::default(),
-            opensearch: DestinationMetrics::default(),
-            splunk: DestinationMetrics::default(),
+            destinations: BTreeMap::new(),
             fsync_log: Mutex::new(None),
             latency_log: Mutex::new(None),
             registry: Registry::default(),
@@ -473,38 +472,17 @@ impl Metrics {
             "Data-key requests to the key service, by outcome: success or Firehose's KMS condition (KMSKeyNotFound, KMSKeyAccessDenied, KMSKeyDisabled, KMSKeyInvalidState, KMSUnavailable)",
             m.key_service_calls.clone(),
         );
-        m.opensearch.register(
-            &mut registry,
-            &Names {
-                name: "opensearch",
-                firehose: "DeliveryToAmazonOpenSearchService",
-                records: "Documents indexed",
-                requests: "_bulk requests by outcome: failure = the whole request failed",
-                latency: ("latency", "Arrival to indexed, per document"),
-                failed: (
-                    "opensearch_failed_documents",
-                    "Documents written to the S3 backup after failing (AmazonOpenSearchService-failed)",
-                ),
-            },
-        );
-        m.splunk.register(
-            &mut registry,
-            &Names {
-                name: "splunk",
-                firehose: "DeliveryToSplunk",
-                records: "Records acknowledged by Splunk",
-                requests: "HEC posts by outcome: success = indexed and acknowledged",
-                latency: (
-                    "data_ack_latency",
-                    "Post to indexer acknowledgement (Firehose DeliveryToSplunk.DataAckLatency)",
-                ),
-                failed: (
-                    "splunk_failed_events",
-                    "Records written to the S3 backup after failing (splunk-failed)",
-                ),
-            },
-        );
-        Metrics { registry, ..m }
+        let mut destinations = BTreeMap::new();
+        for names in crate::deliver::HTTP_METRICS {
+            let families = DestinationMetrics::default();
+            families.register(&mut registry, names);
+            destinations.insert(names.name, families);
+        }
+        Metrics {
+            registry,
+            destinations,
+            ..m
+        }
     }
 
     /// Starts keeping every fsync latency (benchmarks only).
@@ -534,6 +512,13 @@ impl Metrics {
             .as_mut()
             .map(std::mem::take)
             .unwrap_or_default()
+    }
+
+    /// The families of the HTTP destination `kind` (`opensearch`, `splunk`, …).
+    pub fn destination(&self, kind: &str) -> &DestinationMetrics {
+        self.destinations
+            .get(kind)
+            .expect("every HTTP destination registers its metric families")
     }
 
     pub fn stream(stream: &str) -> StreamLabels {

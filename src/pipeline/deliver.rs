@@ -4,7 +4,7 @@
 
 use super::encode::backup_all;
 use super::*;
-use crate::deliver::{HttpOutcome, Observer, opensearch};
+use crate::deliver::{HttpOutcome, Sending};
 
 /// Counts and settles what an HTTP destination took, and turns what it did not into its error
 /// output in the backup bucket.
@@ -60,8 +60,8 @@ fn after_http_delivery(
     ))
 }
 
-/// Delivers a few at a time: objects to S3, each retried until it is written; OpenSearch and
-/// Splunk batches, then the objects that follow from them (failed records, backups).
+/// Delivers a few at a time: objects to S3, each retried until it is written; batches of HTTP
+/// destinations, then the objects that follow from them (failed records, backups).
 pub(super) async fn deliver_stage(ctx: StreamContext, mut objects: mpsc::Receiver<Delivery>) {
     let mut running: JoinSet<()> = JoinSet::new();
     let mut open = true;
@@ -84,9 +84,9 @@ pub(super) async fn deliver_stage(ctx: StreamContext, mut objects: mpsc::Receive
     }
 }
 
-/// An object goes to S3. A batch of an HTTP destination goes to it (the arm below is where a
-/// stream picks its destination); then the objects that follow: with `AllDocuments` /
-/// `AllEvents` the backup of every record, and the records the destination did not take.
+/// An object goes to S3. A batch of an HTTP destination goes to it (`deliver::send_http` picks
+/// which); then the objects that follow: with `AllDocuments` / `AllEvents` the backup of every
+/// record, and the records the destination did not take.
 async fn deliver(ctx: &StreamContext, work: Delivery) {
     let (current, mut batch) = match work {
         Delivery::Object(obj) => return deliver_one(ctx, obj).await,
@@ -97,32 +97,17 @@ async fn deliver(ctx: &StreamContext, work: Delivery) {
         follow.extend(backup_all(ctx, &current, &mut batch));
     }
     let records = std::mem::take(&mut batch.records);
-    let metrics = &ctx.shared.metrics;
-    let seen = |dest_metrics| Observer {
-        metrics: dest_metrics,
+    let sending = Sending {
         stream: &ctx.name,
         batch: batch.id,
+        id_base: &ctx.id_base,
+        channel: &ctx.channel,
+        metrics: &ctx.shared.metrics,
         failed_attempts: &ctx.stats.failed_attempts,
     };
-    let (outcome, dest_metrics) = match &current.spec.destination {
-        DestinationSpec::OpenSearch(spec) => {
-            let m = &metrics.opensearch;
-            let client = &ctx.shared.opensearch;
-            let seen = seen(m);
-            let out = opensearch::deliver_batch(client, spec, records, &ctx.id_base, &seen);
-            (out.await, m)
-        }
-        DestinationSpec::Splunk(spec) => {
-            let m = &metrics.splunk;
-            let seen = seen(m);
-            let out = ctx
-                .shared
-                .splunk
-                .deliver_batch(spec, &ctx.hec_channel, records, &seen);
-            (out.await, m)
-        }
-        DestinationSpec::S3(_) => unreachable!("the encode stage turns S3 batches into objects"),
-    };
+    let spec = &current.spec.destination;
+    let outcome = crate::deliver::send_http(spec, &ctx.shared.clients, records, &sending).await;
+    let dest_metrics = ctx.shared.metrics.destination(spec.kind());
     follow.extend(after_http_delivery(
         ctx,
         &current,

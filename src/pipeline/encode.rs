@@ -1,5 +1,5 @@
 //! The encode stage: a batch named and compressed (or converted to Parquet) into objects on
-//! the blocking pool; an OpenSearch or Splunk batch goes on to the deliver stage as it is.
+//! the blocking pool; a batch for an HTTP destination goes on to the deliver stage as it is.
 
 use super::*;
 
@@ -23,7 +23,7 @@ pub(super) async fn encode_stage(
                             running.spawn_blocking(move || encode_batch(&ctx, &current, batch));
                             None
                         }
-                        DestinationSpec::OpenSearch(_) | DestinationSpec::Splunk(_) => {
+                        _ => {
                             Some(Delivery::Http(current, batch))
                         }
                     };

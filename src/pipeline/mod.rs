@@ -6,8 +6,8 @@
 //!                       process ──failed records (error output object)──▶ deliver
 //! ```
 //!
-//! For OpenSearch and Splunk streams the encode stage passes each batch on as it is; the deliver
-//! stage sends it (`deliver::deliver_opensearch` / `deliver_splunk`), then writes the S3 objects
+//! For a destination reached over HTTP (OpenSearch, Splunk) the encode stage passes each batch
+//! on as it is; the deliver stage sends it (`deliver::send_http`), then writes the S3 objects
 //! that follow from it (failed records, `AllDocuments` / `AllEvents` backups) to the backup
 //! bucket.
 //!
@@ -233,13 +233,11 @@ pub struct Shared {
     pub key_reuse: crate::crypto::sink::Reuse,
     /// The master key behind `AWS_OWNED_CMK` (spool encryption at rest).
     pub owned_key: String,
-    /// Talks `_bulk` to OpenSearch / Elasticsearch destinations.
-    pub opensearch: hosepipe_sinks::opensearch::BulkClient,
-    /// Talks HEC to Splunk destinations.
-    pub splunk: crate::deliver::splunk::Hec,
+    /// The clients of the destinations reached over HTTP.
+    pub clients: crate::deliver::Clients,
 }
 
-/// What the deliver stage is handed: an object for S3, or an OpenSearch / Splunk batch (the
+/// What the deliver stage is handed: an object for S3, or a batch for an HTTP destination (the
 /// failed records and backups that follow from it become objects it writes too).
 pub(super) enum Delivery {
     Object(EncodedObject),
@@ -257,10 +255,11 @@ pub struct StreamContext {
     pub stats: Arc<StreamStats>,
     /// The data key the stream's objects are being encrypted with (when reused).
     data_keys: Arc<crate::crypto::sink::DataKeyCache>,
-    /// Makes OpenSearch document ids unique to this stream (its creation time).
+    /// Identifies the stream to its destination for good (its creation time): OpenSearch
+    /// document ids start with it.
     id_base: String,
-    /// The stream's Splunk HEC channel (`X-Splunk-Request-Channel`).
-    hec_channel: String,
+    /// Identifies this run of the stream to its destination (a UUID): Splunk's HEC channel.
+    channel: String,
 }
 
 impl StreamContext {
@@ -424,7 +423,7 @@ pub fn spawn_pipeline(
         stats: stats.clone(),
         data_keys: Arc::default(),
         id_base,
-        hec_channel: uuid::Uuid::new_v4().to_string(),
+        channel: uuid::Uuid::new_v4().to_string(),
     };
     let (config_tx, config_rx) = watch::channel(Arc::new(initial));
     let (object_tx, object_rx) = mpsc::channel::<Delivery>(DELIVER_WORKERS);

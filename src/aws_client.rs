@@ -1,6 +1,8 @@
 //! Calls to AWS JSON 1.1 services (Glue, KMS): a POST with `X-Amz-Target`, signed
 //! with SigV4 by `aws-sigv4`, answered with JSON or with an error `{"__type", "message"}`.
 
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
 use std::time::SystemTime;
 
 use aws_credential_types::Credentials;
@@ -57,6 +59,76 @@ pub enum CallError {
     Transport(String),
 }
 
+/// CA certificates every client of the process trusts besides the system's.
+#[derive(Debug)]
+pub struct CaBundle {
+    pub path: PathBuf,
+    /// The PEM text, for clients built elsewhere (`hosepipe_sinks`).
+    pub pem: Vec<u8>,
+    certificates: Vec<reqwest::Certificate>,
+}
+
+/// Why a CA bundle cannot be used.
+#[derive(Debug, thiserror::Error)]
+#[error("CA bundle {}: {message}", path.display())]
+pub struct CaBundleError {
+    pub path: PathBuf,
+    pub message: String,
+}
+
+static CA_BUNDLE: OnceLock<Option<CaBundle>> = OnceLock::new();
+
+/// Reads the CA bundle the process's clients trust: `configured` (a config's `ca_bundle`, a
+/// command's `--ca-bundle`), else `AWS_CA_BUNDLE`; none when neither is set. The first call
+/// decides for the whole process; call it before making clients.
+pub fn trust_ca_bundle(
+    configured: Option<&Path>,
+) -> Result<Option<&'static CaBundle>, CaBundleError> {
+    if let Some(set) = CA_BUNDLE.get() {
+        return Ok(set.as_ref());
+    }
+    let path = configured.map(Path::to_path_buf).or_else(|| {
+        std::env::var_os("AWS_CA_BUNDLE")
+            .filter(|v| !v.is_empty())
+            .map(PathBuf::from)
+    });
+    let bundle = match path {
+        None => None,
+        Some(path) => {
+            let failed = |message: String| CaBundleError {
+                path: path.clone(),
+                message,
+            };
+            let pem = std::fs::read(&path).map_err(|e| failed(e.to_string()))?;
+            let certificates = reqwest::Certificate::from_pem_bundle(&pem)
+                .map_err(|e| failed(format!("not a PEM certificate bundle: {e}")))?;
+            if certificates.is_empty() {
+                return Err(failed("holds no PEM certificate".into()));
+            }
+            Some(CaBundle {
+                path,
+                pem,
+                certificates,
+            })
+        }
+    };
+    Ok(CA_BUNDLE.get_or_init(|| bundle).as_ref())
+}
+
+/// The CA bundle in force, if one was read.
+pub fn ca_bundle() -> Option<&'static CaBundle> {
+    CA_BUNDLE.get().and_then(Option::as_ref)
+}
+
+/// An HTTP client builder that trusts the system's CAs and the CA bundle in force.
+pub fn client_builder() -> reqwest::ClientBuilder {
+    let builder = reqwest::Client::builder();
+    match ca_bundle() {
+        Some(b) => builder.tls_certs_merge(b.certificates.iter().cloned()),
+        None => builder,
+    }
+}
+
 /// How long a call to an AWS service (Glue, KMS) may take before it fails as a transport error:
 /// a hung service fails the operation that waits for it instead of holding it forever.
 pub const CALL_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
@@ -70,7 +142,7 @@ pub async fn call(
     body: &Value,
 ) -> Result<Value, CallError> {
     let body = serde_json::to_vec(body).expect("JSON to memory");
-    let client = reqwest::Client::builder()
+    let client = client_builder()
         .timeout(CALL_TIMEOUT)
         .build()
         .map_err(|e| CallError::Transport(e.to_string()))?;

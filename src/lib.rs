@@ -31,4 +31,5 @@ pub mod status;
 mod testing;
 #[cfg(test)]
 mod tidy;
+pub mod tls;
 pub mod transform;

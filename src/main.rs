@@ -42,6 +42,9 @@ enum Command {
         /// The daemon's address.
         #[arg(long, default_value = "http://127.0.0.1:4573")]
         endpoint: String,
+        /// The daemon's `[auth] metrics_token` (default: HOSEPIPE_METRICS_TOKEN).
+        #[arg(long)]
+        token: Option<String>,
     },
     /// Measure accepted-and-delivered throughput against bare gzip of the same bytes.
     Bench(hosepipe::bench::ingest::BenchArgs),
@@ -239,15 +242,20 @@ fn main() -> ExitCode {
                 };
                 let stop = shutdown_signal();
                 // Tests and scripts read the address from this line.
-                println!("hosepipe listening on http://{}", server.addr);
+                println!(
+                    "hosepipe listening on {}://{}",
+                    server.scheme(),
+                    server.addr
+                );
                 match server.run(stop).await {
                     0 => ExitCode::SUCCESS,
                     _ => ExitCode::FAILURE,
                 }
             })
         }
-        Command::Status { endpoint } => block_on(async {
-            match hosepipe::status::run(&endpoint).await {
+        Command::Status { endpoint, token } => block_on(async {
+            let token = token.or_else(|| std::env::var("HOSEPIPE_METRICS_TOKEN").ok());
+            match hosepipe::status::run(&endpoint, token.as_deref()).await {
                 Ok(table) => {
                     print!("{table}");
                     ExitCode::SUCCESS

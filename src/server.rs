@@ -27,6 +27,10 @@ pub enum StartError {
     },
     #[error("cannot start the streams: {0}")]
     Restore(String),
+    #[error("[tls]: {0}")]
+    Tls(#[from] crate::tls::TlsError),
+    #[error("ca_bundle: {0}")]
+    CaBundle(#[from] crate::aws_client::CaBundleError),
 }
 
 /// What every stream's pipeline is given, from the config: the key service, the transform
@@ -71,16 +75,27 @@ pub struct Server {
     pub metrics: Arc<Metrics>,
     pub config: Config,
     listener: tokio::net::TcpListener,
+    /// `Some`: the listener serves HTTPS.
+    tls: Option<Arc<rustls::ServerConfig>>,
     state: Arc<AppState>,
 }
 
 impl Server {
     /// Opens the data dir and the store, starts every stream, binds the listener.
-    pub async fn start(config: Config) -> Result<Server, StartError> {
+    pub async fn start(mut config: Config) -> Result<Server, StartError> {
         std::fs::create_dir_all(&config.data_dir).map_err(|source| StartError::DataDir {
             path: config.data_dir.clone(),
             source,
         })?;
+        let tls = config
+            .tls
+            .as_ref()
+            .map(crate::tls::server_config)
+            .transpose()?;
+        if let Some(bundle) = crate::aws_client::trust_ca_bundle(config.ca_bundle.as_deref())? {
+            tracing::info!(ca_bundle = %bundle.path.display(), "clients trust the CA bundle too");
+            config.store.ca_bundle = Some(bundle.pem.clone());
+        }
         tracing::info!(store = %config.store.describe(), "objects go to {}", config.store.describe());
         let sink: Arc<dyn Destination> = Arc::new(S3Sink::new(config.store.clone()));
         let metrics = Arc::new(Metrics::new());
@@ -154,20 +169,28 @@ impl Server {
             addr: config.listen,
             source,
         })?;
-        let state = Arc::new(AppState::new(
+        let mut state = AppState::new(
             registry.clone(),
             metrics.clone(),
             admission,
             config.access_keys.clone(),
-        ));
+        );
+        state.metrics_token = config.metrics_token.clone();
+        let state = Arc::new(state);
         Ok(Server {
             addr,
             registry,
             metrics,
             config,
             listener,
+            tls,
             state,
         })
+    }
+
+    /// `https` when the listener serves TLS, else `http`.
+    pub fn scheme(&self) -> &'static str {
+        if self.tls.is_some() { "https" } else { "http" }
     }
 
     /// Serves until `shutdown` resolves, then stops intake, flushes every buffer and waits for
@@ -177,10 +200,22 @@ impl Server {
         shutdown: impl std::future::Future<Output = ()> + Send + 'static,
     ) -> u64 {
         let app = api::router(self.state.clone());
-        if let Err(e) = axum::serve(self.listener, app)
-            .with_graceful_shutdown(shutdown)
-            .await
-        {
+        let served = match self.tls {
+            None => {
+                axum::serve(self.listener, app)
+                    .with_graceful_shutdown(shutdown)
+                    .await
+            }
+            Some(tls) => match crate::tls::TlsListener::new(self.listener, tls) {
+                Ok(listener) => {
+                    axum::serve(listener, app)
+                        .with_graceful_shutdown(shutdown)
+                        .await
+                }
+                Err(e) => Err(e),
+            },
+        };
+        if let Err(e) = served {
             tracing::error!(error = %e, "the listener failed");
         }
         tracing::info!("intake stopped; flushing buffers");

@@ -104,9 +104,17 @@ pub fn render(status: &Status) -> String {
     out
 }
 
-pub async fn run(endpoint: &str) -> anyhow::Result<String> {
+/// Fetches `/status` from `endpoint` (with `token` as the bearer token when the daemon has
+/// `[auth] metrics_token`; an `https://` daemon's CA from `AWS_CA_BUNDLE`).
+pub async fn run(endpoint: &str, token: Option<&str>) -> anyhow::Result<String> {
     let url = format!("{}/status", endpoint.trim_end_matches('/'));
-    let status: Status = reqwest::get(&url)
+    crate::aws_client::trust_ca_bundle(None)?;
+    let mut request = crate::aws_client::client_builder().build()?.get(&url);
+    if let Some(token) = token {
+        request = request.bearer_auth(token);
+    }
+    let status: Status = request
+        .send()
         .await
         .with_context(|| format!("cannot reach {url}"))?
         .error_for_status()?

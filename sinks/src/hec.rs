@@ -45,9 +45,13 @@ pub struct HecClient {
 }
 
 impl HecClient {
-    /// A client whose requests fail after `timeout`.
-    pub fn new(timeout: Option<Duration>) -> Result<HecClient, reqwest::Error> {
-        let mut http = reqwest::Client::builder();
+    /// A client whose requests fail after `timeout`, trusting the system's CAs and those of
+    /// `ca_bundle` (PEM).
+    pub fn new(
+        timeout: Option<Duration>,
+        ca_bundle: Option<&[u8]>,
+    ) -> Result<HecClient, reqwest::Error> {
+        let mut http = crate::trusting(reqwest::Client::builder(), ca_bundle)?;
         if let Some(t) = timeout {
             http = http.timeout(t);
         }

@@ -70,3 +70,14 @@ pub trait Destination: Send + Sync + std::fmt::Debug {
     /// outcome.
     async fn deliver(&self, payload: &Payload) -> Report;
 }
+
+/// `builder` trusting also the CA certificates of `ca_bundle` (PEM), when given.
+fn trusting(
+    builder: reqwest::ClientBuilder,
+    ca_bundle: Option<&[u8]>,
+) -> Result<reqwest::ClientBuilder, reqwest::Error> {
+    Ok(match ca_bundle {
+        Some(pem) => builder.tls_certs_merge(reqwest::Certificate::from_pem_bundle(pem)?),
+        None => builder,
+    })
+}

@@ -38,6 +38,8 @@ pub struct ObjectStoreSettings {
     pub multipart_threshold: usize,
     /// Size of each multipart part (S3 needs at least 5 MiB for every part but the last).
     pub part_size: usize,
+    /// CA certificates (PEM) trusted besides the system's, for an `https://` S3 endpoint.
+    pub ca_bundle: Option<Vec<u8>>,
 }
 
 impl ObjectStoreSettings {
@@ -142,6 +144,20 @@ impl S3Sink {
                     builder = builder
                         .with_endpoint(url)
                         .with_allow_http(url.starts_with("http://"));
+                }
+                if let Some(pem) = &self.settings.ca_bundle {
+                    let mut options = object_store::ClientOptions::new();
+                    for cert in
+                        object_store::Certificate::from_pem_bundle(pem).map_err(|source| {
+                            ObjectError::Open {
+                                bucket: bucket.to_string(),
+                                source,
+                            }
+                        })?
+                    {
+                        options = options.with_root_certificate(cert);
+                    }
+                    builder = builder.with_client_options(options);
                 }
                 Arc::new(builder.build().map_err(|source| ObjectError::Open {
                     bucket: bucket.to_string(),
@@ -300,6 +316,7 @@ mod tests {
             local_root: root.to_path_buf(),
             multipart_threshold: threshold,
             part_size: 5 * 1024 * 1024,
+            ca_bundle: None,
         })
     }
 

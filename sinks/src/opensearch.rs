@@ -14,6 +14,8 @@ pub struct BulkSettings {
     pub timeout: Option<Duration>,
     /// HTTP basic auth: user and password.
     pub auth: Option<(String, String)>,
+    /// CA certificates (PEM) trusted besides the system's.
+    pub ca_bundle: Option<Vec<u8>>,
 }
 
 /// Talks `_bulk` to clusters.
@@ -39,7 +41,7 @@ pub enum RequestFailure {
 
 impl BulkClient {
     pub fn new(settings: BulkSettings) -> Result<BulkClient, reqwest::Error> {
-        let mut http = reqwest::Client::builder();
+        let mut http = crate::trusting(reqwest::Client::builder(), settings.ca_bundle.as_deref())?;
         if let Some(t) = settings.timeout {
             http = http.timeout(t);
         }

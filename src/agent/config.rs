@@ -46,6 +46,10 @@ struct RawConfig {
     assume_role_arn: Option<String>,
     #[serde(alias = "firehose.endpoint")]
     firehose_endpoint: Option<String>,
+    /// hosepipe's own: CA certificates (PEM) to trust besides the system's (else
+    /// `AWS_CA_BUNDLE`), for an endpoint whose certificate a private CA signed.
+    #[serde(alias = "caBundle")]
+    ca_bundle: Option<PathBuf>,
     region: Option<String>,
     #[serde(alias = "checkpointFile")]
     checkpoint_file: Option<PathBuf>,
@@ -160,6 +164,8 @@ pub struct Flow {
 pub struct AgentConfig {
     pub aws_keys: Option<(String, String)>,
     pub firehose_endpoint: Option<String>,
+    /// CA certificates to trust besides the system's (`ca_bundle`).
+    pub ca_bundle: Option<PathBuf>,
     pub region: Option<String>,
     pub checkpoint_file: PathBuf,
     pub checkpoint_ttl: Duration,
@@ -555,6 +561,7 @@ impl AgentConfig {
             aws_keys,
             // The agent docs' example leaves it "": the default then applies.
             firehose_endpoint: raw.firehose_endpoint.filter(|e| !e.is_empty()),
+            ca_bundle: raw.ca_bundle,
             region: raw.region,
             checkpoint_file,
             checkpoint_ttl: Duration::from_secs(ttl_days * 86_400),

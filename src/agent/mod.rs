@@ -143,6 +143,7 @@ pub async fn run_with(
     for key in &config.ignored {
         tracing::warn!("{key}: a Kinesis Agent setting hosepipe does not use; ignored");
     }
+    crate::aws_client::trust_ca_bundle(config.ca_bundle.as_deref()).map_err(|e| e.to_string())?;
     let target = Target::resolve(
         config.firehose_endpoint.as_deref(),
         config.region.as_deref(),

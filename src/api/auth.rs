@@ -72,6 +72,11 @@ fn parse_auth_header(value: &str) -> Result<AuthHeader<'_>, ApiError> {
     })
 }
 
+/// Compares secrets in time that does not depend on where they differ.
+pub fn same_secret(a: &[u8], b: &[u8]) -> bool {
+    constant_time_eq(a, b)
+}
+
 fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
@@ -211,6 +216,7 @@ mod tests {
         vec![AccessKey {
             access_key_id: "AKIDEXAMPLE".into(),
             secret_access_key: "secret".into(),
+            policy: None,
         }]
     }
 
@@ -278,6 +284,7 @@ mod tests {
         let other = vec![AccessKey {
             access_key_id: "OTHER".into(),
             secret_access_key: "x".into(),
+            policy: None,
         }];
         assert!(matches!(
             verify(&other, "POST", "/", &h, b"", now),

@@ -36,6 +36,9 @@ pub enum ApiError {
     /// The stream's KMS key cannot be used (unknown, disabled, no access).
     #[error("{0}")]
     InvalidKmsResource(String),
+    /// The key's policy does not let it do this.
+    #[error("{0}")]
+    AccessDenied(String),
 }
 
 impl ApiError {
@@ -55,6 +58,7 @@ impl ApiError {
             ApiError::InvalidSignature(_) => "InvalidSignatureException",
             ApiError::InternalFailure(_) => "InternalFailure",
             ApiError::InvalidKmsResource(_) => "InvalidKMSResourceException",
+            ApiError::AccessDenied(_) => "AccessDeniedException",
         }
     }
 

@@ -12,7 +12,7 @@ use std::time::SystemTime;
 use axum::Router;
 use axum::body::Body;
 use axum::extract::{DefaultBodyLimit, Request, State};
-use axum::http::{HeaderValue, StatusCode, header};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use bytes::BytesMut;
@@ -22,6 +22,7 @@ use serde_json::{Value, json};
 use crate::admission::Admission;
 use crate::buffer::Record;
 use crate::config::AccessKey;
+use crate::config::policy::Decision;
 use crate::config::stream::{
     CreateDeliveryStreamInput, ExtendedS3DestinationConfiguration, Tag, valid_stream_name,
 };
@@ -45,6 +46,8 @@ pub struct AppState {
     pub metrics: Arc<Metrics>,
     pub admission: Arc<Admission>,
     pub access_keys: Vec<AccessKey>,
+    /// `[auth] metrics_token`: `/metrics` and `/status` need it as a bearer token.
+    pub metrics_token: Option<String>,
     record_seq: AtomicU64,
     record_nonce: u64,
     /// Puts refused before decoding are still read (to answer each record); this many at once.
@@ -63,6 +66,7 @@ impl AppState {
             metrics,
             admission,
             access_keys,
+            metrics_token: None,
             record_seq: AtomicU64::new(0),
             record_nonce: uuid::Uuid::new_v4().as_u64_pair().0,
             refusals: tokio::sync::Semaphore::new(2),
@@ -144,7 +148,31 @@ pub fn router(state: Arc<AppState>) -> Router {
         .with_state(state)
 }
 
-async fn metrics(State(state): State<Arc<AppState>>) -> Response {
+/// With `[auth] metrics_token`, `/metrics` and `/status` answer 401 to a request without
+/// `Authorization: Bearer <token>`.
+fn bearer_refused(state: &AppState, headers: &HeaderMap) -> Option<Response> {
+    let token = state.metrics_token.as_deref()?;
+    let given = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "));
+    match given.is_some_and(|g| auth::same_secret(g.as_bytes(), token.as_bytes())) {
+        true => None,
+        false => Some(
+            (
+                StatusCode::UNAUTHORIZED,
+                [(header::WWW_AUTHENTICATE, "Bearer")],
+                "a bearer token is required ([auth] metrics_token)\n",
+            )
+                .into_response(),
+        ),
+    }
+}
+
+async fn metrics(State(state): State<Arc<AppState>>, headers: HeaderMap) -> Response {
+    if let Some(refused) = bearer_refused(&state, &headers) {
+        return refused;
+    }
     state.registry.refresh_metrics();
     let mut resp = state.metrics.encode().into_response();
     resp.headers_mut().insert(
@@ -155,7 +183,10 @@ async fn metrics(State(state): State<Arc<AppState>>) -> Response {
 }
 
 /// Per-stream state for `hosepipe status`.
-async fn status(State(state): State<Arc<AppState>>) -> Response {
+async fn status(State(state): State<Arc<AppState>>, headers: HeaderMap) -> Response {
+    if let Some(refused) = bearer_refused(&state, &headers) {
+        return refused;
+    }
     use std::sync::atomic::Ordering::Relaxed;
     let now = now_ms();
     let streams: Vec<Value> = state
@@ -250,7 +281,8 @@ async fn api(State(state): State<Arc<AppState>>, request: Request) -> Response {
             None => None,
         };
         let body = read_body(body).await?;
-        authenticate(&state, &parts, &body)?;
+        let key = authenticate(&state, &parts, &body)?;
+        authorize(&state, key, &operation, &body)?;
         if is_put && permit.is_none() && refusal.is_none() {
             // No Content-Length: the body had to be read to know its size.
             if let Err(reason) = state.admission.request(body.len() as u64).await {
@@ -288,14 +320,15 @@ async fn read_body(body: axum::body::Body) -> Result<bytes::Bytes, ApiError> {
         })
 }
 
-/// Checks the request's SigV4 signature when keys are configured.
-fn authenticate(
-    state: &AppState,
+/// Checks the request's SigV4 signature when keys are configured; returns the key it was
+/// signed with.
+fn authenticate<'s>(
+    state: &'s AppState,
     parts: &axum::http::request::Parts,
     body: &[u8],
-) -> Result<(), ApiError> {
+) -> Result<Option<&'s AccessKey>, ApiError> {
     if state.access_keys.is_empty() {
-        return Ok(());
+        return Ok(None);
     }
     let pq = parts
         .uri
@@ -310,7 +343,56 @@ fn authenticate(
         body,
         SystemTime::now(),
     )
-    .map(drop)
+    .map(|id| state.access_keys.iter().find(|k| k.access_key_id == id))
+}
+
+/// Just the stream a request names.
+#[derive(Deserialize)]
+#[serde(rename_all = "PascalCase")]
+struct NamedStream {
+    delivery_stream_name: Option<String>,
+}
+
+/// Checks that `key`'s policy lets it call `operation` on the stream the request names (on `*`
+/// for an operation on no stream). A refusal is Firehose's `AccessDeniedException`, naming the
+/// key, the action and the resource as AWS does.
+fn authorize(
+    state: &AppState,
+    key: Option<&AccessKey>,
+    operation: &str,
+    body: &[u8],
+) -> Result<(), ApiError> {
+    let Some((key, policy)) = key.and_then(|k| Some((k, k.policy.as_ref()?))) else {
+        return Ok(());
+    };
+    if !KNOWN_OPERATIONS.contains(&operation) {
+        return Ok(());
+    }
+    let resource = match operation {
+        "ListDeliveryStreams" => "*".to_string(),
+        _ => match serde_json::from_slice::<NamedStream>(body) {
+            Ok(NamedStream {
+                delivery_stream_name: Some(name),
+            }) => state.registry.arn(&name),
+            // No name: the operation refuses the request itself.
+            _ => return Ok(()),
+        },
+    };
+    let action = format!("firehose:{operation}");
+    let user = format!(
+        "arn:aws:iam::{}:user/{}",
+        state.registry.account_id(),
+        key.access_key_id
+    );
+    match policy.decide(&action, &resource) {
+        Decision::Allowed => Ok(()),
+        Decision::NotAllowed => Err(ApiError::AccessDenied(format!(
+            "User: {user} is not authorized to perform: {action} on resource: {resource} because no identity-based policy allows the {action} action"
+        ))),
+        Decision::Denied => Err(ApiError::AccessDenied(format!(
+            "User: {user} is not authorized to perform: {action} on resource: {resource} with an explicit deny in an identity-based policy"
+        ))),
+    }
 }
 
 /// A put's records, counted without decoding them.

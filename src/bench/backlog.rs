@@ -226,6 +226,8 @@ buffering_hints = {{ size_in_mbs = 8, interval_in_seconds = 1 }}
         sync: args.sync.clone(),
         rate: 0,
         memory_mb: Some(args.memory_mb),
+        tls_cert: None,
+        tls_key: None,
     };
     let (bodies, _) = make_bodies(&load, 16);
     let bodies = Arc::new(bodies);

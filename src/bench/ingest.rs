@@ -49,6 +49,12 @@ pub struct BenchArgs {
     /// `[memory] max_mb` for the run (default: the daemon's default).
     #[arg(long)]
     pub memory_mb: Option<u64>,
+    /// Serve HTTPS with this certificate (PEM; the client trusts it as its CA bundle).
+    #[arg(long, requires = "tls_key")]
+    pub tls_cert: Option<std::path::PathBuf>,
+    /// The certificate's private key (PEM).
+    #[arg(long, requires = "tls_cert")]
+    pub tls_key: Option<std::path::PathBuf>,
 }
 
 /// What one run measured.
@@ -332,7 +338,17 @@ buffering_hints = {{ size_in_mbs = {}, interval_in_seconds = {} }}
             .memory_mb
             .map(|m| format!("[memory]\nmax_mb = {m}"))
             .unwrap_or_default(),
-    );
+    ) + &match (&args.tls_cert, &args.tls_key) {
+        (Some(cert), Some(key)) => format!(
+            "[tls]\ncert_file = {:?}\nkey_file = {:?}\n",
+            cert.display().to_string(),
+            key.display().to_string()
+        ),
+        _ => String::new(),
+    };
+    if let Some(cert) = &args.tls_cert {
+        crate::aws_client::trust_ca_bundle(Some(cert))?;
+    }
     let raw_cfg: RawConfig = toml::from_str(&toml_text).context("bench config")?;
     let overrides = Overrides {
         listen: None,
@@ -344,6 +360,7 @@ buffering_hints = {{ size_in_mbs = {}, interval_in_seconds = {} }}
     let before_mib = proc_status_kib(std::process::id(), "VmRSS:") as f64 / 1024.0;
     let server = Server::start(config).await?;
     let addr = server.addr;
+    let scheme = server.scheme();
     let registry = server.registry.clone();
     let metrics = server.metrics.clone();
     metrics.keep_latencies();
@@ -353,7 +370,7 @@ buffering_hints = {{ size_in_mbs = {}, interval_in_seconds = {} }}
         let _ = stop_rx.await;
     }));
 
-    let url = format!("http://{addr}/");
+    let url = format!("{scheme}://{addr}/");
     let start = Instant::now();
     let until = start + Duration::from_secs(args.seconds);
     let counts = push(
@@ -438,7 +455,7 @@ pub async fn push(
     until: Instant,
     stop_on_refusal: bool,
 ) -> anyhow::Result<Arc<Counts>> {
-    let client = reqwest::Client::builder()
+    let client = crate::aws_client::client_builder()
         .pool_max_idle_per_host(connections)
         .build()?;
     let counts = Arc::new(Counts::default());

@@ -82,7 +82,7 @@ pub fn run(args: BenchSplunkArgs) -> Result<(), String> {
         }
         let bare = args.records as f64 / started.elapsed().as_secs_f64();
         let client = Hec {
-            client: hosepipe_sinks::hec::HecClient::new(None).map_err(|e| e.to_string())?,
+            client: hosepipe_sinks::hec::HecClient::new(None, None).map_err(|e| e.to_string())?,
             fields,
             ack_timeout: Some(Duration::from_secs(60)),
         };

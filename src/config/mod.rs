@@ -7,6 +7,7 @@ pub mod fields;
 pub mod http;
 pub mod names;
 pub mod opensearch;
+pub mod policy;
 pub mod processing;
 pub mod s3;
 pub mod splunk;
@@ -48,6 +49,10 @@ pub struct RawConfig {
     pub encryption: Option<RawEncryption>,
     pub opensearch: Option<RawOpenSearch>,
     pub splunk: Option<RawSplunk>,
+    pub tls: Option<RawTls>,
+    /// CA certificates (PEM) the daemon's own clients trust besides the system's (S3, KMS,
+    /// Glue, OpenSearch, Splunk); else `AWS_CA_BUNDLE`.
+    pub ca_bundle: Option<PathBuf>,
     /// Per-stream Direct PUT quotas, keyed by stream name.
     #[serde(default)]
     pub quotas: BTreeMap<String, RawQuota>,
@@ -68,6 +73,19 @@ pub struct RawColumn {
     pub name: String,
     #[serde(rename = "type")]
     pub ty: String,
+}
+
+/// `[tls]`: HTTPS on the listener.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawTls {
+    pub cert_file: Option<PathBuf>,
+    pub key_file: Option<PathBuf>,
+    /// Require client certificates signed by this CA (PEM).
+    pub client_ca_file: Option<PathBuf>,
+    /// Serve plain HTTP on an address other than loopback (off: such a listener needs TLS).
+    #[serde(default)]
+    pub allow_plain_http: bool,
 }
 
 /// `[glue]`: the Glue Data Catalog to read tables from (else `AWS_ENDPOINT_URL_GLUE`).
@@ -260,6 +278,8 @@ pub fn default_spool_cap(dir: &std::path::Path) -> std::io::Result<u64> {
 pub struct RawAuth {
     #[serde(default)]
     pub keys: Vec<RawKey>,
+    /// `/metrics` and `/status` answer only requests with `Authorization: Bearer <token>`.
+    pub metrics_token: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -267,6 +287,9 @@ pub struct RawAuth {
 pub struct RawKey {
     pub access_key_id: String,
     pub secret_access_key: String,
+    /// IAM-style statements; without any the key may call every operation on every stream.
+    #[serde(default)]
+    pub policy: Vec<policy::RawStatement>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -285,6 +308,8 @@ pub struct RawS3 {
 pub struct AccessKey {
     pub access_key_id: String,
     pub secret_access_key: String,
+    /// `None`: every operation on every stream.
+    pub policy: Option<policy::Policy>,
 }
 
 /// A stream declared in the config file.
@@ -304,6 +329,8 @@ pub struct Config {
     pub shutdown_timeout: Duration,
     /// Empty: authentication off.
     pub access_keys: Vec<AccessKey>,
+    /// `[auth] metrics_token`: `/metrics` and `/status` need it as a bearer token.
+    pub metrics_token: Option<String>,
     pub store: ObjectStoreSettings,
     pub spool: SpoolConfig,
     pub quotas: BTreeMap<String, Quota>,
@@ -318,6 +345,10 @@ pub struct Config {
     pub opensearch_auth: Option<(String, String)>,
     /// `[splunk]`.
     pub splunk: RawSplunk,
+    /// `[tls]`: the listener serves HTTPS.
+    pub tls: Option<crate::tls::TlsFiles>,
+    /// CA certificates the daemon's clients trust besides the system's (`ca_bundle`).
+    pub ca_bundle: Option<PathBuf>,
 }
 
 /// Overrides from the command line and the environment.
@@ -460,18 +491,28 @@ impl Config {
         if account_id.len() != 12 || !account_id.bytes().all(|b| b.is_ascii_digit()) {
             errors.push(format!("account_id: {account_id:?} must be 12 digits"));
         }
+        let tls = validate_tls(raw.tls.unwrap_or_default(), listen, &mut errors);
         let mut access_keys = Vec::new();
-        for (i, k) in raw.auth.unwrap_or_default().keys.into_iter().enumerate() {
+        let auth = raw.auth.unwrap_or_default();
+        for (i, k) in auth.keys.into_iter().enumerate() {
             if k.access_key_id.is_empty() || k.secret_access_key.is_empty() {
                 errors.push(format!(
                     "auth.keys[{i}]: access_key_id and secret_access_key must not be empty"
                 ));
             }
+            let policy = match k.policy.is_empty() {
+                true => None,
+                false => policy::Policy::validate(k.policy, &format!("auth.keys[{i}].policy"))
+                    .map_err(|e| errors.extend(e))
+                    .ok(),
+            };
             access_keys.push(AccessKey {
                 access_key_id: k.access_key_id,
                 secret_access_key: k.secret_access_key,
+                policy,
             });
         }
+        let metrics_token = auth.metrics_token.filter(|t| !t.is_empty());
 
         // Where objects go: [s3] first, the AWS_* environment for what it leaves out.
         let endpoint = s3
@@ -527,6 +568,8 @@ impl Config {
             local_root: data_dir.join("buckets"),
             multipart_threshold: (threshold_mb * 1024 * 1024) as usize,
             part_size: (part_mb * 1024 * 1024) as usize,
+            // Read at start-up (`aws_client::trust_ca_bundle`).
+            ca_bundle: None,
         };
 
         let mut streams = Vec::new();
@@ -733,11 +776,50 @@ impl Config {
                 encryption,
                 opensearch_auth,
                 splunk: raw.splunk.unwrap_or_default(),
+                tls,
+                ca_bundle: raw.ca_bundle,
+                metrics_token,
             })
         } else {
             Err(errors)
         }
     }
+}
+
+/// `[tls]`: both files or neither; without TLS the listener must be on loopback unless
+/// `allow_plain_http` says otherwise (Firehose itself is HTTPS-only).
+fn validate_tls(
+    raw: RawTls,
+    listen: SocketAddr,
+    errors: &mut Vec<String>,
+) -> Option<crate::tls::TlsFiles> {
+    let files = match (raw.cert_file, raw.key_file) {
+        (Some(cert_file), Some(key_file)) => Some(crate::tls::TlsFiles {
+            cert_file,
+            key_file,
+            client_ca_file: raw.client_ca_file,
+        }),
+        (None, None) => {
+            if raw.client_ca_file.is_some() {
+                errors.push("tls.client_ca_file: needs tls.cert_file and tls.key_file".into());
+            }
+            None
+        }
+        (Some(_), None) => {
+            errors.push("tls.key_file: is required with tls.cert_file".into());
+            None
+        }
+        (None, Some(_)) => {
+            errors.push("tls.cert_file: is required with tls.key_file".into());
+            None
+        }
+    };
+    if files.is_none() && !raw.allow_plain_http && !listen.ip().is_loopback() {
+        errors.push(format!(
+            "listen: {listen} is not a loopback address, so it needs TLS: set tls.cert_file and tls.key_file (or tls.allow_plain_http = true to serve plain HTTP there)"
+        ));
+    }
+    files
 }
 
 #[cfg(test)]
@@ -796,6 +878,26 @@ mod tests {
         assert!(errs[0].starts_with("streams.clicks.extended_s3_destination_configuration.buffering_hint: unknown field `buffering_hint`"), "{errs:?}");
         assert!(errs[0].contains("`buffering_hints`"), "{errs:?}");
         assert!(load_str("listn = 1").is_err());
+    }
+
+    #[test]
+    fn tls_takes_both_files_and_plain_http_stays_on_loopback() {
+        let errs = |text: &str| load_str(text).err().unwrap_or_default();
+        assert!(errs("listen = \"127.0.0.1:4573\"").is_empty());
+        let open = errs("listen = \"0.0.0.0:4573\"");
+        assert!(open[0].contains("needs TLS"), "{open:?}");
+        assert!(errs("listen = \"0.0.0.0:4573\"\n[tls]\nallow_plain_http = true").is_empty());
+        assert_eq!(
+            errs("[tls]\ncert_file = \"c.pem\""),
+            ["tls.key_file: is required with tls.cert_file"]
+        );
+        let cfg = load_str(
+            "listen = \"[::]:443\"\n[tls]\ncert_file = \"c.pem\"\nkey_file = \"k.pem\"\nclient_ca_file = \"ca.pem\"",
+        )
+        .unwrap();
+        let tls = cfg.tls.unwrap();
+        assert_eq!(tls.client_ca_file.unwrap(), Path::new("ca.pem"));
+        assert_eq!(tls.cert_file, Path::new("c.pem"));
     }
 
     #[test]

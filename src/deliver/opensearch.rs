@@ -54,6 +54,7 @@ pub fn client(config: &crate::config::Config) -> Result<BulkClient, reqwest::Err
     BulkClient::new(hosepipe_sinks::opensearch::BulkSettings {
         timeout: Some(REQUEST_TIMEOUT),
         auth: config.opensearch_auth.clone(),
+        ca_bundle: crate::aws_client::ca_bundle().map(|b| b.pem.clone()),
     })
 }
 

@@ -49,7 +49,10 @@ impl Hec {
         let d = EventFields::default();
         let s = &config.splunk;
         Ok(Hec {
-            client: HecClient::new(Some(super::opensearch::REQUEST_TIMEOUT))?,
+            client: HecClient::new(
+                Some(super::opensearch::REQUEST_TIMEOUT),
+                crate::aws_client::ca_bundle().map(|b| b.pem.as_slice()),
+            )?,
             fields: EventFields {
                 host: s.host.clone().unwrap_or(d.host),
                 source: s.source.clone(),

@@ -40,6 +40,10 @@ pub struct GenerateArgs {
     pub endpoint: Option<String>,
     #[arg(long)]
     pub region: Option<String>,
+    /// CA certificates (PEM) to trust besides the system's, for an `https://` endpoint a private
+    /// CA signed (default: AWS_CA_BUNDLE).
+    #[arg(long)]
+    pub ca_bundle: Option<PathBuf>,
     /// Print `--count` rendered records (default 1) instead of sending.
     #[arg(long)]
     pub dry_run: bool,
@@ -75,6 +79,7 @@ pub fn run(args: GenerateArgs) -> Result<(), String> {
     if !(args.rate > 0.0 && args.rate.is_finite()) {
         return Err(format!("--rate must be above 0, got {}", args.rate));
     }
+    crate::aws_client::trust_ca_bundle(args.ca_bundle.as_deref()).map_err(|e| e.to_string())?;
     let endpoint = args.endpoint.clone().or_else(|| {
         let set = |k| std::env::var(k).is_ok_and(|v: String| !v.is_empty());
         (!set("AWS_ENDPOINT_URL_FIREHOSE") && !set("AWS_ENDPOINT_URL"))

@@ -175,7 +175,7 @@ pub async fn resolve(explicit: Option<(String, String)>) -> Result<Credentials, 
     let Some(remote) = remote_source() else {
         return Err(nowhere);
     };
-    let http = reqwest::Client::builder()
+    let http = crate::aws_client::client_builder()
         .connect_timeout(Duration::from_secs(1))
         .timeout(Duration::from_secs(5))
         .no_proxy()

@@ -69,7 +69,7 @@ pub struct Producer {
 
 impl Producer {
     pub fn new(target: &Target, stream: &str) -> Self {
-        let http = reqwest::Client::builder()
+        let http = crate::aws_client::client_builder()
             .connect_timeout(Duration::from_secs(10))
             .timeout(Duration::from_secs(60))
             .build()

@@ -226,10 +226,10 @@ class Daemon:
         self.data_dir = Path(data_dir or tempfile.mkdtemp(prefix="hosepipe-data-"))
         self.config = self.data_dir.parent / f"{self.data_dir.name}.toml"
         listen = listen or "127.0.0.1:0"
-        text = f'listen = "{listen}"\nshutdown_timeout_seconds = 60\n'
+        # The test's config first, so it may set top-level keys; the key table after it.
+        text = f'listen = "{listen}"\nshutdown_timeout_seconds = 60\n{config_text}\n'
         if auth:
             text += f'[[auth.keys]]\naccess_key_id = "{FH_AK}"\nsecret_access_key = "{FH_SK}"\n'
-        text += config_text
         self.config.write_text(text)
         self.env = dict(os.environ)
         for k in list(self.env):
@@ -252,7 +252,7 @@ class Daemon:
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=self.env, text=True)
         threading.Thread(target=self._drain, args=(self.proc.stderr,), daemon=True).start()
         line = self.proc.stdout.readline()
-        m = re.search(r"listening on (http://\S+)", line)
+        m = re.search(r"listening on (https?://\S+)", line)
         if not m:
             self.proc.wait(timeout=10)
             raise AssertionError(f"daemon did not start: {line!r}\n" + "".join(self.log_lines))

@@ -5,13 +5,16 @@ nothing."""
 import base64
 import datetime
 import json
+import random
+import time
 
 import botocore.exceptions
 import pytest
 import requests
 
-from conftest import signed_call, wait_for
+from conftest import free_port, signed_call, wait_for
 from faulty_proxy import FaultyProxy
+from test_durability import CRASH_CYCLES, Producers
 
 ROLE = "arn:aws:iam::000000000000:role/firehose"
 
@@ -178,3 +181,43 @@ def test_bad_definitions_are_refused(daemon, bucket):
     assert r.status_code == 400 and r.json()["__type"].endswith("InvalidArgumentException")
     assert "S3Configuration" in r.json()["message"]
     assert fh.list_delivery_streams()["DeliveryStreamNames"] == []
+
+
+class JsonProducers(Producers):
+    """The crash test's producers, each record a JSON document carrying its id."""
+
+    def record(self, rid):
+        return json.dumps({"rid": rid}).encode() + b"\n"
+
+
+def test_kill_9_cycles_index_each_acknowledged_document_exactly_once(
+        opensearch, s3, bucket, daemon_factory):
+    # Document ids come from the stream, the record's spool position and its content, so a
+    # batch sent again after a crash overwrites what it had indexed instead of adding to it.
+    d = daemon_factory(listen=f"127.0.0.1:{free_port()}")
+    create(d.firehose(), "crashy", opensearch.url, bucket, index="crashy",
+           IndexRotationPeriod="NoRotation")
+    with JsonProducers(d, "crashy", threads=2, batch=20) as producers:
+        for _ in range(CRASH_CYCLES):
+            time.sleep(random.uniform(0.5, 2.0))
+            d.crash()
+            d.start()
+        time.sleep(1)
+    assert d.stop() == 0, d.log()
+    requests.post(f"{opensearch.url}/crashy/_refresh", timeout=10)
+    r = requests.post(f"{opensearch.url}/crashy/_search", timeout=30, json={
+        "size": 0, "aggs": {"dups": {"terms": {"field": "rid.keyword", "min_doc_count": 2,
+                                               "size": 100000}}}})
+    duplicated = r.json()["aggregations"]["dups"]["buckets"]
+    acked = sorted(producers.acked)
+    found = 0
+    for i in range(0, len(acked), 1000):
+        chunk = acked[i:i + 1000]
+        found += requests.post(f"{opensearch.url}/crashy/_count", timeout=30, json={
+            "query": {"terms": {"rid.keyword": chunk}}}).json()["count"]
+    print(f"\nOpenSearch crash test: {CRASH_CYCLES} kill -9 cycles, {len(acked)} acknowledged, "
+          f"{opensearch.count('crashy')} documents, {len(duplicated)} duplicated ids")
+    assert len(acked) > 0
+    assert duplicated == [], duplicated[:5]
+    assert found == len(acked), f"{len(acked) - found} acknowledged documents missing"
+    assert s3.objects(bucket, "crashy/") == []

@@ -17,6 +17,8 @@ pub mod crypto;
 pub mod deliver;
 pub mod durable;
 pub mod encode;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod generate;
 pub mod metrics;
 pub mod partition;

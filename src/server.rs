@@ -188,6 +188,12 @@ impl Server {
         })
     }
 
+    /// The API's router over this daemon's state, for callers without a socket (the fuzz
+    /// target).
+    pub fn router(&self) -> axum::Router {
+        api::router(self.state.clone())
+    }
+
     /// `https` when the listener serves TLS, else `http`.
     pub fn scheme(&self) -> &'static str {
         if self.tls.is_some() { "https" } else { "http" }

@@ -89,20 +89,9 @@ impl HecClient {
                 message: e.to_string(),
             })?;
         let status = resp.status().as_u16();
-        let answer: Value = resp.json().await.unwrap_or(Value::Null);
-        let code = answer.get("code").and_then(Value::as_i64);
-        if status != 200 || code.is_some_and(|c| c != 0) {
-            let text = answer.get("text").and_then(Value::as_str).unwrap_or("");
-            return Err(HecFailure::Refused {
-                status,
-                code,
-                text: text.to_string(),
-            });
-        }
-        answer
-            .get("ackId")
-            .and_then(Value::as_u64)
-            .ok_or(HecFailure::NoAckId)
+        // An answer cut off is read as no answer body.
+        let body = resp.bytes().await.unwrap_or_default();
+        post_answer(status, &body)
     }
 
     /// Polls for `ack_id` until it reads true (how long that took) or `timeout` passes. A
@@ -124,15 +113,9 @@ impl HecClient {
                 .await;
             if let Ok(r) = resp
                 && r.status().is_success()
+                && acknowledged(&r.bytes().await.unwrap_or_default(), ack_id)
             {
-                let answer: Value = r.json().await.unwrap_or(Value::Null);
-                if answer
-                    .pointer(&format!("/acks/{ack_id}"))
-                    .and_then(Value::as_bool)
-                    == Some(true)
-                {
-                    return Ok(started.elapsed());
-                }
+                return Ok(started.elapsed());
             }
             if started.elapsed() + every > timeout {
                 return Err(HecFailure::AckTimeout { ack_id, timeout });
@@ -141,4 +124,30 @@ impl HecClient {
             every = (every * 2).min(Duration::from_secs(1));
         }
     }
+}
+
+/// What a post's answer (`status`, `body`) says: the `ackId` it was given, or why not.
+pub fn post_answer(status: u16, body: &[u8]) -> Result<u64, HecFailure> {
+    let answer: Value = serde_json::from_slice(body).unwrap_or(Value::Null);
+    let code = answer.get("code").and_then(Value::as_i64);
+    if status != 200 || code.is_some_and(|c| c != 0) {
+        let text = answer.get("text").and_then(Value::as_str).unwrap_or("");
+        return Err(HecFailure::Refused {
+            status,
+            code,
+            text: text.to_string(),
+        });
+    }
+    answer
+        .get("ackId")
+        .and_then(Value::as_u64)
+        .ok_or(HecFailure::NoAckId)
+}
+
+/// Whether an ack answer (`{"acks": {"<id>": true}}`) says `ack_id` is indexed.
+pub fn acknowledged(body: &[u8], ack_id: u64) -> bool {
+    serde_json::from_slice::<Value>(body)
+        .ok()
+        .and_then(|a| a.pointer(&format!("/acks/{ack_id}"))?.as_bool())
+        == Some(true)
 }

@@ -466,16 +466,25 @@ impl AgentConfig {
     pub fn load(path: &Path) -> Result<Self, String> {
         let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
         let is_json = path.extension().is_some_and(|e| e == "json");
-        let raw: RawConfig = if is_json {
-            let de = &mut serde_json::Deserializer::from_str(&text);
-            serde_path_to_error::deserialize(de)
-                .map_err(|e| format!("{}: {}: {}", path.display(), e.path(), e.inner()))?
-        } else {
-            toml::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))?
-        };
         let base = path.parent().unwrap_or(Path::new("."));
-        Self::from_raw(raw, base)
-            .map_err(|errors| format!("{}:\n  {}", path.display(), errors.join("\n  ")))
+        Self::parse(&text, is_json, base).map_err(|e| {
+            // A list of problems starts on its own line.
+            let gap = if e.starts_with('\n') { "" } else { " " };
+            format!("{}:{gap}{e}", path.display())
+        })
+    }
+
+    /// Parses a config's text: agent.json's JSON, or TOML; relative paths are under `base`.
+    /// A syntax error is one line; validation problems are one indented line each.
+    pub fn parse(text: &str, is_json: bool, base: &Path) -> Result<Self, String> {
+        let raw: RawConfig = if is_json {
+            let de = &mut serde_json::Deserializer::from_str(text);
+            serde_path_to_error::deserialize(de)
+                .map_err(|e| format!("{}: {}", e.path(), e.inner()))?
+        } else {
+            toml::from_str(text).map_err(|e| e.to_string())?
+        };
+        Self::from_raw(raw, base).map_err(|errors| format!("\n  {}", errors.join("\n  ")))
     }
 
     fn from_raw(raw: RawConfig, base: &Path) -> Result<Self, Vec<String>> {

@@ -424,6 +424,11 @@ fn refuse_put(state: &AppState, operation: &str, body: &[u8]) -> Result<Answer, 
     Ok(Answer::Text(put_batch_answer(state, 0, total, false)))
 }
 
+/// The operations the API answers (`X-Amz-Target` names).
+pub fn operations() -> &'static [&'static str] {
+    KNOWN_OPERATIONS
+}
+
 const KNOWN_OPERATIONS: &[&str] = &[
     "PutRecord",
     "PutRecordBatch",

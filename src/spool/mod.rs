@@ -41,7 +41,7 @@ use crate::crypto::segment::{self, SegmentCipher};
 use crate::crypto::{KeyError, KeyService, OpenError};
 pub use format::{
     Frame, HEADER_LEN, MAGIC, SEALED_MAGIC, Scan, ScanEnd, SegmentHeader, encode_record,
-    next_frame, read_header, scan_segment,
+    next_frame, plain_header, read_header, scan_segment,
 };
 pub use ranges::RangeSet;
 pub use reader::{ReadBudget, memory_cost};

@@ -368,15 +368,13 @@ fn authorize(
     if !KNOWN_OPERATIONS.contains(&operation) {
         return Ok(());
     }
-    let resource = match operation {
-        "ListDeliveryStreams" => "*".to_string(),
-        _ => match serde_json::from_slice::<NamedStream>(body) {
-            Ok(NamedStream {
-                delivery_stream_name: Some(name),
-            }) => state.registry.arn(&name),
-            // No name: the operation refuses the request itself.
-            _ => return Ok(()),
-        },
+    // A request whose stream cannot be read (no name, not JSON) is asked about `*`: only a
+    // policy that allows the action everywhere lets it on to be refused by the operation.
+    let resource = match serde_json::from_slice::<NamedStream>(body) {
+        Ok(NamedStream {
+            delivery_stream_name: Some(name),
+        }) if operation != "ListDeliveryStreams" => state.registry.arn(&name),
+        _ => "*".to_string(),
     };
     let action = format!("firehose:{operation}");
     let user = format!(

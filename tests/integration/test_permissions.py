@@ -10,7 +10,7 @@ import pytest
 import requests
 from botocore.config import Config
 
-from conftest import BIN, REGION, wait_for
+from conftest import BIN, REGION, signed_call, wait_for
 from test_producers import create_stream, delivered_lines
 
 ARN = "arn:aws:firehose:us-east-1:000000000000:deliverystream"
@@ -73,6 +73,11 @@ def test_a_keys_policy_decides_what_it_may_do(s3, bucket, daemon_factory):
         ExtendedS3DestinationConfiguration={
             "RoleARN": "arn:aws:iam::000000000000:role/firehose",
             "BucketARN": f"arn:aws:s3:::{bucket}"}))
+
+    # A body whose stream cannot be read is asked about "*", which this key may not touch.
+    r = signed_call(d.url, "PutRecordBatch", b'{"Records": "not a stream"}',
+                    ak="AKIDPRODUCER", sk="producer-secret")
+    assert r.status_code == 400 and r.json()["__type"] == "AccessDeniedException", r.text
 
     # What was allowed is delivered; what was refused is nowhere.
     wait_for(lambda: delivered_lines(s3, bucket, "app-1/") == ["app-1 record"],

@@ -94,14 +94,20 @@ class Producers:
                 time.sleep(0.05 + random.random() * 0.1)
 
 
+def crash_cycles(d):
+    """CRASH_CYCLES times: let the producers run a moment, then kill -9 the daemon and restart
+    it on the same address."""
+    for _ in range(CRASH_CYCLES):
+        time.sleep(random.uniform(0.5, 2.0))
+        d.crash()
+        d.start()
+    time.sleep(1)
+
+
 def test_kill_9_cycles_lose_no_acknowledged_record(s3, bucket, daemon_factory):
     d = daemon_factory(stream_toml("crashy", bucket, "c/"), listen=f"127.0.0.1:{free_port()}")
     with Producers(d, "crashy") as producers:
-        for cycle in range(CRASH_CYCLES):
-            time.sleep(random.uniform(0.5, 2.0))
-            d.crash()
-            d.start()
-        time.sleep(1)
+        crash_cycles(d)
     assert d.stop() == 0, d.log()
     acked = producers.acked
     got = delivered_ids(s3, bucket, "c/")

@@ -5,8 +5,6 @@ nothing."""
 import base64
 import datetime
 import json
-import random
-import time
 
 import botocore.exceptions
 import pytest
@@ -14,7 +12,7 @@ import requests
 
 from conftest import free_port, signed_call, wait_for
 from faulty_proxy import FaultyProxy
-from test_durability import CRASH_CYCLES, Producers
+from test_durability import CRASH_CYCLES, Producers, crash_cycles
 
 ROLE = "arn:aws:iam::000000000000:role/firehose"
 
@@ -198,11 +196,7 @@ def test_kill_9_cycles_index_each_acknowledged_document_exactly_once(
     create(d.firehose(), "crashy", opensearch.url, bucket, index="crashy",
            IndexRotationPeriod="NoRotation")
     with JsonProducers(d, "crashy", threads=2, batch=20) as producers:
-        for _ in range(CRASH_CYCLES):
-            time.sleep(random.uniform(0.5, 2.0))
-            d.crash()
-            d.start()
-        time.sleep(1)
+        crash_cycles(d)
     assert d.stop() == 0, d.log()
     requests.post(f"{opensearch.url}/crashy/_refresh", timeout=10)
     r = requests.post(f"{opensearch.url}/crashy/_search", timeout=30, json={

@@ -86,6 +86,19 @@ pub fn spool_segment(data: &[u8]) {
     }
 }
 
+/// The object journal's scanner (what recovery reads): never panics, and returns only what its
+/// whole frames say — scanning just those frames gives the same entries.
+pub fn object_journal(data: &[u8]) {
+    let (found, whole) = crate::journal::scan(data);
+    assert!(whole <= data.len(), "the scan read past the end");
+    let (again, whole_again) = crate::journal::scan(&data[..whole]);
+    assert_eq!(
+        (found, whole),
+        (again, whole_again),
+        "the scan used bytes past its frames"
+    );
+}
+
 /// The data key every HPEN input is opened with, and one object sealed with it.
 fn hpen_sample() -> &'static (Vec<u8>, Vec<u8>) {
     static SAMPLE: OnceLock<(Vec<u8>, Vec<u8>)> = OnceLock::new();
@@ -233,6 +246,7 @@ pub const TARGETS: &[(&str, Target)] = &[
     ("agent_config", agent_config),
     ("prefix", prefix),
     ("spool_segment", spool_segment),
+    ("object_journal", object_journal),
     ("hpen_object", hpen_object),
     ("bulk_answer", bulk_answer),
     ("hec_answer", hec_answer),
@@ -294,6 +308,37 @@ mod tests {
         let torn = &segment[..segment.len() - 3];
         std::fs::write(root.join("spool_segment/torn-tail"), torn).unwrap();
         std::fs::write(root.join("hpen_object/sealed"), &hpen_sample().0).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let (journal, _) = crate::journal::Journal::open(dir.path(), false).unwrap();
+        let item = |seq, part| crate::journal::Item { seq, part };
+        let records = crate::journal::Intent {
+            id: 0,
+            bucket: "b".into(),
+            keys: vec!["data/o.gz".into(), "errors/o".into()],
+            encrypted: false,
+            items: vec![item(5, 0), item(6, 1), item(6, 2)],
+            kind: crate::journal::Kind::Records,
+        };
+        let id = journal.intend(records.clone()).unwrap();
+        journal.done(id).unwrap();
+        let why = crate::journal::Why {
+            attempts: 1,
+            code: "Lambda.FunctionError".into(),
+            message: "boom".into(),
+            lambda_arn: None,
+            catalog_table: None,
+            extra: Some("{\"k\":1}".into()),
+        };
+        let failed = crate::journal::Intent {
+            kind: crate::journal::Kind::failed("processing-failed", 9, vec![why; 3]),
+            encrypted: true,
+            ..records
+        };
+        journal.intend(failed).unwrap();
+        let bytes = std::fs::read(dir.path().join(crate::journal::FILE_NAME)).unwrap();
+        std::fs::create_dir_all(root.join("object_journal")).unwrap();
+        std::fs::write(root.join("object_journal/two-objects"), &bytes).unwrap();
+        std::fs::write(root.join("object_journal/torn"), &bytes[..bytes.len() - 5]).unwrap();
     }
 
     #[test]

@@ -20,6 +20,7 @@ pub mod encode;
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod generate;
+pub mod journal;
 pub mod metrics;
 pub mod partition;
 pub mod pipeline;

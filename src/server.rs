@@ -46,6 +46,7 @@ pub(crate) fn shared_parts(
         metrics,
         admission,
         retention: config.spool.retention,
+        object_journal: config.spool.object_journal,
         quotas: Arc::new(config.quotas.clone()),
         catalog: Arc::new(crate::transform::catalog::Catalog::new(
             config.transforms.clone(),

@@ -65,6 +65,15 @@ impl Destination for ScriptedSink {
         "scripted"
     }
 
+    async fn exists(&self, _bucket: &str, key: &str) -> Result<bool, String> {
+        Ok(self
+            .attempts
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|(k, _, delivered)| *delivered && k == key))
+    }
+
     async fn deliver(&self, payload: &Payload) -> Report {
         let Payload::Object {
             key, body, records, ..

@@ -69,6 +69,10 @@ pub trait Destination: Send + Sync + std::fmt::Debug {
     /// One attempt at delivering `payload`. Never panics on remote failures; every failure is an
     /// outcome.
     async fn deliver(&self, payload: &Payload) -> Report;
+
+    /// Whether an object is stored under `key` in `bucket` (after a crash, which of the objects
+    /// being uploaded were written). An error means the answer is not known yet: ask again.
+    async fn exists(&self, bucket: &str, key: &str) -> Result<bool, String>;
 }
 
 /// `builder` trusting also the CA certificates of `ca_bundle` (PEM), when given.

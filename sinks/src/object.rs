@@ -243,6 +243,27 @@ impl S3Sink {
         Ok(())
     }
 
+    /// Whether an object is stored under `key`. A bucket or key that cannot be named holds
+    /// nothing.
+    pub async fn exists(&self, bucket: &str, key: &str) -> Result<bool, ObjectError> {
+        let store = match self.store(bucket) {
+            Ok(store) => store,
+            Err(ObjectError::InvalidBucket(_)) => return Ok(false),
+            Err(e) => return Err(e),
+        };
+        let Ok(path) = Path::parse(key) else {
+            return Ok(false);
+        };
+        match store.head(&path).await {
+            Ok(_) => Ok(true),
+            Err(object_store::Error::NotFound { .. }) => Ok(false),
+            Err(source) => Err(ObjectError::Write {
+                key: key.to_string(),
+                source,
+            }),
+        }
+    }
+
     /// Reads one object back (used by tools and tests).
     pub async fn get(&self, bucket: &str, key: &str) -> Result<Bytes, ObjectError> {
         let store = self.store(bucket)?;
@@ -268,6 +289,12 @@ impl S3Sink {
 impl Destination for S3Sink {
     fn kind(&self) -> &'static str {
         "s3"
+    }
+
+    async fn exists(&self, bucket: &str, key: &str) -> Result<bool, String> {
+        S3Sink::exists(self, bucket, key)
+            .await
+            .map_err(|e| e.to_string())
     }
 
     async fn deliver(&self, payload: &Payload) -> Report {

@@ -228,6 +228,7 @@ buffering_hints = {{ size_in_mbs = 8, interval_in_seconds = 1 }}
         memory_mb: Some(args.memory_mb),
         tls_cert: None,
         tls_key: None,
+        no_object_journal: false,
     };
     let (bodies, _) = make_bodies(&load, 16);
     let bodies = Arc::new(bodies);

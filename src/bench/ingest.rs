@@ -55,6 +55,10 @@ pub struct BenchArgs {
     /// The certificate's private key (PEM).
     #[arg(long, requires = "tls_cert")]
     pub tls_key: Option<std::path::PathBuf>,
+    /// Run without the object journal (`[spool] object_journal = false`: at-least-once), to
+    /// measure what exactly-once objects cost.
+    #[arg(long)]
+    pub no_object_journal: bool,
 }
 
 /// What one run measured.
@@ -213,7 +217,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     let baseline_all = measure(libdeflate_gzip, cores).await?;
     let zlib_all = measure(zlib_rs_gzip, cores).await?;
     println!(
-        "hosepipe bench: {} connections x {}-record batches of {}-byte JSON records, {} s push at {}, {} to local disk (gzip level {GZIP_LEVEL}), buffer {} MiB / {} s",
+        "hosepipe bench: {} connections x {}-record batches of {}-byte JSON records, {} s push at {}, {} to local disk (gzip level {GZIP_LEVEL}), buffer {} MiB / {} s, object journal {}",
         args.connections,
         args.batch,
         args.record_bytes,
@@ -225,7 +229,8 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         },
         args.compression,
         args.size_mb,
-        args.interval
+        args.interval,
+        if args.no_object_journal { "off" } else { "on" },
     );
     println!(
         "  bare gzip, same bytes  {baseline:.1} MiB/s (one core, libdeflate level {GZIP_LEVEL}, the pipeline's; output {ratio:.1}% of the input)"
@@ -326,6 +331,7 @@ shutdown_timeout_seconds = 120
 {memory}
 [spool]
 sync = "{sync}"
+object_journal = {journal}
 [streams.bench.extended_s3_destination_configuration]
 bucket_arn = "arn:aws:s3:::bench"
 compression_format = "{}"
@@ -334,6 +340,7 @@ buffering_hints = {{ size_in_mbs = {}, interval_in_seconds = {} }}
         args.compression,
         args.size_mb,
         args.interval,
+        journal = !args.no_object_journal,
         memory = args
             .memory_mb
             .map(|m| format!("[memory]\nmax_mb = {m}"))

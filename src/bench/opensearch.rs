@@ -60,6 +60,7 @@ pub(crate) fn records(n: usize, size: usize) -> Vec<Record> {
                 data: Bytes::from(data),
                 arrival_ms: crate::pipeline::now_ms(),
                 seq: i as u64,
+                part: 0,
                 partition: None,
                 owed: Default::default(),
             }

@@ -92,6 +92,7 @@ pub fn run(args: BenchPartitionArgs) -> Result<(), String> {
                 data: d.clone(),
                 arrival_ms: i as i64,
                 seq: i as u64,
+                part: 0,
                 partition: None,
                 owed: Default::default(),
             })

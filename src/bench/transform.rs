@@ -61,6 +61,7 @@ fn batch_of(lines: impl Iterator<Item = Vec<u8>>) -> Vec<Record> {
             data: Bytes::from(data),
             arrival_ms: 1_700_000_000_000 + i as i64,
             seq: i as u64,
+            part: 0,
             partition: None,
             owed: Default::default(),
         })

@@ -19,6 +19,10 @@ pub struct Record {
     pub arrival_ms: i64,
     /// Position in the stream's spool (0 until spooled).
     pub seq: u64,
+    /// Which record made from the spool record this is: 0 for the record as it arrived, 1..
+    /// for what the processors emitted from it, in order. With `seq`, it names the record in
+    /// the object journal.
+    pub part: u32,
     /// Its dynamic-partitioning keys (set by processing; `None` without partitioning).
     pub partition: Option<crate::partition::Partition>,
     /// What it owes while in a pipeline; settled once it leaves.
@@ -32,6 +36,7 @@ impl Record {
             data,
             arrival_ms,
             seq: 0,
+            part: 0,
             partition: None,
             owed: Owed::default(),
         }
@@ -44,6 +49,7 @@ impl Record {
             data: self.data.clone(),
             arrival_ms: self.arrival_ms,
             seq: self.seq,
+            part: self.part,
             partition: self.partition.clone(),
             owed: Owed::default(),
         }
@@ -90,6 +96,8 @@ pub enum FlushReason {
     Shutdown,
     /// The memory budget is short: the spool readers wait for what buffers hold.
     Memory,
+    /// Made again after a crash from the records of an object that was being uploaded.
+    Recovery,
 }
 
 impl FlushReason {
@@ -99,6 +107,7 @@ impl FlushReason {
             FlushReason::Interval => "interval",
             FlushReason::Shutdown => "shutdown",
             FlushReason::Memory => "memory",
+            FlushReason::Recovery => "recovery",
         }
     }
 }
@@ -110,6 +119,15 @@ pub struct Limits {
     pub interval: Duration,
 }
 
+/// A batch made again after a crash from exactly the records of an object that was being
+/// uploaded: it is written under the keys that object had, as its journal entry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rewrite {
+    pub journal_id: u64,
+    pub key: String,
+    pub error_key: String,
+}
+
 /// A flushed buffer, ready to encode.
 #[derive(Debug, PartialEq, Eq)]
 pub struct Batch {
@@ -119,6 +137,8 @@ pub struct Batch {
     pub reason: FlushReason,
     /// The partition every record of the batch belongs to (dynamic partitioning).
     pub partition: Option<crate::partition::Partition>,
+    /// Made again after a crash: the object it must be written as.
+    pub rewrite: Option<Box<Rewrite>>,
 }
 
 /// The arrival time of the oldest of `records` (0 for none).
@@ -235,6 +255,7 @@ impl Buffer {
             bytes: std::mem::take(&mut self.bytes),
             reason,
             partition: None,
+            rewrite: None,
         };
         self.batch_id += 1;
         self.deadline = None;
@@ -262,6 +283,7 @@ mod tests {
             data: Bytes::from(vec![b'a'; n]),
             arrival_ms: at,
             seq: 0,
+            part: 0,
             partition: None,
             owed: Default::default(),
         }

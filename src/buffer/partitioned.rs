@@ -168,6 +168,7 @@ mod tests {
             data: Bytes::from(vec![b'a'; n]),
             arrival_ms: at,
             seq: at as u64,
+            part: 0,
             partition: p,
             owed: Default::default(),
         }

@@ -208,6 +208,9 @@ pub struct RawSpool {
     /// Records undelivered for longer go to the error output when it is reachable, and are
     /// counted (default 86400 s = 24 h, like Firehose).
     pub retention_seconds: Option<u64>,
+    /// Journal each S3 object's records before it is uploaded, so that after a crash no
+    /// record is written to two objects (default true; false: at-least-once, as Firehose).
+    pub object_journal: Option<bool>,
 }
 
 /// `[memory]`: the one memory budget of the stages.
@@ -262,6 +265,8 @@ pub struct SpoolConfig {
     /// `[admission] wait_ms`.
     pub admission_wait: Duration,
     pub retention: Duration,
+    /// `[spool] object_journal`: exactly-once objects.
+    pub object_journal: bool,
 }
 
 /// The spool cap when none is configured: half the space free on the spool's disk (at least
@@ -639,6 +644,7 @@ impl Config {
             memory_bytes: mb(memory_mb),
             admission_wait: Duration::from_millis(wait_ms),
             retention: Duration::from_secs(retention_seconds),
+            object_journal: sp.object_journal.unwrap_or(true),
         };
         let nz = |v: Option<u32>, path: String, errors: &mut Vec<String>| match v {
             None => None,

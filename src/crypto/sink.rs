@@ -180,6 +180,10 @@ impl Destination for Encrypting {
         self.inner.kind()
     }
 
+    async fn exists(&self, bucket: &str, key: &str) -> Result<bool, String> {
+        self.inner.exists(bucket, &format!("{key}{SUFFIX}")).await
+    }
+
     async fn deliver(&self, payload: &Payload) -> Report {
         let Payload::Object {
             bucket,

@@ -14,7 +14,7 @@ use super::{Failed, HttpOutcome, Policy, Sending, Step, Target};
 use crate::buffer::Record;
 use crate::config::opensearch::OpenSearchSpec;
 use crate::encode::ErrorOutputType;
-use crate::encode::error_output::FailedRecord;
+use crate::encode::error_output::{FailedRecord, Reason};
 use crate::encode::opensearch::{Doc, FailedDoc, bulk_body, failed_fields, prepare};
 
 /// What became of a batch.
@@ -214,14 +214,19 @@ pub async fn deliver_batch(
         delivered: outcome.indexed.into_iter().map(|d| d.record).collect(),
         failed: failed
             .into_iter()
-            .map(|f| FailedRecord {
-                extra: Some(failed_fields(&f, spec.type_name.as_deref())),
-                record: f.doc.record,
-                attempts: f.attempts,
-                code: f.code,
-                message: f.message,
-                lambda_arn: None,
-                catalog_table: None,
+            .map(|f| {
+                let extra = Some(failed_fields(&f, spec.type_name.as_deref()));
+                FailedRecord {
+                    record: f.doc.record,
+                    reason: Reason {
+                        extra,
+                        attempts: f.attempts,
+                        code: f.code,
+                        message: f.message,
+                        lambda_arn: None,
+                        catalog_table: None,
+                    },
+                }
             })
             .collect(),
         error_type: ErrorOutputType::OpenSearchFailed,

@@ -135,6 +135,7 @@ mod tests {
                     data: Bytes::from_static(b"a"),
                     arrival_ms,
                     seq: 0,
+                    part: 0,
                     partition: None,
                     owed: Default::default(),
                 },
@@ -142,6 +143,7 @@ mod tests {
                     data: Bytes::from_static(b"b"),
                     arrival_ms,
                     seq: 1,
+                    part: 0,
                     partition: None,
                     owed: Default::default(),
                 },
@@ -150,6 +152,9 @@ mod tests {
             error_output: None,
             retry_window: None,
             encryption: None,
+            reasons: Vec::new(),
+            failed_at_ms: 0,
+            journal_id: None,
         }
     }
 

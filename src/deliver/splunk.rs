@@ -14,7 +14,7 @@ use super::{Ended, Failed, HttpOutcome, Policy, Sending, Step, Target};
 use crate::buffer::Record;
 use crate::config::splunk::{EndpointType, SplunkSpec};
 use crate::encode::ErrorOutputType;
-use crate::encode::error_output::FailedRecord;
+use crate::encode::error_output::{FailedRecord, Reason};
 use crate::encode::splunk::{EventFields, body, event_id};
 
 /// The daemon's side of HEC: the client (`hosepipe_sinks::hec`), the event metadata, and the
@@ -270,12 +270,14 @@ impl Hec {
                         extra.insert("EventId".into(), event_id(r.seq, *n - 1).into());
                         FailedRecord {
                             record: r,
-                            attempts: outcome.attempts,
-                            code: f.code.to_string(),
-                            message: f.message.clone(),
-                            lambda_arn: None,
-                            extra: Some(extra),
-                            catalog_table: None,
+                            reason: Reason {
+                                attempts: outcome.attempts,
+                                code: f.code.to_string(),
+                                message: f.message.clone(),
+                                lambda_arn: None,
+                                extra: Some(extra),
+                                catalog_table: None,
+                            },
                         }
                     })
                     .collect();

@@ -10,6 +10,13 @@ use crate::buffer::Record;
 #[derive(Debug)]
 pub struct FailedRecord {
     pub record: Record,
+    pub reason: Reason,
+}
+
+/// Why a record is in the error output, as its document says (an error-output object keeps
+/// these, so it can be made again after a crash).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Reason {
     pub attempts: u32,
     pub code: String,
     pub message: String,
@@ -27,13 +34,13 @@ pub struct FailedRecord {
 pub fn documents(failed: &[FailedRecord], attempt_ending_ms: i64) -> Bytes {
     let mut out = Vec::new();
     for f in failed {
-        write_document(&mut out, &f.record, &Why::from(f), attempt_ending_ms);
+        write_document(&mut out, &f.record, &f.reason, attempt_ending_ms);
     }
     out.into()
 }
 
 /// One failed-record document for `record`, failed as `why` says, and its newline.
-fn write_document(out: &mut Vec<u8>, record: &Record, why: &Why<'_>, attempt_ending_ms: i64) {
+fn write_document(out: &mut Vec<u8>, record: &Record, why: &Reason, attempt_ending_ms: i64) {
     let engine = base64::engine::general_purpose::STANDARD;
     let (code_key, message_key) = match why.catalog_table {
         Some(_) => ("lastErrorCode", "lastErrorMessage"),
@@ -47,40 +54,17 @@ fn write_document(out: &mut Vec<u8>, record: &Record, why: &Why<'_>, attempt_end
         "attemptEndingTimestamp": attempt_ending_ms,
         "rawData": engine.encode(&record.data),
     });
-    if let Some(arn) = why.lambda_arn {
-        doc["lambdaArn"] = arn.into();
+    if let Some(arn) = &why.lambda_arn {
+        doc["lambdaArn"] = arn.as_str().into();
     }
-    if let Some(table) = why.catalog_table {
+    if let Some(table) = &why.catalog_table {
         doc["dataCatalogTable"] = table.clone();
     }
-    if let (Some(extra), Some(obj)) = (why.extra, doc.as_object_mut()) {
+    if let (Some(extra), Some(obj)) = (&why.extra, doc.as_object_mut()) {
         obj.extend(extra.clone());
     }
     serde_json::to_writer(&mut *out, &doc).expect("JSON into memory");
     out.push(b'\n');
-}
-
-/// Why a record failed, as its document says.
-struct Why<'a> {
-    attempts: u32,
-    code: &'a str,
-    message: &'a str,
-    lambda_arn: Option<&'a str>,
-    catalog_table: Option<&'a serde_json::Value>,
-    extra: Option<&'a serde_json::Map<String, serde_json::Value>>,
-}
-
-impl<'a> From<&'a FailedRecord> for Why<'a> {
-    fn from(f: &'a FailedRecord) -> Why<'a> {
-        Why {
-            attempts: f.attempts,
-            code: &f.code,
-            message: &f.message,
-            lambda_arn: f.lambda_arn.as_deref(),
-            catalog_table: f.catalog_table.as_ref(),
-            extra: f.extra.as_ref(),
-        }
-    }
 }
 
 /// The same document for every record of `records`.
@@ -91,10 +75,10 @@ pub fn failed_record_documents(
     error_message: &str,
     attempt_ending_ms: i64,
 ) -> Bytes {
-    let why = Why {
+    let why = Reason {
         attempts,
-        code: error_code,
-        message: error_message,
+        code: error_code.to_string(),
+        message: error_message.to_string(),
         lambda_arn: None,
         catalog_table: None,
         extra: None,
@@ -117,6 +101,7 @@ mod tests {
                 data: Bytes::from_static(b"hello"),
                 arrival_ms: 5,
                 seq: 0,
+                part: 0,
                 partition: None,
                 owed: Default::default(),
             },
@@ -124,6 +109,7 @@ mod tests {
                 data: Bytes::from_static(b""),
                 arrival_ms: 6,
                 seq: 1,
+                part: 0,
                 partition: None,
                 owed: Default::default(),
             },
@@ -145,12 +131,14 @@ mod tests {
         let with_arn = documents(
             &[FailedRecord {
                 record: Record::new(Bytes::from_static(b"hello"), 5),
-                attempts: 1,
-                code: "Lambda.ProcessingFailed".into(),
-                message: "bad line".into(),
-                lambda_arn: Some("arn:aws:lambda:r:1:function:f".into()),
-                extra: None,
-                catalog_table: None,
+                reason: Reason {
+                    attempts: 1,
+                    code: "Lambda.ProcessingFailed".into(),
+                    message: "bad line".into(),
+                    lambda_arn: Some("arn:aws:lambda:r:1:function:f".into()),
+                    extra: None,
+                    catalog_table: None,
+                },
             }],
             7,
         );

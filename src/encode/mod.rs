@@ -9,6 +9,7 @@ pub mod prefix;
 pub mod splunk;
 
 pub use object::{
-    ConvertedBatch, EncodedObject, encode_error_output, encode_s3, encode_s3_converted, zoned,
+    ConvertedBatch, EncodedObject, encode_error_output, encode_s3, encode_s3_converted,
+    error_object, zoned,
 };
 pub use prefix::ErrorOutputType;

@@ -39,6 +39,13 @@ pub struct EncodedObject {
     /// `KMSEncryptionConfig`'s master key: the object (and its error output) is written
     /// envelope-encrypted.
     pub encryption: Option<String>,
+    /// Error output: why each record failed (in `records`' order), and the attempt-ending time
+    /// its documents carry.
+    pub reasons: Vec<error_output::Reason>,
+    pub failed_at_ms: i64,
+    /// Its entry in the stream's object journal, when it is made again after a crash (it is
+    /// journaled already, under the same key).
+    pub journal_id: Option<u64>,
 }
 
 impl EncodedObject {
@@ -86,8 +93,12 @@ fn render_prefix(
         })
 }
 
-/// A batch's object key and its retention-expired error key.
+/// A batch's object key and its retention-expired error key (those it had before, for a batch
+/// made again after a crash).
 fn object_names(batch: &Batch, spec: &S3Spec, stream: &str, version: u64) -> (String, String) {
+    if let Some(rewrite) = &batch.rewrite {
+        return (rewrite.key.clone(), rewrite.error_key.clone());
+    }
     let time = zoned(batch.oldest_arrival_ms(), spec.time_zone);
     let prefix = render_prefix(&spec.prefix, &time, None, batch.partition.as_deref());
     let key = prefix::object_key(&prefix, stream, version, &time, &spec.extension);
@@ -133,20 +144,22 @@ pub fn encode_s3_converted(
     for (i, r) in batch.records.into_iter().enumerate() {
         match reasons.remove(&i) {
             None => good.push(r),
-            Some(reason) => failed.push(error_output::FailedRecord {
+            Some(message) => failed.push(error_output::FailedRecord {
                 record: r,
-                attempts: 1,
-                code: "DataFormatConversion.MalformedData".into(),
-                message: reason,
-                lambda_arn: None,
-                extra: None,
-                catalog_table: Some(serde_json::json!({
-                    "catalogId": table.catalog_id,
-                    "databaseName": table.database,
-                    "tableName": table.table,
-                    "region": table.region,
-                    "versionId": table.version_id.clone().unwrap_or_else(|| "LATEST".into()),
-                })),
+                reason: error_output::Reason {
+                    attempts: 1,
+                    code: "DataFormatConversion.MalformedData".into(),
+                    message,
+                    lambda_arn: None,
+                    extra: None,
+                    catalog_table: Some(serde_json::json!({
+                        "catalogId": table.catalog_id,
+                        "databaseName": table.database,
+                        "tableName": table.table,
+                        "region": table.region,
+                        "versionId": table.version_id.clone().unwrap_or_else(|| "LATEST".into()),
+                    })),
+                },
             }),
         }
     }
@@ -169,6 +182,9 @@ pub fn encode_s3_converted(
         error_output: None,
         retry_window: spec.partitioning.as_ref().map(|p| p.retry),
         encryption: spec.encryption.as_ref().map(|e| e.key_id.clone()),
+        reasons: Vec::new(),
+        failed_at_ms: 0,
+        journal_id: batch.rewrite.as_ref().map(|r| r.journal_id),
     });
     let failed = (!failed.is_empty()).then(|| {
         encode_error_output(
@@ -220,11 +236,14 @@ pub fn encode_s3(
         body,
         content_type: spec.compression.content_type(),
         raw_bytes: batch.bytes,
+        journal_id: batch.rewrite.map(|r| r.journal_id),
         records: batch.records,
         error_key,
         error_output: None,
         retry_window: spec.partitioning.as_ref().map(|p| p.retry),
         encryption: spec.encryption.as_ref().map(|e| e.key_id.clone()),
+        reasons: Vec::new(),
+        failed_at_ms: 0,
     })
 }
 
@@ -244,8 +263,23 @@ pub fn encode_error_output(
     let time = zoned(oldest.unwrap_or_default(), spec.time_zone);
     let prefix = render_prefix(&spec.error_prefix, &time, Some(error_type), None);
     let key = prefix::object_key(&prefix, stream, version, &time, "");
-    let body = error_output::documents(&failed, now_ms);
-    let records: Vec<Record> = failed.into_iter().map(|f| f.record).collect();
+    error_object(failed, error_type, spec, key, batch_id, now_ms)
+}
+
+/// Failed-record documents for `failed` as the object `key`, their attempts ending at
+/// `failed_at_ms` (also how an error-output object is made again after a crash, under the key
+/// it had). CPU only: no I/O.
+pub fn error_object(
+    failed: Vec<error_output::FailedRecord>,
+    error_type: ErrorOutputType,
+    spec: &S3Spec,
+    key: String,
+    batch_id: u64,
+    failed_at_ms: i64,
+) -> EncodedObject {
+    let body = error_output::documents(&failed, failed_at_ms);
+    let (records, reasons): (Vec<Record>, Vec<error_output::Reason>) =
+        failed.into_iter().map(|f| (f.record, f.reason)).unzip();
     EncodedObject {
         batch_id,
         bucket: spec.bucket.clone(),
@@ -258,6 +292,9 @@ pub fn encode_error_output(
         error_output: Some(error_type),
         retry_window: None,
         encryption: spec.encryption.as_ref().map(|e| e.key_id.clone()),
+        reasons,
+        failed_at_ms,
+        journal_id: None,
     }
 }
 
@@ -288,6 +325,7 @@ mod tests {
                     data: Bytes::from_static(b"b"),
                     arrival_ms: t + 5,
                     seq: 1,
+                    part: 0,
                     partition: None,
                     owed: Default::default(),
                 },
@@ -295,6 +333,7 @@ mod tests {
                     data: Bytes::from_static(b"a"),
                     arrival_ms: t,
                     seq: 0,
+                    part: 0,
                     partition: None,
                     owed: Default::default(),
                 },
@@ -302,6 +341,7 @@ mod tests {
             bytes: 2,
             reason: FlushReason::Size,
             partition: None,
+            rewrite: None,
         };
         let obj = encode_s3(batch, &spec, "clicks", 2).unwrap();
         assert!(

@@ -37,6 +37,21 @@ pub enum ErrorOutputType {
 }
 
 impl ErrorOutputType {
+    const ALL: [ErrorOutputType; 7] = [
+        ErrorOutputType::ProcessingFailed,
+        ErrorOutputType::FormatConversionFailed,
+        ErrorOutputType::OpenSearchFailed,
+        ErrorOutputType::SplunkFailed,
+        ErrorOutputType::HttpEndpointFailed,
+        ErrorOutputType::DecompressionFailed,
+        ErrorOutputType::RetentionExpired,
+    ];
+
+    /// The type `as_str` names.
+    pub fn parse(name: &str) -> Option<ErrorOutputType> {
+        Self::ALL.into_iter().find(|t| t.as_str() == name)
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             ErrorOutputType::ProcessingFailed => "processing-failed",

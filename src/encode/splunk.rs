@@ -97,6 +97,7 @@ mod tests {
             data: Bytes::from(data.to_string()),
             arrival_ms: 1_500,
             seq: 0,
+            part: 0,
             partition: None,
             owed: Default::default(),
         }

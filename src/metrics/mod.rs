@@ -169,6 +169,10 @@ pub struct Metrics {
     pub spool_segments: Family<StreamLabels, Gauge>,
     pub spool_fsync: HistogramFamily<StreamLabels>,
     pub spool_replayed_records: Family<StreamLabels, Counter>,
+    pub journal_recovered_objects: Family<OutcomeLabels, Counter>,
+    pub journal_skipped_records: Family<StreamLabels, Counter>,
+    pub journal_failures: Family<StreamLabels, Counter>,
+    pub journal_rewritten_objects: Family<StreamLabels, Counter>,
     pub spool_expired_records: Family<StreamLabels, Counter>,
     pub spool_corrupt_segments: Family<StreamLabels, Counter>,
     pub spool_truncated_bytes: Family<StreamLabels, Counter>,
@@ -228,6 +232,10 @@ impl Metrics {
             spool_segments: Family::default(),
             spool_fsync: Family::new_with_constructor(fsync_histogram),
             spool_replayed_records: Family::default(),
+            journal_recovered_objects: Family::default(),
+            journal_skipped_records: Family::default(),
+            journal_failures: Family::default(),
+            journal_rewritten_objects: Family::default(),
             spool_expired_records: Family::default(),
             spool_corrupt_segments: Family::default(),
             spool_truncated_bytes: Family::default(),
@@ -347,6 +355,26 @@ impl Metrics {
             "spool_replayed_records",
             "Undelivered records in the spool at start, which its reader then hands on (none are loaded)",
             m.spool_replayed_records.clone(),
+        );
+        registry.register(
+            "journal_recovered_objects",
+            "Objects being uploaded when the daemon stopped, by what recovery found: done (marked in the journal) or found (in the bucket): their records are not sent again; rewrite (not in the bucket): made again from the same records under the same key",
+            m.journal_recovered_objects.clone(),
+        );
+        registry.register(
+            "journal_skipped_records",
+            "Records read again after a restart that recovery found already in a written object, settled without being sent again",
+            m.journal_skipped_records.clone(),
+        );
+        registry.register(
+            "journal_rewritten_objects",
+            "Objects made again after a restart from the records of an object that was being uploaded, and written under its key",
+            m.journal_rewritten_objects.clone(),
+        );
+        registry.register(
+            "journal_failures",
+            "Objects that could not be journaled before their upload (uploaded anyway: a crash may write their records again)",
+            m.journal_failures.clone(),
         );
         registry.register(
             "spool_expired_records",

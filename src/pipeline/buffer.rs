@@ -98,6 +98,7 @@ pub(super) async fn buffer_stage(
                 let mut over = Vec::new();
                 for _ in 0..64 {
                     let Ok(records) = ingest.try_recv() else { break };
+                    let records = after_restart(&ctx, stage, &config.borrow(), records, false, &mut pending, &mut refused, &flushed);
                     push_all(&ctx, &mut buffer, limit, records, now, wall, &mut over, |b| flushed(b, &mut pending));
                 }
                 for batch in buffer.on_timer(Instant::now()) {
@@ -107,6 +108,7 @@ pub(super) async fn buffer_stage(
             },
             Ok(()) = pressure.changed(), if !buffer.is_empty() => {
                 // The readers are short of memory and this buffer holds some: let it go on.
+                after_restart(&ctx, stage, &config.borrow(), Vec::new(), true, &mut pending, &mut refused, &flushed);
                 for batch in buffer.flush_all(FlushReason::Memory) {
                     flushed(batch, &mut pending);
                 }
@@ -127,11 +129,11 @@ pub(super) async fn buffer_stage(
                 }
                 Err(_) => config_open = false,
             },
-            msg = ingest.recv(), if open && !(passthrough && pending.len() >= 64) => match msg {
+            msg = ingest.recv(), if open && !(passthrough && pending.len() >= 64) => match msg.map(|r| after_restart(&ctx, stage, &config.borrow(), r, false, &mut pending, &mut refused, &flushed)) {
                 Some(records) if passthrough => {
                     // Untracked: these records move on at once, and the next buffer counts them.
                     let bytes = records.iter().map(|r| r.data.len() as u64).sum();
-                    pending.push_back(Batch { id: u64::MAX, records, bytes, reason: FlushReason::Size, partition: None });
+                    pending.push_back(Batch { id: u64::MAX, records, bytes, reason: FlushReason::Size, partition: None, rewrite: None });
                 }
                 Some(records) => {
                     let (now, wall) = (Instant::now(), now_ms());
@@ -141,6 +143,7 @@ pub(super) async fn buffer_stage(
                 }
                 None => {
                     open = false;
+                    after_restart(&ctx, stage, &config.borrow(), Vec::new(), true, &mut pending, &mut refused, &flushed);
                     for batch in buffer.flush_all(FlushReason::Shutdown) {
                         flushed(batch, &mut pending);
                     }
@@ -165,6 +168,32 @@ pub(super) async fn buffer_stage(
             break;
         }
     }
+}
+
+/// Applies what recovery found to records the buffer received (`force`: let objects being
+/// made again go out as they are); the objects made again join the batches to encode or the
+/// objects to deliver. Returns the records to buffer.
+#[allow(clippy::too_many_arguments)]
+fn after_restart(
+    ctx: &StreamContext,
+    stage: Stage,
+    current: &Versioned,
+    records: Vec<Record>,
+    force: bool,
+    pending: &mut VecDeque<Batch>,
+    refused: &mut VecDeque<EncodedObject>,
+    flushed: &impl Fn(Batch, &mut VecDeque<Batch>),
+) -> Vec<Record> {
+    let mut remade = Vec::new();
+    let processors = current.processing.is_some();
+    let kept = ctx.recovered(stage, processors, records, force, current, &mut remade);
+    for r in remade {
+        match r {
+            super::recovery::Remade::Batch(batch) => flushed(batch, pending),
+            super::recovery::Remade::Object(obj) => refused.push_back(obj),
+        }
+    }
+    kept
 }
 
 /// Partitions with records buffered or flushed and not yet delivered (Firehose's active
@@ -205,12 +234,14 @@ pub(super) fn over_limit(
             );
             FailedRecord {
                 record,
-                attempts: 0,
-                code: PARTITION_LIMIT_EXCEEDED.into(),
-                message,
-                lambda_arn: None,
-                extra: None,
-                catalog_table: None,
+                reason: Reason {
+                    attempts: 0,
+                    code: PARTITION_LIMIT_EXCEEDED.into(),
+                    message,
+                    lambda_arn: None,
+                    extra: None,
+                    catalog_table: None,
+                },
             }
         })
         .collect();

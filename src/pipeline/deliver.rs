@@ -45,8 +45,8 @@ fn after_http_delivery(
     tracing::warn!(
         batch = batch_id,
         records = failed.len(),
-        code = %failed[0].code,
-        first_reason = %failed[0].message,
+        code = %failed[0].reason.code,
+        first_reason = %failed[0].reason.message,
         "records the destination did not take go to the S3 backup"
     );
     Some(crate::encode::encode_error_output(
@@ -89,7 +89,7 @@ pub(super) async fn deliver_stage(ctx: StreamContext, mut objects: mpsc::Receive
 /// record, and the records the destination did not take.
 async fn deliver(ctx: &StreamContext, work: Delivery) {
     let (current, mut batch) = match work {
-        Delivery::Object(obj) => return deliver_one(ctx, obj).await,
+        Delivery::Object(obj) => return deliver_one(ctx, obj, true).await,
         Delivery::Http(current, batch) => (current, batch),
     };
     let mut follow = Vec::new();
@@ -115,12 +115,21 @@ async fn deliver(ctx: &StreamContext, work: Delivery) {
         outcome,
         dest_metrics,
     ));
+    // Not journaled: a record here is in the destination too, and recovery must not skip it
+    // there (so these objects are at-least-once).
     for obj in follow {
-        deliver_one(ctx, obj).await;
+        deliver_one(ctx, obj, false).await;
     }
 }
 
-async fn deliver_one(ctx: &StreamContext, obj: EncodedObject) {
+/// Writes one object (journaled first when `journal`, so that after a crash its records are
+/// not written to a second object), then settles its records.
+async fn deliver_one(ctx: &StreamContext, obj: EncodedObject, journal: bool) {
+    let rewritten = obj.journal_id.is_some();
+    let journaled = match journal {
+        true => super::recovery::intend(ctx, &obj).await,
+        false => None,
+    };
     let records = obj.records.len() as u64;
     let expired_counted = std::sync::atomic::AtomicBool::new(false);
     let labels = Metrics::stream(&ctx.name);
@@ -195,4 +204,7 @@ async fn deliver_one(ctx: &StreamContext, obj: EncodedObject) {
     // Delivered, in the error output, or refused for good and logged: either way the spool may
     // let them go.
     ctx.ledger().settle_all(obj.records);
+    if let Some(id) = journaled {
+        super::recovery::done(ctx, id, rewritten).await;
+    }
 }

@@ -118,6 +118,7 @@ pub(super) fn backup_all(
         bytes: batch.bytes,
         reason: batch.reason,
         partition: batch.partition.clone(),
+        rewrite: None,
     };
     match crate::encode::encode_s3(copy, backup, &ctx.name, current.version) {
         Ok(obj) => Some(obj),

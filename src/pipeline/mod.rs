@@ -19,7 +19,7 @@
 //! straight through.
 
 use std::collections::{BTreeMap, VecDeque};
-use std::sync::atomic::{AtomicI64, AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use hosepipe_sinks::Destination;
@@ -33,8 +33,9 @@ use crate::buffer::{Batch, FlushReason, Owed, Partitioned, Record};
 use crate::config::stream::{DestinationSpec, StreamSpec};
 use crate::deliver::DeliveryResult;
 use crate::encode::EncodedObject;
-use crate::encode::error_output::FailedRecord;
+use crate::encode::error_output::{FailedRecord, Reason};
 use crate::encode::prefix::RenderContext;
+use crate::journal::{Found, Item, Journal};
 use crate::metrics::{FlushLabels, Metrics};
 use crate::partition::Partitioner;
 use crate::spool::{Spool, memory_cost};
@@ -222,6 +223,8 @@ pub struct Shared {
     pub admission: Arc<Admission>,
     /// Records undelivered for longer are counted as expired.
     pub retention: std::time::Duration,
+    /// Journal each object's records before its upload (exactly-once objects).
+    pub object_journal: bool,
     /// Per-stream quotas (the active-partition limit).
     pub quotas: Arc<BTreeMap<String, crate::config::Quota>>,
     /// Resolves `ProcessingConfiguration`s to transforms.
@@ -260,6 +263,11 @@ pub struct StreamContext {
     id_base: String,
     /// Identifies this run of the stream to its destination (a UUID): Splunk's HEC channel.
     channel: String,
+    /// The object journal (none with `[spool] object_journal = false`, or when it cannot be
+    /// opened: then objects are at-least-once).
+    journal: Option<Arc<Journal>>,
+    /// What recovery found of the objects being uploaded when the stream last stopped.
+    recovered: Arc<recovery::Recovered>,
 }
 
 impl StreamContext {
@@ -324,7 +332,8 @@ impl Ledger<'_> {
     }
 
     /// `record` became `parts` (what its processors emitted, each with its partition): each
-    /// part holds its own memory and a share of the spool position. No parts: it is settled.
+    /// part holds its own memory and a share of the spool position, and is numbered from 1 in
+    /// order (the object journal names it by seq and number). No parts: it is settled.
     pub(super) fn remake(
         &mut self,
         record: Record,
@@ -337,13 +346,14 @@ impl Ledger<'_> {
             n => Some(self.share(&record, n as u32 - 1)),
         };
         self.release += record.owed.cost;
-        for (data, partition) in parts {
+        for (i, (data, partition)) in parts.into_iter().enumerate() {
             let cost = memory_cost(1, data.len() as u64);
             self.reserve += cost;
             out.push(Record {
                 data,
                 arrival_ms: record.arrival_ms,
                 seq: record.seq,
+                part: i as u32 + 1,
                 partition,
                 owed: Owed {
                     cost,
@@ -364,6 +374,7 @@ impl Ledger<'_> {
             data: record.data.clone(),
             arrival_ms: record.arrival_ms,
             seq: record.seq,
+            part: record.part,
             partition: record.partition.clone(),
             owed: Owed {
                 cost,
@@ -416,6 +427,16 @@ pub fn spawn_pipeline(
     id_base: String,
 ) -> (StreamHandle, mpsc::Sender<Vec<Record>>) {
     let stats = Arc::new(StreamStats::default());
+    let (journal, found) = match shared.object_journal {
+        true => match Journal::open(spool.dir(), spool.syncs()) {
+            Ok((journal, found)) => (Some(Arc::new(journal)), found),
+            Err(e) => {
+                tracing::error!(stream = %name, error = %e, "cannot open the object journal; after a crash this stream's objects may repeat records");
+                (None, Vec::new())
+            }
+        },
+        false => (None, Vec::new()),
+    };
     let ctx = StreamContext {
         name: name.to_string(),
         shared,
@@ -424,6 +445,8 @@ pub fn spawn_pipeline(
         data_keys: Arc::default(),
         id_base,
         channel: uuid::Uuid::new_v4().to_string(),
+        journal,
+        recovered: Arc::default(),
     };
     let (config_tx, config_rx) = watch::channel(Arc::new(initial));
     let (object_tx, object_rx) = mpsc::channel::<Delivery>(DELIVER_WORKERS);
@@ -460,14 +483,25 @@ pub fn spawn_pipeline(
         .instrument(span.clone()),
     );
     let processing_buffer = tokio::spawn(
-        buffer_stage(
-            ctx,
-            Stage::Processing,
-            config_rx,
-            ingest_rx,
-            unprocessed_tx,
-            object_tx,
-        )
+        async move {
+            // Nothing is buffered before recovery knows which records are already written.
+            let mut ingest_rx = ingest_rx;
+            if !recovery::recover(&ctx, found, &ingest_rx).await {
+                while let Ok(records) = ingest_rx.try_recv() {
+                    ctx.ledger().abandon(records);
+                }
+                return;
+            }
+            buffer_stage(
+                ctx,
+                Stage::Processing,
+                config_rx,
+                ingest_rx,
+                unprocessed_tx,
+                object_tx,
+            )
+            .await
+        }
         .instrument(span),
     );
     let done = tokio::spawn(async move {
@@ -497,6 +531,7 @@ mod buffer;
 mod deliver;
 mod encode;
 mod process;
+mod recovery;
 
 use buffer::buffer_stage;
 use deliver::deliver_stage;

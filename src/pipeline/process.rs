@@ -156,12 +156,14 @@ pub(super) fn process_batch(
                     .1
                     .push(FailedRecord {
                         record,
-                        attempts,
-                        code: failure.code,
-                        message: failure.message,
-                        lambda_arn,
-                        extra: None,
-                        catalog_table: None,
+                        reason: Reason {
+                            attempts,
+                            code: failure.code,
+                            message: failure.message,
+                            lambda_arn,
+                            extra: None,
+                            catalog_table: None,
+                        },
                     });
             }
         }

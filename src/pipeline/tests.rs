@@ -9,6 +9,7 @@ use bytes::Bytes;
 
 use super::*;
 use crate::config::{Config, Overrides, RawConfig};
+use crate::journal::Kind;
 use crate::spool::Sealing;
 use crate::testing::ScriptedSink;
 
@@ -44,6 +45,20 @@ buffering_hints = {{ size_in_mbs = 1, interval_in_seconds = 1 }}
 
 /// A running stream `t` as `stream` (TOML) declares it, its S3 objects written to `sink`.
 fn start_stream(sink: ScriptedSink, stream: &str) -> Harness {
+    open_stream(sink, stream).start()
+}
+
+/// Stream `t` with its spool open and its pipeline not started yet (a daemon starting).
+struct Opened {
+    dir: tempfile::TempDir,
+    spool: Arc<Spool>,
+    admission: Arc<Admission>,
+    shared: Shared,
+    spec: StreamSpec,
+    sink: Arc<ScriptedSink>,
+}
+
+fn open_stream(sink: ScriptedSink, stream: &str) -> Opened {
     let dir = tempfile::tempdir().unwrap();
     let raw: RawConfig = toml::from_str(&format!(
         r#"
@@ -82,29 +97,57 @@ retention_seconds = 60
         },
     )
     .unwrap();
-    let spool = Arc::new(spool);
-    let spec = config.streams[0].spec.clone();
-    let processing = spec.processing().map(|p| shared.catalog.build(p).unwrap());
-    let (handle, ingest) = spawn_pipeline(
-        "t",
-        Versioned {
-            spec,
-            version: 1,
-            processing,
-            converter: None,
-        },
-        shared,
-        spool.clone(),
-        "test".into(),
-    );
-    spool.start_reader(ingest, admission.clone()).unwrap();
-    Harness {
-        _dir: dir,
-        spool,
+    Opened {
+        dir,
+        spool: Arc::new(spool),
         admission,
-        handle,
+        shared,
+        spec: config.streams[0].spec.clone(),
         sink,
     }
+}
+
+impl Opened {
+    /// Starts the pipeline and the spool's reader.
+    fn start(self) -> Harness {
+        let Opened {
+            dir,
+            spool,
+            admission,
+            shared,
+            spec,
+            sink,
+        } = self;
+        let processing = spec.processing().map(|p| shared.catalog.build(p).unwrap());
+        let (handle, ingest) = spawn_pipeline(
+            "t",
+            Versioned {
+                spec,
+                version: 1,
+                processing,
+                converter: None,
+            },
+            shared,
+            spool.clone(),
+            "test".into(),
+        );
+        spool.start_reader(ingest, admission.clone()).unwrap();
+        Harness {
+            _dir: dir,
+            spool,
+            admission,
+            handle,
+            sink,
+        }
+    }
+}
+
+/// Appends one record per item of `data` to `spool`.
+async fn append(spool: &Spool, data: impl Iterator<Item = String>, arrival_ms: i64) {
+    let mut records: Vec<Record> = data
+        .map(|d| Record::new(Bytes::from(d), arrival_ms))
+        .collect();
+    spool.append(&mut records).await.unwrap();
 }
 
 impl Harness {
@@ -116,16 +159,7 @@ impl Harness {
 
     /// Appends one record per item of `data`.
     async fn put_data(&self, data: impl Iterator<Item = String>, arrival_ms: i64) {
-        let mut records: Vec<Record> = data
-            .map(|d| Record {
-                data: Bytes::from(d),
-                arrival_ms,
-                seq: 0,
-                partition: None,
-                owed: Default::default(),
-            })
-            .collect();
-        self.spool.append(&mut records).await.unwrap();
+        append(&self.spool, data, arrival_ms).await;
     }
 
     /// Waits (virtual time passing, real time bounded) until `done` holds.
@@ -215,6 +249,131 @@ async fn a_record_split_by_the_processors_settles_once_all_its_parts_are_written
     assert_eq!(written, expected, "every part written once, in order");
     assert_eq!(h.sink.delivered(), 1, "one object, written once");
     assert!(h.sink.lines("errors/").is_empty());
+}
+
+/// The `(seq, part)` items of `seqs`, parts `parts`.
+fn items(seqs: std::ops::Range<u64>, parts: &[u32]) -> Vec<Item> {
+    seqs.flat_map(|seq| parts.iter().map(move |&part| Item { seq, part }))
+        .collect()
+}
+
+#[tokio::test(start_paused = true)]
+async fn after_a_crash_each_journaled_record_is_written_once() {
+    // RecordDeAggregation (DELIMITED on "|"): spool record i becomes parts 1, 2, 3.
+    let opened = open_stream(
+        ScriptedSink::default(),
+        r#"
+[streams.t.extended_s3_destination_configuration]
+bucket_arn = "arn:aws:s3:::bucket"
+prefix = "data/"
+error_output_prefix = "errors/!{firehose:error-output-type}/"
+buffering_hints = { size_in_mbs = 1, interval_in_seconds = 1 }
+processing_configuration = { enabled = true, processors = [{ type = "RecordDeAggregation", parameters = [{ parameter_name = "SubRecordType", parameter_value = "DELIMITED" }, { parameter_name = "Delimiter", parameter_value = "fA==" }] }] }
+"#,
+    );
+    // What a crash left: 45 records in the spool, none settled, and the journal of the
+    // objects that were being uploaded.
+    append(
+        &opened.spool,
+        (0..45).map(|i| format!("{i}a\n|{i}b\n|{i}c\n")),
+        now_ms(),
+    )
+    .await;
+    let (journal, _) = Journal::open(opened.spool.dir(), false).unwrap();
+    let stored = |key: &str| {
+        let attempt = (key.to_string(), Bytes::new(), true);
+        opened.sink.attempts.lock().unwrap().push(attempt);
+    };
+    let intend = |keys: &[&str], items: Vec<Item>, kind: Kind| {
+        let keys = keys.iter().map(|k| k.to_string()).collect();
+        let (bucket, encrypted) = ("bucket".into(), false);
+        let intent = crate::journal::Intent {
+            id: 0,
+            bucket,
+            keys,
+            encrypted,
+            items,
+            kind,
+        };
+        journal.intend(intent).unwrap()
+    };
+    // Records 0..10 (all parts): the object is in the bucket.
+    intend(&["data/a"], items(0..10, &[1, 2, 3]), Kind::Records);
+    stored("data/a");
+    // Records 10..20: not in the bucket (the upload may still land): made again as it was.
+    intend(
+        &["data/b", "errors/b"],
+        items(10..20, &[1, 2, 3]),
+        Kind::Records,
+    );
+    // Records 20..30: marked done (written and settled) before the checkpoint caught up.
+    let c = intend(&["data/c"], items(20..30, &[1, 2, 3]), Kind::Records);
+    journal.done(c).unwrap();
+    // Records 30..40, their first two parts: written under the error-output key.
+    intend(
+        &["data/d", "errors/d"],
+        items(30..40, &[1, 2]),
+        Kind::Records,
+    );
+    stored("errors/d");
+    // Records 40..45 as they arrived: failed processing, not in the bucket.
+    let why = crate::journal::Why {
+        attempts: 3,
+        code: "Lambda.FunctionError".into(),
+        message: "boom".into(),
+        lambda_arn: None,
+        catalog_table: None,
+        extra: None,
+    };
+    let failed = Kind::failed("processing-failed", 1_000, vec![why; 5]);
+    intend(&["errors/p"], items(40..45, &[0]), failed);
+    drop(journal);
+
+    let h = opened.start();
+    h.settled().await;
+    let parts = |seqs: std::ops::Range<u64>, parts: &[&str]| -> Vec<String> {
+        seqs.flat_map(|i| parts.iter().map(move |p| format!("{i}{p}")))
+            .collect()
+    };
+    let written = |key: &str| -> Vec<Vec<String>> {
+        let attempts = h.sink.attempts.lock().unwrap();
+        let bodies = attempts
+            .iter()
+            .filter(|(k, body, ok)| *ok && k == key && !body.is_empty());
+        bodies
+            .map(|(_, body, _)| String::from_utf8(body.to_vec()).unwrap())
+            .map(|b| b.lines().map(str::to_string).collect())
+            .collect()
+    };
+    assert_eq!(
+        written("data/b"),
+        [parts(10..20, &["a", "b", "c"])],
+        "made again once, as it was"
+    );
+    let mut lines = h.sink.lines("data/");
+    lines.sort();
+    // Records 40..45 are not processed again: their failure documents are made again.
+    let mut expected = [parts(10..20, &["a", "b", "c"]), parts(30..40, &["c"])].concat();
+    expected.sort();
+    assert_eq!(
+        lines, expected,
+        "only what no stored object holds is written"
+    );
+    let docs = written("errors/p");
+    assert_eq!(docs.len(), 1, "the failed records' object made again once");
+    let docs: Vec<serde_json::Value> = docs[0]
+        .iter()
+        .map(|d| serde_json::from_str(d).unwrap())
+        .collect();
+    assert_eq!(docs.len(), 5);
+    assert!(
+        docs.iter()
+            .all(|d| d["errorCode"] == "Lambda.FunctionError" && d["attemptsMade"] == 3)
+    );
+    assert_eq!(
+        h.sink.lines("errors/b").len() + h.sink.lines("errors/d").len(),
+        0
+    );
 }
 
 /// A stream `t` to an OpenSearch cluster nobody answers for, retried for 5 s, with its S3

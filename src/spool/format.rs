@@ -178,6 +178,7 @@ pub fn next_frame(data: &Bytes, pos: usize, cipher: Option<&SegmentCipher>) -> F
             data,
             arrival_ms,
             seq,
+            part: 0,
             partition: None,
             owed: Default::default(),
         },

@@ -131,6 +131,9 @@ pub struct SpoolStats {
     pub unread_records: AtomicU64,
     /// Arrival of the oldest record the reader holds or has not read yet (`i64::MAX`: none).
     pub oldest_unread_ms: AtomicI64,
+    /// Every seq below this is delivered, and the checkpoint on disk says so: none of them
+    /// will be read again, even after a crash.
+    pub checkpointed_low: AtomicU64,
 }
 
 impl Default for SpoolStats {
@@ -141,6 +144,7 @@ impl Default for SpoolStats {
             records: AtomicU64::new(0),
             unread_records: AtomicU64::new(0),
             oldest_unread_ms: AtomicI64::new(i64::MAX),
+            checkpointed_low: AtomicU64::new(0),
         }
     }
 }
@@ -262,6 +266,11 @@ pub struct Spool {
     published: Arc<Published>,
     /// Where the reader starts, until it is started.
     reader: Mutex<Option<reader::Reader>>,
+    sync: SyncMode,
+    /// Where the reader starts: every seq below it was delivered when the spool opened.
+    low_at_start: u64,
+    /// The seqs at or above that the checkpoint said were delivered: the reader skips them.
+    delivered_at_start: RangeSet,
 }
 
 /// Observes spool events (metrics live outside this module).
@@ -288,6 +297,7 @@ impl Spool {
         let (writer, recovery, skip) = Writer::recover(dir, settings, observer.clone(), sealing)?;
         let stats = writer.stats.clone();
         let published = writer.published.clone();
+        let (low_at_start, delivered_at_start) = (writer.low, skip.clone());
         let reader = reader::Reader::new(
             dir,
             published.clone(),
@@ -313,6 +323,9 @@ impl Spool {
                 dir: dir.to_path_buf(),
                 published,
                 reader: Mutex::new(Some(reader)),
+                sync: settings.sync,
+                low_at_start,
+                delivered_at_start,
             },
             recovery,
         ))
@@ -351,6 +364,17 @@ impl Spool {
 
     pub fn dir(&self) -> &Path {
         &self.dir
+    }
+
+    /// Whether the reader will hand `seq` on (since the spool opened): false for a seq the
+    /// checkpoint said was delivered, or below its low mark.
+    pub fn will_read(&self, seq: u64) -> bool {
+        seq >= self.low_at_start && !self.delivered_at_start.contains(seq)
+    }
+
+    /// Whether appends wait for `fdatasync` (`spool.sync = "fsync"`), not only the page cache.
+    pub fn syncs(&self) -> bool {
+        self.sync == SyncMode::Fsync
     }
 
     /// Appends records durably and gives each its seq. Returns once they are on disk (in
@@ -1052,7 +1076,12 @@ impl Writer {
             &path,
             &serde_json::to_vec(&ckpt).expect("checkpoint serialises"),
         ) {
-            Ok(()) => self.dirty = false,
+            Ok(()) => {
+                self.dirty = false;
+                self.stats
+                    .checkpointed_low
+                    .store(self.low, Ordering::Relaxed);
+            }
             // Not fatal: the records stay in the spool and are delivered again after a restart.
             Err(e) => {
                 tracing::warn!(file = %path.display(), error = %e, "cannot write the spool checkpoint")

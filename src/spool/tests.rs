@@ -88,6 +88,7 @@ fn recs(n: usize, tag: &str) -> Vec<Record> {
             data: Bytes::from(format!("{tag}-{i}")),
             arrival_ms: 1000 + i as i64,
             seq: 0,
+            part: 0,
             partition: None,
             owed: Default::default(),
         })

@@ -262,6 +262,7 @@ fn expand(
                         data,
                         arrival_ms: r.arrival_ms,
                         seq: r.seq,
+                        part: r.part,
                         partition: r.partition.clone(),
                         owed: Default::default(),
                     },

@@ -56,6 +56,9 @@ class Producers:
         for t in self.threads:
             t.join(timeout=60)
 
+    def client(self):
+        return self.daemon.firehose()
+
     def record(self, rid):
         pad = "." * max(0, self.size - len(rid) - 1)
         return f"{rid}{pad}\n".encode()
@@ -68,7 +71,7 @@ class Producers:
                 pending = [f"p{t}-{n + i}" for i in range(self.batch)]
                 n += self.batch
             try:
-                fh = self.daemon.firehose()
+                fh = self.client()
                 resp = fh.put_record_batch(DeliveryStreamName=self.stream,
                                            Records=[{"Data": self.record(r)} for r in pending])
             except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError):

@@ -21,7 +21,7 @@
 
 use std::collections::BTreeMap;
 use std::fs::{File, OpenOptions};
-use std::io::{self, Write};
+use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
@@ -36,6 +36,9 @@ const FRAME_HEADER: usize = 8;
 const MAX_FRAME: usize = 64 << 20;
 /// The file is rewritten once it is this large and more than half of it is retired.
 const COMPACT_BYTES: u64 = 1 << 20;
+/// The file's space is allocated this much at a time, ahead of the frames: a frame written
+/// inside it leaves the file's size as it was, so syncing it flushes data and no metadata.
+const ALLOCATE_BYTES: u64 = 1 << 20;
 
 /// One record in an object: its spool seq, and which of the records the processors made from
 /// it (0: the record as it arrived; 1..: the processors' outputs, in order).
@@ -237,10 +240,31 @@ struct Live {
 
 struct Inner {
     file: File,
+    /// Where the next frame goes: the end of the last whole one (zeros follow, to `allocated`).
     bytes: u64,
+    allocated: u64,
     next_id: u64,
     live: BTreeMap<u64, Live>,
     live_bytes: u64,
+}
+
+impl Inner {
+    /// Writes a frame after the last one, allocating the file's space ahead when it runs out
+    /// (where the file system cannot, the write grows the file instead).
+    fn append(&mut self, frame: &[u8]) -> io::Result<()> {
+        let end = self.bytes + frame.len() as u64;
+        if end > self.allocated {
+            let want = end.div_ceil(ALLOCATE_BYTES) * ALLOCATE_BYTES;
+            if rustix::fs::fallocate(&self.file, rustix::fs::FallocateFlags::empty(), 0, want)
+                .is_ok()
+            {
+                self.allocated = want;
+            }
+        }
+        std::os::unix::fs::FileExt::write_all_at(&self.file, frame, self.bytes)?;
+        self.bytes = end;
+        Ok(())
+    }
 }
 
 /// One stream's object journal. Its methods block (file I/O): call them off the async threads.
@@ -287,6 +311,7 @@ impl Journal {
             inner: Mutex::new(Inner {
                 file: Self::reopen(&path, &bytes[..whole])?,
                 bytes: whole.max(MAGIC.len()) as u64,
+                allocated: whole.max(MAGIC.len()) as u64,
                 next_id,
                 live,
                 live_bytes,
@@ -319,12 +344,11 @@ impl Journal {
         let mut inner = self.inner.lock().expect("journal lock");
         intent.id = inner.next_id;
         let bytes = frame(&Event::intent(&intent));
-        inner.file.write_all(&bytes)?;
+        inner.append(&bytes)?;
         if self.sync {
             inner.file.sync_data()?;
         }
         inner.next_id += 1;
-        inner.bytes += bytes.len() as u64;
         inner.live_bytes += bytes.len() as u64;
         inner.live.insert(
             intent.id,
@@ -341,8 +365,7 @@ impl Journal {
     pub fn done(&self, id: u64) -> io::Result<()> {
         let mut inner = self.inner.lock().expect("journal lock");
         let bytes = frame(&Event::Done { id });
-        inner.file.write_all(&bytes)?;
-        inner.bytes += bytes.len() as u64;
+        inner.append(&bytes)?;
         if let Some(live) = inner.live.get_mut(&id) {
             live.done = true;
         }
@@ -386,6 +409,7 @@ impl Journal {
         crate::durable::write(&self.path, &bytes)?;
         inner.file = Self::reopen(&self.path, &bytes)?;
         inner.bytes = bytes.len() as u64;
+        inner.allocated = inner.bytes;
         Ok(())
     }
 
@@ -455,9 +479,10 @@ mod tests {
     fn a_torn_tail_is_cut_and_new_frames_follow_the_last_whole_one() {
         let dir = tempfile::tempdir().unwrap();
         let path = two_objects(dir.path());
-        let len = std::fs::metadata(&path).unwrap().len();
+        // The frames end where the scan stops (the file's space is allocated ahead).
+        let (_, len) = scan(&std::fs::read(&path).unwrap());
         let file = OpenOptions::new().write(true).open(&path).unwrap();
-        file.set_len(len - 3).unwrap();
+        file.set_len(len as u64 - 3).unwrap();
         let (j, found) = Journal::open(dir.path(), false).unwrap();
         assert_eq!(found.len(), 1);
         j.intend(intent(vec!["k3".into()], items(&[(3, 0)])))
@@ -473,8 +498,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = two_objects(dir.path());
         let mut bytes = std::fs::read(&path).unwrap();
-        let last = bytes.len() - 1;
-        bytes[last] ^= 0xff;
+        let (_, end) = scan(&bytes);
+        bytes[end - 1] ^= 0xff;
         let (found, whole) = scan(&bytes);
         assert_eq!(found.len(), 1);
         assert!(whole < bytes.len());

@@ -50,6 +50,19 @@ struct Pin {
     since: Option<Instant>,
 }
 
+impl Pin {
+    /// The buffer that gathers its records: the processing buffer for the error output of
+    /// processing (records as they arrived, in a stream with processors), the destination
+    /// buffer for every other object.
+    fn gathered_at(&self, processors: bool) -> Stage {
+        let arrived = self.intent.items.iter().all(|i| i.part == 0);
+        match (&self.intent.kind, processors && arrived) {
+            (Kind::Failed { .. }, true) => Stage::Processing,
+            _ => Stage::Destination,
+        }
+    }
+}
+
 /// An object made again, for the deliver stage: a batch to encode, or error output.
 pub(super) enum Remade {
     Batch(Batch),
@@ -75,18 +88,11 @@ impl StreamContext {
             return records;
         }
         let mut state = self.recovered.state.lock().expect("recovered lock");
-        // The processing buffer keeps only the error output of processing (records as they
-        // arrived, failed); every other object is made of what reaches the destination buffer.
-        let pins_here = |state: &State, item: &Item, id: u64| match stage {
-            Stage::Processing => {
-                processors
-                    && item.part == 0
-                    && state
-                        .pins
-                        .get(&id)
-                        .is_some_and(|p| matches!(p.intent.kind, Kind::Failed { .. }))
-            }
-            Stage::Destination => true,
+        let pins_here = |state: &State, id: u64| {
+            state
+                .pins
+                .get(&id)
+                .is_some_and(|p| p.gathered_at(processors) == stage)
         };
         let (mut skipped, mut kept) = (Vec::new(), Vec::new());
         let now = Instant::now();
@@ -100,7 +106,7 @@ impl StreamContext {
                     state.items.remove(&item);
                     skipped.push(r);
                 }
-                Some(&Action::Pin(id)) if pins_here(&state, &item, id) => {
+                Some(&Action::Pin(id)) if pins_here(&state, id) => {
                     state.items.remove(&item);
                     match state.pins.get_mut(&id) {
                         Some(pin) => {
@@ -121,7 +127,7 @@ impl StreamContext {
                 let waited = p
                     .since
                     .is_some_and(|t| now.duration_since(t) >= PIN_PATIENCE);
-                p.missing == 0 || force || waited
+                p.gathered_at(processors) == stage && (p.missing == 0 || force || waited)
             })
             .map(|(id, _)| *id)
             .collect();

@@ -86,7 +86,8 @@ def test_an_outage_backs_up_on_disk_past_memory_and_drains_after_restarts(tmp_pa
         d.crash()
         d.start()
         assert requests.get(f"{d.url}/health", timeout=5).status_code == 200
-        assert "undelivered records in the spool; reading them back" in d.log()
+        wait_for(lambda: "undelivered records in the spool; reading them back" in d.log(),
+                 what="the replay log line")
         with RssSampler(d) as rss:
             time.sleep(1)
             server.start()

@@ -11,11 +11,9 @@ import os
 import random
 import time
 
-import boto3
 import pyarrow.parquet as pq
-from botocore.config import Config
 
-from conftest import FH_AK, FH_SK, REGION, S3Server, free_port
+from conftest import S3Server, free_port
 from test_durability import Producers
 
 CYCLES = int(os.environ.get("HOSEPIPE_EXACTLY_ONCE_CYCLES", "20"))
@@ -58,15 +56,7 @@ output_format_configuration = { serializer = { parquet_ser_de = { compression = 
 
 
 class JsonProducers(Producers):
-    """Producers whose records are JSON objects carrying their id and a partition key. The SDK
-    does not resend a request on its own (botocore's `max_attempts` counts retries; a resend
-    after the daemon died mid-request would put the records in twice: the producer's duplicate,
-    which no server can tell apart)."""
-
-    def client(self):
-        return boto3.client("firehose", endpoint_url=self.daemon.url, aws_access_key_id=FH_AK,
-                            aws_secret_access_key=FH_SK, region_name=REGION,
-                            config=Config(retries={"total_max_attempts": 1}))
+    """Producers whose records are JSON objects carrying their id and a partition key."""
 
     def record(self, rid):
         return (json.dumps({"id": rid, "k": sum(map(ord, rid)) % 4}) + "\n").encode()

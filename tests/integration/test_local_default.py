@@ -17,7 +17,7 @@ buffering_hints = { size_in_mbs = 1, interval_in_seconds = 1 }
     d.stop()
     d.env = {k: v for k, v in d.env.items() if not k.startswith("AWS_")}
     d.start()
-    assert "objects go to local disk" in d.log()
+    wait_for(lambda: "objects go to local disk" in d.log(), what="the object store log line")
     fh = d.firehose()
     sent = records(700)
     put_all(fh, "clicks", sent)

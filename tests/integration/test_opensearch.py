@@ -5,6 +5,7 @@ nothing."""
 import base64
 import datetime
 import json
+import os
 
 import botocore.exceptions
 import pytest
@@ -12,7 +13,10 @@ import requests
 
 from conftest import free_port, signed_call, wait_for
 from faulty_proxy import FaultyProxy
-from test_durability import CRASH_CYCLES, Producers, crash_cycles
+from test_durability import Producers, crash_cycles
+
+# As many cycles as the exactly-once test runs against S3.
+OPENSEARCH_CRASH_CYCLES = int(os.environ.get("HOSEPIPE_EXACTLY_ONCE_CYCLES", "20"))
 
 ROLE = "arn:aws:iam::000000000000:role/firehose"
 
@@ -196,7 +200,7 @@ def test_kill_9_cycles_index_each_acknowledged_document_exactly_once(
     create(d.firehose(), "crashy", opensearch.url, bucket, index="crashy",
            IndexRotationPeriod="NoRotation")
     with JsonProducers(d, "crashy", threads=2, batch=20) as producers:
-        crash_cycles(d)
+        crash_cycles(d, OPENSEARCH_CRASH_CYCLES)
     assert d.stop() == 0, d.log()
     requests.post(f"{opensearch.url}/crashy/_refresh", timeout=10)
     r = requests.post(f"{opensearch.url}/crashy/_search", timeout=30, json={
@@ -209,7 +213,7 @@ def test_kill_9_cycles_index_each_acknowledged_document_exactly_once(
         chunk = acked[i:i + 1000]
         found += requests.post(f"{opensearch.url}/crashy/_count", timeout=30, json={
             "query": {"terms": {"rid.keyword": chunk}}}).json()["count"]
-    print(f"\nOpenSearch crash test: {CRASH_CYCLES} kill -9 cycles, {len(acked)} acknowledged, "
+    print(f"\nOpenSearch crash test: {OPENSEARCH_CRASH_CYCLES} kill -9 cycles, {len(acked)} acknowledged, "
           f"{opensearch.count('crashy')} documents, {len(duplicated)} duplicated ids")
     assert len(acked) > 0
     assert duplicated == [], duplicated[:5]

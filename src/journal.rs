@@ -322,18 +322,17 @@ impl Journal {
         Ok((journal, found))
     }
 
-    /// The file for appending, holding `whole` (its intact part; the magic alone when empty).
+    /// The file to write frames into (at their offsets), holding `whole` (its intact part; the
+    /// magic alone when empty).
     fn reopen(path: &Path, whole: &[u8]) -> io::Result<File> {
         if whole.len() < MAGIC.len() {
             crate::durable::write(path, MAGIC)?;
         }
         let file = OpenOptions::new().read(true).write(true).open(path)?;
-        // Cut a torn tail so new frames follow the last whole one.
+        // Cut a torn tail (and space allocated ahead) so new frames follow the last whole one.
         if whole.len() >= MAGIC.len() && file.metadata()?.len() != whole.len() as u64 {
             file.set_len(whole.len() as u64)?;
         }
-        let mut file = file;
-        std::io::Seek::seek(&mut file, io::SeekFrom::End(0))?;
         Ok(file)
     }
 
@@ -414,7 +413,8 @@ impl Journal {
     }
 
     /// Objects journaled and not yet forgotten.
-    pub fn live(&self) -> usize {
+    #[cfg(test)]
+    fn live(&self) -> usize {
         self.inner.lock().expect("journal lock").live.len()
     }
 }

@@ -15,6 +15,11 @@ use super::{CONTEXT_OBJECT_KEY, CONTEXT_STREAM, DataKey, KeyError, KeyService};
 
 /// The suffix encrypted objects get.
 pub const SUFFIX: &str = ".enc";
+
+/// The name an encrypted object is stored under.
+pub fn stored_key(key: &str) -> String {
+    format!("{key}{SUFFIX}")
+}
 /// S3 user metadata saying an object is encrypted (`x-amz-meta-hosepipe-encryption`).
 pub const METADATA_FORMAT: &str = "hosepipe-encryption";
 
@@ -181,7 +186,7 @@ impl Destination for Encrypting {
     }
 
     async fn exists(&self, bucket: &str, key: &str) -> Result<bool, String> {
-        self.inner.exists(bucket, &format!("{key}{SUFFIX}")).await
+        self.inner.exists(bucket, &stored_key(key)).await
     }
 
     async fn deliver(&self, payload: &Payload) -> Report {
@@ -193,7 +198,7 @@ impl Destination for Encrypting {
             metadata,
             records,
         } = payload;
-        let encrypted_key = format!("{key}{SUFFIX}");
+        let encrypted_key = stored_key(key);
         let sealed = match self.sealed(&encrypted_key, body) {
             Ok(b) => b,
             Err(e) => {

@@ -98,7 +98,7 @@ pub(super) async fn buffer_stage(
                 let mut over = Vec::new();
                 for _ in 0..64 {
                     let Ok(records) = ingest.try_recv() else { break };
-                    let records = after_restart(&ctx, stage, &config.borrow(), records, false, &mut pending, &mut refused, &flushed);
+                    let records = after_restart(&ctx, stage, &config, records, false, &mut pending, &mut refused, &flushed);
                     push_all(&ctx, &mut buffer, limit, records, now, wall, &mut over, |b| flushed(b, &mut pending));
                 }
                 for batch in buffer.on_timer(Instant::now()) {
@@ -108,7 +108,7 @@ pub(super) async fn buffer_stage(
             },
             Ok(()) = pressure.changed(), if !buffer.is_empty() => {
                 // The readers are short of memory and this buffer holds some: let it go on.
-                after_restart(&ctx, stage, &config.borrow(), Vec::new(), true, &mut pending, &mut refused, &flushed);
+                after_restart(&ctx, stage, &config, Vec::new(), true, &mut pending, &mut refused, &flushed);
                 for batch in buffer.flush_all(FlushReason::Memory) {
                     flushed(batch, &mut pending);
                 }
@@ -129,7 +129,7 @@ pub(super) async fn buffer_stage(
                 }
                 Err(_) => config_open = false,
             },
-            msg = ingest.recv(), if open && !(passthrough && pending.len() >= 64) => match msg.map(|r| after_restart(&ctx, stage, &config.borrow(), r, false, &mut pending, &mut refused, &flushed)) {
+            msg = ingest.recv(), if open && !(passthrough && pending.len() >= 64) => match msg.map(|r| after_restart(&ctx, stage, &config, r, false, &mut pending, &mut refused, &flushed)) {
                 Some(records) if passthrough => {
                     // Untracked: these records move on at once, and the next buffer counts them.
                     let bytes = records.iter().map(|r| r.data.len() as u64).sum();
@@ -143,7 +143,7 @@ pub(super) async fn buffer_stage(
                 }
                 None => {
                     open = false;
-                    after_restart(&ctx, stage, &config.borrow(), Vec::new(), true, &mut pending, &mut refused, &flushed);
+                    after_restart(&ctx, stage, &config, Vec::new(), true, &mut pending, &mut refused, &flushed);
                     for batch in buffer.flush_all(FlushReason::Shutdown) {
                         flushed(batch, &mut pending);
                     }
@@ -177,16 +177,20 @@ pub(super) async fn buffer_stage(
 fn after_restart(
     ctx: &StreamContext,
     stage: Stage,
-    current: &Versioned,
+    config: &watch::Receiver<Arc<Versioned>>,
     records: Vec<Record>,
     force: bool,
     pending: &mut VecDeque<Batch>,
     refused: &mut VecDeque<EncodedObject>,
     flushed: &impl Fn(Batch, &mut VecDeque<Batch>),
 ) -> Vec<Record> {
+    if !ctx.recovering() {
+        return records;
+    }
+    let current = config.borrow().clone();
     let mut remade = Vec::new();
     let processors = current.processing.is_some();
-    let kept = ctx.recovered(stage, processors, records, force, current, &mut remade);
+    let kept = ctx.recovered(stage, processors, records, force, &current, &mut remade);
     for r in remade {
         match r {
             super::recovery::Remade::Batch(batch) => flushed(batch, pending),

@@ -48,17 +48,30 @@ struct Pin {
     records: Vec<Record>,
     missing: usize,
     since: Option<Instant>,
+    /// Failed-record documents of records as they arrived (processing's error output).
+    failed_as_arrived: bool,
 }
 
 impl Pin {
+    fn new(intent: Intent, missing: usize) -> Pin {
+        let failed_as_arrived =
+            matches!(intent.kind, Kind::Failed { .. }) && intent.items.iter().all(|i| i.part == 0);
+        Pin {
+            intent,
+            records: Vec::new(),
+            missing,
+            since: None,
+            failed_as_arrived,
+        }
+    }
+
     /// The buffer that gathers its records: the processing buffer for the error output of
     /// processing (records as they arrived, in a stream with processors), the destination
     /// buffer for every other object.
     fn gathered_at(&self, processors: bool) -> Stage {
-        let arrived = self.intent.items.iter().all(|i| i.part == 0);
-        match (&self.intent.kind, processors && arrived) {
-            (Kind::Failed { .. }, true) => Stage::Processing,
-            _ => Stage::Destination,
+        match processors && self.failed_as_arrived {
+            true => Stage::Processing,
+            false => Stage::Destination,
         }
     }
 }
@@ -70,6 +83,11 @@ pub(super) enum Remade {
 }
 
 impl StreamContext {
+    /// Whether recovery still has records to apply itself to.
+    pub(super) fn recovering(&self) -> bool {
+        self.recovered.any.load(Ordering::Relaxed)
+    }
+
     /// Applies recovery to records a buffer of `stage` received: those in a stored object are
     /// settled; those of an object being made again are kept for it (at the processing buffer
     /// only the records as they arrived, when the stream has processors: the error output of
@@ -84,7 +102,7 @@ impl StreamContext {
         current: &Versioned,
         remade: &mut Vec<Remade>,
     ) -> Vec<Record> {
-        if !self.recovered.any.load(Ordering::Relaxed) {
+        if !self.recovering() {
             return records;
         }
         let mut state = self.recovered.state.lock().expect("recovered lock");
@@ -328,13 +346,7 @@ pub(super) async fn recover(
                 state.items.insert(item, Action::Pin(intent.id));
                 missing += 1;
             }
-            let pin = Pin {
-                intent,
-                records: Vec::new(),
-                missing,
-                since: None,
-            };
-            state.pins.insert(pin.intent.id, pin);
+            state.pins.insert(intent.id, Pin::new(intent, missing));
         } else {
             state.items.extend(coming.map(|i| (i, Action::Skip)));
         }
@@ -362,7 +374,7 @@ async fn stored(
         let mut unknown = None;
         for key in &intent.keys {
             let key = match intent.encrypted {
-                true => format!("{key}{}", crate::crypto::sink::SUFFIX),
+                true => crate::crypto::sink::stored_key(key),
                 false => key.clone(),
             };
             match ctx.shared.sink.exists(&intent.bucket, &key).await {

@@ -416,6 +416,40 @@ impl SpoolObserver for StreamSpoolObserver {
         m.spool_corrupt_segments.get_or_create(&labels).inc();
         m.spool_lost_records.get_or_create(&labels).inc_by(lost);
     }
+
+    fn published(&self, seconds: f64, acknowledged: usize, failed: usize) {
+        let labels = Metrics::stream(&self.stream);
+        let js = &self.admission.metrics.jetstream;
+        js.publish.get_or_create(&labels).observe(seconds);
+        js.published_records
+            .get_or_create(&labels)
+            .inc_by(acknowledged as u64);
+        if failed > 0 {
+            js.publish_failures
+                .get_or_create(&labels)
+                .inc_by(failed as u64);
+        }
+    }
+
+    fn redelivered(&self, records: u64) {
+        let labels = Metrics::stream(&self.stream);
+        let js = &self.admission.metrics.jetstream;
+        js.redelivered_records
+            .get_or_create(&labels)
+            .inc_by(records);
+    }
+
+    fn log_state(&self, held: u64, ack_pending: u64, pending: u64) {
+        let labels = Metrics::stream(&self.stream);
+        let js = &self.admission.metrics.jetstream;
+        js.held_records.get_or_create(&labels).set(held as i64);
+        js.ack_pending
+            .get_or_create(&labels)
+            .set(ack_pending as i64);
+        js.pending_records
+            .get_or_create(&labels)
+            .set(pending as i64);
+    }
 }
 
 #[cfg(test)]

@@ -17,6 +17,7 @@ pub mod crypto;
 pub mod deliver;
 pub mod durable;
 pub mod encode;
+pub mod fleet;
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod generate;

@@ -46,7 +46,8 @@ pub(crate) fn shared_parts(
         metrics,
         admission,
         retention: config.spool.retention,
-        object_journal: config.spool.object_journal,
+        // The journal is the local spool's; a fleet's log is JetStream's.
+        object_journal: config.spool.object_journal && config.log.jetstream().is_none(),
         quotas: Arc::new(config.quotas.clone()),
         catalog: Arc::new(crate::transform::catalog::Catalog::new(
             config.transforms.clone(),
@@ -136,12 +137,40 @@ impl Server {
         );
         let shared = shared_parts(&config, sink, metrics.clone(), admission.clone())?;
         return_freed_memory();
+        let fleet = match config.log.jetstream() {
+            Some(settings) => {
+                let fleet = crate::fleet::Fleet::connect(settings)
+                    .await
+                    .map_err(StartError::Restore)?;
+                let definitions = crate::fleet::control::Definitions::open(&fleet)
+                    .await
+                    .map_err(StartError::Restore)?;
+                tracing::info!(node = %settings.node, servers = ?settings.servers, replicas = settings.replicas, "records are kept in JetStream, shared by the fleet");
+                Some((fleet, definitions))
+            }
+            None => None,
+        };
+        metrics
+            .node_info
+            .get_or_create(&crate::metrics::NodeLabels {
+                node: fleet
+                    .as_ref()
+                    .map_or_else(|| "local".to_string(), |(f, _)| f.node().to_string()),
+                backend: if fleet.is_some() {
+                    "jetstream"
+                } else {
+                    "spool"
+                }
+                .into(),
+            })
+            .set(1);
         let registry = Arc::new(Registry::new(
             &config.data_dir,
             shared,
             config.spool.settings.clone(),
             config.region.clone(),
             config.account_id.clone(),
+            fleet,
         ));
         for declared in &config.streams {
             registry
@@ -150,6 +179,7 @@ impl Server {
         }
         let restored = registry.restore().map_err(StartError::Restore)?;
         registry.set_aside_orphans();
+        tokio::spawn(registry.clone().watch_fleet());
         tracing::info!(
             declared = config.streams.len(),
             restored,

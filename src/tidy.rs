@@ -166,6 +166,8 @@ fn only_settling_releases_the_spool_and_the_memory_budget() {
         "src/admission.rs",
         "src/spool/reader.rs",
         "src/spool/mod.rs",
+        "src/spool/jetstream.rs",
+        "src/spool/log.rs",
         "src/api/mod.rs",
     ];
     let bench = root.join("bench");

@@ -679,10 +679,19 @@ async fn accept(
         return Ok(refused);
     }
     let encrypted = match intake.spool.append(&mut records).await {
-        Ok(sealed) => sealed,
+        Ok(appended) => {
+            // The rest were not stored: refused with "Slow down." like those admission refused.
+            if appended.stored < records.len() {
+                state
+                    .admission
+                    .throttled(name, records.len() - appended.stored);
+                records.truncate(appended.stored);
+            }
+            appended.sealed
+        }
         Err(e) => {
             state.admission.throttled(name, records.len());
-            tracing::warn!(stream = name, error = %e, records = records.len(), "spool append failed; records refused with Slow down.");
+            tracing::warn!(stream = name, error = %e, records = records.len(), "append to the log failed; records refused with Slow down.");
             return Ok(refused);
         }
     };

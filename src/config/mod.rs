@@ -5,6 +5,7 @@
 pub mod conversion;
 pub mod fields;
 pub mod http;
+pub mod log;
 pub mod names;
 pub mod opensearch;
 pub mod policy;
@@ -39,6 +40,7 @@ pub struct RawConfig {
     pub auth: Option<RawAuth>,
     pub s3: Option<RawS3>,
     pub spool: Option<RawSpool>,
+    pub log: Option<log::RawLog>,
     pub memory: Option<RawMemory>,
     pub admission: Option<RawAdmission>,
     pub transforms: Option<RawTransforms>,
@@ -338,6 +340,8 @@ pub struct Config {
     pub metrics_token: Option<String>,
     pub store: ObjectStoreSettings,
     pub spool: SpoolConfig,
+    /// `[log]`: the local spool, or a JetStream cluster shared by a fleet.
+    pub log: log::LogBackend,
     pub quotas: BTreeMap<String, Quota>,
     pub streams: Vec<DeclaredStream>,
     pub transforms: crate::transform::catalog::CatalogSettings,
@@ -601,6 +605,7 @@ impl Config {
                 }
             }
         }
+        let log = log::parse(raw.log, listen.port(), &mut errors);
         let sp = raw.spool.unwrap_or_default();
         let sync_text = sp.sync.unwrap_or_else(|| "fsync".into());
         let sync = crate::spool::SyncMode::from_config(&sync_text).unwrap_or_else(|| {
@@ -773,6 +778,7 @@ impl Config {
                 access_keys,
                 store,
                 spool,
+                log,
                 quotas,
                 streams,
                 transforms,

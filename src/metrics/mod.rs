@@ -134,6 +134,91 @@ impl DestinationMetrics {
     }
 }
 
+/// A node's name and log backend.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct NodeLabels {
+    pub node: String,
+    pub backend: String,
+}
+
+/// The JetStream log's families, per delivery stream (each node exports its own).
+pub struct JetStreamMetrics {
+    /// From a put's first publish to JetStream's last acknowledgement.
+    pub publish: HistogramFamily<StreamLabels>,
+    pub published_records: Family<StreamLabels, Counter>,
+    /// Records JetStream did not acknowledge (refused with "Slow down.").
+    pub publish_failures: Family<StreamLabels, Counter>,
+    /// Records this node received that JetStream had handed out before (to it or another
+    /// node that did not acknowledge them in time).
+    pub redelivered_records: Family<StreamLabels, Counter>,
+    /// Records this node holds, handed out and not yet acknowledged.
+    pub held_records: Family<StreamLabels, Gauge>,
+    /// Handed out to any node and not acknowledged (the consumer's ack-pending).
+    pub ack_pending: Family<StreamLabels, Gauge>,
+    /// In the stream, not yet handed to any node.
+    pub pending_records: Family<StreamLabels, Gauge>,
+}
+
+fn publish_histogram() -> Histogram {
+    // 100 µs … ~6.5 s.
+    Histogram::new(exponential_buckets(0.0001, 2.0, 17))
+}
+
+impl Default for JetStreamMetrics {
+    fn default() -> Self {
+        JetStreamMetrics {
+            publish: Family::new_with_constructor(publish_histogram),
+            published_records: Family::default(),
+            publish_failures: Family::default(),
+            redelivered_records: Family::default(),
+            held_records: Family::default(),
+            ack_pending: Family::default(),
+            pending_records: Family::default(),
+        }
+    }
+}
+
+impl JetStreamMetrics {
+    fn register(&self, registry: &mut Registry) {
+        registry.register_with_unit(
+            "jetstream_publish",
+            "Time from a put's first JetStream publish to its last acknowledgement",
+            prometheus_client::registry::Unit::Seconds,
+            self.publish.clone(),
+        );
+        registry.register(
+            "jetstream_published_records",
+            "Records JetStream acknowledged to this node",
+            self.published_records.clone(),
+        );
+        registry.register(
+            "jetstream_publish_failures",
+            "Records JetStream did not acknowledge (refused with Slow down.)",
+            self.publish_failures.clone(),
+        );
+        registry.register(
+            "jetstream_redelivered_records",
+            "Records this node received that JetStream had handed out before",
+            self.redelivered_records.clone(),
+        );
+        registry.register(
+            "jetstream_held_records",
+            "Records this node holds, handed out by JetStream and not yet acknowledged",
+            self.held_records.clone(),
+        );
+        registry.register(
+            "jetstream_ack_pending",
+            "Records handed out to any node and not acknowledged (the consumer's ack-pending)",
+            self.ack_pending.clone(),
+        );
+        registry.register(
+            "jetstream_pending_records",
+            "Records in the JetStream stream not yet handed to any node",
+            self.pending_records.clone(),
+        );
+    }
+}
+
 fn fsync_histogram() -> Histogram {
     // 50 µs … ~3 s.
     Histogram::new(exponential_buckets(0.00005, 2.0, 16))
@@ -199,6 +284,10 @@ pub struct Metrics {
     /// Each HTTP destination's families (`DeliveryToAmazonOpenSearchService.*`,
     /// `DeliveryToSplunk.*`, …), by its kind.
     destinations: BTreeMap<&'static str, DestinationMetrics>,
+    /// `[log] backend = "jetstream"`: the node's view of the fleet's log.
+    pub jetstream: JetStreamMetrics,
+    /// `hosepipe_node_info{node, backend}`: 1 on every node.
+    pub node_info: Family<NodeLabels, Gauge>,
     /// Every fsync's latency, kept only when a benchmark asks for them.
     fsync_log: Mutex<Option<Vec<f64>>>,
     /// Per-record arrival → delivered latencies, kept only when a benchmark asks for them.
@@ -260,6 +349,8 @@ impl Metrics {
             partition_limit_records: Family::default(),
             jq_processing_duration: Family::new_with_constructor(processing_histogram),
             key_service_calls: Family::default(),
+            jetstream: JetStreamMetrics::default(),
+            node_info: Family::default(),
             destinations: BTreeMap::new(),
             fsync_log: Mutex::new(None),
             latency_log: Mutex::new(None),
@@ -499,6 +590,12 @@ impl Metrics {
             "key_service_calls",
             "Data-key requests to the key service, by outcome: success or Firehose's KMS condition (KMSKeyNotFound, KMSKeyAccessDenied, KMSKeyDisabled, KMSKeyInvalidState, KMSUnavailable)",
             m.key_service_calls.clone(),
+        );
+        m.jetstream.register(&mut registry);
+        registry.register(
+            "node_info",
+            "This node's name and log backend (spool or jetstream); always 1",
+            m.node_info.clone(),
         );
         let mut destinations = BTreeMap::new();
         for names in crate::deliver::HTTP_METRICS {

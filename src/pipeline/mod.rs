@@ -38,7 +38,7 @@ use crate::encode::prefix::RenderContext;
 use crate::journal::{Found, Item, Journal};
 use crate::metrics::{FlushLabels, Metrics};
 use crate::partition::Partitioner;
-use crate::spool::{Spool, memory_cost};
+use crate::spool::{Log, memory_cost};
 use crate::transform::catalog::Catalog;
 use crate::transform::{Failure, Fate, METADATA_EXTRACTION_FAILED, Processing};
 
@@ -254,7 +254,7 @@ pub(super) enum Delivery {
 pub struct StreamContext {
     pub name: String,
     pub shared: Shared,
-    pub spool: Arc<Spool>,
+    pub spool: Arc<Log>,
     pub stats: Arc<StreamStats>,
     /// The data key the stream's objects are being encrypted with (when reused).
     data_keys: Arc<crate::crypto::sink::DataKeyCache>,
@@ -423,19 +423,20 @@ pub fn spawn_pipeline(
     name: &str,
     initial: Versioned,
     shared: Shared,
-    spool: Arc<Spool>,
+    spool: Arc<Log>,
     id_base: String,
 ) -> (StreamHandle, mpsc::Sender<Vec<Record>>) {
     let stats = Arc::new(StreamStats::default());
-    let (journal, found) = match shared.object_journal {
-        true => match Journal::open(spool.dir(), spool.syncs()) {
+    // The journal lives beside the local spool; a fleet's log is JetStream's (at-least-once).
+    let (journal, found) = match spool.dir().filter(|_| shared.object_journal) {
+        Some(dir) => match Journal::open(dir, spool.syncs()) {
             Ok((journal, found)) => (Some(Arc::new(journal)), found),
             Err(e) => {
                 tracing::error!(stream = %name, error = %e, "cannot open the object journal; after a crash this stream's objects may repeat records");
                 (None, Vec::new())
             }
         },
-        false => (None, Vec::new()),
+        None => (None, Vec::new()),
     };
     let ctx = StreamContext {
         name: name.to_string(),

@@ -10,13 +10,13 @@ use bytes::Bytes;
 use super::*;
 use crate::config::{Config, Overrides, RawConfig};
 use crate::journal::Kind;
-use crate::spool::Sealing;
+use crate::spool::{Log, Sealing, Spool};
 use crate::testing::ScriptedSink;
 
 /// A running stream `t` writing UNCOMPRESSED objects under `data/` to `sink`.
 struct Harness {
     _dir: tempfile::TempDir,
-    spool: Arc<Spool>,
+    spool: Arc<Log>,
     admission: Arc<Admission>,
     handle: StreamHandle,
     sink: Arc<ScriptedSink>,
@@ -51,7 +51,7 @@ fn start_stream(sink: ScriptedSink, stream: &str) -> Harness {
 /// Stream `t` with its spool open and its pipeline not started yet (a daemon starting).
 struct Opened {
     dir: tempfile::TempDir,
-    spool: Arc<Spool>,
+    spool: Arc<Log>,
     admission: Arc<Admission>,
     shared: Shared,
     spec: StreamSpec,
@@ -99,7 +99,7 @@ retention_seconds = 60
     .unwrap();
     Opened {
         dir,
-        spool: Arc::new(spool),
+        spool: Arc::new(Log::local(spool)),
         admission,
         shared,
         spec: config.streams[0].spec.clone(),
@@ -143,7 +143,7 @@ impl Opened {
 }
 
 /// Appends one record per item of `data` to `spool`.
-async fn append(spool: &Spool, data: impl Iterator<Item = String>, arrival_ms: i64) {
+async fn append(spool: &Log, data: impl Iterator<Item = String>, arrival_ms: i64) {
     let mut records: Vec<Record> = data
         .map(|d| Record::new(Bytes::from(d), arrival_ms))
         .collect();
@@ -279,7 +279,7 @@ processing_configuration = { enabled = true, processors = [{ type = "RecordDeAgg
         now_ms(),
     )
     .await;
-    let (journal, _) = Journal::open(opened.spool.dir(), false).unwrap();
+    let (journal, _) = Journal::open(opened.spool.dir().unwrap(), false).unwrap();
     let stored = |key: &str| {
         let attempt = (key.to_string(), Bytes::new(), true);
         opened.sink.attempts.lock().unwrap().push(attempt);

@@ -22,6 +22,8 @@
 //! writer over a channel.
 
 mod format;
+pub mod jetstream;
+mod log;
 mod ranges;
 mod reader;
 
@@ -43,6 +45,7 @@ pub use format::{
     Frame, HEADER_LEN, MAGIC, SEALED_MAGIC, Scan, ScanEnd, SegmentHeader, encode_record,
     next_frame, plain_header, read_header, scan_segment,
 };
+pub use log::{Log, Stored};
 pub use ranges::RangeSet;
 pub use reader::{ReadBudget, memory_cost};
 
@@ -85,6 +88,9 @@ pub enum SpoolError {
     },
     #[error("the spool writer has stopped")]
     Closed,
+    /// The JetStream log refused or could not be reached.
+    #[error("JetStream: {0}")]
+    Log(String),
     /// A new sealed segment needs a data key and the key service gave none.
     #[error("the key service gives the spool no data key: {0}")]
     Key(KeyError),
@@ -282,6 +288,14 @@ pub trait SpoolObserver: Send + Sync + 'static {
     /// The reader found a damaged segment (a copy is in `corrupt/`); `lost` records after the
     /// damage cannot be read.
     fn corrupt(&self, lost: u64);
+    /// A put's records published to JetStream: how long until the last acknowledgement, how
+    /// many were acknowledged and how many not.
+    fn published(&self, _seconds: f64, _acknowledged: usize, _failed: usize) {}
+    /// Records JetStream handed to this node again.
+    fn redelivered(&self, _records: u64) {}
+    /// The JetStream log's state: records this node holds unacknowledged, handed out to any
+    /// node and unacknowledged, and not yet handed out.
+    fn log_state(&self, _held: u64, _ack_pending: u64, _pending: u64) {}
 }
 
 impl Spool {
@@ -1120,6 +1134,7 @@ fn clone_err(e: &SpoolError) -> SpoolError {
     match e {
         SpoolError::Full => SpoolError::Full,
         SpoolError::Closed => SpoolError::Closed,
+        SpoolError::Log(m) => SpoolError::Log(m.clone()),
         SpoolError::Key(k) => SpoolError::Key(k.clone()),
         SpoolError::Unseal { path, message } => SpoolError::Unseal {
             path: path.clone(),

@@ -19,9 +19,13 @@ use crate::config::stream::{
 };
 use crate::crypto::KeyError;
 use crate::encode::parquet::Converter;
+use crate::fleet::Fleet;
+use crate::fleet::control::Definitions;
 use crate::metrics::Metrics;
 use crate::pipeline::{Shared, StreamHandle, StreamStats, Versioned, spawn_pipeline};
-use crate::spool::{Sealing, Spool, SpoolError, SpoolSettings};
+
+mod fleet;
+use crate::spool::{Log, Recovery, Sealing, Spool, SpoolError, SpoolSettings};
 use crate::transform::Processing;
 
 /// What a stream runs besides its spec: its processor chain and its Parquet converter.
@@ -64,9 +68,11 @@ impl Saved {
 
 struct Entry {
     saved: Saved,
+    /// The fleet bucket's revision of `saved` (0 outside a fleet, and for declared streams).
+    revision: u64,
     from_config: bool,
     handle: StreamHandle,
-    spool: Arc<Spool>,
+    spool: Arc<Log>,
     at_rest: Arc<Mutex<AtRest>>,
 }
 
@@ -148,7 +154,7 @@ fn failure_type(e: &SpoolError) -> &'static str {
 /// Where a stream's records enter: its spool (its pipeline reads them from there).
 #[derive(Clone)]
 pub struct Intake {
-    pub spool: Arc<Spool>,
+    pub spool: Arc<Log>,
 }
 
 /// A stream leaving (deleted, or the daemon stopping): its pipeline drains, then its spool closes.
@@ -194,6 +200,11 @@ pub struct Registry {
     spool_settings: SpoolSettings,
     region: String,
     account_id: String,
+    /// In a fleet, streams keep their records in JetStream instead of the local spool.
+    fleet: Option<Arc<Fleet>>,
+    /// In a fleet, API-created streams' definitions live in its key-value bucket, not in
+    /// `streams.json`.
+    definitions: Option<Definitions>,
 }
 
 /// Why a stream could not start.
@@ -207,6 +218,11 @@ pub enum StartError {
     /// Its transform or its conversion table cannot be loaded.
     #[error("stream {stream}: {message}")]
     Parts { stream: String, message: String },
+}
+
+/// Runs a future to its end from the control plane's synchronous code (on a runtime worker).
+fn block_on<F: std::future::Future>(future: F) -> F::Output {
+    tokio::task::block_in_place(|| tokio::runtime::Handle::current().block_on(future))
 }
 
 fn epoch_secs() -> f64 {
@@ -237,8 +253,12 @@ impl Registry {
         spool_settings: SpoolSettings,
         region: String,
         account_id: String,
+        fleet: Option<(Arc<Fleet>, Definitions)>,
     ) -> Self {
+        let (fleet, definitions) = fleet.unzip();
         Registry {
+            fleet,
+            definitions,
             streams: Mutex::new(BTreeMap::new()),
             intakes: RwLock::new(HashMap::new()),
             creating: Mutex::new(HashSet::new()),
@@ -445,13 +465,18 @@ impl Registry {
             key_id: spec.at_rest.as_ref().map(|k| self.at_rest_key_id(k)),
         };
         let at_rest = Arc::new(Mutex::new(AtRest::settled(spec.at_rest.clone())));
-        let (spool, recovery) = Spool::open(
-            &self.spool_dir(&name),
-            &self.spool_settings,
-            observer,
-            sealing,
-        )
-        .map_err(|source| StartError::Spool {
+        let opened = match &self.fleet {
+            None => Spool::open(
+                &self.spool_dir(&name),
+                &self.spool_settings,
+                observer,
+                sealing,
+            )
+            .map(|(spool, recovery)| (Log::local(spool), recovery)),
+            Some(fleet) => block_on(Log::jetstream(fleet.clone(), &name, observer))
+                .map(|log| (log, Recovery::default())),
+        };
+        let (spool, recovery) = opened.map_err(|source| StartError::Spool {
             stream: name.clone(),
             source,
         })?;
@@ -484,7 +509,7 @@ impl Registry {
             return Err(StartError::Spool {
                 stream: name,
                 source: crate::spool::SpoolError::Io {
-                    path: spool.dir().to_path_buf(),
+                    path: spool.dir().map(Path::to_path_buf).unwrap_or_default(),
                     source: e,
                 },
             });
@@ -497,6 +522,7 @@ impl Registry {
             tracing::info!(stream = %name, records = recovery.backlog, "undelivered records in the spool; reading them back");
         }
         Ok(Entry {
+            revision: 0,
             saved,
             from_config,
             handle,
@@ -521,8 +547,12 @@ impl Registry {
         Ok(())
     }
 
-    /// Restores the streams created through the API before the last stop.
+    /// Restores the streams created through the API before the last stop (in a fleet: the
+    /// fleet's streams, from its bucket).
     pub fn restore(&self) -> Result<usize, String> {
+        if let Some(defs) = self.definitions() {
+            return self.restore_fleet(defs);
+        }
         let text = match std::fs::read_to_string(&self.state_file) {
             Ok(t) => t,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(0),
@@ -590,6 +620,16 @@ impl Registry {
                 "Firehose {name} is still being deleted; try again shortly"
             )));
         }
+        if let Some(defs) = self.definitions() {
+            if self.lock().contains_key(&name) {
+                return Err(ControlError::InUse(format!(
+                    "Firehose {name} under accountId {} already exists",
+                    self.account_id
+                )));
+            }
+            self.fleet_create(defs, Saved::new(name.clone(), input))?;
+            return Ok(self.arn(&name));
+        }
         {
             // The name is claimed under the lock; the spool opens (recovery, fsync) outside it.
             let streams = self.lock();
@@ -650,9 +690,7 @@ impl Registry {
             spool.stop_intake().await;
             let _ = handle.done.await;
             spool.close().await;
-            if let Err(e) = std::fs::remove_dir_all(spool.dir()) {
-                tracing::warn!(dir = %spool.dir().display(), error = %e, "cannot remove a deleted stream's spool");
-            }
+            spool.destroy().await;
         });
         self.draining.lock().expect("draining lock").push(Draining {
             name: saved.name,
@@ -661,6 +699,9 @@ impl Registry {
     }
 
     pub fn delete(&self, name: &str) -> Result<(), ControlError> {
+        if let Some(defs) = self.fleet_for(name) {
+            return self.fleet_delete(defs, name);
+        }
         let mut streams = self.lock();
         let entry = self
             .remove(&mut streams, name)
@@ -696,6 +737,14 @@ impl Registry {
             created: entry.saved.created,
             updated: entry.saved.updated,
         })
+    }
+
+    /// The fleet's bucket, when `name` is (or would be) a fleet stream: in a fleet, and not
+    /// declared in this node's config file.
+    fn fleet_for(&self, name: &str) -> Option<&Definitions> {
+        let defs = self.definitions()?;
+        let declared = self.lock().get(name).is_some_and(|e| e.from_config);
+        (!declared).then_some(defs)
     }
 
     fn not_found(&self, name: &str) -> ControlError {
@@ -803,6 +852,14 @@ impl Registry {
             ControlError::Fields(errs)
         })?;
         self.check_key(&spec)?;
+        if let Some(defs) = self.fleet_for(name) {
+            return self.fleet_change(defs, name, Some(version), |saved| {
+                saved.input = input.clone();
+                saved.version += 1;
+                saved.updated = epoch_secs();
+                Ok(())
+            });
+        }
         let (processing, converter) = self.runtime_parts(&spec)?;
         let mut streams = self.lock();
         let entry = streams.get_mut(name).ok_or_else(|| self.not_found(name))?;
@@ -861,6 +918,12 @@ impl Registry {
             .as_ref()
             .map(|k| self.check_at_rest_key(name, k))
             .transpose()?;
+        if let Some(defs) = self.fleet_for(name) {
+            return self.fleet_change(defs, name, None, |saved| {
+                saved.input.delivery_stream_encryption_configuration_input = input.clone();
+                Ok(())
+            });
+        }
         let mut streams = self.lock();
         let entry = streams.get_mut(name).ok_or_else(|| self.not_found(name))?;
         let mut state = entry.at_rest.lock().expect("at-rest lock");
@@ -930,19 +993,26 @@ impl Registry {
         if tags.is_empty() {
             return Err(ControlError::Invalid("Tags must hold 1-50 tags".into()));
         }
+        let add = |saved: &mut Saved| {
+            let mut next = saved.tags.clone();
+            for t in tags {
+                next.insert(t.key.clone(), t.value.clone().unwrap_or_default());
+            }
+            if next.len() > 50 {
+                return Err(ControlError::Limit(format!(
+                    "a stream may have at most 50 tags; this would make {}",
+                    next.len()
+                )));
+            }
+            saved.tags = next;
+            Ok(())
+        };
+        if let Some(defs) = self.fleet_for(name) {
+            return self.fleet_change(defs, name, None, add);
+        }
         let mut streams = self.lock();
         let entry = streams.get_mut(name).ok_or_else(|| self.not_found(name))?;
-        let mut next = entry.saved.tags.clone();
-        for t in tags {
-            next.insert(t.key.clone(), t.value.clone().unwrap_or_default());
-        }
-        if next.len() > 50 {
-            return Err(ControlError::Limit(format!(
-                "a stream may have at most 50 tags; this would make {}",
-                next.len()
-            )));
-        }
-        entry.saved.tags = next;
+        add(&mut entry.saved)?;
         if !entry.from_config {
             self.save_definitions(&streams)?;
         }
@@ -953,11 +1023,18 @@ impl Registry {
         if keys.is_empty() || keys.len() > 50 {
             return Err(ControlError::Invalid("TagKeys must hold 1-50 keys".into()));
         }
+        let remove = |saved: &mut Saved| {
+            for k in keys {
+                saved.tags.remove(k);
+            }
+            Ok(())
+        };
+        if let Some(defs) = self.fleet_for(name) {
+            return self.fleet_change(defs, name, None, remove);
+        }
         let mut streams = self.lock();
         let entry = streams.get_mut(name).ok_or_else(|| self.not_found(name))?;
-        for k in keys {
-            entry.saved.tags.remove(k);
-        }
+        remove(&mut entry.saved)?;
         if !entry.from_config {
             self.save_definitions(&streams)?;
         }
@@ -1039,7 +1116,7 @@ impl Registry {
         let mut open = Vec::new();
         for (name, entry) in entries {
             open.push((name, entry.spool.clone()));
-            entry.spool.stop_intake().await;
+            entry.spool.leave().await;
             waiting.push(entry.handle.done);
         }
         waiting.extend(

@@ -173,3 +173,42 @@ pub fn parse(raw: Option<RawLog>, listen_port: u16, errors: &mut Vec<String>) ->
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse_toml(text: &str) -> (LogBackend, Vec<String>) {
+        let raw: RawLog = toml::from_str(text).unwrap();
+        let mut errors = Vec::new();
+        (parse(Some(raw), 4573, &mut errors), errors)
+    }
+
+    #[test]
+    fn jetstream_takes_its_servers_and_defaults() {
+        let (backend, errors) =
+            parse_toml("backend = \"jetstream\"\nservers = [\"nats://a:4222\"]\nnode = \"n1\"");
+        assert!(errors.is_empty(), "{errors:?}");
+        let s = backend.jetstream().unwrap();
+        assert_eq!(s.servers, ["nats://a:4222"]);
+        assert_eq!(
+            (s.replicas, s.node.as_str(), s.prefix.as_str()),
+            (3, "n1", "hosepipe")
+        );
+        assert_eq!(s.ack_wait, Duration::from_secs(60));
+    }
+
+    #[test]
+    fn what_is_wrong_is_named_by_its_key() {
+        let (_, errors) = parse_toml("backend = \"jetstream\"\nreplicas = 7\nprefix = \"a.b\"");
+        let text = errors.join("\n");
+        for key in ["log.servers", "log.replicas", "log.prefix"] {
+            assert!(text.contains(key), "{text}");
+        }
+        let (backend, errors) = parse_toml("servers = [\"nats://a\"]");
+        assert_eq!(backend, LogBackend::Spool);
+        assert!(errors[0].starts_with("log.servers"));
+        let (_, errors) = parse_toml("backend = \"kafka\"");
+        assert!(errors[0].contains("not one of spool, jetstream"));
+    }
+}

@@ -225,6 +225,7 @@ impl StreamLog {
             observer: self.observer.clone(),
             stats: self.stats.clone(),
             state: self.state.clone(),
+            unconfirmed: Vec::new(),
         };
         *self.acker.lock().expect("acker lock") = Some(tokio::spawn(acker.run(acks_rx)));
     }
@@ -270,6 +271,9 @@ impl StreamLog {
                 .await;
         }
         let _ = self.fleet.client.flush().await;
+        // This node leaves nothing undelivered behind: the rest is JetStream's, for the others.
+        self.stats.records.store(0, Ordering::Relaxed);
+        self.stats.unread_records.store(0, Ordering::Relaxed);
         if !held.is_empty() {
             tracing::info!(stream = %self.name, records = held.len(), "records this node held were handed back to JetStream for the other nodes");
         }
@@ -479,9 +483,15 @@ struct Acker {
     observer: Arc<dyn SpoolObserver>,
     stats: Arc<SpoolStats>,
     state: Arc<State>,
+    /// Acknowledgements sent and not confirmed, with when they were first sent.
+    unconfirmed: Vec<(async_nats::Subject, Instant)>,
 }
 
 const ACK: &[u8] = b"+ACK";
+/// How long an acknowledgement waits for JetStream's confirmation.
+const ACK_TIMEOUT: Duration = Duration::from_secs(2);
+/// Acknowledgements awaiting confirmation at once.
+const ACKS_IN_FLIGHT: usize = 1024;
 const IN_PROGRESS: &[u8] = b"+WPI";
 
 impl Acker {
@@ -505,6 +515,7 @@ impl Acker {
                     }
                 }
                 _ = tick.tick() => {
+                    self.retry_unconfirmed().await;
                     if last_renewal.elapsed() >= renew_every {
                         self.renew(renew_every).await;
                         last_renewal = Instant::now();
@@ -525,18 +536,63 @@ impl Acker {
         let _ = self.client.flush().await;
     }
 
-    async fn ack(&self, seqs: Vec<u64>) {
+    /// Acknowledges settled records, each as a request JetStream answers once it has taken
+    /// the acknowledgement (a double ack): one lost with a server or a connection is sent again
+    /// (`retry_unconfirmed`) instead of becoming a redelivery, and so a duplicate.
+    async fn ack(&mut self, seqs: Vec<u64>) {
         let replies: Vec<async_nats::Subject> = {
             let mut held = self.state.held.lock().expect("held lock");
             seqs.iter()
                 .filter_map(|s| held.remove(s).map(|h| h.reply))
                 .collect()
         };
-        for reply in replies {
-            if let Err(e) = self.client.publish(reply, Bytes::from_static(ACK)).await {
-                tracing::warn!(error = %e, "cannot acknowledge a delivered record to JetStream; it may be delivered again");
-            }
+        let now = Instant::now();
+        let failed = self
+            .confirm(replies.into_iter().map(|r| (r, now)).collect())
+            .await;
+        self.unconfirmed.extend(failed);
+    }
+
+    /// Sends `+ACK` requests, many at a time; returns those JetStream did not answer, each
+    /// with when it was first sent.
+    async fn confirm(
+        &self,
+        replies: Vec<(async_nats::Subject, Instant)>,
+    ) -> Vec<(async_nats::Subject, Instant)> {
+        futures_util::stream::iter(replies)
+            .map(|(reply, since)| {
+                let client = self.client.clone();
+                async move {
+                    let request = client.request(reply.clone(), Bytes::from_static(ACK));
+                    match tokio::time::timeout(ACK_TIMEOUT, request).await {
+                        Ok(Ok(_)) => None,
+                        _ => Some((reply, since)),
+                    }
+                }
+            })
+            .buffer_unordered(ACKS_IN_FLIGHT)
+            .filter_map(|failed| async move { failed })
+            .collect()
+            .await
+    }
+
+    /// Sends again the acknowledgements JetStream did not confirm, until twice the ack wait
+    /// has passed (by then it has handed the record out again).
+    async fn retry_unconfirmed(&mut self) {
+        if self.unconfirmed.is_empty() {
+            return;
         }
+        let give_up = self.ack_wait * 2;
+        let (keep, expired): (Vec<_>, Vec<_>) = std::mem::take(&mut self.unconfirmed)
+            .into_iter()
+            .partition(|(_, since)| since.elapsed() < give_up);
+        if !expired.is_empty() {
+            tracing::warn!(
+                records = expired.len(),
+                "JetStream confirmed no acknowledgement of these delivered records; they may be delivered again"
+            );
+        }
+        self.unconfirmed = self.confirm(keep).await;
     }
 
     /// Tells JetStream that records held since the last renewal are still being worked on.

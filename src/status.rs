@@ -18,13 +18,23 @@ pub struct StreamRow {
     /// Accepted and not yet settled, on disk or in the pipeline.
     #[serde(default)]
     pub backlog_records: u64,
-    /// On disk only, not yet read into the pipeline.
+    /// On disk only, not yet read into the pipeline (in a fleet: in JetStream, not yet
+    /// handed to any node).
     #[serde(default)]
     pub unread_records: u64,
+    /// In a fleet: handed to this node and not yet acknowledged.
+    #[serde(default)]
+    pub held_records: u64,
+    /// In a fleet: handed to any node and not yet acknowledged.
+    #[serde(default)]
+    pub ack_pending: u64,
 }
 
 #[derive(Debug, Deserialize)]
 pub struct Status {
+    /// This node's name in a fleet.
+    #[serde(default)]
+    pub node: Option<String>,
     pub streams: Vec<StreamRow>,
     pub spool_bytes: u64,
     #[serde(default)]
@@ -94,13 +104,28 @@ pub fn render(status: &Status) -> String {
         out.push_str(line.join("  ").trim_end());
         out.push('\n');
     }
-    out.push_str(&format!(
-        "spool {} on disk of {}; memory {} in use of {}\n",
-        human(status.spool_bytes),
-        human(status.spool_max_bytes),
-        human(status.memory_used_bytes),
-        human(status.memory_budget_bytes)
-    ));
+    match &status.node {
+        None => out.push_str(&format!(
+            "spool {} on disk of {}; memory {} in use of {}\n",
+            human(status.spool_bytes),
+            human(status.spool_max_bytes),
+            human(status.memory_used_bytes),
+            human(status.memory_budget_bytes)
+        )),
+        Some(node) => {
+            out.push_str(&format!(
+                "node {node} of a fleet (records in JetStream); memory {} in use of {}\n",
+                human(status.memory_used_bytes),
+                human(status.memory_budget_bytes)
+            ));
+            for s in &status.streams {
+                out.push_str(&format!(
+                    "  {}: {} held by this node, {} by the fleet unacknowledged, {} waiting in JetStream\n",
+                    s.name, s.held_records, s.ack_pending, s.unread_records
+                ));
+            }
+        }
+    }
     out
 }
 
@@ -147,5 +172,26 @@ mod tests {
         assert!(lines[1].contains("1.2s") || lines[1].contains("1.3s"));
         assert!(lines[1].contains("7 (5)"), "{table}");
         assert!(lines[2].contains("of 1.0 GiB") && lines[2].contains("of 128.0 MiB"));
+    }
+
+    #[test]
+    fn a_fleet_node_names_itself_and_its_share_of_the_log() {
+        let status: Status = serde_json::from_value(serde_json::json!({
+            "node": "node-2", "log": "jetstream",
+            "streams": [{"name": "clicks", "state": "ACTIVE", "buffered_bytes": 0,
+                "buffered_records": 0, "in_flight_records": 0,
+                "oldest_undelivered_age_seconds": null, "delivered_records": 10,
+                "failed_attempts": 0, "spool_bytes": 0, "spool_segments": 0,
+                "backlog_records": 9, "unread_records": 4, "held_records": 5,
+                "ack_pending": 12}],
+            "spool_bytes": 0, "memory_used_bytes": 0, "memory_budget_bytes": 128 << 20
+        }))
+        .unwrap();
+        let table = render(&status);
+        assert!(table.contains("node node-2 of a fleet"), "{table}");
+        assert!(
+            table.contains("clicks: 5 held by this node, 12 by the fleet unacknowledged, 4 waiting in JetStream"),
+            "{table}"
+        );
     }
 }

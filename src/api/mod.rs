@@ -208,10 +208,14 @@ async fn status(State(state): State<Arc<AppState>>, headers: HeaderMap) -> Respo
                 "spool_segments": s.spool.segments.load(Relaxed),
                 "backlog_records": s.spool.records.load(Relaxed),
                 "unread_records": s.spool.unread_records.load(Relaxed),
+                "held_records": s.spool.held_records.load(Relaxed),
+                "ack_pending": s.spool.ack_pending.load(Relaxed),
             })
         })
         .collect();
     let body = json!({
+        "node": state.registry.node(),
+        "log": if state.registry.node().is_some() { "jetstream" } else { "spool" },
         "streams": streams,
         "spool_bytes": state.admission.spool_bytes(),
         "spool_max_bytes": state.admission.spool_max_bytes(),

@@ -317,6 +317,11 @@ impl Registry {
         }
     }
 
+    /// This node's name in a fleet (`None`: a single daemon on its local spool).
+    pub fn node(&self) -> Option<&str> {
+        self.fleet.as_deref().map(Fleet::node)
+    }
+
     pub fn account_id(&self) -> &str {
         &self.account_id
     }

@@ -274,6 +274,7 @@ impl StreamLog {
         // This node leaves nothing undelivered behind: the rest is JetStream's, for the others.
         self.stats.records.store(0, Ordering::Relaxed);
         self.stats.unread_records.store(0, Ordering::Relaxed);
+        self.stats.held_records.store(0, Ordering::Relaxed);
         if !held.is_empty() {
             tracing::info!(stream = %self.name, records = held.len(), "records this node held were handed back to JetStream for the other nodes");
         }
@@ -631,6 +632,8 @@ impl Acker {
             Err(_) => return,
         };
         self.stats.records.store(held + pending, Ordering::Relaxed);
+        self.stats.held_records.store(held, Ordering::Relaxed);
+        self.stats.ack_pending.store(ack_pending, Ordering::Relaxed);
         self.stats.unread_records.store(pending, Ordering::Relaxed);
         self.stats.bytes.store(bytes, Ordering::Relaxed);
         // The oldest record the fleet has not settled (the work queue keeps only those).

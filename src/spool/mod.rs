@@ -140,6 +140,10 @@ pub struct SpoolStats {
     /// Every seq below this is delivered, and the checkpoint on disk says so: none of them
     /// will be read again, even after a crash.
     pub checkpointed_low: AtomicU64,
+    /// In a fleet: records this node holds, handed out by JetStream and not acknowledged.
+    pub held_records: AtomicU64,
+    /// In a fleet: records handed out to any node and not acknowledged.
+    pub ack_pending: AtomicU64,
 }
 
 impl Default for SpoolStats {
@@ -151,6 +155,8 @@ impl Default for SpoolStats {
             unread_records: AtomicU64::new(0),
             oldest_unread_ms: AtomicI64::new(i64::MAX),
             checkpointed_low: AtomicU64::new(0),
+            held_records: AtomicU64::new(0),
+            ack_pending: AtomicU64::new(0),
         }
     }
 }

@@ -9,6 +9,7 @@ import time
 
 import botocore.exceptions
 import pytest
+import requests
 
 from conftest import free_port, wait_for
 from nats_cluster import NatsCluster
@@ -96,6 +97,16 @@ def test_a_node_killed_under_load_loses_nothing(s3, bucket, nats, daemon_factory
           f"delivered by node: {by_node}, {producers.errors} requests failed")
     assert len(acked) > 1000
     assert by_node[0] > 0 and by_node[2] > 0, "both surviving nodes deliver"
+    for n in (nodes[0], nodes[2]):
+        assert n.metric("hosepipe_jetstream_publish_seconds_count", "fleet") > 0
+        # The gauges follow JetStream's state every 2 s.
+        wait_for(lambda n=n: n.metric("hosepipe_jetstream_held_records", "fleet") == 0,
+                 timeout=10, what="nothing held once all is delivered")
+
+        def settled(n=n):
+            stream = requests.get(f"{n.url}/status", timeout=5).json()["streams"][0]
+            return stream["held_records"] == 0 and stream["unread_records"] == 0
+        wait_for(settled, timeout=10, what="/status: nothing held or waiting")
     for n in (nodes[0], nodes[2]):
         assert n.stop() == 0
 
@@ -221,6 +232,8 @@ def test_control_changes_on_one_node_reach_every_node(s3, bucket, nats, daemon_f
     for i, n in enumerate((n1, n2, n3)):
         text = n.metrics()
         assert re.search(rf'hosepipe_node_info\{{.*node="node-{i}".*\}} 1', text), text[:500]
+        status = requests.get(f"{n.url}/status", timeout=5).json()
+        assert (status["node"], status["log"]) == (f"node-{i}", "jetstream")
     for n in (n1, n2, n3):
         assert n.stop() == 0
 

@@ -52,6 +52,9 @@ enum Command {
     BenchBacklog(hosepipe::bench::backlog::BenchBacklogArgs),
     /// Measure one stream's put latency while another's UpdateDestination waits on a slow KMS.
     BenchControl(hosepipe::bench::control::BenchControlArgs),
+    /// Measure fleets of 1-3 nodes on a NATS JetStream cluster against the local spool and a
+    /// bare JetStream client.
+    BenchFleet(hosepipe::bench::fleet::BenchFleetArgs),
     /// Print the columns record format conversion would use for a table (local catalog or Glue).
     Schema {
         #[arg(long)]
@@ -356,6 +359,7 @@ fn main() -> ExitCode {
         Command::BenchControl(args) => {
             finished("bench-control", hosepipe::bench::control::run(args))
         }
+        Command::BenchFleet(args) => finished("bench-fleet", hosepipe::bench::fleet::run(args)),
         Command::BenchSplunk(args) => finished("bench-splunk", hosepipe::bench::splunk::run(args)),
         Command::BenchOpensearch(args) => {
             finished("bench-opensearch", hosepipe::bench::opensearch::run(args))

@@ -96,7 +96,7 @@ impl Daemon {
         }
     }
 
-    fn status(&self, rt: &tokio::runtime::Runtime) -> anyhow::Result<serde_json::Value> {
+    pub(super) fn status(&self, rt: &tokio::runtime::Runtime) -> anyhow::Result<serde_json::Value> {
         rt.block_on(async {
             Ok(reqwest::get(format!("{}/status", self.url))
                 .await?
@@ -175,7 +175,7 @@ fn count_lines(dir: &Path) -> anyhow::Result<u64> {
     Ok(n)
 }
 
-fn status_sum(status: &serde_json::Value, field: &str) -> u64 {
+pub(super) fn status_sum(status: &serde_json::Value, field: &str) -> u64 {
     status["streams"]
         .as_array()
         .map(|s| s.iter().filter_map(|v| v[field].as_u64()).sum())

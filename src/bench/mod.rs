@@ -6,6 +6,7 @@ pub mod backlog;
 pub mod control;
 pub mod convert;
 pub mod encrypt;
+pub mod fleet;
 pub mod ingest;
 pub mod opensearch;
 pub mod partition;

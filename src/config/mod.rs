@@ -37,6 +37,9 @@ pub struct RawConfig {
     pub shutdown_timeout_seconds: Option<u64>,
     /// `auto` (default): S3 when S3 credentials are configured, else local disk; `local`; `s3`.
     pub object_store: Option<String>,
+    /// Where local-disk buckets are (default `<data_dir>/buckets`): the nodes of a fleet on one
+    /// machine, or on a shared file system, can write to the same directory.
+    pub buckets_dir: Option<PathBuf>,
     pub auth: Option<RawAuth>,
     pub s3: Option<RawS3>,
     pub spool: Option<RawSpool>,
@@ -574,7 +577,10 @@ impl Config {
         };
         let store = ObjectStoreSettings {
             s3: remote,
-            local_root: data_dir.join("buckets"),
+            local_root: raw
+                .buckets_dir
+                .clone()
+                .unwrap_or_else(|| data_dir.join("buckets")),
             multipart_threshold: (threshold_mb * 1024 * 1024) as usize,
             part_size: (part_mb * 1024 * 1024) as usize,
             // Read at start-up (`aws_client::trust_ca_bundle`).

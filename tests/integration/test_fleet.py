@@ -25,7 +25,7 @@ def nats(tmp_path):
     cluster.stop_all()
 
 
-def log_toml(nats, node, prefix):
+def log_toml(nats, node, prefix, extra=""):
     servers = ", ".join(f'"{u}"' for u in nats.urls)
     return f"""
 [log]
@@ -35,12 +35,13 @@ node = "{node}"
 prefix = "{prefix}"
 ack_wait_seconds = 5
 publish_timeout_ms = 2000
+{extra}
 """
 
 
-def start_fleet(daemon_factory, nats, streams="", size=3):
+def start_fleet(daemon_factory, nats, streams="", size=3, log_extra=""):
     prefix = f"t{random.randint(0, 10**9)}"
-    return [daemon_factory(log_toml(nats, f"node-{i}", prefix) + streams,
+    return [daemon_factory(log_toml(nats, f"node-{i}", prefix, log_extra) + streams,
                            listen=f"127.0.0.1:{free_port()}")
             for i in range(size)]
 
@@ -219,6 +220,16 @@ def test_control_changes_on_one_node_reach_every_node(s3, bucket, nats, daemon_f
         DeliveryStreamName="cp")["Tags"] == [{"Key": "team", "Value": "a"}],
         timeout=20, what="the tag on node 1")
 
+    # Encryption at rest started on node 2 is reported by node 3.
+    n2.firehose().start_delivery_stream_encryption(
+        DeliveryStreamName="cp",
+        DeliveryStreamEncryptionConfigurationInput={"KeyType": "AWS_OWNED_CMK"})
+
+    def encrypted():
+        d = n3.firehose().describe_delivery_stream(DeliveryStreamName="cp")
+        return d["DeliveryStreamDescription"]["DeliveryStreamEncryptionConfiguration"]["Status"] == "ENABLED"
+    wait_for(encrypted, timeout=20, what="encryption ENABLED on node 3")
+
     # Deleted on node 1: every node stops it.
     n1.firehose().delete_delivery_stream(DeliveryStreamName="cp")
     for n in (n1, n2, n3):
@@ -250,3 +261,30 @@ def test_a_node_started_later_runs_the_fleets_streams(s3, bucket, nats, daemon_f
     settle(s3, bucket, "l/", {f"late-{i}" for i in range(50)})
     for n in (n1, n2):
         assert n.stop() == 0
+
+
+def test_a_full_jetstream_stream_refuses_puts(s3, nats, daemon_factory):
+    """`max_stream_mb` caps a stream in JetStream: with the destination down, the backlog fills
+    it and puts are refused with "Slow down."; once the bucket exists, everything acknowledged
+    is delivered."""
+    bucket = f"full-{random.randint(0, 10**9)}"
+    node, = start_fleet(daemon_factory, nats, stream_toml("full", bucket, "u/"), size=1,
+                        log_extra="max_stream_mb = 1")
+    fh = node.firehose()
+    acked, refused = set(), 0
+    for b in range(80):
+        recs = [f"r{b}-{i}".ljust(199, ".") + "\n" for i in range(100)]
+        resp = fh.put_record_batch(DeliveryStreamName="full",
+                                   Records=[{"Data": r.encode()} for r in recs])
+        for r, entry in zip(recs, resp["RequestResponses"]):
+            if "RecordId" in entry:
+                acked.add(r.split(".")[0])
+            else:
+                assert entry["ErrorMessage"] == "Slow down."
+                refused += 1
+    assert refused > 0, "1.6 MB into a 1 MiB stream whose destination is down"
+    s3.create_bucket(bucket)
+    got, duplicates = settle(s3, bucket, "u/", acked)
+    print(f"\nfleet, stream full: {len(acked)} acknowledged, {refused} refused, "
+          f"{len(set(got))} delivered, {duplicates} duplicates")
+    assert node.stop() == 0

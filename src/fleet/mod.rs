@@ -92,14 +92,25 @@ impl Fleet {
         }))
     }
 
-    /// The JetStream stream holding a delivery stream's records.
-    pub fn stream_name(&self, name: &str) -> String {
-        format!("{}_{}", self.settings.prefix, encode_name(name))
+    /// The JetStream stream holding a delivery stream's records. `generation` tells apart a
+    /// stream created through the API from one deleted before it under the same name (whose
+    /// JetStream stream may still be being drained and deleted); a stream declared in the
+    /// config files has none, so every node finds the same one.
+    pub fn stream_name(&self, name: &str, generation: Option<&str>) -> String {
+        let base = format!("{}_{}", self.settings.prefix, encode_name(name));
+        match generation {
+            Some(g) => format!("{base}_{g}"),
+            None => base,
+        }
     }
 
     /// The subject a delivery stream's records are published on.
-    pub fn subject(&self, name: &str) -> String {
-        format!("{}.records.{}", self.settings.prefix, encode_name(name))
+    pub fn subject(&self, name: &str, generation: Option<&str>) -> String {
+        let base = format!("{}.records.{}", self.settings.prefix, encode_name(name));
+        match generation {
+            Some(g) => format!("{base}.{g}"),
+            None => base,
+        }
     }
 
     pub fn node(&self) -> &str {

@@ -220,6 +220,11 @@ pub enum StartError {
     Parts { stream: String, message: String },
 }
 
+/// What tells a stream apart from an earlier one of the same name: its creation time (ms, hex).
+fn stream_generation(saved: &Saved) -> String {
+    format!("{:x}", (saved.created * 1000.0) as i64)
+}
+
 /// Runs a future to its end from the control plane's synchronous code (on a runtime worker).
 fn block_on<F: std::future::Future>(future: F) -> F::Output {
     tokio::task::block_in_place(|| tokio::runtime::Handle::current().block_on(future))
@@ -478,8 +483,17 @@ impl Registry {
                 sealing,
             )
             .map(|(spool, recovery)| (Log::local(spool), recovery)),
-            Some(fleet) => block_on(Log::jetstream(fleet.clone(), &name, observer))
-                .map(|log| (log, Recovery::default())),
+            Some(fleet) => {
+                // The same on every node: from the stream's creation time in the bucket.
+                let generation = (!from_config).then(|| stream_generation(&saved));
+                block_on(Log::jetstream(
+                    fleet.clone(),
+                    &name,
+                    generation.as_deref(),
+                    observer,
+                ))
+                .map(|log| (log, Recovery::default()))
+            }
         };
         let (spool, recovery) = opened.map_err(|source| StartError::Spool {
             stream: name.clone(),
@@ -506,7 +520,7 @@ impl Registry {
             },
             self.shared.clone(),
             spool.clone(),
-            format!("{:x}", (saved.created * 1000.0) as i64),
+            stream_generation(&saved),
         );
         // Start-up reads, it does not load: the reader starts at the oldest undelivered
         // record and hands the backlog on at the pace the memory budget allows.

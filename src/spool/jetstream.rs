@@ -65,6 +65,11 @@ pub struct StreamLog {
     fleet: Arc<Fleet>,
     name: String,
     subject: String,
+    /// The JetStream stream's name.
+    stream_name: String,
+    /// Created through the API, so the fleet deletes its JetStream stream with it (a declared
+    /// stream's is every node's, from its config file).
+    owned: bool,
     stream: stream::Stream,
     consumer: PullConsumer,
     observer: Arc<dyn SpoolObserver>,
@@ -81,13 +86,14 @@ impl StreamLog {
     pub async fn open(
         fleet: Arc<Fleet>,
         name: &str,
+        generation: Option<&str>,
         observer: Arc<dyn SpoolObserver>,
         stats: Arc<SpoolStats>,
     ) -> Result<StreamLog, SpoolError> {
         let s = &fleet.settings;
         let config = stream::Config {
-            name: fleet.stream_name(name),
-            subjects: vec![fleet.subject(name)],
+            name: fleet.stream_name(name, generation),
+            subjects: vec![fleet.subject(name, generation)],
             description: Some(format!("hosepipe delivery stream {name}")),
             retention: RetentionPolicy::WorkQueue,
             storage: StorageType::File,
@@ -128,7 +134,9 @@ impl StreamLog {
         .map_err(SpoolError::Log)?;
         let (acks, acks_rx) = mpsc::unbounded_channel();
         Ok(StreamLog {
-            subject: fleet.subject(name),
+            subject: fleet.subject(name, generation),
+            stream_name: fleet.stream_name(name, generation),
+            owned: generation.is_some(),
             fleet,
             name: name.to_string(),
             stream,
@@ -154,6 +162,11 @@ impl StreamLog {
         if !self.state.intake_open.load(Ordering::Relaxed) {
             return Err(SpoolError::Closed);
         }
+        // No server to publish to: refused at once, not after the publish timeout.
+        if self.fleet.client.connection_state() != async_nats::connection::State::Connected {
+            self.observer.published(0.0, 0, records.len());
+            return Err(SpoolError::Log("not connected to any NATS server".into()));
+        }
         let start = Instant::now();
         let mut pending = Vec::with_capacity(records.len());
         let mut failure = None;
@@ -171,9 +184,12 @@ impl StreamLog {
                 }
             }
         }
+        // Awaited together: each waits `publish_timeout_ms` at most, all at once.
+        let acks =
+            futures_util::future::join_all(pending.into_iter().map(|a| a.into_future())).await;
         let mut stored = 0;
-        for (i, ack) in pending.into_iter().enumerate() {
-            match ack.await {
+        for (i, ack) in acks.into_iter().enumerate() {
+            match ack {
                 Ok(ack) if stored == i => {
                     records[i].seq = ack.sequence;
                     stored += 1;
@@ -281,10 +297,12 @@ impl StreamLog {
     }
 
     /// Deletes the stream's JetStream stream (its records with it): the delivery stream was
-    /// deleted and this node has drained it.
+    /// deleted and this node has drained it. A declared stream's stays: it is every node's.
     pub async fn destroy(&self) {
-        let name = self.fleet.stream_name(&self.name);
-        if let Err(e) = self.fleet.js.delete_stream(&name).await {
+        if !self.owned {
+            return;
+        }
+        if let Err(e) = self.fleet.js.delete_stream(&self.stream_name).await {
             tracing::warn!(stream = %self.name, error = %e, "cannot delete the JetStream stream of a deleted delivery stream");
         }
     }
@@ -333,6 +351,10 @@ impl Reader {
                     r
                 }
                 Err(e) => {
+                    // A drained stream's JetStream stream may be deleted by another node.
+                    if mode == DRAINING && self.nothing_left().await {
+                        break;
+                    }
                     failures += 1;
                     if failures == 1 || failures.is_power_of_two() {
                         tracing::error!(stream = %self.name, error = %e, "cannot read from JetStream; retrying");
@@ -354,10 +376,14 @@ impl Reader {
         }
     }
 
-    /// Whether JetStream has nothing more to hand out.
+    /// Whether JetStream has nothing more to hand out (or the stream is gone: another node
+    /// drained and deleted it).
     async fn nothing_left(&self) -> bool {
         let mut consumer = self.consumer.clone();
-        consumer.info().await.is_ok_and(|i| i.num_pending == 0)
+        match consumer.info().await {
+            Ok(i) => i.num_pending == 0,
+            Err(e) => e.to_string().contains("not found"),
+        }
     }
 
     /// One chunk: what JetStream has handed this node (waiting up to `FETCH_WAIT` for the

@@ -41,13 +41,15 @@ impl Log {
     }
 
     /// The stream's log in the fleet's JetStream (created if it is not there yet).
+    /// `generation`: see [`Fleet::stream_name`].
     pub async fn jetstream(
         fleet: Arc<Fleet>,
         name: &str,
+        generation: Option<&str>,
         observer: Arc<dyn SpoolObserver>,
     ) -> Result<Log, SpoolError> {
         let stats = Arc::new(SpoolStats::default());
-        let log = StreamLog::open(fleet, name, observer, stats.clone()).await?;
+        let log = StreamLog::open(fleet, name, generation, observer, stats.clone()).await?;
         Ok(Log {
             stats,
             backend: Backend::JetStream(log),

@@ -239,6 +239,17 @@ def test_control_changes_on_one_node_reach_every_node(s3, bucket, nats, daemon_f
         assert error_code(lambda n=n: n.firehose().put_record(
             DeliveryStreamName="cp", Record={"Data": b"x\n"})) == "ResourceNotFoundException"
 
+    # Created again under the same name (while the nodes may still drain the old one): a
+    # stream of its own.
+    wait_for(lambda: create(n2.firehose(), "cp", bucket, "v4/"), timeout=30,
+             what="the name free again")
+    for n in (n1, n2, n3):
+        wait_for(lambda n=n: n.firehose().describe_delivery_stream(DeliveryStreamName="cp"),
+                 timeout=20, what="the new stream on every node")
+    recs = [{"Data": f"four-{i}\n".encode()} for i in range(100)]
+    assert n3.firehose().put_record_batch(DeliveryStreamName="cp", Records=recs)["FailedPutCount"] == 0
+    settle(s3, bucket, "v4/", {f"four-{i}" for i in range(100)})
+
     # Each node reports itself and its view of the log.
     for i, n in enumerate((n1, n2, n3)):
         text = n.metrics()

@@ -443,10 +443,10 @@ impl SpoolObserver for StreamSpoolObserver {
         let labels = Metrics::stream(&self.stream);
         let js = &self.admission.metrics.jetstream;
         js.held_records.get_or_create(&labels).set(held as i64);
-        js.ack_pending
+        js.ack_pending_messages
             .get_or_create(&labels)
             .set(ack_pending as i64);
-        js.pending_records
+        js.pending_messages
             .get_or_create(&labels)
             .set(pending as i64);
     }

@@ -18,16 +18,19 @@ pub struct StreamRow {
     /// Accepted and not yet settled, on disk or in the pipeline.
     #[serde(default)]
     pub backlog_records: u64,
-    /// On disk only, not yet read into the pipeline (in a fleet: in JetStream, not yet
-    /// handed to any node).
+    /// On disk only, not yet read into the pipeline.
     #[serde(default)]
     pub unread_records: u64,
     /// In a fleet: handed to this node and not yet acknowledged.
     #[serde(default)]
     pub held_records: u64,
-    /// In a fleet: handed to any node and not yet acknowledged.
+    /// In a fleet: messages (each a put's records) handed to any node and not yet
+    /// acknowledged.
     #[serde(default)]
-    pub ack_pending: u64,
+    pub ack_pending_messages: u64,
+    /// In a fleet: messages in JetStream not yet handed to any node.
+    #[serde(default)]
+    pub pending_messages: u64,
 }
 
 #[derive(Debug, Deserialize)]
@@ -120,8 +123,8 @@ pub fn render(status: &Status) -> String {
             ));
             for s in &status.streams {
                 out.push_str(&format!(
-                    "  {}: {} held by this node, {} by the fleet unacknowledged, {} waiting in JetStream\n",
-                    s.name, s.held_records, s.ack_pending, s.unread_records
+                    "  {}: {} records held by this node; messages: {} held by the fleet, {} waiting in JetStream\n",
+                    s.name, s.held_records, s.ack_pending_messages, s.pending_messages
                 ));
             }
         }
@@ -182,15 +185,17 @@ mod tests {
                 "buffered_records": 0, "in_flight_records": 0,
                 "oldest_undelivered_age_seconds": null, "delivered_records": 10,
                 "failed_attempts": 0, "spool_bytes": 0, "spool_segments": 0,
-                "backlog_records": 9, "unread_records": 4, "held_records": 5,
-                "ack_pending": 12}],
+                "backlog_records": 5, "unread_records": 0, "held_records": 5,
+                "ack_pending_messages": 12, "pending_messages": 4}],
             "spool_bytes": 0, "memory_used_bytes": 0, "memory_budget_bytes": 128 << 20
         }))
         .unwrap();
         let table = render(&status);
         assert!(table.contains("node node-2 of a fleet"), "{table}");
         assert!(
-            table.contains("clicks: 5 held by this node, 12 by the fleet unacknowledged, 4 waiting in JetStream"),
+            table.contains(
+                "clicks: 5 records held by this node; messages: 12 held by the fleet, 4 waiting in JetStream"
+            ),
             "{table}"
         );
     }

@@ -209,7 +209,8 @@ async fn status(State(state): State<Arc<AppState>>, headers: HeaderMap) -> Respo
                 "backlog_records": s.spool.records.load(Relaxed),
                 "unread_records": s.spool.unread_records.load(Relaxed),
                 "held_records": s.spool.held_records.load(Relaxed),
-                "ack_pending": s.spool.ack_pending.load(Relaxed),
+                "ack_pending_messages": s.spool.ack_pending_messages.load(Relaxed),
+                "pending_messages": s.spool.pending_messages.load(Relaxed),
             })
         })
         .collect();

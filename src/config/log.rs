@@ -37,8 +37,8 @@ pub struct RawLog {
     /// How long a record handed to a node may go unacknowledged before JetStream gives it to
     /// another node (default 60). Nodes holding records longer (buffering, an outage) renew it.
     pub ack_wait_seconds: Option<u64>,
-    /// Records handed out and not yet acknowledged, the fleet together, per stream: past it
-    /// JetStream hands out no more (default 100000).
+    /// Messages (each a put's records) handed out and not yet acknowledged, the fleet
+    /// together, per stream: past it JetStream hands out no more (default 100000).
     pub max_ack_pending: Option<i64>,
     /// Cap of each JetStream stream in MiB; past it, puts are refused with "Slow down."
     /// (default: none; the servers' limits apply).

@@ -153,10 +153,11 @@ pub struct JetStreamMetrics {
     pub redelivered_records: Family<StreamLabels, Counter>,
     /// Records this node holds, handed out and not yet acknowledged.
     pub held_records: Family<StreamLabels, Gauge>,
-    /// Handed out to any node and not acknowledged (the consumer's ack-pending).
-    pub ack_pending: Family<StreamLabels, Gauge>,
-    /// In the stream, not yet handed to any node.
-    pub pending_records: Family<StreamLabels, Gauge>,
+    /// Messages (each a put's records) handed out to any node and not acknowledged (the
+    /// consumer's ack-pending).
+    pub ack_pending_messages: Family<StreamLabels, Gauge>,
+    /// Messages in the stream, not yet handed to any node.
+    pub pending_messages: Family<StreamLabels, Gauge>,
 }
 
 fn publish_histogram() -> Histogram {
@@ -172,8 +173,8 @@ impl Default for JetStreamMetrics {
             publish_failures: Family::default(),
             redelivered_records: Family::default(),
             held_records: Family::default(),
-            ack_pending: Family::default(),
-            pending_records: Family::default(),
+            ack_pending_messages: Family::default(),
+            pending_messages: Family::default(),
         }
     }
 }
@@ -207,14 +208,14 @@ impl JetStreamMetrics {
             self.held_records.clone(),
         );
         registry.register(
-            "jetstream_ack_pending",
-            "Records handed out to any node and not acknowledged (the consumer's ack-pending)",
-            self.ack_pending.clone(),
+            "jetstream_ack_pending_messages",
+            "Messages (each a put's records) handed out to any node and not acknowledged (the consumer's ack-pending)",
+            self.ack_pending_messages.clone(),
         );
         registry.register(
-            "jetstream_pending_records",
-            "Records in the JetStream stream not yet handed to any node",
-            self.pending_records.clone(),
+            "jetstream_pending_messages",
+            "Messages (each a put's records) in the JetStream stream not yet handed to any node",
+            self.pending_messages.clone(),
         );
     }
 }

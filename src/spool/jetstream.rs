@@ -1,10 +1,12 @@
 //! A delivery stream's log on NATS JetStream (`[log] backend = "jetstream"`): what a fleet of
 //! nodes shares instead of each node's local spool.
 //!
-//! - **Append**: each record is published to the stream's subject; a put is answered once
-//!   JetStream has acknowledged its records (stored on the stream's replicas). A record
-//!   JetStream does not acknowledge (no quorum, the stream full, the publish timed out) is
-//!   refused with "Slow down.", with every record after it.
+//! - **Append**: a put's records travel together, as few JetStream messages as the servers'
+//!   `max_payload` allows (usually one: [`encode_batch`]), published to the stream's subject;
+//!   a put is answered once JetStream has acknowledged its messages (stored on the stream's
+//!   replicas). A message JetStream does not acknowledge (no quorum, the stream full, the
+//!   publish timed out) is refused with "Slow down.", with every record after it. One message
+//!   per put, not per record, is what makes JetStream's work per record small.
 //! - **Read**: every node pulls from the stream's one durable consumer (`hosepipe`, explicit
 //!   acks), so JetStream hands each record to one node at a time. A node fetches a chunk only
 //!   once its memory budget has room for it, and hands it to the pipeline like the local
@@ -15,10 +17,11 @@
 //!   JetStream gives it to another node only when this one is gone. A node that leaves hands
 //!   back (`-NAK`) what it still holds.
 //!
-//! Seqs are JetStream's stream sequences, unique across the fleet.
+//! A record's seq is its message's stream sequence (unique across the fleet) shifted left 16
+//! bits, plus its index in the message; a message is acknowledged once all its records settle.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -34,10 +37,15 @@ use crate::fleet::Fleet;
 
 /// The consumer every node shares.
 const CONSUMER: &str = "hosepipe";
-/// At most this many records, or `FETCH_BYTES`, per chunk handed on; also what the client asks
-/// JetStream for at a time (and so at most what waits in its buffer, not yet held).
-const FETCH_RECORDS: usize = 1000;
+/// A chunk handed on ends once it has this many records or `FETCH_BYTES` (a message is never
+/// split).
+const FETCH_RECORDS: usize = 2000;
 const FETCH_BYTES: usize = 1 << 20;
+/// What the client asks JetStream for at a time, and so at most what waits in its buffer, not
+/// yet held: messages, and bytes (above the servers' usual 1 MiB `max_payload`, so one message
+/// always fits).
+const PULL_MESSAGES: usize = 64;
+const PULL_BYTES: usize = 8 << 20;
 /// How long the reader waits for a first record before it looks at its mode again.
 const FETCH_WAIT: Duration = Duration::from_millis(500);
 
@@ -48,17 +56,120 @@ const DRAINING: u8 = 1;
 /// Ends at once; what the node holds is delivered or handed back (the node stops).
 const LEAVING: u8 = 2;
 
-/// A record this node holds: where its acknowledgement goes.
+/// A record's seq: its message's stream sequence and its index in the message.
+const INDEX_BITS: u32 = 16;
+/// Records in one message at most.
+const MAX_PER_MESSAGE: usize = (1 << INDEX_BITS) - 1;
+
+fn record_seq(message: u64, index: usize) -> u64 {
+    (message << INDEX_BITS) | index as u64
+}
+
+fn message_of(seq: u64) -> u64 {
+    seq >> INDEX_BITS
+}
+
+/// What begins every message hosepipe publishes (version 1 of the batch format).
+const BATCH_MAGIC: &[u8; 5] = b"HPJS\x01";
+/// A record's framing in a batch: arrival (i64 LE) and length (u32 LE).
+const RECORD_HEADER: usize = 12;
+
+/// Records as one message: the magic, the count (u32 LE), then per record its arrival ms
+/// (i64 LE), its length (u32 LE) and its bytes.
+pub fn encode_batch(records: &[Record]) -> Bytes {
+    let size = BATCH_MAGIC.len()
+        + 4
+        + records
+            .iter()
+            .map(|r| RECORD_HEADER + r.data.len())
+            .sum::<usize>();
+    let mut out = Vec::with_capacity(size);
+    out.extend_from_slice(BATCH_MAGIC);
+    out.extend_from_slice(&(records.len() as u32).to_le_bytes());
+    for r in records {
+        out.extend_from_slice(&r.arrival_ms.to_le_bytes());
+        out.extend_from_slice(&(r.data.len() as u32).to_le_bytes());
+        out.extend_from_slice(&r.data);
+    }
+    Bytes::from(out)
+}
+
+/// [`encode_batch`] undone: each record's arrival and bytes (slices of `payload`), or why the
+/// message is not a batch.
+pub fn decode_batch(payload: &Bytes) -> Result<Vec<(i64, Bytes)>, String> {
+    let rest = payload
+        .strip_prefix(BATCH_MAGIC.as_slice())
+        .ok_or("not a hosepipe batch (no HPJS\\x01 header)")?;
+    let count = rest
+        .get(..4)
+        .map(|b| u32::from_le_bytes(b.try_into().expect("4 bytes")) as usize)
+        .ok_or("a batch cut short in its count")?;
+    if count > MAX_PER_MESSAGE {
+        return Err(format!(
+            "a batch of {count} records, over {MAX_PER_MESSAGE}"
+        ));
+    }
+    let mut at = BATCH_MAGIC.len() + 4;
+    let mut out = Vec::with_capacity(count);
+    for i in 0..count {
+        let header = payload
+            .get(at..at + RECORD_HEADER)
+            .ok_or_else(|| format!("a batch cut short at record {i}"))?;
+        let arrival = i64::from_le_bytes(header[..8].try_into().expect("8 bytes"));
+        let len = u32::from_le_bytes(header[8..].try_into().expect("4 bytes")) as usize;
+        at += RECORD_HEADER;
+        if payload.len() - at < len {
+            return Err(format!("a batch cut short in record {i}"));
+        }
+        out.push((arrival, payload.slice(at..at + len)));
+        at += len;
+    }
+    if at != payload.len() {
+        return Err(format!(
+            "{} bytes after the batch's records",
+            payload.len() - at
+        ));
+    }
+    Ok(out)
+}
+
+/// The records of `records` in publishing order, as ranges that each fit one message of at
+/// most `limit` bytes (a record larger than that alone in its own).
+fn split_batches(records: &[Record], limit: usize) -> Vec<std::ops::Range<usize>> {
+    let mut out = Vec::new();
+    let mut start = 0;
+    let mut size = BATCH_MAGIC.len() + 4;
+    for (i, r) in records.iter().enumerate() {
+        let add = RECORD_HEADER + r.data.len();
+        if i > start && (size + add > limit || i - start >= MAX_PER_MESSAGE) {
+            out.push(start..i);
+            start = i;
+            size = BATCH_MAGIC.len() + 4;
+        }
+        size += add;
+    }
+    if start < records.len() {
+        out.push(start..records.len());
+    }
+    out
+}
+
+/// A message this node holds: where its acknowledgement goes, and how many of its records
+/// have not settled yet.
 struct Held {
     reply: async_nats::Subject,
     renewed: Instant,
+    unsettled: usize,
 }
 
 struct State {
     intake_open: AtomicBool,
     mode: AtomicU8,
     closed: AtomicBool,
+    /// By message stream sequence.
     held: Mutex<HashMap<u64, Held>>,
+    /// Records of the held messages not settled yet.
+    held_records: AtomicU64,
 }
 
 pub struct StreamLog {
@@ -148,6 +259,7 @@ impl StreamLog {
                 mode: AtomicU8::new(READING),
                 closed: AtomicBool::new(false),
                 held: Mutex::new(HashMap::new()),
+                held_records: AtomicU64::new(0),
             }),
             acks,
             acks_rx: Mutex::new(Some(acks_rx)),
@@ -168,15 +280,20 @@ impl StreamLog {
             return Err(SpoolError::Log("not connected to any NATS server".into()));
         }
         let start = Instant::now();
-        let mut pending = Vec::with_capacity(records.len());
+        // A little under the servers' limit, for the subject and headers.
+        let limit = self
+            .fleet
+            .client
+            .server_info()
+            .max_payload
+            .saturating_sub(4096)
+            .max(64 * 1024);
+        let batches = split_batches(records, limit);
+        let mut pending = Vec::with_capacity(batches.len());
         let mut failure = None;
-        for r in records.iter() {
-            match self
-                .fleet
-                .js
-                .publish(self.subject.clone(), r.data.clone())
-                .await
-            {
+        for range in &batches {
+            let payload = encode_batch(&records[range.clone()]);
+            match self.fleet.js.publish(self.subject.clone(), payload).await {
                 Ok(ack) => pending.push(ack),
                 Err(e) => {
                     failure = Some(e.to_string());
@@ -188,11 +305,13 @@ impl StreamLog {
         let acks =
             futures_util::future::join_all(pending.into_iter().map(|a| a.into_future())).await;
         let mut stored = 0;
-        for (i, ack) in acks.into_iter().enumerate() {
+        for (range, ack) in batches.into_iter().zip(acks) {
             match ack {
-                Ok(ack) if stored == i => {
-                    records[i].seq = ack.sequence;
-                    stored += 1;
+                Ok(ack) if stored == range.start => {
+                    for (i, r) in records[range.clone()].iter_mut().enumerate() {
+                        r.seq = record_seq(ack.sequence, i);
+                    }
+                    stored = range.end;
                 }
                 // Stored, but after one that was not: the producer is told it failed (and
                 // may send it again), and it is delivered.
@@ -289,7 +408,6 @@ impl StreamLog {
         let _ = self.fleet.client.flush().await;
         // This node leaves nothing undelivered behind: the rest is JetStream's, for the others.
         self.stats.records.store(0, Ordering::Relaxed);
-        self.stats.unread_records.store(0, Ordering::Relaxed);
         self.stats.held_records.store(0, Ordering::Relaxed);
         if !held.is_empty() {
             tracing::info!(stream = %self.name, records = held.len(), "records this node held were handed back to JetStream for the other nodes");
@@ -333,8 +451,8 @@ impl Reader {
                 None => self
                     .consumer
                     .stream()
-                    .max_messages_per_batch(FETCH_RECORDS)
-                    .max_bytes_per_batch(FETCH_BYTES)
+                    .max_messages_per_batch(PULL_MESSAGES)
+                    .max_bytes_per_batch(PULL_BYTES)
                     .heartbeat(Duration::from_secs(5))
                     .expires(Duration::from_secs(30))
                     .messages()
@@ -405,7 +523,7 @@ impl Reader {
                 Err(e) if records.is_empty() => return Err(e.to_string()),
                 Err(_) => break,
             };
-            if let Some(record) = self.take(message, &mut redelivered) {
+            for record in self.take(message, &mut redelivered).await {
                 bytes += record.data.len();
                 records.push(record);
             }
@@ -421,30 +539,39 @@ impl Reader {
         Ok(records)
     }
 
-    /// A message as a record, now held by this node; `None` for one it holds already.
-    fn take(
+    /// A message's records, now held by this node; none for a message it holds already, or
+    /// one that is not a hosepipe batch (ended in JetStream with an ERROR log).
+    async fn take(
         &self,
         message: async_nats::jetstream::Message,
         redelivered: &mut u64,
-    ) -> Option<Record> {
+    ) -> Vec<Record> {
         let info = match message.info() {
             Ok(i) => i,
             Err(e) => {
                 tracing::warn!(stream = %self.name, error = %e, "a message without JetStream metadata");
-                return None;
+                return Vec::new();
             }
         };
-        let (seq, delivered, arrival_ms) = (
-            info.stream_sequence,
-            info.delivered,
-            info.published.timestamp_millis(),
-        );
+        let (seq, delivered) = (info.stream_sequence, info.delivered);
         let Some(reply) = message.message.reply.clone() else {
             tracing::warn!(stream = %self.name, "a message without a reply subject");
-            return None;
+            return Vec::new();
+        };
+        let batch = match decode_batch(&message.message.payload) {
+            Ok(b) => b,
+            Err(e) => {
+                tracing::error!(stream = %self.name, seq, error = %e, "a message on the stream's subject that hosepipe did not publish; it is dropped");
+                let _ = message.ack_with(async_nats::jetstream::AckKind::Term).await;
+                return Vec::new();
+            }
         };
         if delivered > 1 {
-            *redelivered += 1;
+            *redelivered += batch.len() as u64;
+        }
+        if batch.is_empty() {
+            let _ = message.ack().await;
+            return Vec::new();
         }
         {
             let mut held = self.state.held.lock().expect("held lock");
@@ -452,19 +579,29 @@ impl Reader {
                 // Handed out again while this node holds it: keep the newer reply.
                 h.reply = reply;
                 h.renewed = Instant::now();
-                return None;
+                return Vec::new();
             }
             held.insert(
                 seq,
                 Held {
                     reply,
                     renewed: Instant::now(),
+                    unsettled: batch.len(),
                 },
             );
         }
-        let mut record = Record::new(message.message.payload.clone(), arrival_ms);
-        record.seq = seq;
-        Some(record)
+        self.state
+            .held_records
+            .fetch_add(batch.len() as u64, Ordering::Relaxed);
+        batch
+            .into_iter()
+            .enumerate()
+            .map(|(i, (arrival_ms, data))| {
+                let mut record = Record::new(data, arrival_ms);
+                record.seq = record_seq(seq, i);
+                record
+            })
+            .collect()
     }
 
     /// Waits for room in the budget, then hands the chunk to the pipeline. False when the
@@ -567,12 +704,25 @@ impl Acker {
     /// the acknowledgement (a double ack): one lost with a server or a connection is sent again
     /// (`retry_unconfirmed`) instead of becoming a redelivery, and so a duplicate.
     async fn ack(&mut self, seqs: Vec<u64>) {
-        let replies: Vec<async_nats::Subject> = {
+        let mut replies: Vec<async_nats::Subject> = Vec::new();
+        let mut settled = 0;
+        {
             let mut held = self.state.held.lock().expect("held lock");
-            seqs.iter()
-                .filter_map(|s| held.remove(s).map(|h| h.reply))
-                .collect()
-        };
+            for seq in seqs {
+                let message = message_of(seq);
+                let Some(h) = held.get_mut(&message) else {
+                    continue;
+                };
+                settled += 1;
+                h.unsettled -= 1;
+                if h.unsettled == 0 {
+                    replies.extend(held.remove(&message).map(|h| h.reply));
+                }
+            }
+        }
+        self.state
+            .held_records
+            .fetch_sub(settled, Ordering::Relaxed);
         let now = Instant::now();
         let failed = self
             .confirm(replies.into_iter().map(|r| (r, now)).collect())
@@ -645,7 +795,7 @@ impl Acker {
 
     /// The counters: what this node holds, what the fleet holds, what waits in JetStream.
     async fn refresh(&mut self) {
-        let held = self.state.held.lock().expect("held lock").len() as u64;
+        let held = self.state.held_records.load(Ordering::Relaxed);
         let (ack_pending, pending) = match self.consumer.info().await {
             Ok(i) => (i.num_ack_pending as u64, i.num_pending),
             Err(_) => return,
@@ -657,10 +807,15 @@ impl Acker {
             Ok(i) => (i.state.bytes, i64::MAX),
             Err(_) => return,
         };
-        self.stats.records.store(held + pending, Ordering::Relaxed);
+        // Records this node holds; what waits in JetStream is counted in messages.
+        self.stats.records.store(held, Ordering::Relaxed);
         self.stats.held_records.store(held, Ordering::Relaxed);
-        self.stats.ack_pending.store(ack_pending, Ordering::Relaxed);
-        self.stats.unread_records.store(pending, Ordering::Relaxed);
+        self.stats
+            .ack_pending_messages
+            .store(ack_pending, Ordering::Relaxed);
+        self.stats
+            .pending_messages
+            .store(pending, Ordering::Relaxed);
         self.stats.bytes.store(bytes, Ordering::Relaxed);
         // The oldest record the fleet has not settled (the work queue keeps only those).
         self.stats.oldest_unread_ms.store(
@@ -668,5 +823,73 @@ impl Acker {
             Ordering::Relaxed,
         );
         self.observer.log_state(held, ack_pending, pending);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn records(sizes: &[usize]) -> Vec<Record> {
+        sizes
+            .iter()
+            .enumerate()
+            .map(|(i, n)| {
+                Record::new(
+                    Bytes::from(vec![b'a' + (i % 26) as u8; *n]),
+                    1000 + i as i64,
+                )
+            })
+            .collect()
+    }
+
+    proptest! {
+        #[test]
+        fn a_batch_decodes_to_its_records(sizes in proptest::collection::vec(0usize..300, 0..40)) {
+            let recs = records(&sizes);
+            let decoded = decode_batch(&encode_batch(&recs)).unwrap();
+            prop_assert_eq!(decoded.len(), recs.len());
+            for ((arrival, data), r) in decoded.iter().zip(&recs) {
+                prop_assert_eq!(*arrival, r.arrival_ms);
+                prop_assert_eq!(data, &r.data);
+            }
+        }
+
+        #[test]
+        fn a_damaged_batch_is_refused_or_gives_only_what_it_holds(
+            sizes in proptest::collection::vec(0usize..50, 1..10),
+            cut in 0usize..400,
+            flip in 0usize..400,
+        ) {
+            let mut bytes = encode_batch(&records(&sizes)).to_vec();
+            let len = bytes.len();
+            bytes[flip % len] ^= 0x5a;
+            bytes.truncate(len - cut.min(len));
+            if let Ok(decoded) = decode_batch(&Bytes::from(bytes.clone())) {
+                let total: usize = decoded.iter().map(|(_, d)| d.len() + RECORD_HEADER).sum();
+                prop_assert_eq!(total + BATCH_MAGIC.len() + 4, bytes.len());
+            }
+        }
+    }
+
+    #[test]
+    fn puts_split_into_messages_that_fit_and_keep_their_order() {
+        let recs = records(&[400, 400, 400, 2000, 10, 10]);
+        let batches = split_batches(&recs, 1000);
+        assert_eq!(batches, vec![0..2, 2..3, 3..4, 4..6]);
+        for b in &batches {
+            let size = encode_batch(&recs[b.clone()]).len();
+            assert!(size <= 1000 || b.len() == 1, "{b:?}: {size}");
+        }
+        assert!(split_batches(&[], 1000).is_empty());
+    }
+
+    #[test]
+    fn a_records_seq_names_its_message_and_place() {
+        let seq = record_seq(123_456, 499);
+        assert_eq!(message_of(seq), 123_456);
+        assert_eq!(seq & ((1 << INDEX_BITS) - 1), 499);
+        assert!(decode_batch(&Bytes::from_static(b"hello")).is_err());
     }
 }

@@ -142,8 +142,11 @@ pub struct SpoolStats {
     pub checkpointed_low: AtomicU64,
     /// In a fleet: records this node holds, handed out by JetStream and not acknowledged.
     pub held_records: AtomicU64,
-    /// In a fleet: records handed out to any node and not acknowledged.
-    pub ack_pending: AtomicU64,
+    /// In a fleet: messages (a put's records travel together) handed out to any node and not
+    /// acknowledged.
+    pub ack_pending_messages: AtomicU64,
+    /// In a fleet: messages in JetStream not yet handed to any node.
+    pub pending_messages: AtomicU64,
 }
 
 impl Default for SpoolStats {
@@ -156,7 +159,8 @@ impl Default for SpoolStats {
             oldest_unread_ms: AtomicI64::new(i64::MAX),
             checkpointed_low: AtomicU64::new(0),
             held_records: AtomicU64::new(0),
-            ack_pending: AtomicU64::new(0),
+            ack_pending_messages: AtomicU64::new(0),
+            pending_messages: AtomicU64::new(0),
         }
     }
 }
@@ -299,8 +303,8 @@ pub trait SpoolObserver: Send + Sync + 'static {
     fn published(&self, _seconds: f64, _acknowledged: usize, _failed: usize) {}
     /// Records JetStream handed to this node again.
     fn redelivered(&self, _records: u64) {}
-    /// The JetStream log's state: records this node holds unacknowledged, handed out to any
-    /// node and unacknowledged, and not yet handed out.
+    /// The JetStream log's state: records this node holds unacknowledged; messages handed out
+    /// to any node and unacknowledged, and not yet handed out.
     fn log_state(&self, _held: u64, _ack_pending: u64, _pending: u64) {}
 }
 

@@ -106,7 +106,7 @@ def test_a_node_killed_under_load_loses_nothing(s3, bucket, nats, daemon_factory
 
         def settled(n=n):
             stream = requests.get(f"{n.url}/status", timeout=5).json()["streams"][0]
-            return stream["held_records"] == 0 and stream["unread_records"] == 0
+            return stream["held_records"] == 0 and stream["pending_messages"] == 0
         wait_for(settled, timeout=10, what="/status: nothing held or waiting")
     for n in (nodes[0], nodes[2]):
         assert n.stop() == 0
@@ -179,16 +179,23 @@ def error_code(call):
     return e.value.response["Error"]["Code"]
 
 
-def test_control_changes_on_one_node_reach_every_node(s3, bucket, nats, daemon_factory):
-    n1, n2, n3 = start_fleet(daemon_factory, nats)
-    create(n1.firehose(), "cp", bucket, "v1/")
-    for n in (n1, n2, n3):
+def created_then_fed(s3, bucket, creator, nodes, feeder, prefix, tag):
+    """Creates stream "cp" on `creator`, waits until every node has it, puts 100 records on
+    `feeder` and waits until they are all delivered under `prefix`."""
+    wait_for(lambda: create(creator.firehose(), "cp", bucket, prefix), timeout=30,
+             what="the stream created")
+    for n in nodes:
         wait_for(lambda n=n: n.firehose().describe_delivery_stream(DeliveryStreamName="cp"),
                  timeout=20, what="the new stream on every node")
+    recs = [{"Data": f"{tag}-{i}\n".encode()} for i in range(100)]
+    assert feeder.firehose().put_record_batch(DeliveryStreamName="cp", Records=recs)["FailedPutCount"] == 0
+    settle(s3, bucket, prefix, {f"{tag}-{i}" for i in range(100)})
+
+
+def test_control_changes_on_one_node_reach_every_node(s3, bucket, nats, daemon_factory):
+    n1, n2, n3 = start_fleet(daemon_factory, nats)
     # Created on node 1, fed on node 3, delivered by any node.
-    recs = [{"Data": f"one-{i}\n".encode()} for i in range(100)]
-    assert n3.firehose().put_record_batch(DeliveryStreamName="cp", Records=recs)["FailedPutCount"] == 0
-    settle(s3, bucket, "v1/", {f"one-{i}" for i in range(100)})
+    created_then_fed(s3, bucket, n1, (n1, n2, n3), n3, "v1/", "one")
     # The same name again, on another node: it exists in the fleet.
     assert error_code(lambda: create(n2.firehose(), "cp", bucket, "x/")) == "ResourceInUseException"
 
@@ -241,14 +248,7 @@ def test_control_changes_on_one_node_reach_every_node(s3, bucket, nats, daemon_f
 
     # Created again under the same name (while the nodes may still drain the old one): a
     # stream of its own.
-    wait_for(lambda: create(n2.firehose(), "cp", bucket, "v4/"), timeout=30,
-             what="the name free again")
-    for n in (n1, n2, n3):
-        wait_for(lambda n=n: n.firehose().describe_delivery_stream(DeliveryStreamName="cp"),
-                 timeout=20, what="the new stream on every node")
-    recs = [{"Data": f"four-{i}\n".encode()} for i in range(100)]
-    assert n3.firehose().put_record_batch(DeliveryStreamName="cp", Records=recs)["FailedPutCount"] == 0
-    settle(s3, bucket, "v4/", {f"four-{i}" for i in range(100)})
+    created_then_fed(s3, bucket, n2, (n1, n2, n3), n3, "v4/", "four")
 
     # Each node reports itself and its view of the log.
     for i, n in enumerate((n1, n2, n3)):

@@ -157,6 +157,8 @@ impl Drop for NatsCluster {
 /// What one run measured.
 struct Measured {
     label: String,
+    /// In objects (a hosepipe run), or only published (a baseline).
+    delivered: bool,
     records: u64,
     refused: u64,
     secs: f64,
@@ -204,7 +206,10 @@ fn run_inner(args: BenchFleetArgs) -> anyhow::Result<()> {
         args.replicas,
         std::thread::available_parallelism().map_or(1, |n| n.get()),
     );
-    let mut runs = vec![bare_publish(&rt, &args, &cluster, &raw)?];
+    let mut runs = vec![
+        bare_publish(&rt, &args, &cluster, &raw, false)?,
+        bare_publish(&rt, &args, &cluster, &raw, true)?,
+    ];
     // The local spool first (`None`), then each fleet size.
     let setups = std::iter::once(None).chain(sizes.into_iter().map(Some));
     for nodes in setups {
@@ -222,14 +227,17 @@ fn run_inner(args: BenchFleetArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The baseline: a bare async-nats client publishing the records, `connections` batches of
-/// 500 at a time, each batch's acknowledgements awaited.
+/// The baselines: a bare async-nats client publishing the records from `connections` tasks,
+/// 500 at a time, each 500's acknowledgements awaited: a message per record, or (`batched`)
+/// the 500 as one message, as hosepipe sends a put.
 fn bare_publish(
     rt: &tokio::runtime::Runtime,
     args: &BenchFleetArgs,
     cluster: &NatsCluster,
     raw: &[u8],
+    batched: bool,
 ) -> anyhow::Result<Measured> {
+    let subject = if batched { "bare_batched" } else { "bare" };
     let records: Vec<Bytes> = raw
         .split_inclusive(|b| *b == b'\n')
         .map(Bytes::copy_from_slice)
@@ -241,8 +249,8 @@ fn bare_publish(
         let client = async_nats::connect(cluster.urls.clone()).await?;
         let js = async_nats::jetstream::new(client);
         js.get_or_create_stream(async_nats::jetstream::stream::Config {
-            name: "bare".into(),
-            subjects: vec!["bare".into()],
+            name: subject.into(),
+            subjects: vec![subject.into()],
             num_replicas: args.replicas,
             retention: async_nats::jetstream::stream::RetentionPolicy::WorkQueue,
             ..Default::default()
@@ -260,10 +268,18 @@ fn bare_publish(
                 while Instant::now() < until {
                     let t = Instant::now();
                     let mut acks = Vec::with_capacity(500);
+                    let mut batch = Vec::new();
                     for _ in 0..500 {
                         let r = records[i % records.len()].clone();
                         i += 1;
-                        acks.push(js.publish("bare", r).await?);
+                        if batched {
+                            batch.extend_from_slice(&r);
+                        } else {
+                            acks.push(js.publish(subject, r).await?);
+                        }
+                    }
+                    if batched {
+                        acks.push(js.publish(subject, Bytes::from(batch)).await?);
                     }
                     for a in acks {
                         a.await?;
@@ -286,7 +302,15 @@ fn bare_publish(
     latencies.sort_by(f64::total_cmp);
     let q = |p: f64| latencies[((latencies.len() - 1) as f64 * p).round() as usize];
     Ok(Measured {
-        label: "bare JetStream client (baseline)".into(),
+        label: format!(
+            "baseline: bare JetStream client, {}",
+            if batched {
+                "500 records per message"
+            } else {
+                "a message per record"
+            }
+        ),
+        delivered: false,
         records: count,
         refused: 0,
         secs,
@@ -425,6 +449,7 @@ fn run_daemons(
     }
     Ok(Measured {
         label,
+        delivered: true,
         records: accepted,
         refused,
         secs,
@@ -483,14 +508,23 @@ fn report(args: &BenchFleetArgs, runs: &[Measured]) {
     for r in runs {
         let rate = r.records as f64 / r.secs;
         println!("[{}]", r.label);
-        println!(
-            "  accepted+delivered     {:.0} records/s, {:.1} MiB/s ({} records, {} refused with Slow down., all in objects after {:.2} s)",
-            rate,
-            mib(r.records) / r.secs,
-            r.records,
-            r.refused,
-            r.secs
-        );
+        if r.delivered {
+            println!(
+                "  accepted+delivered     {:.0} records/s, {:.1} MiB/s ({} records, {} refused with Slow down., all in objects after {:.2} s)",
+                rate,
+                mib(r.records) / r.secs,
+                r.records,
+                r.refused,
+                r.secs
+            );
+        } else {
+            println!(
+                "  published+acknowledged {:.0} records/s, {:.1} MiB/s ({} records; not read back)",
+                rate,
+                mib(r.records) / r.secs,
+                r.records
+            );
+        }
         let per = |cpu: f64| cpu / r.records.max(1) as f64 * 1e6;
         println!(
             "  CPU per record         {:.1} µs in {}, {:.1} µs in the NATS servers",

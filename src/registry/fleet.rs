@@ -114,8 +114,13 @@ impl Registry {
     }
 
     /// Waits (bounded) until this node runs `revision` of the stream, or (`None`) no longer
-    /// runs it.
+    /// runs it. The worker's other tasks (the watch that applies it among them) move to
+    /// another thread meanwhile.
     fn await_applied(&self, name: &str, revision: Option<u64>) {
+        tokio::task::block_in_place(|| self.poll_applied(name, revision));
+    }
+
+    fn poll_applied(&self, name: &str, revision: Option<u64>) {
         let deadline = Instant::now() + APPLY_WAIT;
         while Instant::now() < deadline {
             let applied = {

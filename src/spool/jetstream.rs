@@ -410,7 +410,8 @@ impl StreamLog {
         self.stats.records.store(0, Ordering::Relaxed);
         self.stats.held_records.store(0, Ordering::Relaxed);
         if !held.is_empty() {
-            tracing::info!(stream = %self.name, records = held.len(), "records this node held were handed back to JetStream for the other nodes");
+            let records: usize = held.iter().map(|h| h.unsettled).sum();
+            tracing::info!(stream = %self.name, messages = held.len(), records, "what this node held was handed back to JetStream for the other nodes");
         }
     }
 

@@ -3,6 +3,7 @@ cluster (R=3) on loopback, delivering to SeaweedFS, driven by boto3 producers sp
 nodes. A node killed under load, a NATS server killed under load, JetStream stopped entirely:
 every acknowledged record is delivered (duplicates are counted and reported); control changes
 made on one node reach every node."""
+import concurrent.futures
 import random
 import re
 import time
@@ -299,3 +300,25 @@ def test_a_full_jetstream_stream_refuses_puts(s3, nats, daemon_factory):
     print(f"\nfleet, stream full: {len(acked)} acknowledged, {refused} refused, "
           f"{len(set(got))} delivered, {duplicates} duplicates")
     assert node.stop() == 0
+
+
+def test_concurrent_creates_across_nodes(s3, bucket, nats, daemon_factory):
+    """Creates at once: different names on every node all succeed; one name from every node
+    at once succeeds once, the others are ResourceInUseException."""
+    nodes = start_fleet(daemon_factory, nats)
+
+    def attempt(node, name):
+        try:
+            create(node.firehose(), name, bucket, f"{name}/")
+            return "ok"
+        except botocore.exceptions.ClientError as e:
+            return e.response["Error"]["Code"]
+    with concurrent.futures.ThreadPoolExecutor(9) as pool:
+        many = list(pool.map(lambda i: attempt(nodes[i % 3], f"s{i}"), range(6)))
+        same = list(pool.map(lambda n: attempt(n, "one"), nodes))
+    assert many == ["ok"] * 6
+    assert sorted(same) == ["ResourceInUseException"] * 2 + ["ok"]
+    for n in nodes:
+        names = n.firehose().list_delivery_streams(Limit=100)["DeliveryStreamNames"]
+        assert set(names) == {f"s{i}" for i in range(6)} | {"one"}, names
+        assert n.stop() == 0

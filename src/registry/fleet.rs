@@ -70,10 +70,10 @@ impl Registry {
         Err(self.busy(name))
     }
 
-    /// Changes an API-created stream's definition in the fleet's bucket. With `version`, the
-    /// change holds only if the stream is still at that version (UpdateDestination's
-    /// VersionId; a race lost is ConcurrentModificationException); without, a race lost is
-    /// read again and retried (tags, encryption).
+    /// Changes an API-created stream's definition in the fleet's bucket, conditional on the
+    /// revision read; a race lost is read again and retried. With `version`, the change holds
+    /// only while the stream is at that version (UpdateDestination's VersionId: another
+    /// version is ConcurrentModificationException).
     pub(super) fn fleet_change(
         &self,
         defs: &Definitions,
@@ -97,10 +97,9 @@ impl Registry {
                     self.await_applied(name, Some(revision));
                     return Ok(());
                 }
-                Err(WriteError::Conflict) => match version {
-                    Some(v) => return Err(conflict(name, saved.version, v)),
-                    None => continue,
-                },
+                // Changed by another node since it was read: read again (a new version is a
+                // conflict, a tag change is not).
+                Err(WriteError::Conflict) => continue,
                 Err(WriteError::Unavailable(m)) => return Err(unavailable(m)),
             }
         }

@@ -1,8 +1,12 @@
 //! The control plane's state: which streams exist, their definitions and versions, their tags,
 //! and their running pipelines. Streams created through the API are saved to
 //! `<data_dir>/streams.json` (`durable::write`) and come back after a restart; streams declared in
-//! the config file come from the config file. Refusals are `ControlError`s; only `api/` turns
-//! them (and descriptions) into Firehose's names and JSON.
+//! the config file come from the config file. In a fleet, API-created streams live in the
+//! fleet's key-value bucket instead, and every node applies what it says ([`fleet`]).
+//! Refusals are `ControlError`s; only `api/` turns them (and descriptions) into Firehose's names
+//! and JSON.
+
+mod fleet;
 
 use std::collections::BTreeMap;
 use std::collections::{HashMap, HashSet};
@@ -23,8 +27,6 @@ use crate::fleet::Fleet;
 use crate::fleet::control::Definitions;
 use crate::metrics::Metrics;
 use crate::pipeline::{Shared, StreamHandle, StreamStats, Versioned, spawn_pipeline};
-
-mod fleet;
 use crate::spool::{Log, Recovery, Sealing, Spool, SpoolError, SpoolSettings};
 use crate::transform::Processing;
 

@@ -125,16 +125,18 @@ impl Server {
             &config.quotas,
             metrics.clone(),
         ));
-        tracing::info!(
-            sync = ?config.spool.settings.sync,
-            dir = %spool_root.display(),
-            max_mb = max_spool / (1024 * 1024),
-            cap = cap_from,
-            memory_max_mb = config.spool.memory_bytes / (1024 * 1024),
-            "spool: the backlog may grow to {} MiB on disk ({cap_from}); the stages hold at most {} MiB in memory",
-            max_spool / (1024 * 1024),
-            config.spool.memory_bytes / (1024 * 1024),
-        );
+        if config.log.jetstream().is_none() {
+            tracing::info!(
+                sync = ?config.spool.settings.sync,
+                dir = %spool_root.display(),
+                max_mb = max_spool / (1024 * 1024),
+                cap = cap_from,
+                memory_max_mb = config.spool.memory_bytes / (1024 * 1024),
+                "spool: the backlog may grow to {} MiB on disk ({cap_from}); the stages hold at most {} MiB in memory",
+                max_spool / (1024 * 1024),
+                config.spool.memory_bytes / (1024 * 1024),
+            );
+        }
         let shared = shared_parts(&config, sink, metrics.clone(), admission.clone())?;
         return_freed_memory();
         let fleet = match config.log.jetstream() {

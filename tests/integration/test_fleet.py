@@ -318,7 +318,9 @@ def test_concurrent_creates_across_nodes(s3, bucket, nats, daemon_factory):
         same = list(pool.map(lambda n: attempt(n, "one"), nodes))
     assert many == ["ok"] * 6
     assert sorted(same) == ["ResourceInUseException"] * 2 + ["ok"]
+    every = {f"s{i}" for i in range(6)} | {"one"}
     for n in nodes:
-        names = n.firehose().list_delivery_streams(Limit=100)["DeliveryStreamNames"]
-        assert set(names) == {f"s{i}" for i in range(6)} | {"one"}, names
+        # A node lists at once what it created; the others' creations follow through its watch.
+        wait_for(lambda n=n: set(n.firehose().list_delivery_streams(
+            Limit=100)["DeliveryStreamNames"]) == every, timeout=20, what="every stream listed")
         assert n.stop() == 0

@@ -122,24 +122,31 @@ pub fn parse(raw: Option<RawLog>, listen_port: u16, errors: &mut Vec<String>) ->
                     "log.prefix: {prefix:?} must be letters, digits, - and _"
                 ));
             }
-            let ack_wait = raw.ack_wait_seconds.unwrap_or(60);
-            if !(5..=3600).contains(&ack_wait) {
-                errors.push(format!(
-                    "log.ack_wait_seconds: {ack_wait} is outside 5..=3600"
-                ));
-            }
-            let max_ack_pending = raw.max_ack_pending.unwrap_or(100_000);
-            if !(1_000..=10_000_000).contains(&max_ack_pending) {
-                errors.push(format!(
-                    "log.max_ack_pending: {max_ack_pending} is outside 1000..=10000000"
-                ));
-            }
-            let publish_timeout = raw.publish_timeout_ms.unwrap_or(5000);
-            if !(100..=60_000).contains(&publish_timeout) {
-                errors.push(format!(
-                    "log.publish_timeout_ms: {publish_timeout} is outside 100..=60000"
-                ));
-            }
+            let mut within = |key: &str, value: i64, range: std::ops::RangeInclusive<i64>| {
+                if !range.contains(&value) {
+                    errors.push(format!(
+                        "log.{key}: {value} is outside {}..={}",
+                        range.start(),
+                        range.end()
+                    ));
+                }
+                value
+            };
+            let ack_wait = within(
+                "ack_wait_seconds",
+                raw.ack_wait_seconds.map_or(60, |v| v as i64),
+                5..=3600,
+            ) as u64;
+            let max_ack_pending = within(
+                "max_ack_pending",
+                raw.max_ack_pending.unwrap_or(100_000),
+                1_000..=10_000_000,
+            );
+            let publish_timeout = within(
+                "publish_timeout_ms",
+                raw.publish_timeout_ms.map_or(5000, |v| v as i64),
+                100..=60_000,
+            ) as u64;
             let tls_client = match (raw.tls_cert_file, raw.tls_key_file) {
                 (Some(c), Some(k)) => Some((c, k)),
                 (None, None) => None,

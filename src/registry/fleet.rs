@@ -10,8 +10,8 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use futures_util::StreamExt;
 
-use super::{AtRest, ControlError, Entry, Registry, Saved, block_on};
-use crate::config::stream;
+use super::{AtRest, ControlError, Entry, Parts, Registry, Saved, block_on};
+use crate::config::stream::{self, StreamSpec};
 use crate::fleet::control::{Change, Definitions, WriteError};
 use crate::pipeline::Versioned;
 
@@ -176,21 +176,31 @@ impl Registry {
         }
     }
 
-    fn apply_create(&self, saved: Saved, revision: u64) {
-        let name = saved.name.clone();
-        let spec = match stream::validate(&name, &saved.input) {
+    /// The spec and parts a fleet definition runs with on this node; `None`, with an ERROR
+    /// log ending in `otherwise`, when it does not validate or its transform or table cannot
+    /// be loaded here.
+    fn runnable(&self, saved: &Saved, otherwise: &str) -> Option<(StreamSpec, Parts)> {
+        let name = &saved.name;
+        let spec = match stream::validate(name, &saved.input) {
             Ok(spec) => spec,
             Err(errs) => {
-                tracing::error!(stream = %name, errors = ?errs, "the fleet's definition does not validate on this node; not started");
-                return;
+                tracing::error!(stream = %name, errors = ?errs, "the fleet's definition does not validate on this node; {otherwise}");
+                return None;
             }
         };
-        let parts = match self.runtime_parts(&spec) {
-            Ok(p) => p,
+        match self.runtime_parts(&spec) {
+            Ok(parts) => Some((spec, parts)),
             Err(e) => {
-                tracing::error!(stream = %name, error = %e, "the fleet's stream cannot run on this node (its transform or table); not started");
-                return;
+                tracing::error!(stream = %name, error = %e, "the fleet's definition cannot run on this node (its transform or table); {otherwise}");
+                None
             }
+        }
+    }
+
+    fn apply_create(&self, saved: Saved, revision: u64) {
+        let name = saved.name.clone();
+        let Some((spec, parts)) = self.runnable(&saved, "not started") else {
+            return;
         };
         match self.start(saved, spec, parts, false) {
             Ok(mut entry) => {
@@ -213,19 +223,8 @@ impl Registry {
 
     fn apply_update(&self, saved: Saved, revision: u64) {
         let name = saved.name.clone();
-        let spec = match stream::validate(&name, &saved.input) {
-            Ok(spec) => spec,
-            Err(errs) => {
-                tracing::error!(stream = %name, errors = ?errs, "the fleet's new definition does not validate on this node; the old one runs on");
-                return;
-            }
-        };
-        let parts = match self.runtime_parts(&spec) {
-            Ok(p) => p,
-            Err(e) => {
-                tracing::error!(stream = %name, error = %e, "the fleet's new definition cannot run on this node; the old one runs on");
-                return;
-            }
+        let Some((spec, parts)) = self.runnable(&saved, "the old one runs on") else {
+            return;
         };
         let mut streams = self.lock();
         let Some(entry) = streams.get_mut(&name) else {

@@ -28,6 +28,7 @@ pub mod pipeline;
 pub mod producer;
 pub mod registry;
 pub mod schema;
+pub mod secrets;
 pub mod server;
 pub mod spool;
 pub mod status;

@@ -209,6 +209,7 @@ impl Server {
             config.access_keys.clone(),
         );
         state.metrics_token = config.metrics_token.clone();
+        state.receiver_keys = config.http_endpoint.receiver_keys.clone();
         let state = Arc::new(state);
         Ok(Server {
             addr,

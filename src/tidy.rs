@@ -207,11 +207,15 @@ fn only_a_destinations_own_places_name_it() {
         &[
             "DestinationSpec::OpenSearch",
             "DestinationSpec::Splunk",
+            "DestinationSpec::HttpEndpoint",
             "OpenSearchSpec",
             "SplunkSpec",
+            "HttpEndpointSpec",
             "opensearch::",
             "splunk::",
+            "http_endpoint::",
             "hosepipe_sinks::hec",
+            "hosepipe_sinks::http_endpoint",
         ],
     );
     assert!(

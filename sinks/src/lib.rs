@@ -5,6 +5,7 @@
 //! no buffers, no metrics. It only moves bytes to a place and says how that went.
 
 pub mod hec;
+pub mod http_endpoint;
 mod object;
 pub mod opensearch;
 

@@ -3,6 +3,7 @@
 pub mod auth;
 pub mod describe;
 pub mod error;
+mod receiver;
 
 use std::borrow::Cow;
 use std::sync::Arc;
@@ -48,6 +49,9 @@ pub struct AppState {
     pub access_keys: Vec<AccessKey>,
     /// `[auth] metrics_token`: `/metrics` and `/status` need it as a bearer token.
     pub metrics_token: Option<String>,
+    /// `[receiver] access_keys`: the keys HTTP endpoint deliveries may carry (none: the
+    /// receiver is off).
+    pub receiver_keys: Vec<String>,
     record_seq: AtomicU64,
     record_nonce: u64,
     /// Puts refused before decoding are still read (to answer each record); this many at once.
@@ -67,6 +71,7 @@ impl AppState {
             admission,
             access_keys,
             metrics_token: None,
+            receiver_keys: Vec::new(),
             record_seq: AtomicU64::new(0),
             record_nonce: uuid::Uuid::new_v4().as_u64_pair().0,
             refusals: tokio::sync::Semaphore::new(2),
@@ -144,6 +149,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/metrics", get(metrics))
         .route("/health", get(|| async { "ok\n" }))
         .route("/status", get(status))
+        .route("/http-endpoint/{stream}", post(receiver::receive))
         .layer(DefaultBodyLimit::disable())
         .with_state(state)
 }
@@ -599,20 +605,30 @@ fn limit(value: Option<i64>, default: usize, max: usize, field: &str) -> Result<
 /// Decodes the records of a put into one buffer, enforcing Firehose's limits. Refuses the whole
 /// request on any violation, so nothing of a bad request is stored.
 fn decode_records(records: &[RecordIn<'_>], arrival_ms: i64) -> Result<Vec<Record>, ApiError> {
+    let data: Vec<Option<&[u8]>> = records.iter().map(|r| r.data.as_deref()).collect();
+    decode_base64_records(&data, arrival_ms, MAX_BATCH_BYTES, ("Records", "Data"))
+}
+
+/// Decodes base64 records into one buffer: each at most [`MAX_RECORD_BYTES`], all together at
+/// most `max_total`; errors name a record as `<list>[i].<field>` (`names`).
+fn decode_base64_records(
+    records: &[Option<&[u8]>],
+    arrival_ms: i64,
+    max_total: usize,
+    (list, field): (&str, &str),
+) -> Result<Vec<Record>, ApiError> {
     // SIMD decoding (the API's largest per-byte cost before it); same alphabet, padding and
     // canonical-trailing-bits rules as base64's STANDARD.
     let engine = base64_simd::STANDARD;
     let estimate: usize = records
         .iter()
-        .map(|r| r.data.as_ref().map_or(0, |d| d.len() / 4 * 3 + 3))
+        .map(|d| d.map_or(0, |d| d.len() / 4 * 3 + 3))
         .sum();
-    let mut buf = BytesMut::with_capacity(estimate.min(MAX_BODY_BYTES));
+    let mut buf = BytesMut::with_capacity(estimate.min(max_total + 3));
     let mut bounds = Vec::with_capacity(records.len());
-    for (i, r) in records.iter().enumerate() {
-        let data = r
-            .data
-            .as_deref()
-            .ok_or_else(|| ApiError::InvalidArgument(format!("Records[{i}].Data is required")))?;
+    for (i, r) in records.iter().copied().enumerate() {
+        let data =
+            r.ok_or_else(|| ApiError::InvalidArgument(format!("{list}[{i}].{field} is required")))?;
         let start = buf.len();
         let max_len = engine.estimated_decoded_length(data.len());
         if max_len > MAX_RECORD_BYTES + 3 {
@@ -620,7 +636,7 @@ fn decode_records(records: &[RecordIn<'_>], arrival_ms: i64) -> Result<Vec<Recor
             let approx = data.len() / 4 * 3;
             if approx > MAX_RECORD_BYTES {
                 return Err(ApiError::InvalidArgument(format!(
-                    "Records[{i}].Data is {approx} bytes; a record may be at most {MAX_RECORD_BYTES} bytes"
+                    "{list}[{i}].{field} is {approx} bytes; a record may be at most {MAX_RECORD_BYTES} bytes"
                 )));
             }
         }
@@ -629,19 +645,20 @@ fn decode_records(records: &[RecordIn<'_>], arrival_ms: i64) -> Result<Vec<Recor
             .decode(data, base64_simd::Out::from_slice(&mut buf[start..]))
             .map_err(|_| {
                 ApiError::InvalidArgument(format!(
-                    "Records[{i}].Data is not valid base64 (standard alphabet, padded)"
+                    "{list}[{i}].{field} is not valid base64 (standard alphabet, padded)"
                 ))
             })?
             .len();
         buf.truncate(start + n);
         if n > MAX_RECORD_BYTES {
             return Err(ApiError::InvalidArgument(format!(
-                "Records[{i}].Data is {n} bytes; a record may be at most {MAX_RECORD_BYTES} bytes"
+                "{list}[{i}].{field} is {n} bytes; a record may be at most {MAX_RECORD_BYTES} bytes"
             )));
         }
-        if buf.len() > MAX_BATCH_BYTES {
+        if buf.len() > max_total {
             return Err(ApiError::InvalidArgument(format!(
-                "Records total more than {MAX_BATCH_BYTES} bytes; a PutRecordBatch may carry at most 4 MiB"
+                "{list} total more than {max_total} bytes; a request may carry at most {} MiB",
+                max_total >> 20
             )));
         }
         bounds.push((start, start + n));
@@ -822,26 +839,28 @@ async fn operation_value(
                     .amazon_open_search_serverless_destination_update
                     .is_some(),
                 input.splunk_destination_update.is_some(),
-                input.http_endpoint_destination_update.is_some(),
                 input.snowflake_destination_update.is_some(),
                 input.iceberg_destination_update.is_some(),
             ];
             if others.iter().any(|b| *b) {
                 return Err(ApiError::InvalidArgument(
-                    "UpdateDestination takes S3 destination updates only in this hosepipe version (OpenSearch and Splunk streams are deleted and created again)".into(),
+                    "UpdateDestination takes S3 and HTTP endpoint destination updates in this hosepipe version (OpenSearch and Splunk streams are deleted and created again)".into(),
                 ));
             }
+            use crate::config::update::DestinationUpdate;
             let update = match (
                 input.extended_s3_destination_update,
                 input.s3_destination_update,
+                input.http_endpoint_destination_update,
             ) {
-                (Some(u), None) | (None, Some(u)) => u,
-                (None, None) => {
+                (Some(u), None, None) | (None, Some(u), None) => DestinationUpdate::S3(Box::new(u)),
+                (None, None, Some(u)) => DestinationUpdate::HttpEndpoint(u),
+                (None, None, None) => {
                     return Err(ApiError::InvalidArgument(
                         "a destination update is required".into(),
                     ));
                 }
-                (Some(_), Some(_)) => {
+                _ => {
                     return Err(ApiError::InvalidArgument(
                         "exactly one destination update may be given".into(),
                     ));

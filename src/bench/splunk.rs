@@ -65,11 +65,14 @@ pub fn run(args: BenchSplunkArgs) -> Result<(), String> {
             .chunks(args.batch)
             .map(|c| body(&spec, &fields, "bench", c))
             .collect();
+        let crate::config::http::Credential::Inline(token) = &spec.token else {
+            return Err("the benchmark takes an inline token".into());
+        };
         let started = Instant::now();
         for b in bodies {
             let r = http
                 .post(format!("{}/services/collector/{path}?channel=bench-bare", spec.endpoint))
-                .header("Authorization", format!("Splunk {}", spec.token))
+                .header("Authorization", format!("Splunk {token}"))
                 .header("X-Splunk-Request-Channel", "bench-bare")
                 .body(b)
                 .send()
@@ -81,15 +84,27 @@ pub fn run(args: BenchSplunkArgs) -> Result<(), String> {
             r.bytes().await.map_err(|e| e.to_string())?;
         }
         let bare = args.records as f64 / started.elapsed().as_secs_f64();
+        let secrets = crate::secrets::Secrets::new(Default::default()).map_err(|e| e.to_string())?;
         let client = Hec {
             client: hosepipe_sinks::hec::HecClient::new(None, None).map_err(|e| e.to_string())?,
             fields,
             ack_timeout: Some(Duration::from_secs(60)),
+            secrets: std::sync::Arc::new(secrets),
         };
         let channel = uuid::Uuid::new_v4().to_string();
+        let metrics = crate::metrics::Metrics::default();
+        let failed_attempts = std::sync::atomic::AtomicU64::new(0);
+        let seen = crate::deliver::Sending {
+            stream: "bench",
+            batch: 0,
+            id_base: "bench",
+            channel: &channel,
+            metrics: &metrics,
+            failed_attempts: &failed_attempts,
+        };
         let started = Instant::now();
         for chunk in recs.chunks(args.batch) {
-            let out = client.deliver(&spec, "bench", &channel, chunk, |_| {}).await;
+            let out = client.deliver(&spec, &seen, chunk, |_| {}).await;
             if let Err(f) = out.result {
                 return Err(format!("{}: {}", f.code, f.message));
             }

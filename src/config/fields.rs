@@ -36,6 +36,8 @@ impl FieldError {
             .map(|s| super::names::snake_to_api(s))
             .collect::<Vec<_>>()
             .join(".")
+            // The one field the API spells `Url` rather than `URL`.
+            .replace("EndpointConfiguration.URL", "EndpointConfiguration.Url")
     }
 }
 

@@ -1,11 +1,12 @@
-//! Rules the destinations reached over HTTP (OpenSearch, Splunk) share: their endpoint URL,
-//! `RetryOptions`, backup bucket and mode, and processing. Pure.
+//! Rules the destinations reached over HTTP (OpenSearch, Splunk, HTTP endpoints) share: their
+//! endpoint URL, `RetryOptions`, backup bucket and mode, processing, and credentials given
+//! inline or in a secret (`SecretsManagerConfiguration`). Pure.
 
 use std::time::Duration;
 
 use serde_json::Value;
 
-use super::fields::{FieldError, check_range};
+use super::fields::{BufferingHints, FieldError, buffering_limits, check_range};
 use super::processing::ProcessingSpec;
 use super::s3::{ExtendedS3DestinationConfiguration, S3Spec, validate_s3};
 
@@ -30,6 +31,57 @@ pub(crate) fn endpoint(
         None => {
             errors.push(FieldError::new(&[path, field], "is required"));
             String::new()
+        }
+    }
+}
+
+/// The fields every destination reached over HTTP has, as given.
+pub(crate) struct Common<'a> {
+    pub retry_options: &'a Option<Value>,
+    pub s3_backup_mode: Option<&'a str>,
+    pub buffering_hints: &'a Option<BufferingHints>,
+    pub processing_configuration: &'a Option<Value>,
+    pub s3_configuration: &'a Option<ExtendedS3DestinationConfiguration>,
+}
+
+/// A destination's rules for them: `RetryOptions`' default, the `S3BackupMode` names
+/// (failed-only, all), and `BufferingHints`' defaults and maxima (MB, seconds).
+pub(crate) struct CommonRules {
+    pub retry_default: i64,
+    pub modes: (&'static str, &'static str),
+    pub buffering_default: (i64, i64),
+    pub buffering_max: (i64, i64),
+}
+
+/// Those fields validated.
+pub(crate) struct CommonSpec {
+    pub retry: Duration,
+    pub backup_all: bool,
+    pub limits: crate::buffer::Limits,
+    pub processing: Option<ProcessingSpec>,
+    pub backup: Option<S3Spec>,
+}
+
+impl Common<'_> {
+    /// Validates them under `path`, in the order their errors are reported.
+    pub(crate) fn validate(
+        &self,
+        rules: &CommonRules,
+        path: &str,
+        errors: &mut Vec<FieldError>,
+    ) -> CommonSpec {
+        CommonSpec {
+            retry: retry_duration(self.retry_options, path, rules.retry_default, errors),
+            backup_all: backup_all(self.s3_backup_mode, path, rules.modes, errors),
+            limits: buffering_limits(
+                self.buffering_hints,
+                path,
+                rules.buffering_default,
+                rules.buffering_max,
+                errors,
+            ),
+            processing: processing(self.processing_configuration, path, errors),
+            backup: backup_s3(self.s3_configuration, path, errors),
         }
     }
 }
@@ -120,6 +172,127 @@ pub(crate) fn backup_s3(
                 }
             }
             spec
+        }
+    }
+}
+
+/// An `https://` URL of at most `max` characters; `http://` only to a loopback address
+/// (hosepipe allows it there: a receiver on the same machine, tests).
+pub(crate) fn secure_url(url: &str, max: usize) -> Result<(), String> {
+    if url.chars().count() > max {
+        return Err(format!("must be at most {max} characters"));
+    }
+    let parsed = reqwest::Url::parse(url).map_err(|e| format!("{url:?} is not a URL: {e}"))?;
+    let host = parsed
+        .host_str()
+        .ok_or_else(|| format!("{url:?} names no host"))?;
+    let loopback = host == "localhost"
+        || host
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback());
+    match parsed.scheme() {
+        "https" => Ok(()),
+        "http" if loopback => Ok(()),
+        _ => Err(format!(
+            "{url:?} must be an https:// URL (http:// only to a loopback address)"
+        )),
+    }
+}
+
+/// A credential given inline, or held in a secret (`SecretsManagerConfiguration`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Credential {
+    Inline(String),
+    Secret(SecretRef),
+}
+
+/// Where a secret is and which of its JSON fields holds the credential.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct SecretRef {
+    pub source: SecretSource,
+    /// `api_key` (HTTP endpoint), `hec_token` (Splunk).
+    pub field: &'static str,
+}
+
+/// A secret's home.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum SecretSource {
+    /// `arn:aws:secretsmanager:…`: read with Secrets Manager's `GetSecretValue`.
+    SecretsManager(String),
+    /// `file:///path` (hosepipe's own): a local file holding the same JSON.
+    File(std::path::PathBuf),
+}
+
+impl std::fmt::Display for SecretSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            SecretSource::SecretsManager(arn) => f.write_str(arn),
+            SecretSource::File(p) => write!(f, "file://{}", p.display()),
+        }
+    }
+}
+
+/// The credential of a destination: `inline` (found at `inline_at` under `path`), or the
+/// `secret_field` of the secret `SecretsManagerConfiguration` names, when it is enabled (the
+/// inline one must then be absent). `required`: one of them must be given.
+pub(crate) fn credential(
+    inline: Option<&str>,
+    secrets: &Option<Value>,
+    (inline_at, secret_field): (&[&str], &'static str),
+    path: &str,
+    required: bool,
+    errors: &mut Vec<FieldError>,
+) -> Option<Credential> {
+    let inline_path = [&[path], inline_at].concat();
+    let enabled = secrets
+        .as_ref()
+        .is_some_and(|v| v.get("Enabled").and_then(Value::as_bool) == Some(true));
+    if !enabled {
+        if required && inline.is_none() {
+            errors.push(FieldError::new(
+                &inline_path,
+                "is required unless SecretsManagerConfiguration is enabled",
+            ));
+        }
+        return inline.map(|k| Credential::Inline(k.to_string()));
+    }
+    if inline.is_some() {
+        errors.push(FieldError::new(
+            &inline_path,
+            "must be absent when SecretsManagerConfiguration is enabled",
+        ));
+    }
+    let arn_path = [path, "secrets_manager_configuration", "secret_arn"];
+    let arn = secrets
+        .as_ref()
+        .and_then(|v| v.get("SecretARN"))
+        .and_then(Value::as_str)
+        .unwrap_or("");
+    let source = if let Some(file) = arn.strip_prefix("file://") {
+        Some(SecretSource::File(file.into()))
+    } else if arn.starts_with("arn:") && arn.split(':').nth(2) == Some("secretsmanager") {
+        Some(SecretSource::SecretsManager(arn.to_string()))
+    } else {
+        None
+    };
+    match source {
+        Some(source) if arn.len() <= 2048 => Some(Credential::Secret(SecretRef {
+            source,
+            field: secret_field,
+        })),
+        _ => {
+            errors.push(FieldError::new(
+                &arn_path,
+                match arn {
+                    "" => "is required when SecretsManagerConfiguration is enabled".to_string(),
+                    other => format!(
+                        "{other:?} is not a Secrets Manager ARN (arn:aws:secretsmanager:…) or a file:///path"
+                    ),
+                },
+            ));
+            None
         }
     }
 }

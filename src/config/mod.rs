@@ -5,6 +5,7 @@
 pub mod conversion;
 pub mod fields;
 pub mod http;
+pub mod http_endpoint;
 pub mod log;
 pub mod names;
 pub mod opensearch;
@@ -13,6 +14,7 @@ pub mod processing;
 pub mod s3;
 pub mod splunk;
 pub mod stream;
+pub mod update;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -54,6 +56,9 @@ pub struct RawConfig {
     pub encryption: Option<RawEncryption>,
     pub opensearch: Option<RawOpenSearch>,
     pub splunk: Option<RawSplunk>,
+    pub http_endpoint: Option<RawHttpEndpoint>,
+    pub secrets: Option<RawSecrets>,
+    pub receiver: Option<RawReceiver>,
     pub tls: Option<RawTls>,
     /// CA certificates (PEM) the daemon's own clients trust besides the system's (S3, KMS,
     /// Glue, OpenSearch, Splunk); else `AWS_CA_BUNDLE`.
@@ -143,6 +148,78 @@ pub struct RawSplunk {
     pub index: Option<String>,
     /// Replaces every stream's `HECAcknowledgmentTimeoutInSeconds` (tests, slow indexers).
     pub ack_timeout_seconds: Option<u64>,
+}
+
+/// `[http_endpoint]`: how the daemon posts to HTTP endpoint destinations.
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawHttpEndpoint {
+    /// How long an endpoint has to answer one request (Firehose: 180).
+    pub request_timeout_seconds: Option<u64>,
+}
+
+/// `[secrets]`: where Secrets Manager is (else `AWS_ENDPOINT_URL_SECRETSMANAGER`) and how often
+/// a secret is read again.
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawSecrets {
+    pub endpoint: Option<String>,
+    pub region: Option<String>,
+    /// Default 600 (Firehose: about 10 minutes).
+    pub refresh_seconds: Option<u64>,
+}
+
+/// `[receiver]`: Firehose HTTP endpoint deliveries accepted at `POST /http-endpoint/<stream>`.
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawReceiver {
+    /// The `X-Amz-Firehose-Access-Key` values accepted; the receiver is off without one.
+    #[serde(default)]
+    pub access_keys: Vec<String>,
+}
+
+/// The validated `[http_endpoint]`, `[secrets]` and `[receiver]` sections.
+#[derive(Debug, Clone)]
+pub struct HttpEndpointConfig {
+    pub request_timeout: Duration,
+    pub secrets: crate::secrets::SecretsSettings,
+    /// Empty: the receiver is off.
+    pub receiver_keys: Vec<String>,
+}
+
+fn validate_http_endpoint(raw: &RawConfig, errors: &mut Vec<String>) -> HttpEndpointConfig {
+    let timeout = raw
+        .http_endpoint
+        .as_ref()
+        .and_then(|h| h.request_timeout_seconds)
+        .unwrap_or(180);
+    if !(1..=900).contains(&timeout) {
+        errors.push(format!(
+            "http_endpoint.request_timeout_seconds: {timeout} is outside 1..=900"
+        ));
+    }
+    let secrets = raw.secrets.clone().unwrap_or_default();
+    let refresh = secrets.refresh_seconds.unwrap_or(600);
+    if refresh == 0 {
+        errors.push("secrets.refresh_seconds: must be at least 1".into());
+    }
+    let receiver_keys = raw
+        .receiver
+        .as_ref()
+        .map(|r| r.access_keys.clone())
+        .unwrap_or_default();
+    if receiver_keys.iter().any(|k| k.is_empty() || k.len() > 4096) {
+        errors.push("receiver.access_keys: each key must be 1-4096 characters".into());
+    }
+    HttpEndpointConfig {
+        request_timeout: Duration::from_secs(timeout),
+        secrets: crate::secrets::SecretsSettings {
+            endpoint: secrets.endpoint,
+            region: secrets.region,
+            refresh: Duration::from_secs(refresh),
+        },
+        receiver_keys,
+    }
 }
 
 /// Which key service holds the master keys.
@@ -357,6 +434,8 @@ pub struct Config {
     pub opensearch_auth: Option<(String, String)>,
     /// `[splunk]`.
     pub splunk: RawSplunk,
+    /// `[http_endpoint]`, `[secrets]`, `[receiver]`.
+    pub http_endpoint: HttpEndpointConfig,
     /// `[tls]`: the listener serves HTTPS.
     pub tls: Option<crate::tls::TlsFiles>,
     /// CA certificates the daemon's clients trust besides the system's (`ca_bundle`).
@@ -476,6 +555,7 @@ impl Config {
         env: &dyn Fn(&str) -> Option<String>,
     ) -> Result<Config, Vec<String>> {
         let mut errors = Vec::new();
+        let http_endpoint = validate_http_endpoint(&raw, &mut errors);
         let listen_text = overrides
             .listen
             .clone()
@@ -794,6 +874,7 @@ impl Config {
                 encryption,
                 opensearch_auth,
                 splunk: raw.splunk.unwrap_or_default(),
+                http_endpoint,
                 tls,
                 ca_bundle: raw.ca_bundle,
                 metrics_token,

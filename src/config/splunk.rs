@@ -5,8 +5,8 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
-use super::fields::{BufferingHints, FieldError, buffering_limits, check_range, strip_nulls};
-use super::http;
+use super::fields::{BufferingHints, FieldError, check_range, strip_nulls};
+use super::http::{self, Credential};
 use super::processing::ProcessingSpec;
 use super::s3::{ExtendedS3DestinationConfiguration, S3Spec};
 use crate::buffer::Limits;
@@ -49,7 +49,8 @@ pub struct SplunkSpec {
     /// `HECEndpoint`, without a trailing `/`.
     pub endpoint: String,
     pub endpoint_type: EndpointType,
-    pub token: String,
+    /// `HECToken`, or the secret holding it as `hec_token`.
+    pub token: Credential,
     /// `HECAcknowledgmentTimeoutInSeconds`: how long an indexer acknowledgement may take before
     /// the batch is sent again.
     pub ack_timeout: Duration,
@@ -84,23 +85,20 @@ pub fn validate(
             EndpointType::Raw
         }
     };
-    if raw
-        .secrets_manager_configuration
-        .as_ref()
-        .is_some_and(|v| v.get("Enabled").and_then(Value::as_bool) == Some(true))
-    {
-        errors.push(FieldError::new(
-            &[path, "secrets_manager_configuration"],
-            "is not supported: give HECToken",
-        ));
-    }
-    let token = raw.hec_token.clone().unwrap_or_default();
-    if token.is_empty() || token.len() > 2048 {
+    if raw.hec_token.as_ref().is_some_and(|t| t.len() > 2048) {
         errors.push(FieldError::new(
             &[path, "hec_token"],
-            "is required (1-2048 characters)",
+            "must be at most 2048 characters",
         ));
     }
+    let token = http::credential(
+        raw.hec_token.as_deref().filter(|t| !t.is_empty()),
+        &raw.secrets_manager_configuration,
+        (&["hec_token"], "hec_token"),
+        path,
+        true,
+        errors,
+    );
     let ack = raw.hec_acknowledgment_timeout_in_seconds.unwrap_or(180);
     check_range(
         errors,
@@ -108,29 +106,36 @@ pub fn validate(
         ack,
         180..=600,
     );
-    let retry = http::retry_duration(&raw.retry_options, path, 3600, errors);
-    let backup_all = http::backup_all(
-        raw.s3_backup_mode.as_deref(),
+    let common = http::Common {
+        retry_options: &raw.retry_options,
+        s3_backup_mode: raw.s3_backup_mode.as_deref(),
+        buffering_hints: &raw.buffering_hints,
+        processing_configuration: &raw.processing_configuration,
+        s3_configuration: &raw.s3_configuration,
+    }
+    .validate(
+        &http::CommonRules {
+            retry_default: 3600,
+            modes: ("FailedEventsOnly", "AllEvents"),
+            buffering_default: (5, 60),
+            buffering_max: (5, 60),
+        },
         path,
-        ("FailedEventsOnly", "AllEvents"),
         errors,
     );
-    let limits = buffering_limits(&raw.buffering_hints, path, (5, 60), (5, 60), errors);
-    let processing = http::processing(&raw.processing_configuration, path, errors);
-    let backup = http::backup_s3(&raw.s3_configuration, path, errors);
     if errors.len() > before {
         return None;
     }
     Some(SplunkSpec {
         endpoint,
         endpoint_type,
-        token,
+        token: token?,
         ack_timeout: Duration::from_secs(ack.clamp(180, 600) as u64),
-        retry,
-        backup_all,
-        backup: backup?,
-        limits,
-        processing,
+        retry: common.retry,
+        backup_all: common.backup_all,
+        backup: common.backup?,
+        limits: common.limits,
+        processing: common.processing,
         raw: raw.clone(),
     })
 }
@@ -143,6 +148,7 @@ impl SplunkSpec {
             "HECEndpoint": raw.hec_endpoint,
             "HECEndpointType": raw.hec_endpoint_type,
             "HECToken": raw.hec_token,
+            "SecretsManagerConfiguration": raw.secrets_manager_configuration,
             "HECAcknowledgmentTimeoutInSeconds": spec.ack_timeout.as_secs(),
             "RetryOptions": { "DurationInSeconds": spec.retry.as_secs() },
             "S3BackupMode": if spec.backup_all { "AllEvents" } else { "FailedEventsOnly" },

@@ -34,7 +34,8 @@ pub struct CreateDeliveryStreamInput {
         Option<super::opensearch::OpenSearchDestinationConfiguration>,
     pub amazon_open_search_serverless_destination_configuration: Option<Value>,
     pub splunk_destination_configuration: Option<super::splunk::SplunkDestinationConfiguration>,
-    pub http_endpoint_destination_configuration: Option<Value>,
+    pub http_endpoint_destination_configuration:
+        Option<super::http_endpoint::HttpEndpointDestinationConfiguration>,
     pub snowflake_destination_configuration: Option<Value>,
     pub iceberg_destination_configuration: Option<Value>,
     pub tags: Option<Vec<Tag>>,
@@ -117,6 +118,7 @@ pub enum DestinationSpec {
     S3(S3Spec),
     OpenSearch(Box<super::opensearch::OpenSearchSpec>),
     Splunk(Box<super::splunk::SplunkSpec>),
+    HttpEndpoint(Box<super::http_endpoint::HttpEndpointSpec>),
 }
 
 /// A destination block found in a create request.
@@ -130,6 +132,7 @@ enum Given<'a> {
         ),
     ),
     Splunk(&'a super::splunk::SplunkDestinationConfiguration),
+    HttpEndpoint(&'a super::http_endpoint::HttpEndpointDestinationConfiguration),
 }
 
 /// A validated stream definition.
@@ -149,6 +152,7 @@ impl DestinationSpec {
             DestinationSpec::S3(_) => "s3",
             DestinationSpec::OpenSearch(_) => "opensearch",
             DestinationSpec::Splunk(_) => "splunk",
+            DestinationSpec::HttpEndpoint(_) => "http_endpoint",
         }
     }
 
@@ -172,6 +176,10 @@ impl DestinationSpec {
                 let (field, body) = sp.description();
                 out.insert(field.into(), body);
             }
+            DestinationSpec::HttpEndpoint(h) => {
+                let (field, body) = h.description();
+                out.insert(field.into(), body);
+            }
         }
         out
     }
@@ -183,6 +191,7 @@ impl StreamSpec {
             DestinationSpec::S3(s3) => s3.limits,
             DestinationSpec::OpenSearch(os) => os.limits,
             DestinationSpec::Splunk(sp) => sp.limits,
+            DestinationSpec::HttpEndpoint(h) => h.limits,
         }
     }
 
@@ -193,6 +202,7 @@ impl StreamSpec {
             DestinationSpec::S3(s3) => s3,
             DestinationSpec::OpenSearch(os) => &os.backup,
             DestinationSpec::Splunk(sp) => &sp.backup,
+            DestinationSpec::HttpEndpoint(h) => &h.backup,
         }
     }
 
@@ -202,6 +212,7 @@ impl StreamSpec {
             DestinationSpec::S3(_) => false,
             DestinationSpec::OpenSearch(os) => os.backup_all,
             DestinationSpec::Splunk(sp) => sp.backup_all,
+            DestinationSpec::HttpEndpoint(h) => h.backup_all,
         }
     }
 
@@ -211,6 +222,7 @@ impl StreamSpec {
             DestinationSpec::S3(s3) => s3.processing.as_ref(),
             DestinationSpec::OpenSearch(os) => os.processing.as_ref(),
             DestinationSpec::Splunk(sp) => sp.processing.as_ref(),
+            DestinationSpec::HttpEndpoint(h) => h.processing.as_ref(),
         }
     }
 }
@@ -218,7 +230,7 @@ impl StreamSpec {
 /// Destination fields hosepipe does not deliver to yet, with their API names.
 fn unsupported_destinations(input: &CreateDeliveryStreamInput) -> Vec<&'static str> {
     let mut out = Vec::new();
-    let fields: [(&Option<Value>, &'static str); 5] = [
+    let fields: [(&Option<Value>, &'static str); 4] = [
         (
             &input.redshift_destination_configuration,
             "redshift_destination_configuration",
@@ -226,10 +238,6 @@ fn unsupported_destinations(input: &CreateDeliveryStreamInput) -> Vec<&'static s
         (
             &input.amazon_open_search_serverless_destination_configuration,
             "amazon_open_search_serverless_destination_configuration",
-        ),
-        (
-            &input.http_endpoint_destination_configuration,
-            "http_endpoint_destination_configuration",
         ),
         (
             &input.snowflake_destination_configuration,
@@ -337,7 +345,7 @@ pub fn validate(
     for name in &unsupported {
         errors.push(FieldError::new(
             &[name],
-            "this destination is not supported by this hosepipe version (S3, OpenSearch and Splunk are)",
+            "this destination is not supported by this hosepipe version (S3, OpenSearch, Splunk and HTTP endpoints are)",
         ));
     }
     let s3_blocks = [
@@ -377,6 +385,12 @@ pub fn validate(
                 .as_ref()
                 .map(Given::Splunk),
         )
+        .chain(
+            input
+                .http_endpoint_destination_configuration
+                .as_ref()
+                .map(Given::HttpEndpoint),
+        )
         .collect();
     let destination = match (given.as_slice(), unsupported.is_empty()) {
         ([Given::S3((raw, path, legacy))], true) => {
@@ -390,6 +404,12 @@ pub fn validate(
             super::splunk::validate(raw, "splunk_destination_configuration", &mut errors)
                 .map(|spec| DestinationSpec::Splunk(Box::new(spec)))
         }
+        ([Given::HttpEndpoint(raw)], true) => super::http_endpoint::validate(
+            raw,
+            "http_endpoint_destination_configuration",
+            &mut errors,
+        )
+        .map(|spec| DestinationSpec::HttpEndpoint(Box::new(spec))),
         ([], true) => {
             errors.push(FieldError::new(
                 &["extended_s3_destination_configuration"],

@@ -1,7 +1,9 @@
 //! Delivery: one retry loop ([`run`]) for every destination, each with its [`Policy`]; each
-//! destination's attempt in its own file (S3 objects, OpenSearch `_bulk`, Splunk HEC). What is
-//! sent is encoded once, before the first attempt (`crate::encode`); only the sending repeats.
+//! destination's attempt in its own file (S3 objects, OpenSearch `_bulk`, Splunk HEC, HTTP
+//! endpoints). What is sent is encoded once, before the first attempt (`crate::encode`); only
+//! the sending repeats.
 
+pub mod http_endpoint;
 pub mod opensearch;
 pub mod s3;
 pub mod splunk;
@@ -17,7 +19,7 @@ use crate::encode::ErrorOutputType;
 use crate::encode::error_output::FailedRecord;
 use crate::metrics::DestinationMetrics;
 
-/// What a destination reached over HTTP (OpenSearch, Splunk) made of a batch.
+/// What a destination reached over HTTP (OpenSearch, Splunk, an HTTP endpoint) made of a batch.
 #[derive(Debug)]
 pub struct HttpOutcome {
     /// Records the destination took.
@@ -58,21 +60,31 @@ pub struct Clients {
     pub opensearch: hosepipe_sinks::opensearch::BulkClient,
     /// Talks HEC to Splunk.
     pub splunk: splunk::Hec,
+    /// Posts to HTTP endpoints.
+    pub http_endpoint: http_endpoint::Endpoints,
 }
 
 impl Clients {
-    /// The clients with the daemon's settings (`[opensearch]`, `[splunk]`).
+    /// The clients with the daemon's settings (`[opensearch]`, `[splunk]`,
+    /// `[http_endpoint]`), sharing the secrets (`[secrets]`).
     pub fn new(config: &crate::config::Config) -> Result<Clients, reqwest::Error> {
+        let secrets = std::sync::Arc::new(crate::secrets::Secrets::new(
+            config.http_endpoint.secrets.clone(),
+        )?);
         Ok(Clients {
             opensearch: opensearch::client(config)?,
-            splunk: splunk::Hec::new(config)?,
+            splunk: splunk::Hec::new(config, secrets.clone())?,
+            http_endpoint: http_endpoint::Endpoints::new(config, secrets)?,
         })
     }
 }
 
 /// Firehose's metric families of each destination reached over HTTP.
-pub const HTTP_METRICS: &[&crate::metrics::DestinationNames] =
-    &[&opensearch::METRICS, &splunk::METRICS];
+pub const HTTP_METRICS: &[&crate::metrics::DestinationNames] = &[
+    &opensearch::METRICS,
+    &splunk::METRICS,
+    &http_endpoint::METRICS,
+];
 
 /// Sends a batch to the HTTP destination `spec` names: the one place a stream picks it.
 pub async fn send_http(
@@ -86,6 +98,12 @@ pub async fn send_http(
             opensearch::deliver_batch(&clients.opensearch, spec, records, sending).await
         }
         DestinationSpec::Splunk(spec) => clients.splunk.deliver_batch(spec, records, sending).await,
+        DestinationSpec::HttpEndpoint(spec) => {
+            clients
+                .http_endpoint
+                .deliver_batch(spec, records, sending)
+                .await
+        }
         DestinationSpec::S3(_) => unreachable!("S3 batches are encoded into objects"),
     }
 }
@@ -155,6 +173,11 @@ pub trait Target {
     /// Told of every failed attempt (metrics, logs).
     fn failed(&mut self, _failure: Failed<'_>) {}
 
+    /// The wait before attempt `attempt + 2` (after `attempt + 1` failed).
+    fn backoff(&self, attempt: u32) -> Duration {
+        backoff(attempt)
+    }
+
     /// Under `UntilWritten`, after each failed attempt past expiry: puts the records somewhere
     /// else (the error output). True when that worked and delivery is over.
     async fn fallback(&mut self, _reason: &str, _attempts: u32) -> bool {
@@ -187,7 +210,7 @@ pub async fn run(target: &mut impl Target, policy: Policy, now_ms: impl Fn() -> 
             }
             Step::Retry(reason) => reason,
         };
-        let wait = backoff(attempt - 1);
+        let wait = target.backoff(attempt - 1);
         let failing_since = *first_failure.get_or_insert_with(tokio::time::Instant::now);
         let expired = match policy {
             Policy::UntilWritten {

@@ -25,6 +25,8 @@ pub struct Hec {
     pub fields: EventFields,
     /// `[splunk] ack_timeout_seconds`: replaces every stream's acknowledgement timeout.
     pub ack_timeout: Option<Duration>,
+    /// Holds the tokens given as secrets.
+    pub secrets: std::sync::Arc<crate::secrets::Secrets>,
 }
 
 /// Firehose's `DeliveryToSplunk.*` families.
@@ -45,7 +47,10 @@ pub const METRICS: crate::metrics::DestinationNames = crate::metrics::Destinatio
 
 impl Hec {
     /// The HEC client with `[splunk]`'s event metadata and acknowledgement timeout.
-    pub fn new(config: &crate::config::Config) -> Result<Hec, reqwest::Error> {
+    pub fn new(
+        config: &crate::config::Config,
+        secrets: std::sync::Arc<crate::secrets::Secrets>,
+    ) -> Result<Hec, reqwest::Error> {
         let d = EventFields::default();
         let s = &config.splunk;
         Ok(Hec {
@@ -60,6 +65,7 @@ impl Hec {
                 index: s.index.clone(),
             },
             ack_timeout: s.ack_timeout_seconds.map(Duration::from_secs),
+            secrets,
         })
     }
 }
@@ -142,6 +148,12 @@ fn failure(f: HecFailure) -> Failure {
 struct Post<'a, F> {
     hec: &'a Hec,
     target: HecTarget,
+    /// `HECToken`, or its secret.
+    token: &'a crate::config::http::Credential,
+    /// HEC refused the token last time: read its secret again.
+    refused_token: bool,
+    metrics: &'a crate::metrics::Metrics,
+    stream: &'a str,
     channel: &'a str,
     body: bytes::Bytes,
     ack_timeout: Duration,
@@ -153,6 +165,24 @@ struct Post<'a, F> {
 
 impl<F: Fn(Attempt<'_>)> Target for Post<'_, F> {
     async fn attempt(&mut self) -> Step {
+        match self
+            .hec
+            .secrets
+            .resolve(self.token, self.refused_token)
+            .await
+        {
+            Ok(r) => {
+                if r.read {
+                    self.metrics.secret_read(self.stream, None);
+                }
+                self.target.token = r.value;
+            }
+            Err(e) => {
+                self.metrics.secret_read(self.stream, Some(&e));
+                self.last = Some(Failure::retry("Splunk.SecretUnreadable", e.to_string()));
+                return Step::Retry(e.to_string());
+            }
+        }
         let client = &self.hec.client;
         let result = match client
             .post(&self.target, self.channel, self.body.clone())
@@ -165,6 +195,13 @@ impl<F: Fn(Attempt<'_>)> Target for Post<'_, F> {
             }
             Err(f) => Err(f),
         };
+        self.refused_token = matches!(
+            result,
+            Err(HecFailure::Refused {
+                status: 401 | 403,
+                ..
+            })
+        );
         match result.map_err(failure) {
             Ok(latency) => {
                 self.latency = latency;
@@ -201,18 +238,22 @@ impl Hec {
     pub async fn deliver(
         &self,
         spec: &SplunkSpec,
-        stream: &str,
-        channel: &str,
+        seen: &Sending<'_>,
         records: &[Record],
         observe: impl Fn(Attempt<'_>),
     ) -> HecOutcome {
+        let (stream, channel) = (seen.stream, seen.channel);
         let mut post = Post {
             hec: self,
             target: HecTarget {
                 endpoint: spec.endpoint.clone(),
-                token: spec.token.clone(),
+                token: String::new(),
                 raw: spec.endpoint_type == EndpointType::Raw,
             },
+            token: &spec.token,
+            refused_token: false,
+            metrics: seen.metrics,
+            stream,
             channel,
             // Built once; every attempt sends the same bytes.
             body: bytes::Bytes::from(body(spec, &self.fields, stream, records)),
@@ -242,7 +283,7 @@ impl Hec {
     ) -> HttpOutcome {
         let metrics = seen.metrics(METRICS.name);
         let outcome = self
-            .deliver(spec, seen.stream, seen.channel, &records, |attempt| {
+            .deliver(spec, seen, &records, |attempt| {
                 metrics.request(seen.stream, false);
                 seen.failed_attempts.fetch_add(1, Ordering::Relaxed);
                 if let Some(f) = attempt.failure {

@@ -1,7 +1,8 @@
 //! Pure encoding of what a stream delivers: object names and bodies, error-output documents,
-//! Parquet, OpenSearch `_bulk` items, Splunk HEC bodies.
+//! Parquet, OpenSearch `_bulk` items, Splunk HEC bodies, HTTP endpoint requests.
 
 pub mod error_output;
+pub mod http_endpoint;
 pub mod object;
 pub mod opensearch;
 pub mod parquet;

@@ -56,6 +56,9 @@ pub struct DestinationMetrics {
     pub latency: HistogramFamily<StreamLabels>,
     /// Records written to the S3 backup after failing.
     pub failed: Family<StreamLabels, Counter>,
+    /// Records and bytes sent, every attempt counted (Firehose's `Processed*`).
+    pub processed_records: Family<StreamLabels, Counter>,
+    pub processed_bytes: Family<StreamLabels, Counter>,
 }
 
 impl Default for DestinationMetrics {
@@ -67,6 +70,8 @@ impl Default for DestinationMetrics {
             data_freshness: Family::default(),
             latency: Family::new_with_constructor(latency_histogram),
             failed: Family::default(),
+            processed_records: Family::default(),
+            processed_bytes: Family::default(),
         }
     }
 }
@@ -121,6 +126,17 @@ impl DestinationMetrics {
             self.latency.clone(),
         );
         registry.register(n.failed.0, n.failed.1, self.failed.clone());
+        registry.register(
+            format!("delivery_to_{name}_processed_records"),
+            format!("Records sent, every attempt counted ({firehose}.ProcessedRecords)"),
+            self.processed_records.clone(),
+        );
+        registry.register_with_unit(
+            format!("delivery_to_{name}_processed"),
+            format!("Request bytes sent, every attempt counted ({firehose}.ProcessedBytes)"),
+            Unit::Bytes,
+            self.processed_bytes.clone(),
+        );
     }
 
     /// Counts a request: taken, or failed.
@@ -282,6 +298,8 @@ pub struct Metrics {
     pub partition_limit_records: Family<StreamLabels, Counter>,
     pub jq_processing_duration: HistogramFamily<StreamLabels>,
     pub key_service_calls: Family<OutcomeLabels, Counter>,
+    /// Reads of credentials' secrets, by outcome: success, unreadable, format.
+    pub secret_reads: Family<OutcomeLabels, Counter>,
     /// Each HTTP destination's families (`DeliveryToAmazonOpenSearchService.*`,
     /// `DeliveryToSplunk.*`, …), by its kind.
     destinations: BTreeMap<&'static str, DestinationMetrics>,
@@ -350,6 +368,7 @@ impl Metrics {
             partition_limit_records: Family::default(),
             jq_processing_duration: Family::new_with_constructor(processing_histogram),
             key_service_calls: Family::default(),
+            secret_reads: Family::default(),
             jetstream: JetStreamMetrics::default(),
             node_info: Family::default(),
             destinations: BTreeMap::new(),
@@ -592,6 +611,11 @@ impl Metrics {
             "Data-key requests to the key service, by outcome: success or Firehose's KMS condition (KMSKeyNotFound, KMSKeyAccessDenied, KMSKeyDisabled, KMSKeyInvalidState, KMSUnavailable)",
             m.key_service_calls.clone(),
         );
+        registry.register(
+            "secret_reads",
+            "Reads of destination credentials' secrets (SecretsManagerConfiguration), by outcome: success, unreadable or format",
+            m.secret_reads.clone(),
+        );
         m.jetstream.register(&mut registry);
         registry.register(
             "node_info",
@@ -763,6 +787,21 @@ impl Metrics {
             Err(e) => e.code(),
         };
         self.key_service_calls
+            .get_or_create(&OutcomeLabels {
+                stream: stream.to_string(),
+                outcome: outcome.to_string(),
+            })
+            .inc();
+    }
+
+    /// Counts a read of a credential's secret: `None` when it worked.
+    pub fn secret_read(&self, stream: &str, error: Option<&crate::secrets::SecretError>) {
+        let outcome = match error {
+            None => SUCCESS,
+            Some(crate::secrets::SecretError::Unreadable { .. }) => "unreadable",
+            Some(crate::secrets::SecretError::Format { .. }) => "format",
+        };
+        self.secret_reads
             .get_or_create(&OutcomeLabels {
                 stream: stream.to_string(),
                 outcome: outcome.to_string(),

@@ -15,11 +15,10 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
-use serde_json::Value;
 
 use crate::config::stream::{
-    self, AtRestKey, CreateDeliveryStreamInput, DestinationSpec,
-    ExtendedS3DestinationConfiguration, StreamEncryptionInput, StreamSpec, Tag,
+    self, AtRestKey, CreateDeliveryStreamInput, DestinationSpec, StreamEncryptionInput, StreamSpec,
+    Tag,
 };
 use crate::crypto::KeyError;
 use crate::encode::parquet::Converter;
@@ -234,23 +233,6 @@ fn block_on<F: std::future::Future>(future: F) -> F::Output {
 
 fn epoch_secs() -> f64 {
     chrono::Utc::now().timestamp_millis() as f64 / 1000.0
-}
-
-/// Overlays the non-null top-level fields of `update` on `base` (UpdateDestination's merge).
-fn merge(
-    base: &ExtendedS3DestinationConfiguration,
-    update: &ExtendedS3DestinationConfiguration,
-) -> Result<ExtendedS3DestinationConfiguration, ControlError> {
-    let mut merged = serde_json::to_value(base).expect("config serialises");
-    let update = serde_json::to_value(update).expect("config serialises");
-    if let (Value::Object(m), Value::Object(u)) = (&mut merged, update) {
-        for (k, v) in u {
-            if !v.is_null() {
-                m.insert(k, v);
-            }
-        }
-    }
-    serde_json::from_value(merged).map_err(|e| ControlError::Invalid(e.to_string()))
 }
 
 impl Registry {
@@ -806,7 +788,7 @@ impl Registry {
         name: &str,
         version_id: &str,
         destination_id: &str,
-        update: &ExtendedS3DestinationConfiguration,
+        update: &crate::config::update::DestinationUpdate,
     ) -> Result<(), ControlError> {
         // What the update starts from, read under the lock; the key service, table lookups and
         // compiles below run outside it, and the version is checked again before the swap.
@@ -821,42 +803,7 @@ impl Registry {
                 "Destination Id {destination_id} not found"
             )));
         }
-        if input.extended_s3_destination_configuration.is_none()
-            && input.s3_destination_configuration.is_none()
-        {
-            return Err(ControlError::Invalid(
-                "this stream's destination is not S3; hosepipe does not update OpenSearch or Splunk destinations yet (delete and create the stream)".into(),
-            ));
-        }
-        let legacy = input.extended_s3_destination_configuration.is_none();
-        let base = input
-            .extended_s3_destination_configuration
-            .clone()
-            .or_else(|| input.s3_destination_configuration.clone())
-            .unwrap_or_default();
-        let merged = merge(&base, update)?;
-        match (
-            stream::enabled(&base.dynamic_partitioning_configuration),
-            stream::enabled(&merged.dynamic_partitioning_configuration),
-        ) {
-            (false, true) => {
-                return Err(ControlError::Invalid(
-                    "Dynamic partitioning can only be enabled when the delivery stream is created"
-                        .into(),
-                ));
-            }
-            (true, false) => {
-                return Err(ControlError::Invalid(
-                    "Dynamic partitioning cannot be disabled once enabled".into(),
-                ));
-            }
-            _ => {}
-        }
-        if legacy {
-            input.s3_destination_configuration = Some(merged);
-        } else {
-            input.extended_s3_destination_configuration = Some(merged);
-        }
+        update.apply(&mut input).map_err(ControlError::Invalid)?;
         let spec = stream::validate(name, &input).map_err(|e| {
             // Report the update's paths, not the create's.
             let errs: Vec<_> = e

@@ -19,7 +19,8 @@ status with an `errorMessage`; `hang = (seconds, n)` answers after a delay (a ti
 client that waits less); `wrong_id = n` answers 200 with another `requestId`; `bad_body = n`
 answers 200 with a body that is not JSON.
 
-`received` holds each accepted request (request id, headers that matter, decoded records);
+`posted_ids` holds the request id of every POST, answered well or not; `received` holds each
+accepted request (request id, headers that matter, decoded records);
 `records()` is every record accepted, in order (a retried request appears once per
 acceptance: its request id tells resends apart).
 """
@@ -118,6 +119,7 @@ class HttpEndpointReceiver:
         self.received = []
         self.rejected = []
         self.posts = 0
+        self.posted_ids = []
         self.lock = threading.Lock()
         receiver = self
 
@@ -145,6 +147,7 @@ class HttpEndpointReceiver:
                 request_id = self.headers.get("X-Amz-Firehose-Request-Id", "")
                 with receiver.lock:
                     receiver.posts += 1
+                    receiver.posted_ids.append(request_id)
                     mode = receiver.next_failure()
                 if mode is not None:
                     kind, arg = mode

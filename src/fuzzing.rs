@@ -199,6 +199,8 @@ fn api_daemon() -> &'static ApiDaemon {
 object_store = "local"
 [spool]
 sync = "os"
+[receiver]
+access_keys = ["fuzz"]
 [streams.fuzz.extended_s3_destination_configuration]
 bucket_arn = "arn:aws:s3:::fuzz"
 buffering_hints = { size_in_mbs = 1, interval_in_seconds = 60 }
@@ -254,6 +256,53 @@ pub fn api_request(data: &[u8]) {
     );
 }
 
+/// HTTP endpoint deliveries both ways. First byte even: a delivery posted to the daemon's
+/// receiver (bit 1: gzipped), answered in the specification's shape (`requestId`, `timestamp`)
+/// with one of its statuses, never a 500 or a panic. Odd: an endpoint's answer read by the
+/// destination's client, which accepts only a 200 naming the request.
+pub fn http_endpoint(data: &[u8]) {
+    use tower::ServiceExt;
+    let Some((mode, body)) = data.split_first() else {
+        return;
+    };
+    if mode % 2 == 1 {
+        let status = [200, 201, 400, 413, 500][(*mode as usize / 2) % 5];
+        if hosepipe_sinks::http_endpoint::answer(status, body, "rid").is_ok() {
+            assert_eq!(status, 200, "only a 200 is a success");
+        }
+        return;
+    }
+    let daemon = api_daemon();
+    let mut request = axum::http::Request::post("/http-endpoint/fuzz")
+        .header("content-type", "application/json")
+        .header("x-amz-firehose-request-id", "rid")
+        .header("x-amz-firehose-access-key", "fuzz");
+    if mode & 2 != 0 {
+        request = request.header("content-encoding", "gzip");
+    }
+    let request = request
+        .body(axum::body::Body::from(Bytes::copy_from_slice(body)))
+        .expect("a request");
+    let response = daemon
+        .runtime
+        .block_on(daemon.router.clone().oneshot(request))
+        .expect("the router answers");
+    let status = response.status().as_u16();
+    assert!(
+        matches!(status, 200 | 400 | 404 | 413 | 503),
+        "the receiver answered {status} to {:?}",
+        String::from_utf8_lossy(body)
+    );
+    let answer = daemon
+        .runtime
+        .block_on(axum::body::to_bytes(response.into_body(), 1 << 20))
+        .expect("the answer");
+    let answer: serde_json::Value = serde_json::from_slice(&answer).expect("a JSON answer");
+    assert_eq!(answer["requestId"], "rid");
+    assert!(answer["timestamp"].is_i64());
+    assert_eq!(answer.get("errorMessage").is_some(), status != 200);
+}
+
 /// A fuzz target's entry.
 pub type Target = fn(&[u8]);
 
@@ -269,6 +318,7 @@ pub const TARGETS: &[(&str, Target)] = &[
     ("hpen_object", hpen_object),
     ("bulk_answer", bulk_answer),
     ("hec_answer", hec_answer),
+    ("http_endpoint", http_endpoint),
 ];
 
 #[cfg(test)]

@@ -82,6 +82,9 @@ enum Command {
     BenchOpensearch(hosepipe::bench::opensearch::BenchOpenSearchArgs),
     /// Benchmark: records/s into a Splunk HEC through hosepipe's path vs a bare HTTP client.
     BenchSplunk(hosepipe::bench::splunk::BenchSplunkArgs),
+    /// Benchmark: records/s to an HTTP endpoint through hosepipe's path vs a bare HTTP client,
+    /// and the receiver's ingest.
+    BenchHttpEndpoint(hosepipe::bench::http_endpoint::BenchHttpEndpointArgs),
     /// Tail log files into delivery streams (the Kinesis Agent's job; reads its agent.json).
     Agent {
         /// agent.json (the Kinesis Agent's format) or a TOML file with the same settings.
@@ -361,6 +364,10 @@ fn main() -> ExitCode {
         }
         Command::BenchFleet(args) => finished("bench-fleet", hosepipe::bench::fleet::run(args)),
         Command::BenchSplunk(args) => finished("bench-splunk", hosepipe::bench::splunk::run(args)),
+        Command::BenchHttpEndpoint(args) => finished(
+            "bench-http-endpoint",
+            hosepipe::bench::http_endpoint::run(args),
+        ),
         Command::BenchOpensearch(args) => {
             finished("bench-opensearch", hosepipe::bench::opensearch::run(args))
         }

@@ -7,6 +7,7 @@ pub mod control;
 pub mod convert;
 pub mod encrypt;
 pub mod fleet;
+pub mod http_endpoint;
 pub mod ingest;
 pub mod opensearch;
 pub mod partition;

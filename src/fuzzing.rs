@@ -190,6 +190,16 @@ struct ApiDaemon {
     _dir: tempfile::TempDir,
 }
 
+impl ApiDaemon {
+    /// The router's answer to `request`.
+    fn call(&self, request: axum::http::Request<axum::body::Body>) -> axum::response::Response {
+        use tower::ServiceExt;
+        self.runtime
+            .block_on(self.router.clone().oneshot(request))
+            .expect("the router answers")
+    }
+}
+
 fn api_daemon() -> &'static ApiDaemon {
     static DAEMON: OnceLock<ApiDaemon> = OnceLock::new();
     DAEMON.get_or_init(|| {
@@ -232,7 +242,6 @@ buffering_hints = { size_in_mbs = 1, interval_in_seconds = 60 }
 /// One API request: the first byte picks the operation, the rest is the body. Every answer is
 /// Firehose's: a 2xx, a 4xx with its exception, or 503 "Slow down."; never a 500 or a panic.
 pub fn api_request(data: &[u8]) {
-    use tower::ServiceExt;
     let Some((op, body)) = data.split_first() else {
         return;
     };
@@ -244,10 +253,7 @@ pub fn api_request(data: &[u8]) {
         .header("content-type", "application/x-amz-json-1.1")
         .body(axum::body::Body::from(Bytes::copy_from_slice(body)))
         .expect("a request");
-    let response = daemon
-        .runtime
-        .block_on(daemon.router.clone().oneshot(request))
-        .expect("the router answers");
+    let response = daemon.call(request);
     let status = response.status().as_u16();
     assert!(
         status < 500 || status == 503,
@@ -261,7 +267,6 @@ pub fn api_request(data: &[u8]) {
 /// with one of its statuses, never a 500 or a panic. Odd: an endpoint's answer read by the
 /// destination's client, which accepts only a 200 naming the request.
 pub fn http_endpoint(data: &[u8]) {
-    use tower::ServiceExt;
     let Some((mode, body)) = data.split_first() else {
         return;
     };
@@ -283,10 +288,7 @@ pub fn http_endpoint(data: &[u8]) {
     let request = request
         .body(axum::body::Body::from(Bytes::copy_from_slice(body)))
         .expect("a request");
-    let response = daemon
-        .runtime
-        .block_on(daemon.router.clone().oneshot(request))
-        .expect("the router answers");
+    let response = daemon.call(request);
     let status = response.status().as_u16();
     assert!(
         matches!(status, 200 | 400 | 404 | 413 | 503),

@@ -329,6 +329,33 @@ mod tests {
     }
 
     #[test]
+    fn the_config_file_spells_it_in_snake_case() {
+        let table: toml::Value = toml::from_str(
+            r#"
+endpoint_configuration = { url = "https://central.example.com/http-endpoint/c", access_key = "k" }
+request_configuration = { content_encoding = "GZIP", common_attributes = [{ attribute_name = "env", attribute_value = "prod" }] }
+retry_options = { duration_in_seconds = 7200 }
+s3_configuration = { bucket_arn = "arn:aws:s3:::failed" }
+"#,
+        )
+        .unwrap();
+        let mut stream = toml::map::Map::new();
+        stream.insert("http_endpoint_destination_configuration".into(), table);
+        let input = crate::config::parse_stream_table("s", &toml::Value::Table(stream)).unwrap();
+        let DestinationSpec::HttpEndpoint(h) = validate("s", &input).unwrap().destination else {
+            panic!("an HTTP endpoint destination")
+        };
+        assert_eq!(h.url, "https://central.example.com/http-endpoint/c");
+        assert!(h.gzip && h.retry.as_secs() == 7200);
+        assert_eq!(h.common_attributes, [("env".into(), "prod".into())]);
+        // Described with the API's spelling.
+        assert_eq!(
+            h.description().1["EndpointConfiguration"]["Url"],
+            "https://central.example.com/http-endpoint/c"
+        );
+    }
+
+    #[test]
     fn loopback_may_be_plain_http_and_secrets_may_be_files() {
         for url in [
             "http://127.0.0.1:8080/in",

@@ -78,6 +78,7 @@ def test_records_arrive_as_firehose_sends_them(daemon, endpoint, s3, bucket):
     metrics = daemon.metrics()
     assert 'hosepipe_delivery_to_http_endpoint_requests_total{stream="plain",outcome="success"}' in metrics
     assert "hosepipe_delivery_to_http_endpoint_processed_records_total" in metrics
+    assert 'hosepipe_delivery_to_http_endpoint_data_freshness_seconds{stream="plain"}' in metrics
     d = fh.describe_delivery_stream(DeliveryStreamName="plain")["DeliveryStreamDescription"]
     desc = d["Destinations"][0]["HttpEndpointDestinationDescription"]
     assert desc["EndpointConfiguration"] == {"Url": endpoint.url + "v1/input?source=hosepipe",

@@ -136,7 +136,7 @@ impl Secrets {
                     let back = self.settings.refresh.saturating_sub(FAILED_READ_RETRY);
                     c.at = Instant::now().checked_sub(back).unwrap_or(c.at);
                 }
-                field(&value, secret).map(|value| Resolved { value, read: true })
+                field(&value, secret).map(|value| Resolved { value, read: false })
             }
             Err(e) => Err(e),
         }

@@ -147,7 +147,11 @@ async fn take(
         .map_err(|_| too_large())?;
     let text = match gzip {
         false => raw,
-        true => gunzip(&raw)?.into(),
+        // Up to ~90 MB of output: off the runtime's threads.
+        true => tokio::task::spawn_blocking(move || gunzip(&raw))
+            .await
+            .map_err(|e| Refused::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))??
+            .into(),
     };
     let delivery: Delivery<'_> = serde_json::from_slice(&text).map_err(|e| {
         Refused::new(

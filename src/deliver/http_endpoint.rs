@@ -207,10 +207,17 @@ impl Endpoints {
             let tail = rest.split_off(rest.len().min(MAX_REQUEST_RECORDS));
             let chunk = std::mem::replace(&mut rest, tail);
             let request_id = uuid::Uuid::new_v4().to_string();
-            let mut data = body(&request_id, crate::pipeline::now_ms(), &chunk);
-            if spec.gzip {
-                data = crate::compress::gzip(&data).expect("gzip into memory");
-            }
+            // Base64 and gzip of up to 64 MiB: off the runtime's threads.
+            let (id, gzip) = (request_id.clone(), spec.gzip);
+            let (chunk, data) = tokio::task::spawn_blocking(move || {
+                let mut data = body(&id, crate::pipeline::now_ms(), &chunk);
+                if gzip {
+                    data = crate::compress::gzip(&data).expect("gzip into memory");
+                }
+                (chunk, data)
+            })
+            .await
+            .expect("the body is built");
             let mut post = Post {
                 endpoints: self,
                 spec,

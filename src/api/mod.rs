@@ -840,11 +840,10 @@ async fn operation_value(
                     .is_some(),
                 input.splunk_destination_update.is_some(),
                 input.snowflake_destination_update.is_some(),
-                input.iceberg_destination_update.is_some(),
             ];
             if others.iter().any(|b| *b) {
                 return Err(ApiError::InvalidArgument(
-                    "UpdateDestination takes S3 and HTTP endpoint destination updates in this hosepipe version (OpenSearch and Splunk streams are deleted and created again)".into(),
+                    "UpdateDestination takes S3, HTTP endpoint and Iceberg destination updates in this hosepipe version (OpenSearch and Splunk streams are deleted and created again)".into(),
                 ));
             }
             use crate::config::update::DestinationUpdate;
@@ -852,10 +851,14 @@ async fn operation_value(
                 input.extended_s3_destination_update,
                 input.s3_destination_update,
                 input.http_endpoint_destination_update,
+                input.iceberg_destination_update,
             ) {
-                (Some(u), None, None) | (None, Some(u), None) => DestinationUpdate::S3(Box::new(u)),
-                (None, None, Some(u)) => DestinationUpdate::HttpEndpoint(u),
-                (None, None, None) => {
+                (Some(u), None, None, None) | (None, Some(u), None, None) => {
+                    DestinationUpdate::S3(Box::new(u))
+                }
+                (None, None, Some(u), None) => DestinationUpdate::HttpEndpoint(u),
+                (None, None, None, Some(u)) => DestinationUpdate::Iceberg(u),
+                (None, None, None, None) => {
                     return Err(ApiError::InvalidArgument(
                         "a destination update is required".into(),
                     ));

@@ -230,6 +230,7 @@ async fn run_async(args: BenchHttpEndpointArgs) -> Result<(), String> {
                     channel: "bench",
                     metrics: &metrics,
                     failed_attempts: &failed_attempts,
+                    log: None,
                 };
                 let out = endpoints
                     .deliver_batch(&spec, make(&chunks[i]), &seen)

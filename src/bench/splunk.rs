@@ -101,6 +101,7 @@ pub fn run(args: BenchSplunkArgs) -> Result<(), String> {
             channel: &channel,
             metrics: &metrics,
             failed_attempts: &failed_attempts,
+            log: None,
         };
         let started = Instant::now();
         for chunk in recs.chunks(args.batch) {

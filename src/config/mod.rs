@@ -6,6 +6,7 @@ pub mod conversion;
 pub mod fields;
 pub mod http;
 pub mod http_endpoint;
+pub mod iceberg;
 pub mod log;
 pub mod names;
 pub mod opensearch;
@@ -57,6 +58,7 @@ pub struct RawConfig {
     pub opensearch: Option<RawOpenSearch>,
     pub splunk: Option<RawSplunk>,
     pub http_endpoint: Option<RawHttpEndpoint>,
+    pub iceberg: Option<RawIceberg>,
     pub secrets: Option<RawSecrets>,
     pub receiver: Option<RawReceiver>,
     pub tls: Option<RawTls>,
@@ -156,6 +158,94 @@ pub struct RawSplunk {
 pub struct RawHttpEndpoint {
     /// How long an endpoint has to answer one request (Firehose: 180).
     pub request_timeout_seconds: Option<u64>,
+}
+
+/// `[iceberg]`: the Iceberg catalogs streams' `CatalogARN`s name.
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawIceberg {
+    /// The catalog `arn:aws:glue:<region>:<account>:catalog` (no name) means: default
+    /// `default`.
+    pub default_catalog: Option<String>,
+    /// `[iceberg.catalogs.<name>]`: `…:catalog/<name>` means this one.
+    #[serde(default)]
+    pub catalogs: BTreeMap<String, RawIcebergCatalog>,
+}
+
+/// One Iceberg catalog.
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawIcebergCatalog {
+    /// A SQL catalog's database: `sqlite:///path/catalog.db` or `postgresql://…`.
+    pub uri: String,
+    /// Where tables go when a stream gives no `WarehouseLocation` (`s3://bucket/prefix`).
+    pub warehouse: Option<String>,
+}
+
+/// The validated `[iceberg]` section.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IcebergConfig {
+    pub default_catalog: String,
+    /// Catalog name → its SQL URI and warehouse. Without `[iceberg.catalogs.default]`, the
+    /// catalog `default` is SQLite at `<data_dir>/iceberg/catalog.db`.
+    pub catalogs: BTreeMap<String, IcebergCatalog>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IcebergCatalog {
+    pub uri: String,
+    pub warehouse: Option<String>,
+}
+
+fn validate_iceberg(
+    raw: Option<RawIceberg>,
+    data_dir: &Path,
+    errors: &mut Vec<String>,
+) -> IcebergConfig {
+    let raw = raw.unwrap_or_default();
+    let mut catalogs: BTreeMap<String, IcebergCatalog> = raw
+        .catalogs
+        .into_iter()
+        .map(|(name, c)| {
+            let sql = ["sqlite:", "postgres://", "postgresql://"];
+            if !sql.iter().any(|p| c.uri.starts_with(p)) {
+                errors.push(format!(
+                    "iceberg.catalogs.{name}.uri: {:?} is not a SQL catalog URI (sqlite:///path or postgresql://…)",
+                    c.uri
+                ));
+            }
+            if let Some(w) = &c.warehouse
+                && !w.starts_with("s3://")
+            {
+                errors.push(format!(
+                    "iceberg.catalogs.{name}.warehouse: {w:?} is not an s3://bucket/prefix location"
+                ));
+            }
+            (name, IcebergCatalog { uri: c.uri, warehouse: c.warehouse })
+        })
+        .collect();
+    catalogs
+        .entry("default".into())
+        .or_insert_with(|| IcebergCatalog {
+            uri: format!(
+                "sqlite://{}",
+                std::path::absolute(data_dir)
+                    .unwrap_or_else(|_| data_dir.to_path_buf())
+                    .join("iceberg/catalog.db")
+                    .display()
+            ),
+            warehouse: None,
+        });
+    let default_catalog = raw.default_catalog.unwrap_or_else(|| "default".into());
+    if !catalogs.contains_key(&default_catalog) {
+        errors.push(format!(
+            "iceberg.default_catalog: {default_catalog:?} is not one of [iceberg.catalogs]"
+        ));
+    }
+    IcebergConfig {
+        default_catalog,
+        catalogs,
+    }
 }
 
 /// `[secrets]`: where Secrets Manager is (else `AWS_ENDPOINT_URL_SECRETSMANAGER`) and how often
@@ -436,6 +526,8 @@ pub struct Config {
     pub splunk: RawSplunk,
     /// `[http_endpoint]`, `[secrets]`, `[receiver]`.
     pub http_endpoint: HttpEndpointConfig,
+    /// `[iceberg]`.
+    pub iceberg: IcebergConfig,
     /// `[tls]`: the listener serves HTTPS.
     pub tls: Option<crate::tls::TlsFiles>,
     /// CA certificates the daemon's clients trust besides the system's (`ca_bundle`).
@@ -574,6 +666,7 @@ impl Config {
             .clone()
             .or(raw.data_dir)
             .unwrap_or_else(|| PathBuf::from("data"));
+        let iceberg = validate_iceberg(raw.iceberg.clone(), &data_dir, &mut errors);
         let s3 = raw.s3.unwrap_or_default();
         let region = raw
             .region
@@ -875,6 +968,7 @@ impl Config {
                 opensearch_auth,
                 splunk: raw.splunk.unwrap_or_default(),
                 http_endpoint,
+                iceberg,
                 tls,
                 ca_bundle: raw.ca_bundle,
                 metrics_token,

@@ -88,6 +88,10 @@ mod tests {
         "MSKSourceConfiguration",
         "CompressionFormat",
         "ErrorOutputPrefix",
+        "CatalogARN",
+        "DestinationTableConfigurationList",
+        "S3ErrorOutputPrefix",
+        "AppendOnly",
     ];
 
     #[test]

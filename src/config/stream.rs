@@ -37,7 +37,7 @@ pub struct CreateDeliveryStreamInput {
     pub http_endpoint_destination_configuration:
         Option<super::http_endpoint::HttpEndpointDestinationConfiguration>,
     pub snowflake_destination_configuration: Option<Value>,
-    pub iceberg_destination_configuration: Option<Value>,
+    pub iceberg_destination_configuration: Option<super::iceberg::IcebergDestinationConfiguration>,
     pub tags: Option<Vec<Tag>>,
 }
 
@@ -119,6 +119,7 @@ pub enum DestinationSpec {
     OpenSearch(Box<super::opensearch::OpenSearchSpec>),
     Splunk(Box<super::splunk::SplunkSpec>),
     HttpEndpoint(Box<super::http_endpoint::HttpEndpointSpec>),
+    Iceberg(Box<super::iceberg::IcebergSpec>),
 }
 
 /// A destination block found in a create request.
@@ -133,6 +134,7 @@ enum Given<'a> {
     ),
     Splunk(&'a super::splunk::SplunkDestinationConfiguration),
     HttpEndpoint(&'a super::http_endpoint::HttpEndpointDestinationConfiguration),
+    Iceberg(&'a super::iceberg::IcebergDestinationConfiguration),
 }
 
 /// A validated stream definition.
@@ -153,6 +155,7 @@ impl DestinationSpec {
             DestinationSpec::OpenSearch(_) => "opensearch",
             DestinationSpec::Splunk(_) => "splunk",
             DestinationSpec::HttpEndpoint(_) => "http_endpoint",
+            DestinationSpec::Iceberg(_) => "iceberg",
         }
     }
 
@@ -180,6 +183,10 @@ impl DestinationSpec {
                 let (field, body) = h.description();
                 out.insert(field.into(), body);
             }
+            DestinationSpec::Iceberg(i) => {
+                let (field, body) = i.description();
+                out.insert(field.into(), body);
+            }
         }
         out
     }
@@ -192,6 +199,7 @@ impl StreamSpec {
             DestinationSpec::OpenSearch(os) => os.limits,
             DestinationSpec::Splunk(sp) => sp.limits,
             DestinationSpec::HttpEndpoint(h) => h.limits,
+            DestinationSpec::Iceberg(i) => i.limits,
         }
     }
 
@@ -203,6 +211,7 @@ impl StreamSpec {
             DestinationSpec::OpenSearch(os) => &os.backup,
             DestinationSpec::Splunk(sp) => &sp.backup,
             DestinationSpec::HttpEndpoint(h) => &h.backup,
+            DestinationSpec::Iceberg(i) => &i.backup,
         }
     }
 
@@ -213,7 +222,14 @@ impl StreamSpec {
             DestinationSpec::OpenSearch(os) => os.backup_all,
             DestinationSpec::Splunk(sp) => sp.backup_all,
             DestinationSpec::HttpEndpoint(h) => h.backup_all,
+            DestinationSpec::Iceberg(i) => i.backup_all,
         }
+    }
+
+    /// Whether records are routed to tables by their metadata (Iceberg): the process stage
+    /// gives each record its route as its partition.
+    pub fn routes_records(&self) -> bool {
+        matches!(self.destination, DestinationSpec::Iceberg(_))
     }
 
     /// The destination's `ProcessingConfiguration`.
@@ -223,6 +239,7 @@ impl StreamSpec {
             DestinationSpec::OpenSearch(os) => os.processing.as_ref(),
             DestinationSpec::Splunk(sp) => sp.processing.as_ref(),
             DestinationSpec::HttpEndpoint(h) => h.processing.as_ref(),
+            DestinationSpec::Iceberg(i) => i.processing.as_ref(),
         }
     }
 }
@@ -230,7 +247,7 @@ impl StreamSpec {
 /// Destination fields hosepipe does not deliver to yet, with their API names.
 fn unsupported_destinations(input: &CreateDeliveryStreamInput) -> Vec<&'static str> {
     let mut out = Vec::new();
-    let fields: [(&Option<Value>, &'static str); 4] = [
+    let fields: [(&Option<Value>, &'static str); 3] = [
         (
             &input.redshift_destination_configuration,
             "redshift_destination_configuration",
@@ -242,10 +259,6 @@ fn unsupported_destinations(input: &CreateDeliveryStreamInput) -> Vec<&'static s
         (
             &input.snowflake_destination_configuration,
             "snowflake_destination_configuration",
-        ),
-        (
-            &input.iceberg_destination_configuration,
-            "iceberg_destination_configuration",
         ),
     ];
     for (value, name) in fields {
@@ -391,6 +404,12 @@ pub fn validate(
                 .as_ref()
                 .map(Given::HttpEndpoint),
         )
+        .chain(
+            input
+                .iceberg_destination_configuration
+                .as_ref()
+                .map(Given::Iceberg),
+        )
         .collect();
     let destination = match (given.as_slice(), unsupported.is_empty()) {
         ([Given::S3((raw, path, legacy))], true) => {
@@ -410,6 +429,10 @@ pub fn validate(
             &mut errors,
         )
         .map(|spec| DestinationSpec::HttpEndpoint(Box::new(spec))),
+        ([Given::Iceberg(raw)], true) => {
+            super::iceberg::validate(raw, "iceberg_destination_configuration", &mut errors)
+                .map(|spec| DestinationSpec::Iceberg(Box::new(spec)))
+        }
         ([], true) => {
             errors.push(FieldError::new(
                 &["extended_s3_destination_configuration"],

@@ -3,7 +3,6 @@
 
 use serde_json::Value;
 
-use super::http_endpoint::HttpEndpointDestinationConfiguration;
 use super::stream::{self, CreateDeliveryStreamInput, ExtendedS3DestinationConfiguration};
 
 /// An `UpdateDestination`'s update, of the stream's kind of destination.
@@ -13,6 +12,8 @@ pub enum DestinationUpdate {
     S3(Box<ExtendedS3DestinationConfiguration>),
     /// `HttpEndpointDestinationUpdate`, as given.
     HttpEndpoint(Value),
+    /// `IcebergDestinationUpdate`, as given.
+    Iceberg(Value),
 }
 
 impl DestinationUpdate {
@@ -25,7 +26,17 @@ impl DestinationUpdate {
                     .http_endpoint_destination_configuration
                     .as_ref()
                     .ok_or("this stream's destination is not an HTTP endpoint")?;
-                input.http_endpoint_destination_configuration = Some(merge_http(base, update)?);
+                input.http_endpoint_destination_configuration =
+                    Some(merge_fields(base, update, "HttpEndpointDestinationUpdate")?);
+                Ok(())
+            }
+            DestinationUpdate::Iceberg(update) => {
+                let base = input
+                    .iceberg_destination_configuration
+                    .as_ref()
+                    .ok_or("this stream's destination is not Iceberg")?;
+                input.iceberg_destination_configuration =
+                    Some(merge_fields(base, update, "IcebergDestinationUpdate")?);
                 Ok(())
             }
         }
@@ -72,22 +83,24 @@ fn apply_s3_update(
     Ok(())
 }
 
-/// An `HttpEndpointDestinationUpdate` merged into the block it updates: each field given
-/// replaces the stream's, and `S3Update`'s fields replace those of `S3Configuration`.
-fn merge_http(
-    base: &HttpEndpointDestinationConfiguration,
+/// An update (`HttpEndpointDestinationUpdate`, `IcebergDestinationUpdate`, named `what`)
+/// merged into the block it updates: each field given replaces the stream's, and the fields of
+/// `S3Update` (or `S3Configuration`) replace those of `S3Configuration`.
+fn merge_fields<T: serde::Serialize + serde::de::DeserializeOwned>(
+    base: &T,
     update: &Value,
-) -> Result<HttpEndpointDestinationConfiguration, String> {
+    what: &str,
+) -> Result<T, String> {
     let mut merged = serde_json::to_value(base).expect("config serialises");
     let Value::Object(fields) = update else {
-        return Err("HttpEndpointDestinationUpdate must be an object".into());
+        return Err(format!("{what} must be an object"));
     };
     for (k, v) in fields {
         if v.is_null() {
             continue;
         }
         match (k.as_str(), v) {
-            ("S3Update", Value::Object(s3)) => {
+            ("S3Update" | "S3Configuration", Value::Object(s3)) => {
                 let backup = &mut merged["S3Configuration"];
                 if !backup.is_object() {
                     *backup = Value::Object(Default::default());
@@ -101,7 +114,7 @@ fn merge_http(
             _ => merged[k] = v.clone(),
         }
     }
-    serde_json::from_value(merged).map_err(|e| format!("HttpEndpointDestinationUpdate: {e}"))
+    serde_json::from_value(merged).map_err(|e| format!("{what}: {e}"))
 }
 
 /// Overlays the non-null top-level fields of `update` on `base` (UpdateDestination's merge).

@@ -31,6 +31,7 @@ pub const METRICS: crate::metrics::DestinationNames = crate::metrics::Destinatio
         "http_endpoint_failed_records",
         "Records written to the S3 backup after failing (http-endpoint-failed)",
     ),
+    retried: None,
 };
 
 /// The daemon's side of HTTP endpoints: the client, the secrets, the answer timeout, and the
@@ -268,6 +269,7 @@ impl Endpoints {
             failed,
             error_type: ErrorOutputType::HttpEndpointFailed,
             latency_per_record: true,
+            error_prefix: None,
         }
     }
 }

@@ -4,6 +4,8 @@
 //! the sending repeats.
 
 pub mod http_endpoint;
+#[cfg(feature = "iceberg")]
+pub mod iceberg;
 pub mod opensearch;
 pub mod s3;
 pub mod splunk;
@@ -30,6 +32,9 @@ pub struct HttpOutcome {
     /// The destination's latency histogram is arrival → delivered per record (else the
     /// destination observes its own, e.g. Splunk's acknowledgement latency).
     pub latency_per_record: bool,
+    /// Where in the backup bucket the failed records go, when not under its
+    /// `ErrorOutputPrefix` (an Iceberg table's `S3ErrorOutputPrefix`).
+    pub error_prefix: Option<crate::encode::prefix::Template>,
 }
 
 /// One batch of a stream on its way to an HTTP destination: who it is for, and where its
@@ -44,6 +49,9 @@ pub struct Sending<'a> {
     pub metrics: &'a crate::metrics::Metrics,
     /// The stream's count of failed attempts (`/status`).
     pub failed_attempts: &'a AtomicU64,
+    /// The stream's log: which records it will hand on again after a restart (none in the
+    /// benchmarks).
+    pub log: Option<&'a crate::spool::Log>,
 }
 
 impl Sending<'_> {
@@ -62,6 +70,9 @@ pub struct Clients {
     pub splunk: splunk::Hec,
     /// Posts to HTTP endpoints.
     pub http_endpoint: http_endpoint::Endpoints,
+    /// Commits to Iceberg tables.
+    #[cfg(feature = "iceberg")]
+    pub iceberg: std::sync::Arc<iceberg::Lakes>,
 }
 
 impl Clients {
@@ -75,15 +86,33 @@ impl Clients {
             opensearch: opensearch::client(config)?,
             splunk: splunk::Hec::new(config, secrets.clone())?,
             http_endpoint: http_endpoint::Endpoints::new(config, secrets)?,
+            #[cfg(feature = "iceberg")]
+            iceberg: std::sync::Arc::new(iceberg::Lakes::new(config)),
         })
     }
+
+    /// Whether this daemon can deliver to `spec` (the catalog an Iceberg stream names).
+    pub fn check(&self, spec: &DestinationSpec) -> Result<(), String> {
+        match spec {
+            #[cfg(feature = "iceberg")]
+            DestinationSpec::Iceberg(spec) => self.iceberg.check(spec),
+            #[cfg(not(feature = "iceberg"))]
+            DestinationSpec::Iceberg(_) => Err(NO_ICEBERG.into()),
+            _ => Ok(()),
+        }
+    }
 }
+
+#[cfg(not(feature = "iceberg"))]
+const NO_ICEBERG: &str = "this hosepipe was built without the `iceberg` feature";
 
 /// Firehose's metric families of each destination reached over HTTP.
 pub const HTTP_METRICS: &[&crate::metrics::DestinationNames] = &[
     &opensearch::METRICS,
     &splunk::METRICS,
     &http_endpoint::METRICS,
+    #[cfg(feature = "iceberg")]
+    &iceberg::METRICS,
 ];
 
 /// Sends a batch to the HTTP destination `spec` names: the one place a stream picks it.
@@ -104,7 +133,59 @@ pub async fn send_http(
                 .deliver_batch(spec, records, sending)
                 .await
         }
+        #[cfg(feature = "iceberg")]
+        DestinationSpec::Iceberg(spec) => {
+            clients.iceberg.deliver_batch(spec, records, sending).await
+        }
+        #[cfg(not(feature = "iceberg"))]
+        DestinationSpec::Iceberg(_) => HttpOutcome {
+            delivered: Vec::new(),
+            failed: records
+                .into_iter()
+                .map(|record| FailedRecord {
+                    record,
+                    reason: crate::encode::error_output::Reason {
+                        attempts: 0,
+                        code: "Iceberg.Unavailable".into(),
+                        message: NO_ICEBERG.into(),
+                        lambda_arn: None,
+                        extra: None,
+                        catalog_table: None,
+                    },
+                })
+                .collect(),
+            error_type: ErrorOutputType::IcebergFailed,
+            latency_per_record: false,
+            error_prefix: None,
+        },
         DestinationSpec::S3(_) => unreachable!("S3 batches are encoded into objects"),
+    }
+}
+
+/// Why an attempt failed (Splunk, Iceberg): the destination's Firehose-style code (`Splunk.*`,
+/// `Iceberg.*`), whether to retry, and the details.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Failure {
+    pub code: &'static str,
+    pub retry: bool,
+    pub message: String,
+}
+
+impl Failure {
+    pub fn retry(code: &'static str, message: impl std::fmt::Display) -> Failure {
+        Failure {
+            code,
+            retry: true,
+            message: message.to_string(),
+        }
+    }
+
+    pub fn fatal(code: &'static str, message: impl std::fmt::Display) -> Failure {
+        Failure {
+            code,
+            retry: false,
+            message: message.to_string(),
+        }
     }
 }
 

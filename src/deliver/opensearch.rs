@@ -47,6 +47,7 @@ pub const METRICS: crate::metrics::DestinationNames = crate::metrics::Destinatio
         "opensearch_failed_documents",
         "Documents written to the S3 backup after failing (AmazonOpenSearchService-failed)",
     ),
+    retried: None,
 };
 
 /// The `_bulk` client with `[opensearch]`'s settings.
@@ -231,5 +232,6 @@ pub async fn deliver_batch(
             .collect(),
         error_type: ErrorOutputType::OpenSearchFailed,
         latency_per_record: true,
+        error_prefix: None,
     }
 }

@@ -43,6 +43,7 @@ pub const METRICS: crate::metrics::DestinationNames = crate::metrics::Destinatio
         "splunk_failed_events",
         "Records written to the S3 backup after failing (splunk-failed)",
     ),
+    retried: None,
 };
 
 impl Hec {
@@ -70,23 +71,7 @@ impl Hec {
     }
 }
 
-/// Why an attempt failed: Firehose's `Splunk.*` code, whether to retry, and the details.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Failure {
-    pub code: &'static str,
-    pub retry: bool,
-    pub message: String,
-}
-
-impl Failure {
-    fn retry(code: &'static str, message: impl Into<String>) -> Self {
-        Failure {
-            code,
-            retry: true,
-            message: message.into(),
-        }
-    }
-}
+pub use super::Failure;
 
 /// What became of a batch.
 #[derive(Debug)]
@@ -330,6 +315,7 @@ impl Hec {
             failed,
             error_type: ErrorOutputType::SplunkFailed,
             latency_per_record: false,
+            error_prefix: None,
         }
     }
 }

@@ -3,6 +3,8 @@
 
 pub mod error_output;
 pub mod http_endpoint;
+#[cfg(feature = "iceberg")]
+pub mod iceberg;
 pub mod object;
 pub mod opensearch;
 pub mod parquet;

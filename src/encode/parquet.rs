@@ -124,6 +124,8 @@ pub struct Converter {
     column_keys: Vec<String>,
     /// Column index by that key.
     column_index: std::collections::HashMap<String, usize>,
+    /// Columns a record must give a value for (an Iceberg table's required columns).
+    required: Vec<bool>,
 }
 
 impl Converter {
@@ -136,6 +138,7 @@ impl Converter {
             out,
             column_keys: Vec::new(),
             column_index: std::collections::HashMap::new(),
+            required: Vec::new(),
         };
         c.column_keys = c
             .schema
@@ -157,19 +160,30 @@ impl Converter {
         c
     }
 
-    /// Converts `records` (one JSON object each) into one Parquet file. Fails as a whole only
-    /// if the writer does (a bug).
-    pub fn convert<'a>(
+    /// The same converter, refusing a record without a value for a column marked here.
+    pub fn with_required(mut self, required: Vec<bool>) -> Self {
+        self.required = required;
+        self
+    }
+
+    /// The Arrow schema of the batches [`Converter::each_batch`] makes.
+    pub fn arrow_schema(&self) -> &arrow_schema::SchemaRef {
+        &self.arrow
+    }
+
+    /// Parses `records` (one JSON object each) into Arrow batches of at most a slice of rows,
+    /// handing each to `each` with whether it ends a row group (`BlockSizeBytes`, counted as
+    /// the records' JSON bytes). Returns the records that did not fit: (index, reason).
+    pub fn each_batch<'a, E: From<arrow_schema::ArrowError>>(
         &self,
         records: impl IntoIterator<Item = &'a [u8]>,
-    ) -> Result<Converted, parquet::errors::ParquetError> {
-        // Rows are parsed, written and dropped a slice at a time, so only one slice of typed
-        // values is in memory besides the Parquet file being built. Row groups close by size
-        // (BlockSizeBytes, counted as the records' JSON bytes).
-        let mut writer: Option<ArrowWriter<Vec<u8>>> = None;
+        mut each: impl FnMut(RecordBatch, bool) -> Result<(), E>,
+    ) -> Result<Vec<(usize, String)>, E> {
+        // Rows are parsed, handed on and dropped a slice at a time, so only one slice of typed
+        // values is in memory.
         let mut failures = Vec::new();
         let mut chunk: Vec<Vec<Typed<'a>>> = Vec::with_capacity(ROWS_PER_SLICE);
-        let (mut rows, mut group_bytes) = (0usize, 0usize);
+        let mut group_bytes = 0usize;
         let mut records = records.into_iter().enumerate().peekable();
         while records.peek().is_some() {
             chunk.clear();
@@ -185,7 +199,11 @@ impl Converter {
                     Err(reason) => failures.push((i, reason)),
                 }
             }
-            if !chunk.is_empty() {
+            let group_end = group_bytes >= self.out.block_size_bytes;
+            if group_end {
+                group_bytes = 0;
+            }
+            if !chunk.is_empty() || group_end {
                 let columns: Vec<ArrayRef> = self
                     .schema
                     .columns
@@ -196,7 +214,25 @@ impl Converter {
                         build(&col.ty, &values)
                     })
                     .collect();
-                let batch = RecordBatch::try_new(self.arrow.clone(), columns)?;
+                each(
+                    RecordBatch::try_new(self.arrow.clone(), columns)?,
+                    group_end,
+                )?;
+            }
+        }
+        Ok(failures)
+    }
+
+    /// Converts `records` (one JSON object each) into one Parquet file. Fails as a whole only
+    /// if the writer does (a bug).
+    pub fn convert<'a>(
+        &self,
+        records: impl IntoIterator<Item = &'a [u8]>,
+    ) -> Result<Converted, parquet::errors::ParquetError> {
+        let mut writer: Option<ArrowWriter<Vec<u8>>> = None;
+        let mut rows = 0usize;
+        let failures = self.each_batch(records, |batch, group_end| {
+            if batch.num_rows() > 0 {
                 let w = match &mut writer {
                     Some(w) => w,
                     None => writer.insert(ArrowWriter::try_new(
@@ -206,15 +242,13 @@ impl Converter {
                     )?),
                 };
                 w.write(&batch)?;
-                rows += chunk.len();
+                rows += batch.num_rows();
             }
-            if group_bytes >= self.out.block_size_bytes {
-                if let Some(w) = &mut writer {
-                    w.flush()?;
-                }
-                group_bytes = 0;
+            if group_end && let Some(w) = &mut writer {
+                w.flush()?;
             }
-        }
+            Ok::<(), parquet::errors::ParquetError>(())
+        })?;
         let parquet = match writer {
             Some(w) => w.into_inner()?,
             None => Vec::new(),
@@ -257,6 +291,11 @@ impl Converter {
             Ok(row) => row,
             Err(e) => Err(format!("the record is not JSON: {e}")),
         }
+    }
+
+    /// Whether a first-level JSON key names a column.
+    pub fn names_column(&self, key: &str) -> bool {
+        self.column_of(key).is_some()
     }
 
     /// The column a JSON key names, after the deserializer's key rules.
@@ -787,6 +826,18 @@ impl<'de> serde::de::Visitor<'de> for RowSeed<'_> {
                     map.next_value::<serde::de::IgnoredAny>()?;
                 }
             }
+        }
+        if failure.is_none()
+            && let Some(c) = conv
+                .required
+                .iter()
+                .zip(&row)
+                .position(|(required, v)| *required && *v == Typed::Null)
+        {
+            failure = Some(format!(
+                "column {}: is required, and the record has no value for it",
+                conv.schema.columns[c].name
+            ));
         }
         Ok(match failure {
             Some(e) => Err(e),

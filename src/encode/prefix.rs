@@ -30,6 +30,8 @@ pub enum ErrorOutputType {
     OpenSearchFailed,
     SplunkFailed,
     HttpEndpointFailed,
+    /// hosepipe's name for records an Iceberg table did not take.
+    IcebergFailed,
     DecompressionFailed,
     /// hosepipe's own: records still undelivered after the retention age (Firehose would drop
     /// them; hosepipe writes them to the error output when it can, and otherwise keeps trying).
@@ -37,12 +39,13 @@ pub enum ErrorOutputType {
 }
 
 impl ErrorOutputType {
-    const ALL: [ErrorOutputType; 7] = [
+    const ALL: [ErrorOutputType; 8] = [
         ErrorOutputType::ProcessingFailed,
         ErrorOutputType::FormatConversionFailed,
         ErrorOutputType::OpenSearchFailed,
         ErrorOutputType::SplunkFailed,
         ErrorOutputType::HttpEndpointFailed,
+        ErrorOutputType::IcebergFailed,
         ErrorOutputType::DecompressionFailed,
         ErrorOutputType::RetentionExpired,
     ];
@@ -59,6 +62,7 @@ impl ErrorOutputType {
             ErrorOutputType::OpenSearchFailed => "AmazonOpenSearchService-failed",
             ErrorOutputType::SplunkFailed => "splunk-failed",
             ErrorOutputType::HttpEndpointFailed => "http-endpoint-failed",
+            ErrorOutputType::IcebergFailed => "iceberg-failed",
             ErrorOutputType::DecompressionFailed => "decompression-failed",
             ErrorOutputType::RetentionExpired => "retention-expired",
         }

@@ -59,6 +59,8 @@ pub struct DestinationMetrics {
     /// Records and bytes sent, every attempt counted (Firehose's `Processed*`).
     pub processed_records: Family<StreamLabels, Counter>,
     pub processed_bytes: Family<StreamLabels, Counter>,
+    /// Attempts the destination made again on its own (Iceberg: commit conflicts).
+    pub retried: Family<StreamLabels, Counter>,
 }
 
 impl Default for DestinationMetrics {
@@ -72,6 +74,7 @@ impl Default for DestinationMetrics {
             failed: Family::default(),
             processed_records: Family::default(),
             processed_bytes: Family::default(),
+            retried: Family::default(),
         }
     }
 }
@@ -88,6 +91,9 @@ pub struct DestinationNames {
     pub latency: (&'static str, &'static str),
     /// (name, help) of the failed-records counter.
     pub failed: (&'static str, &'static str),
+    /// (suffix, help) of the counter of attempts the destination repeated on its own, if it
+    /// has one.
+    pub retried: Option<(&'static str, &'static str)>,
 }
 
 impl DestinationMetrics {
@@ -137,6 +143,13 @@ impl DestinationMetrics {
             Unit::Bytes,
             self.processed_bytes.clone(),
         );
+        if let Some((suffix, help)) = n.retried {
+            registry.register(
+                format!("delivery_to_{name}_{suffix}"),
+                help,
+                self.retried.clone(),
+            );
+        }
     }
 
     /// Counts a request: taken, or failed.

@@ -102,6 +102,63 @@ impl<'a> Partitioner<'a> {
     }
 }
 
+/// The keys a record's table route is made of (Iceberg): from the `MetadataExtraction` query,
+/// or a transform's `otfMetadata` (partition keys named `otfMetadata.<key>`).
+pub const ROUTE_KEYS: [&str; 3] = [
+    "destinationDatabaseName",
+    "destinationTableName",
+    "operation",
+];
+
+/// The partition key a transform sets a route key under (Firehose's `metadata.otfMetadata`).
+pub const OTF_METADATA: &str = "otfMetadata.";
+
+/// Routes records to tables: a record's [`Partition`] is its route (the [`ROUTE_KEYS`] it has,
+/// as query keys), so a buffer and a batch hold one table's records.
+#[derive(Default)]
+pub struct Router {
+    seen: std::collections::HashMap<Vec<(String, String)>, Partition>,
+}
+
+impl Router {
+    /// The route of a record with these extracted keys: the transform's `otfMetadata` when it
+    /// names a table, else the query's; `None` when neither names one.
+    pub fn assign(
+        &mut self,
+        query: &[(String, String)],
+        lambda: &[(String, String)],
+    ) -> Option<Partition> {
+        let pick = |have: &[(String, String)], prefix: &str| -> Vec<(String, String)> {
+            ROUTE_KEYS
+                .iter()
+                .filter_map(|k| {
+                    let found = match prefix {
+                        "" => find(have, k),
+                        _ => find(have, &format!("{prefix}{k}")),
+                    };
+                    found.map(|v| (k.to_string(), v.to_string()))
+                })
+                .collect()
+        };
+        let names_table =
+            |keys: &[(String, String)]| keys.iter().any(|(k, _)| k == "destinationTableName");
+        let mut keys = pick(lambda, OTF_METADATA);
+        if !names_table(&keys) {
+            keys = pick(query, "");
+        }
+        if !names_table(&keys) {
+            return None;
+        }
+        let route = self.seen.entry(keys.clone()).or_insert_with(|| {
+            Arc::new(PartitionKeys {
+                query: keys,
+                lambda: Vec::new(),
+            })
+        });
+        Some(route.clone())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -145,5 +202,32 @@ mod tests {
             p.assign(&kv(&[("customer", "bad")]), &kv(&[("day", "3")])),
             Err("too long".into())
         );
+    }
+
+    #[test]
+    fn routes_come_from_otf_metadata_else_the_query() {
+        let mut r = Router::default();
+        let query = kv(&[
+            ("destinationTableName", "a"),
+            ("destinationDatabaseName", "db"),
+            ("x", "1"),
+        ]);
+        let a = r.assign(&query, &[]).unwrap();
+        assert_eq!(a.query("destinationTableName"), Some("a"));
+        assert_eq!(a.query("x"), None);
+        let otf = kv(&[
+            ("otfMetadata.destinationTableName", "b"),
+            ("otfMetadata.operation", "insert"),
+        ]);
+        let b = r.assign(&query, &otf).unwrap();
+        assert_eq!(
+            (b.query("destinationTableName"), b.query("operation")),
+            (Some("b"), Some("insert"))
+        );
+        assert!(
+            Arc::ptr_eq(&a, &r.assign(&query, &[]).unwrap()),
+            "one route, one partition"
+        );
+        assert_eq!(r.assign(&kv(&[("x", "1")]), &[]), None);
     }
 }

@@ -20,6 +20,7 @@ fn after_http_delivery(
         failed,
         error_type,
         latency_per_record,
+        error_prefix,
     } = outcome;
     let bytes: u64 = delivered.iter().map(|r| r.data.len() as u64).sum();
     ctx.shared.metrics.delivered_http(
@@ -49,10 +50,14 @@ fn after_http_delivery(
         first_reason = %failed[0].reason.message,
         "records the destination did not take go to the S3 backup"
     );
+    let mut backup = std::borrow::Cow::Borrowed(current.spec.s3_output());
+    if let Some(prefix) = error_prefix {
+        backup.to_mut().error_prefix = prefix;
+    }
     Some(crate::encode::encode_error_output(
         failed,
         error_type,
-        current.spec.s3_output(),
+        &backup,
         &ctx.name,
         current.version,
         batch_id,
@@ -104,6 +109,7 @@ async fn deliver(ctx: &StreamContext, work: Delivery) {
         channel: &ctx.channel,
         metrics: &ctx.shared.metrics,
         failed_attempts: &ctx.stats.failed_attempts,
+        log: Some(&ctx.spool),
     };
     let spec = &current.spec.destination;
     let outcome = crate::deliver::send_http(spec, &ctx.shared.clients, records, &sending).await;

@@ -96,6 +96,12 @@ pub(super) fn process_batch(
                 .map_err(|e| e.to_string())
         })
     });
+    // A destination that routes records to tables (Iceberg) takes each record's route as its
+    // partition: a record without one goes to the destination's single table.
+    let mut router = current
+        .spec
+        .routes_records()
+        .then(crate::partition::Router::default);
     let mut emitted = Vec::new();
     let mut failed: BTreeMap<&'static str, (crate::encode::ErrorOutputType, Vec<FailedRecord>)> =
         BTreeMap::new();
@@ -122,6 +128,14 @@ pub(super) fn process_batch(
                         Vec::new(),
                     ),
                 }
+            }
+            (Fate::Emit(out), None) if router.is_some() => {
+                let r = router.as_mut().expect("a router");
+                let routes = out
+                    .iter()
+                    .map(|e| r.assign(&e.query_keys, &e.partition_keys))
+                    .collect();
+                (Fate::Emit(out), routes)
             }
             (fate, _) => (fate, Vec::new()),
         };

@@ -226,6 +226,30 @@ fn stream_generation(saved: &Saved) -> String {
     format!("{:x}", (saved.created * 1000.0) as i64)
 }
 
+/// What identifies a stream to its destinations for good (OpenSearch `_id`s, Iceberg commits):
+/// an API-created stream's generation; a stream from the config file, whose creation time is
+/// each start's, the identity of its spool (a UUID kept in `<spool>/identity`, made when the
+/// spool first opens), or its name in a fleet.
+fn stream_identity(saved: &Saved, from_config: bool, log: &Log) -> String {
+    if !from_config {
+        return stream_generation(saved);
+    }
+    let Some(dir) = log.dir() else {
+        return format!("config-{}", saved.name);
+    };
+    let path = dir.join("identity");
+    match std::fs::read_to_string(&path) {
+        Ok(id) if !id.trim().is_empty() => id.trim().to_string(),
+        _ => {
+            let id = uuid::Uuid::new_v4().simple().to_string();
+            if let Err(e) = crate::durable::write(&path, id.as_bytes()) {
+                tracing::warn!(stream = %saved.name, error = %e, "cannot keep the spool's identity; destinations see a new stream after a restart");
+            }
+            id
+        }
+    }
+}
+
 /// Runs a future to its end from the control plane's synchronous code (on a runtime worker).
 fn block_on<F: std::future::Future>(future: F) -> F::Output {
     tokio::task::block_in_place(|| tokio::runtime::Handle::current().block_on(future))
@@ -435,6 +459,10 @@ impl Registry {
         let converter = self.converter(spec).map_err(|m| {
             ControlError::Invalid(format!("DataFormatConversionConfiguration: {m}"))
         })?;
+        self.shared
+            .clients
+            .check(&spec.destination)
+            .map_err(ControlError::Invalid)?;
         Ok((processing, converter))
     }
 
@@ -504,7 +532,7 @@ impl Registry {
             },
             self.shared.clone(),
             spool.clone(),
-            stream_generation(&saved),
+            stream_identity(&saved, from_config, &spool),
         );
         // Start-up reads, it does not load: the reader starts at the oldest undelivered
         // record and hands the backlog on at the pace the memory budget allows.

@@ -85,6 +85,10 @@ enum Command {
     /// Benchmark: records/s to an HTTP endpoint through hosepipe's path vs a bare HTTP client,
     /// and the receiver's ingest.
     BenchHttpEndpoint(hosepipe::bench::http_endpoint::BenchHttpEndpointArgs),
+    /// Benchmark: rows/s committed into an Iceberg table vs the plain Parquet path, and commit
+    /// latency.
+    #[cfg(feature = "iceberg")]
+    BenchIceberg(hosepipe::bench::iceberg::BenchIcebergArgs),
     /// Tail log files into delivery streams (the Kinesis Agent's job; reads its agent.json).
     Agent {
         /// agent.json (the Kinesis Agent's format) or a TOML file with the same settings.
@@ -368,6 +372,10 @@ fn main() -> ExitCode {
             "bench-http-endpoint",
             hosepipe::bench::http_endpoint::run(args),
         ),
+        #[cfg(feature = "iceberg")]
+        Command::BenchIceberg(args) => {
+            finished("bench-iceberg", hosepipe::bench::iceberg::run(args))
+        }
         Command::BenchOpensearch(args) => {
             finished("bench-opensearch", hosepipe::bench::opensearch::run(args))
         }

@@ -7,6 +7,9 @@ use serde::Deserialize;
 pub struct StreamRow {
     pub name: String,
     pub state: String,
+    /// Where it delivers (an older daemon does not say).
+    #[serde(default)]
+    pub destination: String,
     pub buffered_bytes: u64,
     pub buffered_records: u64,
     pub in_flight_records: u64,
@@ -68,6 +71,7 @@ pub fn render(status: &Status) -> String {
     let header = [
         "STREAM",
         "STATE",
+        "DESTINATION",
         "BUFFERED",
         "RECORDS",
         "IN FLIGHT",
@@ -82,6 +86,7 @@ pub fn render(status: &Status) -> String {
         rows.push(vec![
             s.name.clone(),
             s.state.clone(),
+            s.destination.clone(),
             human(s.buffered_bytes),
             s.buffered_records.to_string(),
             s.in_flight_records.to_string(),
@@ -159,7 +164,8 @@ mod tests {
     #[test]
     fn renders_one_row_per_stream() {
         let status: Status = serde_json::from_value(serde_json::json!({
-            "streams": [{"name": "clicks", "state": "ACTIVE", "buffered_bytes": 2048,
+            "streams": [{"name": "clicks", "state": "ACTIVE",
+                "destination": "iceberg lake: web.clicks", "buffered_bytes": 2048,
                 "buffered_records": 2, "in_flight_records": 0,
                 "oldest_undelivered_age_seconds": 1.25, "delivered_records": 10,
                 "failed_attempts": 0, "spool_bytes": 4096, "spool_segments": 1,
@@ -171,7 +177,10 @@ mod tests {
         let table = render(&status);
         let lines: Vec<&str> = table.lines().collect();
         assert!(lines[0].starts_with("STREAM"));
-        assert!(lines[1].starts_with("clicks  ACTIVE  2.0 KiB"), "{table}");
+        assert!(
+            lines[1].starts_with("clicks  ACTIVE  iceberg lake: web.clicks  2.0 KiB"),
+            "{table}"
+        );
         assert!(lines[1].contains("1.2s") || lines[1].contains("1.3s"));
         assert!(lines[1].contains("7 (5)"), "{table}");
         assert!(lines[2].contains("of 1.0 GiB") && lines[2].contains("of 128.0 MiB"));

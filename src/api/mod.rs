@@ -203,6 +203,7 @@ async fn status(State(state): State<Arc<AppState>>, headers: HeaderMap) -> Respo
             json!({
                 "name": s.name,
                 "state": "ACTIVE",
+                "destination": s.target,
                 "buffered_bytes": s.stats.buffered_bytes.load(Relaxed),
                 "buffered_records": s.stats.buffered_records.load(Relaxed),
                 "in_flight_records": s.stats.in_flight_records(),

@@ -8,6 +8,8 @@ pub mod convert;
 pub mod encrypt;
 pub mod fleet;
 pub mod http_endpoint;
+#[cfg(feature = "iceberg")]
+pub mod iceberg;
 pub mod ingest;
 pub mod opensearch;
 pub mod partition;

@@ -159,6 +159,32 @@ impl DestinationSpec {
         }
     }
 
+    /// Where it delivers, in a few words (`hosepipe status`): the bucket, the index, the
+    /// endpoint, or the Iceberg catalog and tables.
+    pub fn target(&self) -> String {
+        match self {
+            DestinationSpec::S3(s3) => format!("s3://{}", s3.bucket),
+            DestinationSpec::OpenSearch(os) => format!("{} index {}", os.endpoint, os.index),
+            DestinationSpec::Splunk(sp) => sp.endpoint.clone(),
+            DestinationSpec::HttpEndpoint(h) => h.url.clone(),
+            DestinationSpec::Iceberg(i) => {
+                let catalog = i.catalog.as_deref().unwrap_or("default");
+                let tables: Vec<String> = i
+                    .tables
+                    .iter()
+                    .map(|t| format!("{}.{}", t.database, t.table))
+                    .collect();
+                match (tables.as_slice(), i.processing.is_some()) {
+                    ([], _) => format!("iceberg {catalog}: tables by route"),
+                    (_, true) if tables.len() > 1 => {
+                        format!("iceberg {catalog}: {} by route", tables.join(", "))
+                    }
+                    _ => format!("iceberg {catalog}: {}", tables.join(", ")),
+                }
+            }
+        }
+    }
+
     /// Its fields of DescribeDeliveryStream's `Destinations` entry.
     pub fn description(&self) -> serde_json::Map<String, Value> {
         let mut out = serde_json::Map::new();

@@ -85,6 +85,8 @@ pub struct Lakes {
     /// (stream id, catalog, table) → the positions its earlier runs committed there that the
     /// spool will hand on again.
     committed: Mutex<HashMap<(String, String, TableIdent), Arc<Positions>>>,
+    /// Every commit's latency, when kept (`hosepipe bench-iceberg`).
+    commit_latencies: Option<Mutex<Vec<std::time::Duration>>>,
 }
 
 impl std::fmt::Debug for Lakes {
@@ -108,6 +110,38 @@ fn describe(e: &iceberg::Error) -> String {
 }
 
 impl Lakes {
+    /// Catalogs of `iceberg` over tables on the local disk under `local_root`, keeping every
+    /// commit's latency (the benchmark's).
+    pub fn local_recording(
+        iceberg: crate::config::IcebergConfig,
+        local_root: &std::path::Path,
+    ) -> Lakes {
+        Lakes {
+            config: iceberg,
+            s3_props: None,
+            local_root: local_root.to_path_buf(),
+            catalogs: Default::default(),
+            committed: Default::default(),
+            commit_latencies: Some(Mutex::default()),
+        }
+    }
+
+    /// The commit latencies kept since the last call (see [`Lakes::local_recording`]).
+    pub fn take_commit_latencies(&self) -> Vec<std::time::Duration> {
+        self.commit_latencies
+            .as_ref()
+            .map(|l| std::mem::take(&mut *l.lock().expect("latencies lock")))
+            .unwrap_or_default()
+    }
+
+    /// The catalog a stream's `CatalogARN` names, opened with its warehouse.
+    pub async fn catalog_of(&self, spec: &IcebergSpec) -> Result<Arc<dyn Catalog>, String> {
+        let name = self.catalog_name(spec)?.to_string();
+        self.catalog(&name, &self.warehouse(spec, &name))
+            .await
+            .map_err(|f| f.message)
+    }
+
     pub fn new(config: &crate::config::Config) -> Lakes {
         let s3_props = config.store.s3.as_ref().map(|s3| {
             let mut p = HashMap::from([
@@ -131,6 +165,7 @@ impl Lakes {
                 .unwrap_or_else(|_| config.store.local_root.clone()),
             catalogs: Default::default(),
             committed: Default::default(),
+            commit_latencies: None,
         }
     }
 
@@ -542,10 +577,14 @@ impl Commit<'_> {
         self.committed = true;
         let started = Instant::now();
         let result = tx.commit(&observed).await;
+        let took = started.elapsed();
         metrics
             .latency
             .get_or_create(&labels)
-            .observe(started.elapsed().as_secs_f64());
+            .observe(took.as_secs_f64());
+        if let Some(kept) = &self.lakes.commit_latencies {
+            kept.lock().expect("latencies lock").push(took);
+        }
         let conflicts = observed.conflicts.load(Ordering::Relaxed);
         if conflicts > 0 {
             metrics

@@ -6,6 +6,7 @@
 //! definitions.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use async_nats::jetstream::kv::{self, CreateErrorKind, Operation, UpdateErrorKind};
 use async_nats::jetstream::stream::StorageType;
@@ -42,6 +43,9 @@ pub enum Change {
         revision: u64,
     },
 }
+
+/// How long a read waits out a bucket without a leader (JetStream's "no responders").
+const READ_PATIENCE: Duration = Duration::from_secs(10);
 
 impl Definitions {
     /// Opens the bucket, creating it on first use.
@@ -89,13 +93,25 @@ impl Definitions {
         Ok(out)
     }
 
-    /// The stream's definition now, with its revision.
+    /// The stream's definition now, with its revision. Read again while the bucket's leader
+    /// is moving ("no responders"), for a few seconds.
     pub async fn get(&self, name: &str) -> Result<Option<(Bytes, u64)>, String> {
-        let entry = self
-            .kv
-            .entry(encode_name(name))
-            .await
-            .map_err(|e| e.to_string())?;
+        let mut wait = Duration::from_millis(100);
+        let deadline = tokio::time::Instant::now() + READ_PATIENCE;
+        let entry = loop {
+            match self.kv.entry(encode_name(name)).await {
+                Ok(entry) => break entry,
+                Err(e)
+                    if e.to_string().contains("no responders")
+                        && tokio::time::Instant::now() + wait < deadline =>
+                {
+                    tracing::info!(error = %e, "the fleet's bucket has no leader yet; reading again");
+                    tokio::time::sleep(wait).await;
+                    wait = (wait * 2).min(Duration::from_secs(1));
+                }
+                Err(e) => return Err(e.to_string()),
+            }
+        };
         Ok(entry
             .filter(|e| e.operation == Operation::Put)
             .map(|e| (e.value, e.revision)))

@@ -169,6 +169,8 @@ pub struct StreamStatus {
     pub name: String,
     /// The destination's kind (`DestinationSpec::kind`).
     pub kind: &'static str,
+    /// Where it delivers (`DestinationSpec::target`).
+    pub target: String,
     pub stats: Arc<StreamStats>,
     pub spool: Arc<crate::spool::SpoolStats>,
 }
@@ -1063,6 +1065,7 @@ impl Registry {
             .map(|(name, e)| StreamStatus {
                 name: name.clone(),
                 kind: e.handle.config.borrow().spec.destination.kind(),
+                target: e.handle.config.borrow().spec.destination.target(),
                 stats: e.handle.stats.clone(),
                 spool: e.spool.stats.clone(),
             })

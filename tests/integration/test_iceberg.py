@@ -147,6 +147,9 @@ def test_a_sqlite_catalog_on_seaweedfs_gets_typed_partitioned_rows(daemon_factor
     assert 'hosepipe_delivery_to_iceberg_requests_total{stream="ice",outcome="success"}' \
         in d.metrics()
     assert "hosepipe_delivery_to_iceberg_commit_latency_seconds_bucket" in d.metrics()
+    status = subprocess.run([os.environ["HOSEPIPE_BIN"], "status", "--endpoint", d.url],
+                            capture_output=True, text=True, check=True).stdout
+    assert "iceberg lake: db.events" in status, status
 
 
 def test_bad_definitions_are_refused(daemon_factory, bucket):

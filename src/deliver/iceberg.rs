@@ -920,3 +920,66 @@ impl Catalog for Observed<'_> {
         result
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::stream::{DestinationSpec, validate};
+    use crate::partition::Router;
+
+    fn spec(tables: serde_json::Value) -> IcebergSpec {
+        let input = serde_json::from_value(serde_json::json!({"IcebergDestinationConfiguration": {
+            "CatalogConfiguration": {"CatalogARN": "arn:aws:glue:us-east-1:123456789012:catalog"},
+            "DestinationTableConfigurationList": tables,
+            "AppendOnly": true,
+            "S3Configuration": {"BucketARN": "arn:aws:s3:::errors"},
+        }}))
+        .unwrap();
+        match validate("s", &input).unwrap().destination {
+            DestinationSpec::Iceberg(spec) => *spec,
+            _ => panic!("an Iceberg destination"),
+        }
+    }
+
+    fn routed(keys: &[(&str, &str)]) -> Record {
+        let keys: Vec<(String, String)> = keys
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        let mut r = Record::new(Bytes::from_static(b"{}"), 0);
+        r.partition = Router::default().assign(&keys, &[]);
+        r
+    }
+
+    #[test]
+    fn a_batch_goes_to_its_route_or_the_one_table() {
+        let one = spec(serde_json::json!([{"DestinationDatabaseName": "db",
+            "DestinationTableName": "t", "S3ErrorOutputPrefix": "t-errors/"}]));
+        let plain = Record::new(Bytes::from_static(b"{}"), 0);
+        let (ident, table) = route(&one, Some(&plain)).unwrap();
+        assert_eq!(ident.to_string(), "db.t");
+        assert!(table.unwrap().error_prefix.is_some());
+        // A route naming only the table takes the configured table's database.
+        let (ident, _) = route(&one, Some(&routed(&[("destinationTableName", "t")]))).unwrap();
+        assert_eq!(ident.to_string(), "db.t");
+        let (ident, table) = route(
+            &one,
+            Some(&routed(&[
+                ("destinationDatabaseName", "other"),
+                ("destinationTableName", "u"),
+                ("operation", "INSERT"),
+            ])),
+        )
+        .unwrap();
+        assert_eq!((ident.to_string().as_str(), table), ("other.u", None));
+        let refused = |r: &Record, spec: &IcebergSpec| route(spec, Some(r)).unwrap_err().code;
+        let update = routed(&[("destinationTableName", "t"), ("operation", "update")]);
+        assert_eq!(refused(&update, &one), "Iceberg.UnsupportedOperation");
+        let odd = routed(&[("destinationTableName", "t"), ("operation", "upsert")]);
+        assert_eq!(refused(&odd, &one), "Iceberg.InvalidOperation");
+        let none = spec(serde_json::json!([]));
+        assert_eq!(refused(&plain, &none), "Iceberg.NoDestinationTable");
+        let lonely = routed(&[("destinationTableName", "x")]);
+        assert_eq!(refused(&lonely, &none), "Iceberg.NoDestinationTable");
+    }
+}

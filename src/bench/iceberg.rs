@@ -32,6 +32,9 @@ pub struct BenchIcebergArgs {
     /// Partition the table by a column with 8 values (identity).
     #[arg(long)]
     pub partitioned: bool,
+    /// Rounds, each the plain path then the Iceberg path; the medians are reported.
+    #[arg(long, default_value_t = 3)]
+    pub rounds: usize,
 }
 
 /// The table: the same columns as `bench-convert`'s, in Iceberg types.
@@ -145,33 +148,6 @@ async fn measure(args: BenchIcebergArgs) -> Result<(), String> {
         }
     );
 
-    // Baseline: the plain Parquet path (converter, file on the same disk).
-    let converter = Converter::new(
-        TableSchema::from_columns(TableRef::default(), COLUMNS.iter().copied())
-            .map_err(|e| e.to_string())?,
-        Deserializer::default(),
-        ParquetOptions {
-            compression: ParquetCompression::Zstd,
-            ..ParquetOptions::default()
-        },
-    );
-    let plain_dir = dir.path().join("plain");
-    std::fs::create_dir_all(&plain_dir).map_err(|e| e.to_string())?;
-    let started = Instant::now();
-    for (n, chunk) in data.chunks(args.batch).enumerate() {
-        let out = converter
-            .convert(chunk.iter().map(|d| d.as_ref()))
-            .map_err(|e| e.to_string())?;
-        if !out.failures.is_empty() {
-            return Err(format!("plain conversion failed: {:?}", out.failures[0]));
-        }
-        let path = plain_dir.join(format!("{n}.parquet"));
-        tokio::fs::write(&path, out.parquet)
-            .await
-            .map_err(|e| e.to_string())?;
-    }
-    let plain = data.len() as f64 / started.elapsed().as_secs_f64();
-
     // hosepipe's Iceberg path: the table created first, then one commit per batch.
     let catalogs = IcebergConfig {
         default_catalog: "default".into(),
@@ -237,25 +213,42 @@ async fn measure(args: BenchIcebergArgs) -> Result<(), String> {
         failed_attempts: &failed_attempts,
         log: None,
     };
-    let started = Instant::now();
-    let mut committed = 0;
-    for (n, chunk) in data.chunks(args.batch).enumerate() {
-        let records = chunk
-            .iter()
-            .enumerate()
-            .map(|(i, d)| {
-                let mut r = Record::new(d.clone(), 0);
-                r.seq = (n * args.batch + i) as u64;
-                r
-            })
-            .collect();
-        let out = lakes.deliver_batch(&spec, records, &seen).await;
-        if let Some(f) = out.failed.first() {
-            return Err(format!("{}: {}", f.reason.code, f.reason.message));
+    let plain_dir = dir.path().join("plain");
+    std::fs::create_dir_all(&plain_dir).map_err(|e| e.to_string())?;
+    let (mut plain_rates, mut iceberg_rates) = (Vec::new(), Vec::new());
+    for round in 0..args.rounds.max(1) {
+        plain_rates.push(plain_path(&data, args.batch, &plain_dir).await?);
+        let started = Instant::now();
+        let mut committed = 0;
+        for (n, chunk) in data.chunks(args.batch).enumerate() {
+            let records = chunk
+                .iter()
+                .enumerate()
+                .map(|(i, d)| {
+                    let mut r = Record::new(d.clone(), 0);
+                    r.seq = (round * data.len() + n * args.batch + i) as u64;
+                    r
+                })
+                .collect();
+            let out = lakes.deliver_batch(&spec, records, &seen).await;
+            if let Some(f) = out.failed.first() {
+                return Err(format!("{}: {}", f.reason.code, f.reason.message));
+            }
+            committed += out.delivered.len();
         }
-        committed += out.delivered.len();
+        iceberg_rates.push(committed as f64 / started.elapsed().as_secs_f64());
     }
-    let iceberg = committed as f64 / started.elapsed().as_secs_f64();
+    let median = |mut v: Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    let (plain, iceberg) = (median(plain_rates.clone()), median(iceberg_rates.clone()));
+    let rates = |v: &[f64]| {
+        v.iter()
+            .map(|r| format!("{r:.0}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
     let table = catalog
         .load_table(&TableIdent::from_strs(["bench", "clicks"]).map_err(|e| e.to_string())?)
         .await
@@ -264,13 +257,15 @@ async fn measure(args: BenchIcebergArgs) -> Result<(), String> {
     let mut latencies = lakes.take_commit_latencies();
     latencies.sort();
     println!(
-        "\n  baseline: JSON → Parquet (ZSTD) file per batch   {:>10.0} rows/s",
-        plain
+        "\n  baseline: JSON → Parquet (ZSTD) file per batch   {:>10.0} rows/s (median; rounds: {})",
+        plain,
+        rates(&plain_rates)
     );
     println!(
-        "  hosepipe: JSON → Iceberg, one commit per batch     {:>10.0} rows/s   {:.2}× the plain path",
+        "  hosepipe: JSON → Iceberg, one commit per batch     {:>10.0} rows/s   {:.2}× the plain path (median; rounds: {})",
         iceberg,
-        iceberg / plain
+        iceberg / plain,
+        rates(&iceberg_rates)
     );
     println!(
         "  {} commits ({} snapshots): commit latency p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms",
@@ -282,4 +277,32 @@ async fn measure(args: BenchIcebergArgs) -> Result<(), String> {
     );
     println!("  peak RSS {:.0} MiB", crate::bench::peak_rss_mib());
     Ok(())
+}
+
+/// The plain Parquet path: each batch through the typed converter into a ZSTD Parquet file on
+/// the same disk. Rows/s.
+async fn plain_path(data: &[Bytes], batch: usize, dir: &std::path::Path) -> Result<f64, String> {
+    let converter = Converter::new(
+        TableSchema::from_columns(TableRef::default(), COLUMNS.iter().copied())
+            .map_err(|e| e.to_string())?,
+        Deserializer::default(),
+        ParquetOptions {
+            compression: ParquetCompression::Zstd,
+            ..ParquetOptions::default()
+        },
+    );
+    let started = Instant::now();
+    for (n, chunk) in data.chunks(batch).enumerate() {
+        let out = converter
+            .convert(chunk.iter().map(|d| d.as_ref()))
+            .map_err(|e| e.to_string())?;
+        if !out.failures.is_empty() {
+            return Err(format!("plain conversion failed: {:?}", out.failures[0]));
+        }
+        let path = dir.join(format!("{n}.parquet"));
+        tokio::fs::write(&path, out.parquet)
+            .await
+            .map_err(|e| e.to_string())?;
+    }
+    Ok(data.len() as f64 / started.elapsed().as_secs_f64())
 }

@@ -15,7 +15,7 @@ use iceberg::spec::{
 use iceberg::{NamespaceIdent, TableCreation, TableIdent};
 
 use crate::buffer::Record;
-use crate::config::{IcebergCatalog, IcebergConfig};
+use crate::config::{CatalogKind, IcebergCatalog, IcebergConfig};
 use crate::deliver::Sending;
 use crate::deliver::iceberg::Lakes;
 use crate::encode::parquet::{Converter, Deserializer, ParquetCompression, ParquetOptions};
@@ -154,7 +154,9 @@ async fn measure(args: BenchIcebergArgs) -> Result<(), String> {
         catalogs: [(
             "default".to_string(),
             IcebergCatalog {
-                uri: format!("sqlite://{}", dir.path().join("catalog.db").display()),
+                kind: CatalogKind::Sql {
+                    uri: format!("sqlite://{}", dir.path().join("catalog.db").display()),
+                },
                 warehouse: None,
             },
         )]

@@ -164,7 +164,8 @@ pub struct RawHttpEndpoint {
 #[derive(Debug, Default, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawIceberg {
-    /// The catalog `arn:aws:glue:<region>:<account>:catalog` (no name) means: default
+    /// The catalog `arn:aws:glue:<region>:<account>:catalog` (no name) means: default `glue`
+    /// when a Glue endpoint is configured (`[glue] endpoint`, `AWS_ENDPOINT_URL_GLUE`), else
     /// `default`.
     pub default_catalog: Option<String>,
     /// `[iceberg.catalogs.<name>]`: `…:catalog/<name>` means this one.
@@ -172,12 +173,17 @@ pub struct RawIceberg {
     pub catalogs: BTreeMap<String, RawIcebergCatalog>,
 }
 
-/// One Iceberg catalog.
+/// One Iceberg catalog: SQL (`uri`) or Glue (`glue = true`).
 #[derive(Debug, Default, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawIcebergCatalog {
     /// A SQL catalog's database: `sqlite:///path/catalog.db` or `postgresql://…`.
-    pub uri: String,
+    pub uri: Option<String>,
+    /// The AWS Glue Data Catalog (`[glue]`'s endpoint, the `AWS_*` credentials).
+    #[serde(default)]
+    pub glue: bool,
+    /// Glue's `CatalogId` (an account id), else the caller's.
+    pub catalog_id: Option<String>,
     /// Where tables go when a stream gives no `WarehouseLocation` (`s3://bucket/prefix`).
     pub warehouse: Option<String>,
 }
@@ -186,20 +192,29 @@ pub struct RawIcebergCatalog {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct IcebergConfig {
     pub default_catalog: String,
-    /// Catalog name → its SQL URI and warehouse. Without `[iceberg.catalogs.default]`, the
-    /// catalog `default` is SQLite at `<data_dir>/iceberg/catalog.db`.
+    /// Catalog name → what it is and its warehouse. Unless the config says otherwise, the
+    /// catalog `default` is SQLite at `<data_dir>/iceberg/catalog.db` and `glue` is Glue.
     pub catalogs: BTreeMap<String, IcebergCatalog>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct IcebergCatalog {
-    pub uri: String,
+    pub kind: CatalogKind,
     pub warehouse: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CatalogKind {
+    /// A SQL catalog (the JDBC-catalog layout) in this database.
+    Sql { uri: String },
+    /// The AWS Glue Data Catalog.
+    Glue { catalog_id: Option<String> },
 }
 
 fn validate_iceberg(
     raw: Option<RawIceberg>,
     data_dir: &Path,
+    glue_configured: bool,
     errors: &mut Vec<String>,
 ) -> IcebergConfig {
     let raw = raw.unwrap_or_default();
@@ -208,12 +223,25 @@ fn validate_iceberg(
         .into_iter()
         .map(|(name, c)| {
             let sql = ["sqlite:", "postgres://", "postgresql://"];
-            if !sql.iter().any(|p| c.uri.starts_with(p)) {
-                errors.push(format!(
-                    "iceberg.catalogs.{name}.uri: {:?} is not a SQL catalog URI (sqlite:///path or postgresql://…)",
-                    c.uri
-                ));
-            }
+            let kind = match (c.uri, c.glue) {
+                (Some(uri), false) => {
+                    if !sql.iter().any(|p| uri.starts_with(p)) {
+                        errors.push(format!(
+                            "iceberg.catalogs.{name}.uri: {uri:?} is not a SQL catalog URI (sqlite:///path or postgresql://…)"
+                        ));
+                    }
+                    CatalogKind::Sql { uri }
+                }
+                (None, true) => CatalogKind::Glue {
+                    catalog_id: c.catalog_id,
+                },
+                _ => {
+                    errors.push(format!(
+                        "iceberg.catalogs.{name}: give either uri (a SQL catalog) or glue = true"
+                    ));
+                    CatalogKind::Glue { catalog_id: None }
+                }
+            };
             if let Some(w) = &c.warehouse
                 && !w.starts_with("s3://")
             {
@@ -221,22 +249,42 @@ fn validate_iceberg(
                     "iceberg.catalogs.{name}.warehouse: {w:?} is not an s3://bucket/prefix location"
                 ));
             }
-            (name, IcebergCatalog { uri: c.uri, warehouse: c.warehouse })
+            (
+                name,
+                IcebergCatalog {
+                    kind,
+                    warehouse: c.warehouse,
+                },
+            )
         })
         .collect();
     catalogs
         .entry("default".into())
         .or_insert_with(|| IcebergCatalog {
-            uri: format!(
-                "sqlite://{}",
-                std::path::absolute(data_dir)
-                    .unwrap_or_else(|_| data_dir.to_path_buf())
-                    .join("iceberg/catalog.db")
-                    .display()
-            ),
+            kind: CatalogKind::Sql {
+                uri: format!(
+                    "sqlite://{}",
+                    std::path::absolute(data_dir)
+                        .unwrap_or_else(|_| data_dir.to_path_buf())
+                        .join("iceberg/catalog.db")
+                        .display()
+                ),
+            },
             warehouse: None,
         });
-    let default_catalog = raw.default_catalog.unwrap_or_else(|| "default".into());
+    catalogs
+        .entry("glue".into())
+        .or_insert_with(|| IcebergCatalog {
+            kind: CatalogKind::Glue { catalog_id: None },
+            warehouse: None,
+        });
+    let default_catalog = raw.default_catalog.unwrap_or_else(|| {
+        match glue_configured {
+            true => "glue",
+            false => "default",
+        }
+        .into()
+    });
     if !catalogs.contains_key(&default_catalog) {
         errors.push(format!(
             "iceberg.default_catalog: {default_catalog:?} is not one of [iceberg.catalogs]"
@@ -666,7 +714,10 @@ impl Config {
             .clone()
             .or(raw.data_dir)
             .unwrap_or_else(|| PathBuf::from("data"));
-        let iceberg = validate_iceberg(raw.iceberg.clone(), &data_dir, &mut errors);
+        let glue_configured = raw.glue.as_ref().is_some_and(|g| g.endpoint.is_some())
+            || env("AWS_ENDPOINT_URL_GLUE").is_some_and(|v| !v.is_empty());
+        let iceberg =
+            validate_iceberg(raw.iceberg.clone(), &data_dir, glue_configured, &mut errors);
         let s3 = raw.s3.unwrap_or_default();
         let region = raw
             .region

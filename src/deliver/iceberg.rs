@@ -37,6 +37,7 @@ use parquet::file::properties::WriterProperties;
 
 use super::{Ended, Failed, Failure, HttpOutcome, Policy, Sending, Step, Target};
 use crate::buffer::Record;
+use crate::config::CatalogKind;
 use crate::config::iceberg::IcebergSpec;
 use crate::encode::ErrorOutputType;
 use crate::encode::error_output::{FailedRecord, Reason};
@@ -81,6 +82,8 @@ pub struct Lakes {
     s3_props: Option<HashMap<String, String>>,
     /// The local buckets' directory (absolute), when objects are on local disk.
     local_root: std::path::PathBuf,
+    /// Glue (`[glue]`, `AWS_ENDPOINT_URL_GLUE`), for catalogs that are Glue.
+    glue: Option<crate::aws_client::ServiceEndpoint>,
     catalogs: tokio::sync::Mutex<HashMap<(String, String), Arc<dyn Catalog>>>,
     /// (stream id, catalog, table) → the positions its earlier runs committed there that the
     /// spool will hand on again.
@@ -120,6 +123,7 @@ impl Lakes {
             config: iceberg,
             s3_props: None,
             local_root: local_root.to_path_buf(),
+            glue: None,
             catalogs: Default::default(),
             committed: Default::default(),
             commit_latencies: Some(Mutex::default()),
@@ -163,6 +167,10 @@ impl Lakes {
             s3_props,
             local_root: std::path::absolute(&config.store.local_root)
                 .unwrap_or_else(|_| config.store.local_root.clone()),
+            glue: config.glue_endpoint().unwrap_or_else(|e| {
+                tracing::warn!(error = %e, "a Glue endpoint is configured but cannot be called; Glue catalogs use the environment's");
+                None
+            }),
             catalogs: Default::default(),
             committed: Default::default(),
             commit_latencies: None,
@@ -221,15 +229,33 @@ impl Lakes {
         if let Some(c) = open.get(&key) {
             return Ok(c.clone());
         }
-        let settings = &self.config.catalogs[name];
         let mut props = self.s3_props.clone().unwrap_or_default();
-        props.insert("uri".into(), settings.uri.clone());
+        let uri = match &self.config.catalogs[name].kind {
+            CatalogKind::Sql { uri } => uri.clone(),
+            CatalogKind::Glue { catalog_id } => {
+                let endpoint = match &self.glue {
+                    Some(e) => e.clone(),
+                    None => crate::aws_client::ServiceEndpoint::from_env("glue")
+                        .map_err(|e| Failure::retry("Iceberg.CatalogUnavailable", e))?,
+                };
+                let glue = super::glue_catalog::GlueCatalog::new(
+                    endpoint,
+                    catalog_id.clone(),
+                    warehouse,
+                    props,
+                );
+                let catalog: Arc<dyn Catalog> = Arc::new(glue);
+                open.insert(key, catalog.clone());
+                return Ok(catalog);
+            }
+        };
+        props.insert("uri".into(), uri.clone());
         props.insert("warehouse".into(), warehouse.to_string());
-        if let Some(path) = settings.uri.strip_prefix("sqlite://") {
+        if let Some(path) = uri.strip_prefix("sqlite://") {
             props.insert("sql_bind_style".into(), "QMark".into());
             // sqlx creates a missing database file only when asked to.
             if !path.contains('?') {
-                props.insert("uri".into(), format!("{}?mode=rwc", settings.uri));
+                props.insert("uri".into(), format!("{uri}?mode=rwc"));
             }
             let file = std::path::Path::new(path.split('?').next().unwrap_or(path));
             if let Some(dir) = file.parent().filter(|d| !d.as_os_str().is_empty()) {

@@ -292,9 +292,9 @@ def test_status_prints_a_table_per_stream(s3, bucket, daemon_factory):
     out = subprocess.run([BIN, "status", "--endpoint", d.url], capture_output=True, text=True,
                          check=True).stdout
     lines = out.splitlines()
-    assert lines[0].split()[:3] == ["STREAM", "STATE", "BUFFERED"]
+    assert lines[0].split()[:4] == ["STREAM", "STATE", "DESTINATION", "BUFFERED"]
     row = next(l for l in lines if l.startswith("shown"))
-    assert "ACTIVE" in row and "12 B" in row and " 3 " in row, out
+    assert "ACTIVE" in row and f"s3://{bucket}" in row and "12 B" in row and " 3 " in row, out
 
 
 def test_a_deleted_streams_spool_is_not_inherited_by_a_new_stream(s3, bucket, daemon_factory):

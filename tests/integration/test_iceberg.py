@@ -105,8 +105,8 @@ def test_a_sqlite_catalog_on_seaweedfs_gets_typed_partitioned_rows(daemon_factor
         DeliveryStreamName="ice",
         IcebergDestinationConfiguration=iceberg_destination(
             ACCOUNT_CATALOG + "/lake",
-            [{"DestinationDatabaseName": "db", "DestinationTableName": "events"}], bucket,
-            f"s3://{bucket}/wh"))
+            [{"DestinationDatabaseName": "db", "DestinationTableName": "events",
+              "S3ErrorOutputPrefix": "events-errors/"}], bucket, f"s3://{bucket}/wh"))
     sent = [event(i) for i in range(300)]
     misfits = [{"name": "no id"}, {"id": "not a number"}, "not json at all"]
     put(fh, "ice", [json.dumps(e).encode() for e in sent + misfits])
@@ -131,8 +131,12 @@ def test_a_sqlite_catalog_on_seaweedfs_gets_typed_partitioned_rows(daemon_factor
     summary = table.current_snapshot().summary
     assert summary["hosepipe.positions"] and summary["hosepipe.commit"]
     # Records that do not fit: in the error output with the column and why; nothing else lost.
-    docs = wait_for(lambda: len(error_documents(s3, bucket)) == 3 and error_documents(s3, bucket),
-                    timeout=30, what="three misfits in the error output")
+    # The table's S3ErrorOutputPrefix takes them.
+    mine = "events-errors/iceberg-failed/"
+    docs = wait_for(lambda: len(error_documents(s3, bucket, mine)) == 3 and
+                    error_documents(s3, bucket, mine),
+                    timeout=30, what="three misfits in the table's error output")
+    assert error_documents(s3, bucket) == []
     assert {doc["errorCode"] for doc in docs} == {"Iceberg.RecordDoesNotFitTable"}
     reasons = " | ".join(doc["errorMessage"] for doc in docs)
     assert "column id: is required" in reasons and "column id" in reasons
@@ -255,15 +259,17 @@ def test_routing_creates_tables_and_adds_columns(daemon_factory, s3, bucket, tmp
     assert not cat.table_exists("db.missing")
 
 
-def start_postgres(root):
-    """A throwaway PostgreSQL cluster (../shared/reference/test-servers.md)."""
+def start_postgres(root, port=None):
+    """A throwaway PostgreSQL cluster (../shared/reference/test-servers.md); started again on
+    its data and port when `port` is given."""
     bindir = sorted(Path("/usr/lib/postgresql").glob("*/bin"))[-1]
-    root.mkdir(parents=True, exist_ok=True)
-    shutil.chown(root, "postgres", "postgres")
-    port = free_port()
     as_pg = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
-    subprocess.run(as_pg + [str(bindir / "initdb"), "-D", str(root / "data"), "-A", "trust",
-                            "-U", "postgres", "--no-sync"], check=True, capture_output=True)
+    if port is None:
+        root.mkdir(parents=True, exist_ok=True)
+        shutil.chown(root, "postgres", "postgres")
+        port = free_port()
+        subprocess.run(as_pg + [str(bindir / "initdb"), "-D", str(root / "data"), "-A", "trust",
+                                "-U", "postgres", "--no-sync"], check=True, capture_output=True)
     subprocess.run(as_pg + [str(bindir / "pg_ctl"), "-D", str(root / "data"), "-l",
                             str(root / "log"), "-w", "-o",
                             f"-p {port} -k {root} -c listen_addresses=127.0.0.1 -c fsync=off",
@@ -292,10 +298,57 @@ def test_a_postgresql_catalog(daemon_factory, s3, bucket):
                 [{"DestinationDatabaseName": "db", "DestinationTableName": "events"}], bucket))
         put(fh, "pg", [json.dumps(event(i)).encode() for i in range(120)])
         wait_for(lambda: len(rows(cat, "db.events")) == 120, timeout=60, what="120 rows")
-        assert sorted(r["id"] for r in rows(cat, "db.events")) == list(range(120))
+        # A catalog outage: PostgreSQL stopped while records keep coming; commits are retried
+        # until it is back, and each record lands once.
+        stop()
+        put(fh, "pg", [json.dumps(event(i)).encode() for i in range(120, 240)])
+        failure = 'hosepipe_delivery_to_iceberg_requests_total{stream="pg",outcome="failure"}'
+        wait_for(lambda: failure in d.metrics(), timeout=60, what="a failed commit")
+        port, stop = start_postgres(root, port)
+        cat = SqlCatalog("pg", uri=uri.replace("postgresql://", "postgresql+psycopg2://"),
+                         warehouse=f"s3://{bucket}/pg", **s3_props(s3))
+        wait_for(lambda: len(rows(cat, "db.events")) == 240, timeout=90, what="240 rows")
+        assert sorted(r["id"] for r in rows(cat, "db.events")) == list(range(240))
     finally:
         stop()
         shutil.rmtree(root, ignore_errors=True)
+
+
+def test_the_glue_catalog_on_moto(daemon_factory, s3, bucket, moto):
+    """A plain CatalogARN goes to Glue when Glue is configured: moto's Glue holds the tables
+    (Parameters.metadata_location), SeaweedFS their files. moto does not enforce UpdateTable's
+    VersionId, so concurrent commits are not checked there."""
+    from pyiceberg.catalog.glue import GlueCatalog
+    cat = GlueCatalog("glue", **{"glue.endpoint": moto, "glue.region": REGION,
+                                 "glue.access-key-id": "AKIDGLUE",
+                                 "glue.secret-access-key": "secret", **s3_props(s3)})
+    cat.create_namespace("gdb")
+    cat.create_table("gdb.events", schema=EVENTS, partition_spec=BY_REGION,
+                     location=f"s3://{bucket}/glue/events")
+    d = daemon_factory(f'[glue]\nendpoint = "{moto}"\n')
+    fh = d.firehose()
+    fh.create_delivery_stream(
+        DeliveryStreamName="to-glue",
+        IcebergDestinationConfiguration=iceberg_destination(
+            ACCOUNT_CATALOG, [{"DestinationDatabaseName": "gdb",
+                               "DestinationTableName": "events"}], bucket,
+            f"s3://{bucket}/glue-wh"))
+    fh.create_delivery_stream(
+        DeliveryStreamName="glue-created",
+        IcebergDestinationConfiguration=iceberg_destination(
+            ACCOUNT_CATALOG, [{"DestinationDatabaseName": "gdb2",
+                               "DestinationTableName": "made"}], bucket,
+            f"s3://{bucket}/glue-wh", TableCreationConfiguration={"Enabled": True}))
+    put(fh, "to-glue", [json.dumps(event(i)).encode() for i in range(90)])
+    put(fh, "glue-created", [json.dumps({"id": i, "v": f"v{i}"}).encode() for i in range(40)])
+    wait_for(lambda: len(rows(cat, "gdb.events")) == 90, timeout=60, what="90 rows via Glue")
+    assert sorted(r["id"] for r in rows(cat, "gdb.events")) == list(range(90))
+    assert len(cat.load_table("gdb.events").history()) >= 1
+    wait_for(lambda: cat.table_exists("gdb2.made") and len(rows(cat, "gdb2.made")) == 40,
+             timeout=60, what="a table hosepipe created in Glue")
+    made = cat.load_table("gdb2.made")
+    assert made.location() == f"s3://{bucket}/glue-wh/gdb2.db/made"
+    assert {f.name for f in made.schema().fields} == {"id", "v"}
 
 
 def test_the_embedded_default_needs_no_server(daemon_factory):

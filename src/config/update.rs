@@ -21,26 +21,31 @@ impl DestinationUpdate {
     pub fn apply(&self, input: &mut CreateDeliveryStreamInput) -> Result<(), String> {
         match self {
             DestinationUpdate::S3(update) => apply_s3_update(input, update),
-            DestinationUpdate::HttpEndpoint(update) => {
-                let base = input
-                    .http_endpoint_destination_configuration
-                    .as_ref()
-                    .ok_or("this stream's destination is not an HTTP endpoint")?;
-                input.http_endpoint_destination_configuration =
-                    Some(merge_fields(base, update, "HttpEndpointDestinationUpdate")?);
-                Ok(())
-            }
-            DestinationUpdate::Iceberg(update) => {
-                let base = input
-                    .iceberg_destination_configuration
-                    .as_ref()
-                    .ok_or("this stream's destination is not Iceberg")?;
-                input.iceberg_destination_configuration =
-                    Some(merge_fields(base, update, "IcebergDestinationUpdate")?);
-                Ok(())
-            }
+            DestinationUpdate::HttpEndpoint(update) => merge_into(
+                &mut input.http_endpoint_destination_configuration,
+                update,
+                ("HttpEndpointDestinationUpdate", "an HTTP endpoint"),
+            ),
+            DestinationUpdate::Iceberg(update) => merge_into(
+                &mut input.iceberg_destination_configuration,
+                update,
+                ("IcebergDestinationUpdate", "Iceberg"),
+            ),
         }
     }
+}
+
+/// Merges `update` (the API's `what`) into the stream's block, which must be of `kind`.
+fn merge_into<T: serde::Serialize + serde::de::DeserializeOwned>(
+    block: &mut Option<T>,
+    update: &Value,
+    (what, kind): (&str, &str),
+) -> Result<(), String> {
+    let base = block
+        .as_ref()
+        .ok_or_else(|| format!("this stream's destination is not {kind}"))?;
+    *block = Some(merge_fields(base, update, what)?);
+    Ok(())
 }
 
 /// An `UpdateDestination` of an S3 stream applied to its definition.

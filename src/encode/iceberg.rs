@@ -152,22 +152,28 @@ impl Rows {
     /// The first-level fields of `records` that name no column, each with the Iceberg type
     /// of its first non-null value (schema evolution), in the order first seen.
     pub fn new_fields(&self, records: &[&[u8]]) -> Vec<(String, Type)> {
-        let mut out: Vec<(String, Type)> = Vec::new();
-        for record in records {
-            let Ok(Value::Object(object)) = serde_json::from_slice::<Value>(record) else {
+        first_level_fields(records, |key| self.converter.names_column(key))
+    }
+}
+
+/// The first-level fields of `records` that `known` does not take, each with the type of its
+/// first non-null value, in the order first seen (a record's fields by name).
+fn first_level_fields(records: &[&[u8]], known: impl Fn(&str) -> bool) -> Vec<(String, Type)> {
+    let mut out: Vec<(String, Type)> = Vec::new();
+    for record in records {
+        let Ok(Value::Object(object)) = serde_json::from_slice::<Value>(record) else {
+            continue;
+        };
+        for (key, value) in object {
+            if known(&key) || out.iter().any(|(k, _)| *k == key) {
                 continue;
-            };
-            for (key, value) in object {
-                if self.converter.names_column(&key) || out.iter().any(|(k, _)| *k == key) {
-                    continue;
-                }
-                if let Some(ty) = inferred_type(&value) {
-                    out.push((key, ty));
-                }
+            }
+            if let Some(ty) = inferred_type(&value) {
+                out.push((key, ty));
             }
         }
-        out
     }
+    out
 }
 
 /// The column type a new field gets from a JSON value: whole numbers `long`, other numbers
@@ -185,23 +191,10 @@ fn inferred_type(value: &Value) -> Option<Type> {
 }
 
 /// A table schema for records of a table that does not exist yet (`TableCreationConfiguration`):
-/// a column per first-level field, in the order first seen, each optional and typed by its
+/// a column per first-level field, in the order first seen (a record's fields by name), each optional and typed by its
 /// first non-null value (see [`inferred_type`]).
 pub fn inferred_schema(records: &[&[u8]]) -> Result<Schema, String> {
-    let mut fields: Vec<(String, Type)> = Vec::new();
-    for record in records {
-        let Ok(Value::Object(object)) = serde_json::from_slice::<Value>(record) else {
-            continue;
-        };
-        for (key, value) in object {
-            if fields.iter().any(|(k, _)| *k == key) {
-                continue;
-            }
-            if let Some(ty) = inferred_type(&value) {
-                fields.push((key, ty));
-            }
-        }
-    }
+    let fields = first_level_fields(records, |_| false);
     if fields.is_empty() {
         return Err("the records have no field with a value to make a column of".into());
     }

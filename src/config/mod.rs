@@ -173,19 +173,26 @@ pub struct RawIceberg {
     pub catalogs: BTreeMap<String, RawIcebergCatalog>,
 }
 
-/// One Iceberg catalog: SQL (`uri`) or Glue (`glue = true`).
+/// One Iceberg catalog: SQL or REST (`uri`), or Glue (`glue = true`).
 #[derive(Debug, Default, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawIcebergCatalog {
-    /// A SQL catalog's database: `sqlite:///path/catalog.db` or `postgresql://…`.
+    /// A SQL catalog's database (`sqlite:///path/catalog.db`, `postgresql://…`) or a REST
+    /// catalog's base URL (`http(s)://host/…`, without `/v1`).
     pub uri: Option<String>,
     /// The AWS Glue Data Catalog (`[glue]`'s endpoint, the `AWS_*` credentials).
     #[serde(default)]
     pub glue: bool,
     /// Glue's `CatalogId` (an account id), else the caller's.
     pub catalog_id: Option<String>,
-    /// Where tables go when a stream gives no `WarehouseLocation` (`s3://bucket/prefix`).
+    /// Where tables go when a stream gives no `WarehouseLocation` (`s3://bucket/prefix`); for
+    /// a REST catalog, the warehouse the server knows (a name or a location).
     pub warehouse: Option<String>,
+    /// A REST catalog's other properties as the Iceberg REST client takes them: `credential`
+    /// (`client_id:secret`, exchanged for a token at `oauth2-server-uri` or `/v1/oauth/tokens`),
+    /// `token`, `scope`, `header.<name>`, …
+    #[serde(default)]
+    pub properties: BTreeMap<String, String>,
 }
 
 /// The validated `[iceberg]` section.
@@ -209,6 +216,12 @@ pub enum CatalogKind {
     Sql { uri: String },
     /// The AWS Glue Data Catalog.
     Glue { catalog_id: Option<String> },
+    /// A catalog speaking the Iceberg REST protocol at this base URL, with these client
+    /// properties.
+    Rest {
+        uri: String,
+        properties: BTreeMap<String, String>,
+    },
 }
 
 fn validate_iceberg(
@@ -223,11 +236,18 @@ fn validate_iceberg(
         .into_iter()
         .map(|(name, c)| {
             let sql = ["sqlite:", "postgres://", "postgresql://"];
+            let rest = ["http://", "https://"];
             let kind = match (c.uri, c.glue) {
+                (Some(uri), false) if rest.iter().any(|p| uri.starts_with(p)) => {
+                    CatalogKind::Rest {
+                        uri: uri.trim_end_matches('/').to_string(),
+                        properties: c.properties.clone(),
+                    }
+                }
                 (Some(uri), false) => {
                     if !sql.iter().any(|p| uri.starts_with(p)) {
                         errors.push(format!(
-                            "iceberg.catalogs.{name}.uri: {uri:?} is not a SQL catalog URI (sqlite:///path or postgresql://…)"
+                            "iceberg.catalogs.{name}.uri: {uri:?} is neither a SQL catalog URI (sqlite:///path or postgresql://…) nor a REST catalog's http(s):// URL"
                         ));
                     }
                     CatalogKind::Sql { uri }
@@ -237,12 +257,19 @@ fn validate_iceberg(
                 },
                 _ => {
                     errors.push(format!(
-                        "iceberg.catalogs.{name}: give either uri (a SQL catalog) or glue = true"
+                        "iceberg.catalogs.{name}: give either uri (a SQL or REST catalog) or glue = true"
                     ));
                     CatalogKind::Glue { catalog_id: None }
                 }
             };
+            let is_rest = matches!(kind, CatalogKind::Rest { .. });
+            if !is_rest && !c.properties.is_empty() {
+                errors.push(format!(
+                    "iceberg.catalogs.{name}.properties: only a REST catalog takes properties"
+                ));
+            }
             if let Some(w) = &c.warehouse
+                && !is_rest
                 && !w.starts_with("s3://")
             {
                 errors.push(format!(
@@ -1160,6 +1187,54 @@ mod tests {
         let raw: RawConfig = toml::from_str("object_store = \"local\"").unwrap();
         let cfg = Config::from_raw(raw, &Overrides::default(), &env).unwrap();
         assert!(cfg.store.s3.is_none());
+    }
+
+    #[test]
+    fn iceberg_catalogs_are_sql_rest_or_glue() {
+        let cfg = load_str(
+            r#"
+            [iceberg]
+            default_catalog = "lake"
+            [iceberg.catalogs.lake]
+            uri = "https://catalog.example/api/catalog/"
+            warehouse = "analytics"
+            properties = { credential = "id:secret", scope = "PRINCIPAL_ROLE:ALL" }
+            [iceberg.catalogs.pg]
+            uri = "postgresql://u@db/iceberg"
+            warehouse = "s3://lake/pg"
+            "#,
+        )
+        .unwrap();
+        let lake = &cfg.iceberg.catalogs["lake"];
+        assert_eq!(
+            lake.kind,
+            CatalogKind::Rest {
+                uri: "https://catalog.example/api/catalog".into(),
+                properties: [("credential", "id:secret"), ("scope", "PRINCIPAL_ROLE:ALL")]
+                    .into_iter()
+                    .map(|(k, v)| (k.to_string(), v.to_string()))
+                    .collect(),
+            }
+        );
+        assert_eq!(lake.warehouse.as_deref(), Some("analytics"));
+        assert!(matches!(
+            cfg.iceberg.catalogs["pg"].kind,
+            CatalogKind::Sql { .. }
+        ));
+        assert!(matches!(
+            cfg.iceberg.catalogs["glue"].kind,
+            CatalogKind::Glue { .. }
+        ));
+        let errs = load_str(
+            "[iceberg.catalogs.x]\nuri = \"ftp://h\"\n[iceberg.catalogs.y]\nuri = \"sqlite:///c.db\"\nwarehouse = \"wh\"\nproperties = { token = \"t\" }",
+        )
+        .unwrap_err();
+        assert!(errs[0].contains("nor a REST catalog"), "{errs:?}");
+        assert!(
+            errs[1].contains("only a REST catalog takes properties"),
+            "{errs:?}"
+        );
+        assert!(errs[2].contains("iceberg.catalogs.y.warehouse"), "{errs:?}");
     }
 
     #[test]

@@ -64,6 +64,10 @@ pub const METRICS: crate::metrics::DestinationNames = crate::metrics::Destinatio
     )),
 };
 
+/// The catalog could not be reached or refused the daemon (retried; the catalog is opened
+/// again for the next attempt).
+const CATALOG_UNAVAILABLE: &str = "Iceberg.CatalogUnavailable";
+
 /// What a commit's snapshot summary says of it.
 const SUMMARY_STREAM: &str = "hosepipe.stream";
 const SUMMARY_WRITER: &str = "hosepipe.writer";
@@ -98,6 +102,30 @@ impl std::fmt::Debug for Lakes {
             .field("config", &self.config)
             .finish()
     }
+}
+
+/// A catalog of the Iceberg crates, its files through OpenDAL (the local disk or S3).
+async fn open_catalog<B: CatalogBuilder>(
+    builder: B,
+    name: &str,
+    props: HashMap<String, String>,
+) -> Result<Arc<dyn Catalog>, Failure>
+where
+    B::C: 'static,
+{
+    let catalog = builder
+        .with_storage_factory(Arc::new(
+            iceberg_storage_opendal::OpenDalResolvingStorageFactory::new(),
+        ))
+        .load(name, props)
+        .await
+        .map_err(|e| {
+            Failure::retry(
+                CATALOG_UNAVAILABLE,
+                format!("catalog {name:?}: {}", describe(&e)),
+            )
+        })?;
+    Ok(Arc::new(catalog))
 }
 
 /// The full text of an Iceberg error (its sources too).
@@ -212,8 +240,17 @@ impl Lakes {
     }
 
     /// The stream's warehouse: its `WarehouseLocation`, else its catalog's, else `iceberg/`
-    /// in its error-output bucket.
+    /// in its error-output bucket. A REST catalog's own `warehouse` comes first, as the server
+    /// names it (empty: the server's default).
     fn warehouse(&self, spec: &IcebergSpec, catalog: &str) -> String {
+        let configured = &self.config.catalogs[catalog];
+        if let CatalogKind::Rest { .. } = configured.kind {
+            return configured
+                .warehouse
+                .clone()
+                .or_else(|| spec.warehouse.clone())
+                .unwrap_or_default();
+        }
         let url = spec
             .warehouse
             .clone()
@@ -230,58 +267,67 @@ impl Lakes {
             return Ok(c.clone());
         }
         let mut props = self.s3_props.clone().unwrap_or_default();
-        let uri = match &self.config.catalogs[name].kind {
-            CatalogKind::Sql { uri } => uri.clone(),
+        let catalog: Arc<dyn Catalog> = match &self.config.catalogs[name].kind {
             CatalogKind::Glue { catalog_id } => {
                 let endpoint = match &self.glue {
                     Some(e) => e.clone(),
                     None => crate::aws_client::ServiceEndpoint::from_env("glue")
-                        .map_err(|e| Failure::retry("Iceberg.CatalogUnavailable", e))?,
+                        .map_err(|e| Failure::retry(CATALOG_UNAVAILABLE, e))?,
                 };
-                let glue = super::glue_catalog::GlueCatalog::new(
+                Arc::new(super::glue_catalog::GlueCatalog::new(
                     endpoint,
                     catalog_id.clone(),
                     warehouse,
                     props,
-                );
-                let catalog: Arc<dyn Catalog> = Arc::new(glue);
-                open.insert(key, catalog.clone());
-                return Ok(catalog);
+                ))
+            }
+            CatalogKind::Rest { uri, properties } => {
+                // The server's answers (`/v1/config`, a table's `config`) may add storage
+                // properties such as vended credentials; the configured ones win.
+                props.extend(properties.clone());
+                props.insert("uri".into(), uri.clone());
+                if !warehouse.is_empty() {
+                    props.insert("warehouse".into(), warehouse.to_string());
+                }
+                open_catalog(
+                    iceberg_catalog_rest::RestCatalogBuilder::default(),
+                    name,
+                    props,
+                )
+                .await?
+            }
+            CatalogKind::Sql { uri } => {
+                props.insert("uri".into(), uri.clone());
+                props.insert("warehouse".into(), warehouse.to_string());
+                if let Some(path) = uri.strip_prefix("sqlite://") {
+                    props.insert("sql_bind_style".into(), "QMark".into());
+                    // sqlx creates a missing database file only when asked to.
+                    if !path.contains('?') {
+                        props.insert("uri".into(), format!("{uri}?mode=rwc"));
+                    }
+                    let file = std::path::Path::new(path.split('?').next().unwrap_or(path));
+                    if let Some(dir) = file.parent().filter(|d| !d.as_os_str().is_empty()) {
+                        std::fs::create_dir_all(dir).map_err(|e| {
+                            Failure::retry(CATALOG_UNAVAILABLE, format!("{}: {e}", dir.display()))
+                        })?;
+                    }
+                }
+                open_catalog(
+                    iceberg_catalog_sql::SqlCatalogBuilder::default(),
+                    name,
+                    props,
+                )
+                .await?
             }
         };
-        props.insert("uri".into(), uri.clone());
-        props.insert("warehouse".into(), warehouse.to_string());
-        if let Some(path) = uri.strip_prefix("sqlite://") {
-            props.insert("sql_bind_style".into(), "QMark".into());
-            // sqlx creates a missing database file only when asked to.
-            if !path.contains('?') {
-                props.insert("uri".into(), format!("{uri}?mode=rwc"));
-            }
-            let file = std::path::Path::new(path.split('?').next().unwrap_or(path));
-            if let Some(dir) = file.parent().filter(|d| !d.as_os_str().is_empty()) {
-                std::fs::create_dir_all(dir).map_err(|e| {
-                    Failure::retry(
-                        "Iceberg.CatalogUnavailable",
-                        format!("{}: {e}", dir.display()),
-                    )
-                })?;
-            }
-        }
-        let catalog = iceberg_catalog_sql::SqlCatalogBuilder::default()
-            .with_storage_factory(Arc::new(
-                iceberg_storage_opendal::OpenDalResolvingStorageFactory::new(),
-            ))
-            .load(name, props)
-            .await
-            .map_err(|e| {
-                Failure::retry(
-                    "Iceberg.CatalogUnavailable",
-                    format!("catalog {name:?}: {}", describe(&e)),
-                )
-            })?;
-        let catalog: Arc<dyn Catalog> = Arc::new(catalog);
         open.insert(key, catalog.clone());
         Ok(catalog)
+    }
+
+    /// Drops an open catalog, so that the next use opens it again.
+    async fn forget(&self, name: &str, warehouse: &str) {
+        let key = (name.to_string(), warehouse.to_string());
+        self.catalogs.lock().await.remove(&key);
     }
 
     /// Writes one batch's records into their table and says what became of them: committed
@@ -486,6 +532,10 @@ impl Target for Commit<'_> {
         match self.try_commit().await {
             Ok(()) => Step::Done,
             Err(f) => {
+                if f.code == CATALOG_UNAVAILABLE {
+                    // Opened again at the next attempt: a REST catalog's new token and config.
+                    self.lakes.forget(&self.catalog, &self.warehouse).await;
+                }
                 let step = match f.retry {
                     true => Step::Retry(format!("{}: {}", f.code, f.message)),
                     false => Step::Refused(format!("{}: {}", f.code, f.message)),
@@ -629,8 +679,7 @@ impl Commit<'_> {
 
     /// The table, created when it is missing and `TableCreationConfiguration` is on.
     async fn table(&self, catalog: &dyn Catalog) -> Result<Table, Failure> {
-        let unavailable =
-            |e: iceberg::Error| Failure::retry("Iceberg.CatalogUnavailable", describe(&e));
+        let unavailable = |e: iceberg::Error| Failure::retry(CATALOG_UNAVAILABLE, describe(&e));
         if catalog
             .table_exists(&self.ident)
             .await

@@ -16,6 +16,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import pyarrow as pa
 import pytest
 from pyiceberg.catalog.sql import SqlCatalog
 from pyiceberg.partitioning import PartitionField, PartitionSpec
@@ -312,6 +313,89 @@ def test_a_postgresql_catalog(daemon_factory, s3, bucket):
     finally:
         stop()
         shutil.rmtree(root, ignore_errors=True)
+
+
+def test_a_rest_catalog_with_oauth_conflicts_lost_answers_and_an_outage(daemon_factory, s3,
+                                                                        bucket, tmp_path):
+    """A REST catalog (the protocol's stand-in in iceberg_rest_catalog.py, its tables kept by
+    pyiceberg) behind OAuth2 client credentials with short-lived tokens, a warehouse named by
+    the server (its prefix), another writer's commits, commits answered 409, a commit applied
+    whose answer is lost, and an outage: every record lands once; pyiceberg's own REST client
+    reads the table back. A wrong credential ends in the error output, clearly."""
+    from pyiceberg.catalog.rest import RestCatalog
+    from iceberg_rest_catalog import RestCatalogServer
+    backing = reader("analytics", f"sqlite:///{tmp_path / 'rest.db'}", f"s3://{bucket}/rest", s3)
+    server = RestCatalogServer({"analytics": backing}, credential="hosepipe:s3cret",
+                               token_ttl=4).start()
+    try:
+        cat = RestCatalog("rest", uri=server.url, warehouse="analytics",
+                          credential="hosepipe:s3cret", **s3_props(s3),
+                          **{"oauth2-server-uri": f"{server.url}/v1/oauth/tokens"})
+        cat.create_namespace("db")
+        cat.create_table("db.events", schema=EVENTS, partition_spec=BY_REGION)
+        d = daemon_factory(f'[iceberg.catalogs.lake]\nuri = "{server.url}/"\n'
+                           f'warehouse = "analytics"\n'
+                           f'properties = {{ credential = "hosepipe:s3cret" }}\n'
+                           f'[iceberg.catalogs.intruder]\nuri = "{server.url}"\n'
+                           f'warehouse = "analytics"\n'
+                           f'properties = {{ credential = "hosepipe:guess" }}\n')
+        fh = d.firehose()
+        fh.create_delivery_stream(
+            DeliveryStreamName="rest",
+            IcebergDestinationConfiguration=iceberg_destination(
+                ACCOUNT_CATALOG + "/lake",
+                [{"DestinationDatabaseName": "db", "DestinationTableName": "events"},
+                 {"DestinationDatabaseName": "db", "DestinationTableName": "created"}],
+                bucket, ProcessingConfiguration=ROUTE_BY_JQ,
+                TableCreationConfiguration={"Enabled": True}))
+        server.conflicts, server.lose_commit_answers = 2, 1
+        first = [dict(event(i), db="db", table="events") for i in range(100)]
+        put(fh, "rest", [json.dumps(e).encode() for e in first])
+        wait_for(lambda: len(rows(cat, "db.events")) == 100, timeout=60, what="100 rows")
+        assert server.conflicts_answered >= 2 and server.lost_answers == 1
+        assert d.metric("hosepipe_delivery_to_iceberg_commit_conflicts_total", "rest") >= 2
+        # Another writer appends through the same catalog; a table is created over REST.
+        theirs = cat.load_table("db.events")
+        theirs.append(pa.Table.from_pylist(
+            [{"id": i, "name": "theirs", "region": "eu"} for i in (10_000, 10_001, 10_002)],
+            schema=theirs.schema().as_arrow()))
+        put(fh, "rest", [json.dumps({"db": "db", "table": "created", "id": i}).encode()
+                         for i in range(10)])
+        wait_for(lambda: cat.table_exists("db.created") and len(rows(cat, "db.created")) == 10,
+                 timeout=60, what="a table created over REST")
+        # An outage, longer than a token lives: commits wait it out and sign in again.
+        server.unavailable = True
+        put(fh, "rest", [json.dumps(dict(event(i), db="db", table="events")).encode()
+                         for i in range(100, 200)])
+        failure = 'hosepipe_delivery_to_iceberg_requests_total{stream="rest",outcome="failure"}'
+        wait_for(lambda: failure in d.metrics(), timeout=60, what="a failed commit")
+        time.sleep(server.token_ttl + 1)
+        issued = server.tokens_issued
+        server.unavailable = False
+        wait_for(lambda: len(rows(cat, "db.events")) == 203, timeout=90, what="203 rows")
+        ids = sorted(r["id"] for r in rows(cat, "db.events"))
+        assert ids == list(range(200)) + [10_000, 10_001, 10_002]
+        assert server.tokens_issued > issued, "the daemon signed in again after its token expired"
+        summary = cat.load_table("db.events").current_snapshot().summary
+        assert "hosepipe.positions" in summary.additional_properties
+        # A wrong credential: refused by the token endpoint, retried, then the error output.
+        fh.create_delivery_stream(
+            DeliveryStreamName="intruder",
+            IcebergDestinationConfiguration=iceberg_destination(
+                ACCOUNT_CATALOG + "/intruder",
+                [{"DestinationDatabaseName": "db", "DestinationTableName": "events"}], bucket,
+                RetryOptions={"DurationInSeconds": 0},
+                S3Configuration={"RoleARN": ROLE, "BucketARN": f"arn:aws:s3:::{bucket}",
+                                 "ErrorOutputPrefix": "i-errors/!{firehose:error-output-type}/"}))
+        put(fh, "intruder", [json.dumps(event(i)).encode() for i in range(5)])
+        docs = wait_for(lambda: len(error_documents(s3, bucket, "i-errors/")) == 5 and
+                        error_documents(s3, bucket, "i-errors/"), timeout=60,
+                        what="the intruder's records in the error output")
+        assert {doc["errorCode"] for doc in docs} == {"Iceberg.CatalogUnavailable"}
+        assert "invalid_client" in docs[0]["errorMessage"], docs[0]["errorMessage"]
+        assert len(rows(cat, "db.events")) == 203
+    finally:
+        server.stop()
 
 
 def test_the_glue_catalog_on_moto(daemon_factory, s3, bucket, moto):

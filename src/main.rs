@@ -10,12 +10,22 @@ use hosepipe::server::Server;
 #[derive(Parser)]
 #[command(
     name = "hosepipe",
-    version,
+    version = env!("HOSEPIPE_BUILD"),
     about = "A self-hosted delivery-stream daemon that speaks the Amazon Data Firehose API"
 )]
 struct Cli {
+    /// How log lines are written to stderr: `text`, or `json` (one object per line, for a log
+    /// collector). Default: HOSEPIPE_LOG_FORMAT, else text.
+    #[arg(long, global = true, value_enum, env = "HOSEPIPE_LOG_FORMAT", default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
     #[command(subcommand)]
     command: Command,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
 }
 
 #[derive(Subcommand)]
@@ -109,6 +119,17 @@ enum Command {
         #[arg(short, long)]
         output: Option<PathBuf>,
     },
+    /// Print a shell's completion script (e.g. `hosepipe completions bash >
+    /// /etc/bash_completion.d/hosepipe`).
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Write man pages (hosepipe.1 and one per command) into a directory.
+    Man {
+        #[arg(long, default_value = ".")]
+        dir: PathBuf,
+    },
     /// Create, list and rotate the local keyring's master keys.
     Keys {
         #[arg(long)]
@@ -122,16 +143,49 @@ fn env(name: &str) -> Option<String> {
     std::env::var(name).ok()
 }
 
-fn init_tracing() {
+fn init_tracing(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     use std::io::IsTerminal;
-    // Colours only on a terminal: a log file or a collector gets plain text.
-    tracing_subscriber::fmt()
+    let logs = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_ansi(std::io::stderr().is_terminal())
-        .with_writer(std::io::stderr)
-        .init();
+        .with_writer(std::io::stderr);
+    match format {
+        // Colours only on a terminal: a log file or a collector gets plain text.
+        LogFormat::Text => logs.with_ansi(std::io::stderr().is_terminal()).init(),
+        // One JSON object per line: timestamp, level, target, fields (message included) and
+        // the spans it happened in.
+        LogFormat::Json => logs
+            .json()
+            .flatten_event(true)
+            .with_current_span(false)
+            .init(),
+    }
+}
+
+/// Writes `hosepipe.1` and a page per command (`hosepipe-serve.1`, …) into `dir`.
+fn write_man_pages(dir: &std::path::Path) -> std::io::Result<usize> {
+    use clap::CommandFactory;
+    std::fs::create_dir_all(dir)?;
+    let cli = Cli::command();
+    let mut written = 0;
+    let mut page = |name: String, cmd: clap::Command| -> std::io::Result<()> {
+        let mut out = Vec::new();
+        clap_mangen::Man::new(cmd).render(&mut out)?;
+        std::fs::write(dir.join(format!("{name}.1")), out)?;
+        written += 1;
+        Ok(())
+    };
+    for sub in cli.get_subcommands().filter(|s| s.get_name() != "help") {
+        let name = format!("hosepipe-{}", sub.get_name());
+        let cmd = sub
+            .clone()
+            .display_name(name.clone())
+            .bin_name(format!("hosepipe {}", sub.get_name()));
+        page(name, cmd)?;
+    }
+    page("hosepipe".into(), cli)?;
+    Ok(written)
 }
 
 /// Waits for SIGINT or SIGTERM. The handlers are installed when this is called (not when the
@@ -210,7 +264,32 @@ fn block_on(f: impl std::future::Future<Output = ExitCode>) -> ExitCode {
 fn main() -> ExitCode {
     limit_malloc_arenas();
     let cli = Cli::parse();
+    let log_format = cli.log_format;
     match cli.command {
+        Command::Completions { shell } => {
+            use clap::CommandFactory;
+            use std::io::Write;
+            let mut script = Vec::new();
+            clap_complete::generate(shell, &mut Cli::command(), "hosepipe", &mut script);
+            // A closed pipe (`| head`) is the reader's choice, not a failure.
+            match std::io::stdout().write_all(&script) {
+                Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => {
+                    eprintln!("{e}");
+                    ExitCode::FAILURE
+                }
+                _ => ExitCode::SUCCESS,
+            }
+        }
+        Command::Man { dir } => match write_man_pages(&dir) {
+            Ok(n) => {
+                println!("wrote {n} man pages to {}", dir.display());
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("{}: {e}", dir.display());
+                ExitCode::FAILURE
+            }
+        },
         Command::Validate { config } => {
             match Config::load(Some(&config), &Overrides::default(), &env) {
                 Ok(cfg) => {
@@ -231,7 +310,7 @@ fn main() -> ExitCode {
             listen,
             data_dir,
         } => {
-            init_tracing();
+            init_tracing(log_format);
             let overrides = Overrides { listen, data_dir };
             let cfg = match Config::load(config.as_deref(), &overrides, &env) {
                 Ok(cfg) => cfg,
@@ -341,7 +420,7 @@ fn main() -> ExitCode {
                     return ExitCode::from(2);
                 }
             };
-            init_tracing();
+            init_tracing(log_format);
             block_on(async move {
                 match hosepipe::agent::run(cfg, shutdown_signal()).await {
                     Ok(()) => ExitCode::SUCCESS,
@@ -399,11 +478,11 @@ fn main() -> ExitCode {
             finished("bench-convert", hosepipe::bench::convert::run(args))
         }
         Command::BenchTransform(args) => {
-            init_tracing();
+            init_tracing(log_format);
             finished("bench-transform", hosepipe::bench::transform::run(args))
         }
         Command::Bench(args) => {
-            init_tracing();
+            init_tracing(log_format);
             block_on(async {
                 match hosepipe::bench::ingest::run(args).await {
                     Ok(()) => ExitCode::SUCCESS,

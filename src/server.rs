@@ -118,6 +118,7 @@ impl Server {
                 "half the disk's free space",
             ),
         };
+        metrics.spool_capacity_bytes.set(max_spool as i64);
         let admission = Arc::new(Admission::new(
             max_spool,
             config.spool.memory_bytes,

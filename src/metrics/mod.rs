@@ -33,6 +33,13 @@ pub struct FlushLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ErrorOutputLabels {
+    pub stream: String,
+    /// The error output type, as in `!{firehose:error-output-type}`.
+    pub error_type: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ReasonLabels {
     pub reason: String,
 }
@@ -170,6 +177,13 @@ pub struct NodeLabels {
     pub backend: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct StreamInfoLabels {
+    pub stream: String,
+    /// s3, opensearch, splunk, http_endpoint or iceberg.
+    pub destination: String,
+}
+
 /// The JetStream log's families, per delivery stream (each node exports its own).
 pub struct JetStreamMetrics {
     /// From a put's first publish to JetStream's last acknowledgement.
@@ -280,6 +294,13 @@ pub struct Metrics {
     pub delivery_to_s3_data_freshness: Family<StreamLabels, Gauge<f64, AtomicU64>>,
     pub delivery_to_s3_latency: HistogramFamily<StreamLabels>,
     pub undelivered_records: Family<StreamLabels, Counter>,
+    /// Records written to the error output, by error output type.
+    pub error_output_records: Family<ErrorOutputLabels, Counter>,
+    /// The stream's buffering hints: the interval and the size.
+    pub buffer_interval: Family<StreamLabels, Gauge>,
+    pub buffer_size_bytes: Family<StreamLabels, Gauge>,
+    /// How large the spools may grow on disk together.
+    pub spool_capacity_bytes: Gauge,
     pub spool_bytes: Family<StreamLabels, Gauge>,
     pub spool_segments: Family<StreamLabels, Gauge>,
     pub spool_fsync: HistogramFamily<StreamLabels>,
@@ -320,6 +341,9 @@ pub struct Metrics {
     pub jetstream: JetStreamMetrics,
     /// `hosepipe_node_info{node, backend}`: 1 on every node.
     pub node_info: Family<NodeLabels, Gauge>,
+    /// `hosepipe_stream_info{stream, destination}`: 1 per stream (joins a stream's series to its
+    /// destination).
+    pub stream_info: Family<StreamInfoLabels, Gauge>,
     /// Every fsync's latency, kept only when a benchmark asks for them.
     fsync_log: Mutex<Option<Vec<f64>>>,
     /// Per-record arrival → delivered latencies, kept only when a benchmark asks for them.
@@ -349,6 +373,10 @@ impl Metrics {
             delivery_to_s3_data_freshness: Family::default(),
             delivery_to_s3_latency: Family::new_with_constructor(latency_histogram),
             undelivered_records: Family::default(),
+            error_output_records: Family::default(),
+            buffer_interval: Family::default(),
+            buffer_size_bytes: Family::default(),
+            spool_capacity_bytes: Gauge::default(),
             spool_bytes: Family::default(),
             spool_segments: Family::default(),
             spool_fsync: Family::new_with_constructor(fsync_histogram),
@@ -384,6 +412,7 @@ impl Metrics {
             secret_reads: Family::default(),
             jetstream: JetStreamMetrics::default(),
             node_info: Family::default(),
+            stream_info: Family::default(),
             destinations: BTreeMap::new(),
             fsync_log: Mutex::new(None),
             latency_log: Mutex::new(None),
@@ -457,6 +486,29 @@ impl Metrics {
             "undelivered_records",
             "Accepted records that could not be delivered before shutdown gave up",
             m.undelivered_records.clone(),
+        );
+        registry.register(
+            "error_output_records",
+            "Records written to the error output (the S3 error prefix), by error output type (processing-failed, format-conversion-failed, …)",
+            m.error_output_records.clone(),
+        );
+        registry.register_with_unit(
+            "buffer_interval",
+            "The stream's BufferingHints.IntervalInSeconds",
+            prometheus_client::registry::Unit::Seconds,
+            m.buffer_interval.clone(),
+        );
+        registry.register_with_unit(
+            "buffer_size",
+            "The stream's BufferingHints.SizeInMBs, in bytes",
+            prometheus_client::registry::Unit::Bytes,
+            m.buffer_size_bytes.clone(),
+        );
+        registry.register_with_unit(
+            "spool_capacity",
+            "How large the spools may grow on disk together ([spool] max_mb, else half the disk's free space at start); a put past it is refused",
+            prometheus_client::registry::Unit::Bytes,
+            m.spool_capacity_bytes.clone(),
         );
         registry.register_with_unit(
             "spool",
@@ -634,6 +686,11 @@ impl Metrics {
             "node_info",
             "This node's name and log backend (spool or jetstream); always 1",
             m.node_info.clone(),
+        );
+        registry.register(
+            "stream_info",
+            "Each delivery stream and its destination (s3, opensearch, splunk, http_endpoint, iceberg); always 1",
+            m.stream_info.clone(),
         );
         let mut destinations = BTreeMap::new();
         for names in crate::deliver::HTTP_METRICS {
@@ -820,6 +877,16 @@ impl Metrics {
                 outcome: outcome.to_string(),
             })
             .inc();
+    }
+
+    /// Counts records written to the error output as `error_type`.
+    pub fn error_output(&self, stream: &str, error_type: &str, records: u64) {
+        self.error_output_records
+            .get_or_create(&ErrorOutputLabels {
+                stream: stream.to_string(),
+                error_type: error_type.to_string(),
+            })
+            .inc_by(records);
     }
 
     /// Dynamic partitioning's gauges after a buffer change.

@@ -178,6 +178,11 @@ async fn deliver_one(ctx: &StreamContext, obj: EncodedObject, journal: bool) {
     .await;
     match result {
         DeliveryResult::Delivered { attempts } if obj.error_output.is_some() => {
+            if let Some(error_type) = obj.error_output {
+                ctx.shared
+                    .metrics
+                    .error_output(&ctx.name, error_type.as_str(), records);
+            }
             tracing::info!(key = %obj.key, attempts, records, "failed records written to the error output");
         }
         DeliveryResult::Delivered { attempts } => {
@@ -193,6 +198,11 @@ async fn deliver_one(ctx: &StreamContext, obj: EncodedObject, journal: bool) {
             tracing::debug!(key = %obj.key, attempts, records, "delivered");
         }
         DeliveryResult::ErrorOutput { attempts, reason } => {
+            ctx.shared.metrics.error_output(
+                &ctx.name,
+                crate::encode::ErrorOutputType::RetentionExpired.as_str(),
+                records,
+            );
             tracing::error!(key = %obj.error_key, attempts, records, reason, "records past the retention age written to the error output");
         }
         DeliveryResult::Rejected { attempts, reason } => {

@@ -1080,6 +1080,25 @@ impl Registry {
             .set(self.shared.admission.memory_used() as i64);
         m.memory_budget_bytes
             .set(self.shared.admission.memory_budget() as i64);
+        // Rebuilt at each scrape: a deleted stream's series goes.
+        m.stream_info.clear();
+        for (name, e) in self.lock().iter() {
+            let spec = &e.handle.config.borrow().spec;
+            m.stream_info
+                .get_or_create(&crate::metrics::StreamInfoLabels {
+                    stream: name.clone(),
+                    destination: spec.destination.kind().to_string(),
+                })
+                .set(1);
+            let limits = spec.limits();
+            let labels = Metrics::stream(name);
+            m.buffer_interval
+                .get_or_create(&labels)
+                .set(limits.interval.as_secs() as i64);
+            m.buffer_size_bytes
+                .get_or_create(&labels)
+                .set(limits.size_bytes as i64);
+        }
         for s in self.statuses() {
             let age = s
                 .oldest_ms()

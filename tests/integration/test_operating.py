@@ -1,10 +1,18 @@
 """What operators run beside the daemon: the build named by `--version`, shell completions and
-man pages generated from the CLI, and JSON log lines for a collector."""
+man pages generated from the CLI, JSON log lines for a collector, and the Grafana dashboard and
+Prometheus alert rules in deploy/ proven against a real Prometheus scraping a daemon under load
+and through an S3 outage."""
 import json
 import os
+import re
 import subprocess
+import threading
+import time
 
-from conftest import BIN
+import requests
+import yaml
+
+from conftest import BIN, ROOT, Daemon, S3Server, free_port, wait_for
 
 
 def run(*args, **kw):
@@ -74,3 +82,210 @@ def test_json_logs_are_one_object_per_line(tmp_path):
     assert plain and not plain[0].startswith("{"), plain[0]
     bad = run("serve", "--config", str(config), "--log-format", "xml")
     assert bad.returncode == 2 and "xml" in bad.stderr
+
+
+# -- the Grafana dashboard and the alert rules, against a real Prometheus ----------------------
+
+DASHBOARD = ROOT / "deploy" / "grafana" / "hosepipe.json"
+ALERTS = ROOT / "deploy" / "prometheus" / "alerts.yml"
+ROLE = "arn:aws:iam::000000000000:role/firehose"
+CATALOG = """
+[catalog.ops.events]
+columns = [{ name = "kind", type = "string" }, { name = "n", type = "int" }]
+"""
+
+
+class Prometheus:
+    """Debian's prometheus scraping one daemon every second, evaluating `rules` every second."""
+
+    def __init__(self, root, target, rules):
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        config = root / "prometheus.yml"
+        config.write_text(yaml.safe_dump({
+            "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
+            "rule_files": [str(rules)],
+            "scrape_configs": [{"job_name": "hosepipe",
+                                "static_configs": [{"targets": [target]}]}]}))
+        self.proc = subprocess.Popen(
+            ["prometheus", f"--config.file={config}", f"--storage.tsdb.path={root / 'tsdb'}",
+             f"--web.listen-address=127.0.0.1:{self.port}"],
+            stdout=open(root / "prometheus.log", "wb"), stderr=subprocess.STDOUT)
+        wait_for(lambda: requests.get(f"{self.url}/-/ready", timeout=1).status_code == 200,
+                 timeout=60, what="Prometheus ready")
+
+    def query(self, expr):
+        out = requests.get(f"{self.url}/api/v1/query", params={"query": expr}, timeout=10).json()
+        assert out["status"] == "success", (expr, out)
+        return out["data"]["result"]
+
+    def rules(self):
+        return requests.get(f"{self.url}/api/v1/rules", timeout=10).json()["data"]["groups"]
+
+    def firing(self):
+        alerts = requests.get(f"{self.url}/api/v1/alerts", timeout=10).json()["data"]["alerts"]
+        return {a["labels"]["alertname"] for a in alerts if a["state"] == "firing"}
+
+    def stop(self):
+        self.proc.terminate()
+        self.proc.wait(timeout=30)
+
+
+def dashboard_queries():
+    """(panel title, expr) of every dashboard query, as Grafana would send them for all streams."""
+    dash = json.loads(DASHBOARD.read_text())
+    out = []
+    for panel in dash["panels"]:
+        for target in panel.get("targets", []):
+            expr = target["expr"].replace("$__rate_interval", "30s").replace("$stream", ".*")
+            out.append((panel["title"], expr))
+    return out
+
+
+def at_test_speed(rules_text):
+    """The same rules with time compressed: `for:` durations of 0 s and 30 s windows, so an
+    outage of seconds shows what one of minutes would."""
+    text = re.sub(r"for: \d+m", "for: 0s", rules_text)
+    return re.sub(r"\[\d+m\]", "[30s]", text)
+
+
+def exported_families(metrics_text):
+    names = set()
+    for line in metrics_text.splitlines():
+        if line.startswith("# TYPE "):
+            _, _, name, kind = line.split()
+            names.add(name)
+            names.update({"counter": [f"{name}_total"],
+                          "histogram": [f"{name}_bucket", f"{name}_sum", f"{name}_count"]}
+                         .get(kind, []))
+    return names
+
+
+def test_the_dashboard_and_alerts_against_a_real_prometheus(tmp_path):
+    assert subprocess.run(["promtool", "check", "rules", str(ALERTS)]).returncode == 0
+    s3 = S3Server(tmp_path / "s3")
+    prometheus = d = None
+    try:
+        bucket = s3.create_bucket("ops")
+        keyring = tmp_path / "keyring.json"
+        d = Daemon(s3, CATALOG + f'[encryption]\nkeyring = "{keyring}"\n'
+                   '[quotas.web]\nrecords_per_second = 150\n[spool]\nmax_mb = 6\nsegment_mb = 1\n')
+        assert subprocess.run([BIN, "keys", "--config", str(d.config), "create", "ops"],
+                              env=d.env).returncode == 0
+        fh = d.firehose()
+        s3_conf = {"RoleARN": ROLE, "BucketARN": f"arn:aws:s3:::{bucket}",
+                   "ErrorOutputPrefix": "errors/!{firehose:error-output-type}/",
+                   "BufferingHints": {"SizeInMBs": 1, "IntervalInSeconds": 1}}
+        # A transform whose malformed lines fail, objects sealed with a local key, a quota.
+        fh.create_delivery_stream(DeliveryStreamName="web", ExtendedS3DestinationConfiguration={
+            **s3_conf, "Prefix": "web/", "CompressionFormat": "GZIP",
+            "EncryptionConfiguration": {"KMSEncryptionConfig": {
+                "AWSKMSKeyARN": "arn:aws:kms:us-east-1:000000000000:key/ops"}},
+            "ProcessingConfiguration": {"Enabled": True, "Processors": [{"Type": "Lambda",
+                "Parameters": [{"ParameterName": "LambdaArn", "ParameterValue":
+                                "arn:aws:lambda:us-east-1:000000000000:function:apache-log-to-json"},
+                               {"ParameterName": "BufferIntervalInSeconds",
+                                "ParameterValue": "0"}]}]}})
+        # Parquet conversion (some records do not fit) and dynamic partitioning.
+        fh.create_delivery_stream(DeliveryStreamName="tbl", ExtendedS3DestinationConfiguration={
+            **s3_conf, "Prefix": "tbl/!{partitionKeyFromQuery:kind}/",
+            "BufferingHints": {"SizeInMBs": 64, "IntervalInSeconds": 1},
+            "DynamicPartitioningConfiguration": {"Enabled": True},
+            "ProcessingConfiguration": {"Enabled": True, "Processors": [
+                {"Type": "MetadataExtraction", "Parameters": [
+                    {"ParameterName": "MetadataExtractionQuery", "ParameterValue": "{kind: .kind}"},
+                    {"ParameterName": "JsonParsingEngine", "ParameterValue": "JQ-1.6"}]}]},
+            "DataFormatConversionConfiguration": {
+                "Enabled": True,
+                "SchemaConfiguration": {"DatabaseName": "ops", "TableName": "events",
+                                        "RoleARN": ROLE},
+                "InputFormatConfiguration": {"Deserializer": {"OpenXJsonSerDe": {}}},
+                "OutputFormatConfiguration": {"Serializer": {"ParquetSerDe": {}}}}})
+        rules = tmp_path / "alerts.yml"
+        rules.write_text(at_test_speed(ALERTS.read_text()))
+        prometheus = Prometheus(tmp_path, d.url.removeprefix("http://"), rules)
+
+        stop = threading.Event()
+
+        def produce():
+            # About 180 KB/s, so a small spool fills within seconds of the outage.
+            pad = b"x" * 500
+            i = 0
+            while not stop.is_set():
+                web = [b'10.0.0.1 - - [30/Nov/2026:10:00:00 +0000] "GET /p/%d?%s HTTP/1.1" 200 5 "-" "c"'
+                       % (n, pad) for n in range(i, i + 40)] + [b"not a log line"]
+                tbl = [json.dumps({"kind": ["a", "b"][n % 2], "n": n, "pad": pad.decode()}).encode()
+                       for n in range(i, i + 20)] + [b'{"kind": "a", "n": "many"}']
+                for name, recs in (("web", web), ("tbl", tbl)):
+                    try:
+                        fh.put_record_batch(DeliveryStreamName=name,
+                                            Records=[{"Data": r} for r in recs])
+                    except Exception:  # noqa: BLE001 - throttled or refused: keep going
+                        pass
+                i += 40
+                time.sleep(0.1)
+
+        producer = threading.Thread(target=produce, daemon=True)
+        producer.start()
+
+        # Under load: every dashboard query returns series, every metric it names is exported.
+        queries = dashboard_queries()
+        assert len(queries) >= 25
+        # (Failed attempts only show in the outage below.)
+        seen = set()
+
+        def without_series(timeout, may_lack=()):
+            deadline = time.monotonic() + timeout
+            while True:
+                seen.update(q for q in queries if q not in seen and prometheus.query(q[1]))
+                lacking = [t for t, e in queries if (t, e) not in seen]
+                if set(lacking) <= set(may_lack) or time.monotonic() > deadline:
+                    return lacking
+                time.sleep(1)
+
+        failed_attempts = ["Failed delivery attempts/s"]
+        assert without_series(60, failed_attempts) == failed_attempts
+        # Every metric named outright (not through a __name__ pattern, whose queries
+        # returned series above) by a panel or a rule is one the daemon exports.
+        families = exported_families(d.metrics())
+        rule_exprs = [("rule " + r["name"], r["query"]) for g in prometheus.rules()
+                      for r in g["rules"]]
+        for title, expr in queries + rule_exprs:
+            literal = re.sub(r'__name__!?=~"[^"]*"', "", expr)
+            for name in re.findall(r"\bhosepipe_[a-z0-9_]+", literal):
+                assert name in families, f"{title}: {name} is not exported"
+        for group in prometheus.rules():
+            for rule in group["rules"]:
+                assert rule["health"] == "ok", rule
+        assert prometheus.firing() <= {"HosepipeRecordsToErrorOutput",
+                                       "HosepipeThrottlingSustained"}, prometheus.firing()
+        # The keyring gone (objects are sealed before their upload, so this comes first), then
+        # an S3 outage: the rules that should fire, fire.
+        fired = set()
+
+        def wait_fired(expected, timeout):
+            deadline = time.monotonic() + timeout
+            while not expected <= fired and time.monotonic() < deadline:
+                fired.update(prometheus.firing())
+                time.sleep(1)
+            assert expected - fired == set(), f"fired: {fired}, metrics:\n{d.metrics()}"
+
+        keyring.rename(tmp_path / "elsewhere.json")
+        wait_fired({"HosepipeKeyServiceFailing"}, 60)
+        s3.stop()
+        wait_fired({"HosepipeDeliveryFailing", "HosepipeDataFreshnessHigh",
+                    "HosepipeBacklogGrowing", "HosepipeSpoolNearlyFull",
+                    "HosepipeThrottlingSustained", "HosepipeRecordsToErrorOutput"}, 120)
+        for group in prometheus.rules():
+            for rule in group["rules"]:
+                assert rule["health"] == "ok", rule
+        assert "HosepipeDown" not in prometheus.firing()
+        assert without_series(30) == [], "every dashboard query returned series"
+        stop.set()
+        producer.join(timeout=30)
+    finally:
+        if prometheus:
+            prometheus.stop()
+        if d:
+            d.crash()  # (a stop would wait for S3 to deliver the backlog)
+        s3.stop()

@@ -37,4 +37,6 @@ mod testing;
 #[cfg(test)]
 mod tidy;
 pub mod tls;
+#[cfg(feature = "operator-tools")]
+pub mod top;
 pub mod transform;

@@ -47,6 +47,9 @@ enum Command {
         #[arg(long)]
         config: PathBuf,
     },
+    /// A live view of the running daemon's streams: rates, freshness, backlog, errors (q quits).
+    #[cfg(feature = "operator-tools")]
+    Top(hosepipe::top::TopArgs),
     /// Print a table of the running daemon's streams.
     Status {
         /// The daemon's address.
@@ -121,11 +124,13 @@ enum Command {
     },
     /// Print a shell's completion script (e.g. `hosepipe completions bash >
     /// /etc/bash_completion.d/hosepipe`).
+    #[cfg(feature = "operator-tools")]
     Completions {
         #[arg(value_enum)]
         shell: clap_complete::Shell,
     },
     /// Write man pages (hosepipe.1 and one per command) into a directory.
+    #[cfg(feature = "operator-tools")]
     Man {
         #[arg(long, default_value = ".")]
         dir: PathBuf,
@@ -164,6 +169,7 @@ fn init_tracing(format: LogFormat) {
 }
 
 /// Writes `hosepipe.1` and a page per command (`hosepipe-serve.1`, …) into `dir`.
+#[cfg(feature = "operator-tools")]
 fn write_man_pages(dir: &std::path::Path) -> std::io::Result<usize> {
     use clap::CommandFactory;
     std::fs::create_dir_all(dir)?;
@@ -266,6 +272,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let log_format = cli.log_format;
     match cli.command {
+        #[cfg(feature = "operator-tools")]
         Command::Completions { shell } => {
             use clap::CommandFactory;
             use std::io::Write;
@@ -280,6 +287,15 @@ fn main() -> ExitCode {
                 _ => ExitCode::SUCCESS,
             }
         }
+        #[cfg(feature = "operator-tools")]
+        Command::Top(args) => match hosepipe::top::run(args) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("hosepipe top: {e:#}");
+                ExitCode::FAILURE
+            }
+        },
+        #[cfg(feature = "operator-tools")]
         Command::Man { dir } => match write_man_pages(&dir) {
             Ok(n) => {
                 println!("wrote {n} man pages to {}", dir.display());

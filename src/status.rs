@@ -24,6 +24,15 @@ pub struct StreamRow {
     /// On disk only, not yet read into the pipeline.
     #[serde(default)]
     pub unread_records: u64,
+    /// Counters since the daemon started (`hosepipe top` makes rates of them).
+    #[serde(default)]
+    pub incoming_records: u64,
+    #[serde(default)]
+    pub incoming_bytes: u64,
+    #[serde(default)]
+    pub throttled_records: u64,
+    #[serde(default)]
+    pub error_output_records: u64,
     /// In a fleet: handed to this node and not yet acknowledged.
     #[serde(default)]
     pub held_records: u64,
@@ -51,7 +60,7 @@ pub struct Status {
     pub memory_budget_bytes: u64,
 }
 
-fn human(bytes: u64) -> String {
+pub fn human(bytes: u64) -> String {
     const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
     let mut v = bytes as f64;
     let mut u = 0;

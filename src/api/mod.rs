@@ -200,10 +200,19 @@ async fn status(State(state): State<Arc<AppState>>, headers: HeaderMap) -> Respo
         .statuses()
         .into_iter()
         .map(|s| {
+            let labels = crate::metrics::Metrics::stream(&s.name);
+            let counter = |f: &prometheus_client::metrics::family::Family<_, _>| {
+                prometheus_client::metrics::counter::Counter::<u64>::get(&f.get_or_create(&labels))
+            };
             json!({
                 "name": s.name,
                 "state": "ACTIVE",
                 "destination": s.target,
+                "kind": s.kind,
+                "incoming_records": counter(&state.metrics.incoming_records),
+                "incoming_bytes": counter(&state.metrics.incoming_bytes),
+                "throttled_records": counter(&state.metrics.throttled_records),
+                "error_output_records": s.stats.error_output_records.load(Relaxed),
                 "buffered_bytes": s.stats.buffered_bytes.load(Relaxed),
                 "buffered_records": s.stats.buffered_records.load(Relaxed),
                 "in_flight_records": s.stats.in_flight_records(),

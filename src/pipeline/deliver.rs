@@ -65,6 +65,16 @@ fn after_http_delivery(
     ))
 }
 
+/// Counts records written to the error output (metrics and `/status`).
+fn to_error_output(ctx: &StreamContext, error_type: crate::encode::ErrorOutputType, records: u64) {
+    ctx.shared
+        .metrics
+        .error_output(&ctx.name, error_type.as_str(), records);
+    ctx.stats
+        .error_output_records
+        .fetch_add(records, Ordering::Relaxed);
+}
+
 /// Delivers a few at a time: objects to S3, each retried until it is written; batches of HTTP
 /// destinations, then the objects that follow from them (failed records, backups).
 pub(super) async fn deliver_stage(ctx: StreamContext, mut objects: mpsc::Receiver<Delivery>) {
@@ -179,9 +189,7 @@ async fn deliver_one(ctx: &StreamContext, obj: EncodedObject, journal: bool) {
     match result {
         DeliveryResult::Delivered { attempts } if obj.error_output.is_some() => {
             if let Some(error_type) = obj.error_output {
-                ctx.shared
-                    .metrics
-                    .error_output(&ctx.name, error_type.as_str(), records);
+                to_error_output(ctx, error_type, records);
             }
             tracing::info!(key = %obj.key, attempts, records, "failed records written to the error output");
         }
@@ -198,9 +206,9 @@ async fn deliver_one(ctx: &StreamContext, obj: EncodedObject, journal: bool) {
             tracing::debug!(key = %obj.key, attempts, records, "delivered");
         }
         DeliveryResult::ErrorOutput { attempts, reason } => {
-            ctx.shared.metrics.error_output(
-                &ctx.name,
-                crate::encode::ErrorOutputType::RetentionExpired.as_str(),
+            to_error_output(
+                ctx,
+                crate::encode::ErrorOutputType::RetentionExpired,
                 records,
             );
             tracing::error!(key = %obj.error_key, attempts, records, reason, "records past the retention age written to the error output");

@@ -1,9 +1,10 @@
 """What operators run beside the daemon: the build named by `--version`, shell completions and
-man pages generated from the CLI, JSON log lines for a collector, and the Grafana dashboard and
+man pages generated from the CLI, JSON log lines for a collector, the Grafana dashboard and
 Prometheus alert rules in deploy/ proven against a real Prometheus scraping a daemon under load
-and through an S3 outage."""
+and through an S3 outage, and `hosepipe top` driven through tmux."""
 import json
 import os
+import random
 import re
 import subprocess
 import threading
@@ -289,3 +290,97 @@ def test_the_dashboard_and_alerts_against_a_real_prometheus(tmp_path):
         if d:
             d.crash()  # (a stop would wait for S3 to deliver the backlog)
         s3.stop()
+
+
+# -- hosepipe top, driven through tmux ----------------------------------------------------------
+
+class Tmux:
+    """A detached tmux session running one command, read with capture-pane."""
+
+    def __init__(self, command, width=180, height=24):
+        self.name = f"hp-top-{os.getpid()}-{random.randint(0, 10**6)}"
+        subprocess.run(["tmux", "new-session", "-d", "-s", self.name, "-x", str(width),
+                        "-y", str(height), command], check=True)
+
+    def screen(self):
+        return subprocess.run(["tmux", "capture-pane", "-p", "-t", self.name],
+                              capture_output=True, text=True).stdout
+
+    def keys(self, *keys):
+        subprocess.run(["tmux", "send-keys", "-t", self.name, *keys], check=True)
+
+    def alive(self):
+        return subprocess.run(["tmux", "has-session", "-t", self.name],
+                              capture_output=True).returncode == 0
+
+    def kill(self):
+        subprocess.run(["tmux", "kill-session", "-t", self.name], capture_output=True)
+
+
+def rows_of(screen):
+    """Stream name → its cells, in screen order (the table's lines below the header)."""
+    out = {}
+    lines = screen.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith("STREAM"))
+    for line in lines[start + 1:]:
+        cells = line.split()
+        if cells and cells[0] in ("alpha", "zulu"):
+            out[cells[0]] = cells
+    return out
+
+
+def test_top_shows_live_rates_sorts_rides_out_a_restart_and_quits(daemon_factory, bucket,
+                                                                 tmp_path):
+    d = daemon_factory(listen=f"127.0.0.1:{free_port()}")
+    fh = d.firehose()
+    for name in ("alpha", "zulu"):
+        fh.create_delivery_stream(DeliveryStreamName=name, ExtendedS3DestinationConfiguration={
+            "RoleARN": ROLE, "BucketARN": f"arn:aws:s3:::{bucket}", "Prefix": f"{name}/",
+            "BufferingHints": {"SizeInMBs": 1, "IntervalInSeconds": 1}})
+    stop = threading.Event()
+
+    def produce():
+        while not stop.is_set():
+            try:
+                fh.put_record_batch(DeliveryStreamName="zulu",
+                                    Records=[{"Data": b"z" * 100}] * 50)
+                fh.put_record(DeliveryStreamName="alpha", Record={"Data": b"a" * 100})
+            except Exception:  # noqa: BLE001 - the daemon is away for a moment below
+                pass
+            time.sleep(0.1)
+
+    producer = threading.Thread(target=produce, daemon=True)
+    producer.start()
+    exit_file = tmp_path / "exit"
+    tmux = Tmux(f"{BIN} top --endpoint {d.url} --interval 0.5; echo $? > {exit_file}")
+    try:
+        # Live rates, busiest first (the default sort is IN REC/S).
+        wait_for(lambda: len(rows_of(tmux.screen())) == 2
+                 and float(rows_of(tmux.screen())["zulu"][2]) > 50, timeout=30,
+                 what="both streams with zulu's rate")
+        screen = tmux.screen()
+        assert list(rows_of(screen)) == ["zulu", "alpha"], screen
+        assert "sorted by IN REC/S" in screen and "2 streams" in screen
+        # Sorting: 1 = by name, r = reversed.
+        tmux.keys("1")
+        wait_for(lambda: "sorted by STREAM —" in tmux.screen(), what="sorting by name")
+        assert list(rows_of(tmux.screen())) == ["alpha", "zulu"]
+        tmux.keys("r")
+        wait_for(lambda: "sorted by STREAM (reversed)" in tmux.screen(), what="reversed")
+        assert list(rows_of(tmux.screen())) == ["zulu", "alpha"]
+        # The daemon goes away: top says so and keeps the last table; it comes back: live again.
+        d.stop()
+        wait_for(lambda: "DAEMON NOT ANSWERING" in tmux.screen(), what="the daemon's absence")
+        assert "Connection refused" in tmux.screen() and rows_of(tmux.screen())
+        d.start()
+        wait_for(lambda: "DAEMON NOT ANSWERING" not in tmux.screen()
+                 and float(rows_of(tmux.screen()).get("zulu", [0, 0, "0"])[2]) > 0,
+                 timeout=30, what="live rates after the restart")
+        # q quits, with exit status 0 and the terminal given back.
+        tmux.keys("q")
+        wait_for(lambda: exit_file.exists(), what="top to exit")
+        assert exit_file.read_text().strip() == "0"
+    finally:
+        stop.set()
+        producer.join(timeout=10)
+        tmux.kill()

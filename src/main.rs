@@ -59,15 +59,6 @@ enum Command {
         #[arg(long)]
         token: Option<String>,
     },
-    /// Measure accepted-and-delivered throughput against bare gzip of the same bytes.
-    Bench(hosepipe::bench::ingest::BenchArgs),
-    /// Measure a destination outage backing up on disk, a kill -9 restart and the drain.
-    BenchBacklog(hosepipe::bench::backlog::BenchBacklogArgs),
-    /// Measure one stream's put latency while another's UpdateDestination waits on a slow KMS.
-    BenchControl(hosepipe::bench::control::BenchControlArgs),
-    /// Measure fleets of 1-3 nodes on a NATS JetStream cluster against the local spool and a
-    /// bare JetStream client.
-    BenchFleet(hosepipe::bench::fleet::BenchFleetArgs),
     /// Print the columns record format conversion would use for a table (local catalog or Glue).
     Schema {
         #[arg(long)]
@@ -83,25 +74,6 @@ enum Command {
         #[arg(long)]
         version_id: Option<String>,
     },
-    /// Measure JSON → Parquet conversion against a bare JSON parse of the same bytes.
-    BenchConvert(hosepipe::bench::convert::BenchConvertArgs),
-    /// Measure the WASM sandbox's per-record cost against the same transforms run natively.
-    BenchTransform(hosepipe::bench::transform::BenchTransformArgs),
-    /// Measure dynamic partitioning (jq keys, a buffer per partition) against one partition.
-    BenchPartition(hosepipe::bench::partition::BenchPartitionArgs),
-    /// Measure the encryption stage against bare AES-256-GCM of the same bytes.
-    BenchEncrypt(hosepipe::bench::encrypt::BenchEncryptArgs),
-    /// Benchmark: records/s into OpenSearch through hosepipe's _bulk path vs a bare HTTP client.
-    BenchOpensearch(hosepipe::bench::opensearch::BenchOpenSearchArgs),
-    /// Benchmark: records/s into a Splunk HEC through hosepipe's path vs a bare HTTP client.
-    BenchSplunk(hosepipe::bench::splunk::BenchSplunkArgs),
-    /// Benchmark: records/s to an HTTP endpoint through hosepipe's path vs a bare HTTP client,
-    /// and the receiver's ingest.
-    BenchHttpEndpoint(hosepipe::bench::http_endpoint::BenchHttpEndpointArgs),
-    /// Benchmark: rows/s committed into an Iceberg table vs the plain Parquet path, and commit
-    /// latency.
-    #[cfg(feature = "iceberg")]
-    BenchIceberg(hosepipe::bench::iceberg::BenchIcebergArgs),
     /// Tail log files into delivery streams (the Kinesis Agent's job; reads its agent.json).
     Agent {
         /// agent.json (the Kinesis Agent's format) or a TOML file with the same settings.
@@ -110,8 +82,6 @@ enum Command {
     },
     /// Send records built from a template at a set rate (the Kinesis Data Generator's job).
     Generate(hosepipe::generate::GenerateArgs),
-    /// Benchmark: lines/s the agent sends from a growing file vs `cat` of it to /dev/null.
-    BenchAgent(hosepipe::bench::agent::BenchAgentArgs),
     /// Decrypt an object written by a stream with KMSEncryptionConfig (a file or s3://bucket/key).
     Decrypt {
         #[arg(long)]
@@ -142,6 +112,47 @@ enum Command {
         #[command(subcommand)]
         action: hosepipe::crypto::cli::KeysAction,
     },
+    /// Benchmarks, each against a baseline measured in the same run (BENCHMARKS.md has their
+    /// commands and results).
+    Bench {
+        #[command(subcommand)]
+        what: Bench,
+    },
+}
+
+/// `hosepipe bench <what>`.
+#[derive(Subcommand)]
+enum Bench {
+    /// Measure accepted-and-delivered throughput against bare gzip of the same bytes.
+    Ingest(hosepipe::bench::ingest::BenchArgs),
+    /// Measure a destination outage backing up on disk, a kill -9 restart and the drain.
+    Backlog(hosepipe::bench::backlog::BenchBacklogArgs),
+    /// Measure one stream's put latency while another's UpdateDestination waits on a slow KMS.
+    Control(hosepipe::bench::control::BenchControlArgs),
+    /// Measure fleets of 1-3 nodes on a NATS JetStream cluster against the local spool and a
+    /// bare JetStream client.
+    Fleet(hosepipe::bench::fleet::BenchFleetArgs),
+    /// Measure JSON → Parquet conversion against a bare JSON parse of the same bytes.
+    Convert(hosepipe::bench::convert::BenchConvertArgs),
+    /// Measure the WASM sandbox's per-record cost against the same transforms run natively.
+    Transform(hosepipe::bench::transform::BenchTransformArgs),
+    /// Measure dynamic partitioning (jq keys, a buffer per partition) against one partition.
+    Partition(hosepipe::bench::partition::BenchPartitionArgs),
+    /// Measure the encryption stage against bare AES-256-GCM of the same bytes.
+    Encrypt(hosepipe::bench::encrypt::BenchEncryptArgs),
+    /// Benchmark: records/s into OpenSearch through hosepipe's _bulk path vs a bare HTTP client.
+    Opensearch(hosepipe::bench::opensearch::BenchOpenSearchArgs),
+    /// Benchmark: records/s into a Splunk HEC through hosepipe's path vs a bare HTTP client.
+    Splunk(hosepipe::bench::splunk::BenchSplunkArgs),
+    /// Benchmark: records/s to an HTTP endpoint through hosepipe's path vs a bare HTTP client,
+    /// and the receiver's ingest.
+    HttpEndpoint(hosepipe::bench::http_endpoint::BenchHttpEndpointArgs),
+    /// Benchmark: rows/s committed into an Iceberg table vs the plain Parquet path, and commit
+    /// latency.
+    #[cfg(feature = "iceberg")]
+    Iceberg(hosepipe::bench::iceberg::BenchIcebergArgs),
+    /// Benchmark: lines/s the agent sends from a growing file vs `cat` of it to /dev/null.
+    Agent(hosepipe::bench::agent::BenchAgentArgs),
 }
 
 fn env(name: &str) -> Option<String> {
@@ -425,9 +436,6 @@ fn main() -> ExitCode {
                 hosepipe::crypto::cli::decrypt(&cfg, &input, output.as_deref()).map(drop),
             ),
         },
-        Command::BenchEncrypt(args) => {
-            finished("bench-encrypt", hosepipe::bench::encrypt::run(args))
-        }
         Command::Agent { config } => {
             let cfg = match hosepipe::agent::config::AgentConfig::load(&config) {
                 Ok(cfg) => cfg,
@@ -454,26 +462,43 @@ fn main() -> ExitCode {
                 ExitCode::from(2)
             }
         },
-        Command::BenchAgent(args) => finished("bench-agent", hosepipe::bench::agent::run(args)),
-        Command::BenchBacklog(args) => {
-            finished("bench-backlog", hosepipe::bench::backlog::run(args))
-        }
-        Command::BenchControl(args) => {
-            finished("bench-control", hosepipe::bench::control::run(args))
-        }
-        Command::BenchFleet(args) => finished("bench-fleet", hosepipe::bench::fleet::run(args)),
-        Command::BenchSplunk(args) => finished("bench-splunk", hosepipe::bench::splunk::run(args)),
-        Command::BenchHttpEndpoint(args) => finished(
-            "bench-http-endpoint",
-            hosepipe::bench::http_endpoint::run(args),
-        ),
-        #[cfg(feature = "iceberg")]
-        Command::BenchIceberg(args) => {
-            finished("bench-iceberg", hosepipe::bench::iceberg::run(args))
-        }
-        Command::BenchOpensearch(args) => {
-            finished("bench-opensearch", hosepipe::bench::opensearch::run(args))
-        }
+        Command::Bench { what } => match what {
+            Bench::Ingest(args) => {
+                init_tracing(log_format);
+                block_on(async {
+                    match hosepipe::bench::ingest::run(args).await {
+                        Ok(()) => ExitCode::SUCCESS,
+                        Err(e) => {
+                            eprintln!("bench ingest failed: {e:#}");
+                            ExitCode::FAILURE
+                        }
+                    }
+                })
+            }
+            Bench::Backlog(args) => finished("bench backlog", hosepipe::bench::backlog::run(args)),
+            Bench::Control(args) => finished("bench control", hosepipe::bench::control::run(args)),
+            Bench::Fleet(args) => finished("bench fleet", hosepipe::bench::fleet::run(args)),
+            Bench::Convert(args) => finished("bench convert", hosepipe::bench::convert::run(args)),
+            Bench::Transform(args) => {
+                init_tracing(log_format);
+                finished("bench transform", hosepipe::bench::transform::run(args))
+            }
+            Bench::Partition(args) => {
+                finished("bench partition", hosepipe::bench::partition::run(args))
+            }
+            Bench::Encrypt(args) => finished("bench encrypt", hosepipe::bench::encrypt::run(args)),
+            Bench::Opensearch(args) => {
+                finished("bench opensearch", hosepipe::bench::opensearch::run(args))
+            }
+            Bench::Splunk(args) => finished("bench splunk", hosepipe::bench::splunk::run(args)),
+            Bench::HttpEndpoint(args) => finished(
+                "bench http-endpoint",
+                hosepipe::bench::http_endpoint::run(args),
+            ),
+            #[cfg(feature = "iceberg")]
+            Bench::Iceberg(args) => finished("bench iceberg", hosepipe::bench::iceberg::run(args)),
+            Bench::Agent(args) => finished("bench agent", hosepipe::bench::agent::run(args)),
+        },
         Command::Keys { config, action } => match load_quietly(config.as_deref()) {
             Err(code) => code,
             Ok(cfg) => match hosepipe::crypto::cli::keys(&cfg, &action) {
@@ -487,27 +512,5 @@ fn main() -> ExitCode {
                 }
             },
         },
-        Command::BenchPartition(args) => {
-            finished("bench-partition", hosepipe::bench::partition::run(args))
-        }
-        Command::BenchConvert(args) => {
-            finished("bench-convert", hosepipe::bench::convert::run(args))
-        }
-        Command::BenchTransform(args) => {
-            init_tracing(log_format);
-            finished("bench-transform", hosepipe::bench::transform::run(args))
-        }
-        Command::Bench(args) => {
-            init_tracing(log_format);
-            block_on(async {
-                match hosepipe::bench::ingest::run(args).await {
-                    Ok(()) => ExitCode::SUCCESS,
-                    Err(e) => {
-                        eprintln!("bench failed: {e:#}");
-                        ExitCode::FAILURE
-                    }
-                }
-            })
-        }
     }
 }

@@ -1,4 +1,4 @@
-//! `hosepipe bench-agent`: lines/s the agent reads from a file that is still being written and
+//! `hosepipe bench agent`: lines/s the agent reads from a file that is still being written and
 //! gets accepted by an in-process daemon, against `cat` of the same file to /dev/null, in the
 //! same run.
 
@@ -179,7 +179,7 @@ buffering_hints = {{ size_in_mbs = 64, interval_in_seconds = 60 }}
     }
     let n = args.lines as f64;
     println!(
-        "bench-agent: {} lines of {} B ({:.1} MiB), processing {}, daemon spool sync {}",
+        "bench agent: {} lines of {} B ({:.1} MiB), processing {}, daemon spool sync {}",
         args.lines,
         args.line_bytes,
         bytes as f64 / 1048576.0,

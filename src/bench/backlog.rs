@@ -1,4 +1,4 @@
-//! `hosepipe bench-backlog`: the spool as the buffer, through an outage and a restart.
+//! `hosepipe bench backlog`: the spool as the buffer, through an outage and a restart.
 //!
 //! A daemon (this binary's `serve`, a child process) delivers to local-disk buckets whose bucket
 //! directory is replaced by a plain file: every write fails, as against a stopped S3, and is
@@ -233,7 +233,7 @@ buffering_hints = {{ size_in_mbs = 8, interval_in_seconds = 1 }}
     let (bodies, _) = make_bodies(&load, 16);
     let bodies = Arc::new(bodies);
     println!(
-        "hosepipe bench-backlog: {} connections x 500-record batches of {}-byte JSON records, {}, spool max {} MiB, memory {} MiB, sync {}",
+        "hosepipe bench backlog: {} connections x 500-record batches of {}-byte JSON records, {}, spool max {} MiB, memory {} MiB, sync {}",
         args.connections,
         args.record_bytes,
         args.compression,

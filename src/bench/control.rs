@@ -1,4 +1,4 @@
-//! `hosepipe bench-control`: does a slow control operation on one stream stall ingest on
+//! `hosepipe bench control`: does a slow control operation on one stream stall ingest on
 //! another? A `hosepipe serve` child uses a real KMS (moto's, started here unless given) behind a
 //! proxy that holds every connection for `--delay-ms` before passing it on. Stream `a` encrypts
 //! its objects with a KMS key, so each UpdateDestination on it waits for the key service;
@@ -262,7 +262,7 @@ buffering_hints = {{ size_in_mbs = 8, interval_in_seconds = 1 }}
             .collect();
         let body = Bytes::from(json!({"DeliveryStreamName": "b", "Records": records}).to_string());
         println!(
-            "hosepipe bench-control: {} connections x {}-record puts to stream b, {} s per phase; stream a's key service (moto KMS) behind a proxy holding each connection {} ms",
+            "hosepipe bench control: {} connections x {}-record puts to stream b, {} s per phase; stream a's key service (moto KMS) behind a proxy holding each connection {} ms",
             args.connections, args.batch, args.seconds, args.delay_ms
         );
         let quiet = rt.block_on(put_latencies(

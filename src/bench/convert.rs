@@ -1,4 +1,4 @@
-//! `hosepipe bench-convert`: JSON → Parquet conversion throughput against a bare `serde_json`
+//! `hosepipe bench convert`: JSON → Parquet conversion throughput against a bare `serde_json`
 //! parse of the same bytes, measured in the same run.
 
 use crate::encode::parquet::{Converter, Deserializer, ParquetCompression, ParquetOptions};

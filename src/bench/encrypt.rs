@@ -1,4 +1,4 @@
-//! `hosepipe bench-encrypt`: the encryption stage (HPEN framing, header, data key from the local
+//! `hosepipe bench encrypt`: the encryption stage (HPEN framing, header, data key from the local
 //! keyring) against bare AES-256-GCM of the same bytes in the same run, and key-service calls
 //! per object with and without data-key reuse.
 

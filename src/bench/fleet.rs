@@ -1,4 +1,4 @@
-//! `hosepipe bench-fleet`: a fleet on this machine against one daemon on its local spool, in
+//! `hosepipe bench fleet`: a fleet on this machine against one daemon on its local spool, in
 //! the same run.
 //!
 //! Starts a three-server NATS JetStream cluster (`nats-server`, child processes, routes on
@@ -198,7 +198,7 @@ fn run_inner(args: BenchFleetArgs) -> anyhow::Result<()> {
         .filter(|n| args.nodes.split(',').any(|s| s.trim() == n.to_string()))
         .collect();
     println!(
-        "hosepipe bench-fleet: {} connections x 500-record batches of {}-byte JSON records, {} s push per run, {} to local disk, JetStream R={} on a 3-server NATS cluster; every process shares this machine's {} cores",
+        "hosepipe bench fleet: {} connections x 500-record batches of {}-byte JSON records, {} s push per run, {} to local disk, JetStream R={} on a 3-server NATS cluster; every process shares this machine's {} cores",
         args.connections,
         args.record_bytes,
         args.seconds,

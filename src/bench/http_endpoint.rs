@@ -1,4 +1,4 @@
-//! `hosepipe bench-http-endpoint`: records/s delivered to an HTTP endpoint through hosepipe's
+//! `hosepipe bench http-endpoint`: records/s delivered to an HTTP endpoint through hosepipe's
 //! path (request body, optional gzip, post, answer check) against a bare HTTP client posting the
 //! same bodies, built beforehand (gzipped per post with `--gzip`, as hosepipe does), to the same
 //! receiver, in one run; bare gzip of those bodies on one core;

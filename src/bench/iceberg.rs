@@ -1,4 +1,4 @@
-//! `hosepipe bench-iceberg`: rows/s committed into an Iceberg table (a SQLite catalog, the
+//! `hosepipe bench iceberg`: rows/s committed into an Iceberg table (a SQLite catalog, the
 //! warehouse on local disk) through hosepipe's delivery path, against the plain Parquet path
 //! of the same records in the same run (the typed converter into a Parquet file, written to
 //! the same disk), and each commit's latency.
@@ -37,7 +37,7 @@ pub struct BenchIcebergArgs {
     pub rounds: usize,
 }
 
-/// The table: the same columns as `bench-convert`'s, in Iceberg types.
+/// The table: the same columns as `bench convert`'s, in Iceberg types.
 fn schema() -> Schema {
     let p = |t| Type::Primitive(t);
     let fields = vec![

@@ -1,4 +1,4 @@
-//! `hosepipe bench`: a load generator that pushes PutRecordBatch over HTTP from several
+//! `hosepipe bench ingest`: a load generator that pushes PutRecordBatch over HTTP from several
 //! connections into an in-process daemon delivering GZIP objects to local disk, and measures
 //! accepted-and-delivered throughput against bare gzip of the same bytes in the same run (one
 //! core, and both cores compressing halves), and the process's peak RSS. Refused records are
@@ -217,7 +217,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     let baseline_all = measure(libdeflate_gzip, cores).await?;
     let zlib_all = measure(zlib_rs_gzip, cores).await?;
     println!(
-        "hosepipe bench: {} connections x {}-record batches of {}-byte JSON records, {} s push at {}, {} to local disk (gzip level {GZIP_LEVEL}), buffer {} MiB / {} s, object journal {}",
+        "hosepipe bench ingest: {} connections x {}-record batches of {}-byte JSON records, {} s push at {}, {} to local disk (gzip level {GZIP_LEVEL}), buffer {} MiB / {} s, object journal {}",
         args.connections,
         args.batch,
         args.record_bytes,

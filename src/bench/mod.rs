@@ -1,4 +1,4 @@
-//! The `hosepipe bench*` commands: each measures one part of the product against a bare
+//! The `hosepipe bench <what>` commands: each measures one part of the product against a bare
 //! baseline in the same run (BENCHMARKS.md). Product modules never import this one.
 
 pub mod agent;

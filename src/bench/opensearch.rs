@@ -1,4 +1,4 @@
-//! `hosepipe bench-opensearch`: records/s into an OpenSearch-API server through hosepipe's bulk
+//! `hosepipe bench opensearch`: records/s into an OpenSearch-API server through hosepipe's bulk
 //! path (items, ids, gzip, answer parsing) against the same bulk bodies, built beforehand and
 //! posted by a bare HTTP client, in the same run.
 

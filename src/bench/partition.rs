@@ -1,4 +1,4 @@
-//! `hosepipe bench-partition`: what dynamic partitioning costs. The same JSON records go through
+//! `hosepipe bench partition`: what dynamic partitioning costs. The same JSON records go through
 //! the destination side of the pipeline (buffer → GZIP object bodies) once as one partition and
 //! once spread over N active partitions with keys from a `MetadataExtraction` jq query; a bare
 //! `serde_json` parse of the same bytes is the baseline, measured in the same run.

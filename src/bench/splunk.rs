@@ -1,4 +1,4 @@
-//! `hosepipe bench-splunk`: records/s into a HEC receiver through hosepipe's path (body, post,
+//! `hosepipe bench splunk`: records/s into a HEC receiver through hosepipe's path (body, post,
 //! indexer-acknowledgement polling) against the same bodies, built beforehand and posted by a
 //! bare HTTP client that does not wait for acknowledgements, in the same run.
 

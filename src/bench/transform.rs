@@ -1,4 +1,4 @@
-//! `hosepipe bench-transform`: the sandbox's per-record cost, measured against the same logic
+//! `hosepipe bench transform`: the sandbox's per-record cost, measured against the same logic
 //! compiled natively in the same run.
 
 use std::path::PathBuf;

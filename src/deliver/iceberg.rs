@@ -92,7 +92,7 @@ pub struct Lakes {
     /// (stream id, catalog, table) → the positions its earlier runs committed there that the
     /// spool will hand on again.
     committed: Mutex<HashMap<(String, String, TableIdent), Arc<Positions>>>,
-    /// Every commit's latency, when kept (`hosepipe bench-iceberg`).
+    /// Every commit's latency, when kept (`hosepipe bench iceberg`).
     commit_latencies: Option<Mutex<Vec<std::time::Duration>>>,
 }
 

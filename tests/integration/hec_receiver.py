@@ -145,7 +145,7 @@ def parse_events(body):
 
 
 if __name__ == "__main__":
-    # Standalone, for `hosepipe bench-splunk`: python hec_receiver.py PORT [ACK_DELAY]
+    # Standalone, for `hosepipe bench splunk`: python hec_receiver.py PORT [ACK_DELAY]
     import sys
     r = HecReceiver()
     r.ack_delay = float(sys.argv[2]) if len(sys.argv) > 2 else 0.0

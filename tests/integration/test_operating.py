@@ -34,6 +34,21 @@ def test_version_names_the_build():
     assert "linux" in line and "features:" in line, line
 
 
+def test_help_shows_the_users_commands_first_and_benchmarks_under_bench():
+    top = run("--help").stdout
+    commands = [line.split()[0] for line in top.split("Commands:")[1].split("Options:")[0]
+                .splitlines() if line.strip()]
+    assert commands[:3] == ["serve", "validate", "top"], commands
+    assert commands[-2:] == ["bench", "help"], commands
+    assert not [c for c in commands if c.startswith("bench-")]
+    bench = run("bench", "--help").stdout
+    for what in ["ingest", "backlog", "control", "fleet", "convert", "transform", "partition",
+                 "encrypt", "opensearch", "splunk", "http-endpoint", "iceberg", "agent"]:
+        assert f"\n  {what} " in bench, what
+    assert "--records" in run("bench", "iceberg", "--help").stdout
+    assert run("bench-convert").returncode == 2
+
+
 def test_completions_and_man_pages_come_from_the_cli(tmp_path):
     bash = run("completions", "bash")
     assert bash.returncode == 0

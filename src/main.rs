@@ -82,6 +82,11 @@ enum Command {
     },
     /// Send records built from a template at a set rate (the Kinesis Data Generator's job).
     Generate(hosepipe::generate::GenerateArgs),
+    /// Build and try transforms: a Firehose Lambda handler (Python) made into a component.
+    Transform {
+        #[command(subcommand)]
+        action: TransformAction,
+    },
     /// Decrypt an object written by a stream with KMSEncryptionConfig (a file or s3://bucket/key).
     Decrypt {
         #[arg(long)]
@@ -118,6 +123,14 @@ enum Command {
         #[command(subcommand)]
         what: Bench,
     },
+}
+
+/// `hosepipe transform <action>`.
+#[derive(Subcommand)]
+enum TransformAction {
+    /// Make a Lambda handler (FILE.py, or a directory of modules) or a transform crate
+    /// (CRATE_DIR) into a component for `[transforms] dir`.
+    Build(hosepipe::transform::build::BuildArgs),
 }
 
 /// `hosepipe bench <what>`.
@@ -460,6 +473,18 @@ fn main() -> ExitCode {
             Err(e) => {
                 eprintln!("generate: {e}");
                 ExitCode::from(2)
+            }
+        },
+        Command::Transform {
+            action: TransformAction::Build(args),
+        } => match hosepipe::transform::build::run(args) {
+            Ok(path) => {
+                println!("wrote {}", path.display());
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("hosepipe transform build: {e}");
+                ExitCode::FAILURE
             }
         },
         Command::Bench { what } => match what {

@@ -8,6 +8,7 @@
 //!
 //! Everything here is blocking CPU work: callers run it on the blocking pool.
 
+pub mod build;
 pub mod catalog;
 pub mod native;
 pub mod wasm;

@@ -1,0 +1,19 @@
+# A filter: DEBUG log events are Dropped, the rest pass gzip-compressed, base64 and back.
+import base64
+import gzip
+import json
+
+
+def lambda_handler(event, context):
+    assert context.get_remaining_time_in_millis() > 0
+    records = []
+    for r in event['records']:
+        doc = json.loads(base64.b64decode(r['data']))
+        if doc.get('level') == 'DEBUG':
+            records.append({'recordId': r['recordId'], 'result': 'Dropped', 'data': r['data']})
+        else:
+            doc['seen_by'] = context.function_name
+            body = gzip.decompress(gzip.compress(json.dumps(doc).encode()))
+            records.append({'recordId': r['recordId'], 'result': 'Ok',
+                            'data': base64.b64encode(body + b'\n').decode()})
+    return {'records': records}

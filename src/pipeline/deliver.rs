@@ -187,10 +187,8 @@ async fn deliver_one(ctx: &StreamContext, obj: EncodedObject, journal: bool) {
     )
     .await;
     match result {
-        DeliveryResult::Delivered { attempts } if obj.error_output.is_some() => {
-            if let Some(error_type) = obj.error_output {
-                to_error_output(ctx, error_type, records);
-            }
+        DeliveryResult::Delivered { attempts } if let Some(error_type) = obj.error_output => {
+            to_error_output(ctx, error_type, records);
             tracing::info!(key = %obj.key, attempts, records, "failed records written to the error output");
         }
         DeliveryResult::Delivered { attempts } => {

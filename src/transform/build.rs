@@ -41,11 +41,11 @@ pub fn run(args: BuildArgs) -> Result<PathBuf, String> {
         .clone()
         .unwrap_or_else(|| PathBuf::from(".hosepipe/tools"));
     let tools = std::path::absolute(&tools).map_err(|e| e.to_string())?;
-    let is_python = source.extension().is_some_and(|e| e == "py")
-        || (source.is_dir() && python_modules(&source)?.next().is_some());
     if source.is_dir() && source.join("Cargo.toml").is_file() {
         return rust(&source, args.output.as_deref());
     }
+    let is_python = source.extension().is_some_and(|e| e == "py")
+        || (source.is_dir() && python_modules(&source)?.next().is_some());
     if !is_python {
         return Err(format!(
             "{}: not a Python handler (.py), a directory of them, or a crate directory",

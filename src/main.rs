@@ -128,9 +128,13 @@ enum Command {
 /// `hosepipe transform <action>`.
 #[derive(Subcommand)]
 enum TransformAction {
-    /// Make a Lambda handler (FILE.py, or a directory of modules) or a transform crate
-    /// (CRATE_DIR) into a component for `[transforms] dir`.
+    /// Make a Lambda handler (FILE.py, FILE.mjs, FILE.js, or a directory of modules) or a
+    /// transform crate (CRATE_DIR) into a component for `[transforms] dir`.
     Build(hosepipe::transform::build::BuildArgs),
+    /// Run a transform (FILE.wasm, a function in the config's transforms dir, or a built-in
+    /// blueprint) over records from a file, as a stream would; exit status 1 when any record
+    /// failed.
+    Test(hosepipe::transform::trial::TestArgs),
 }
 
 /// `hosepipe bench <what>`.
@@ -267,6 +271,50 @@ fn finished(command: &str, result: Result<(), String>) -> ExitCode {
         Err(e) => {
             eprintln!("{command} failed: {e}");
             ExitCode::FAILURE
+        }
+    }
+}
+
+/// `hosepipe transform test`: 0 when every record came out Ok or Dropped, 1 when any failed,
+/// 2 when the transform or the records cannot be read.
+fn transform_test(args: hosepipe::transform::trial::TestArgs) -> ExitCode {
+    use hosepipe::transform::trial;
+    let cfg = match load_quietly(args.config.as_deref()) {
+        Ok(cfg) => cfg,
+        Err(code) => return code,
+    };
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64);
+    let inputs = match std::fs::read(&args.records)
+        .map_err(|e| format!("{}: {e}", args.records.display()))
+        .and_then(|text| trial::read_records(&text, now_ms))
+    {
+        Ok(inputs) => inputs,
+        Err(e) => {
+            eprintln!("hosepipe transform test: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    match trial::run(&args, cfg.transforms, &inputs) {
+        Ok(answers) => {
+            if args.json {
+                println!("{:#}", trial::lambda_answer(&inputs, &answers));
+            } else {
+                print!("{}", trial::table(&inputs, &answers));
+            }
+            let failed = answers
+                .iter()
+                .any(|a| matches!(a, trial::Answer::ProcessingFailed { .. }));
+            if failed {
+                ExitCode::FAILURE
+            } else {
+                ExitCode::SUCCESS
+            }
+        }
+        Err(e) => {
+            eprintln!("hosepipe transform test: {e}");
+            ExitCode::from(2)
         }
     }
 }
@@ -487,6 +535,9 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
+        Command::Transform {
+            action: TransformAction::Test(args),
+        } => transform_test(args),
         Command::Bench { what } => match what {
             Bench::Ingest(args) => {
                 init_tracing(log_format);

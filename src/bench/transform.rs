@@ -30,6 +30,14 @@ pub struct BenchTransformArgs {
     /// Only the identity transform in the sandbox (for profiling).
     #[arg(long)]
     pub wasm_identity_only: bool,
+    /// A component of Python Lambda handlers holding `general_processing` and
+    /// `apache_log_to_json` (`hosepipe transform build tests/lambda/python`): measured beside
+    /// the Rust ones.
+    #[arg(long)]
+    pub python: Option<PathBuf>,
+    /// The same for Node.js handlers (`hosepipe transform build tests/lambda/node`).
+    #[arg(long)]
+    pub node: Option<PathBuf>,
 }
 
 /// Runs `t` over `batch` repeatedly for `seconds`; nanoseconds per record.
@@ -165,6 +173,121 @@ pub fn run(args: BenchTransformArgs) -> Result<(), String> {
     println!(
         "  wasm / native time                   {:>9.2}x",
         wasm_ap / native_ap
+    );
+    if args.python.is_some() || args.node.is_some() {
+        languages(&args, &runtime, &apache)?;
+    }
+    Ok(())
+}
+
+/// One language's components: the pass-through and the Apache parser, each started once.
+struct Language {
+    name: &'static str,
+    /// The component files, and the `Handler` parameter for each transform (none for Rust).
+    identity: (PathBuf, Option<String>),
+    apache: (PathBuf, Option<String>),
+}
+
+/// The same pass-through and Apache-log transforms written in Rust, Python and Node.js (the
+/// last two as unchanged Lambda handlers), against the native build: ns per record, and what
+/// compiling and starting each component costs.
+fn languages(
+    args: &BenchTransformArgs,
+    runtime: &WasmRuntime,
+    apache: &[Record],
+) -> Result<(), String> {
+    // Text records (the handlers decode UTF-8), ~1 KiB each.
+    let identity = batch_of((0..args.batch).map(|i| {
+        let mut line = format!("{{\"n\":{i},\"pad\":\"");
+        line.push_str(&"x".repeat(args.size.saturating_sub(line.len() + 2)));
+        line.push_str("\"}");
+        line.into_bytes()
+    }));
+    let rust = |name: &str| (args.dir.join(format!("{name}.wasm")), None);
+    let handler = |file: &PathBuf, module: &str, function: &str| {
+        (file.clone(), Some(format!("{module}.{function}")))
+    };
+    let mut all = vec![Language {
+        name: "Rust",
+        identity: rust("general-processing"),
+        apache: rust("apache-log-to-json"),
+    }];
+    if let Some(p) = &args.python {
+        all.push(Language {
+            name: "Python",
+            identity: handler(p, "general_processing", "lambda_handler"),
+            apache: handler(p, "apache_log_to_json", "lambda_handler"),
+        });
+    }
+    if let Some(n) = &args.node {
+        all.push(Language {
+            name: "Node.js",
+            identity: handler(n, "general_processing", "handler"),
+            apache: handler(n, "apache_log_to_json", "handler"),
+        });
+    }
+    let native_id = measure(
+        builtin("general-processing")?.as_ref(),
+        &identity,
+        args.seconds,
+    )?;
+    let native_ap = measure(
+        builtin("apache-log-to-json")?.as_ref(),
+        apache,
+        args.seconds,
+    )?;
+    println!(
+        "\nby language ({} B JSON text records for the pass-through, the Apache lines above):",
+        args.size
+    );
+    println!(
+        "  {:<8} {:>12} {:>12} {:>12} {:>14} {:>12}",
+        "", "compile", "start", "size", "pass-through", "apache"
+    );
+    println!(
+        "  {:<8} {:>12} {:>12} {:>12} {:>11.0} ns {:>9.0} ns",
+        "native", "-", "-", "-", native_id, native_ap
+    );
+    // Each file is compiled once (a Lambda component holds both handlers).
+    let mut compiled: std::collections::HashMap<PathBuf, (_, Duration)> = Default::default();
+    for lang in &all {
+        let mut start = |(file, handler): &(PathBuf, Option<String>)| {
+            let size = std::fs::metadata(file)
+                .map_err(|e| format!("{}: {e}", file.display()))?
+                .len();
+            if !compiled.contains_key(file) {
+                let t = Instant::now();
+                let c = runtime.compile(file).map_err(|e| e.to_string())?;
+                compiled.insert(file.clone(), (c, t.elapsed()));
+            }
+            let (compiled, compile) = compiled[file].clone();
+            let params = handler
+                .iter()
+                .map(|h| ("Handler".to_string(), h.clone()))
+                .collect();
+            let t = Instant::now();
+            let transform = runtime
+                .transform(&compiled, params, 0)
+                .map_err(|e| e.to_string())?;
+            Ok::<_, String>((transform, compile, t.elapsed(), size))
+        };
+        let (id, compile, started, size) = start(&lang.identity)?;
+        let id_ns = measure(&id, &identity, args.seconds)?;
+        let (ap, ..) = start(&lang.apache)?;
+        let ap_ns = measure(&ap, apache, args.seconds)?;
+        println!(
+            "  {:<8} {:>10.2} s {:>9.1} ms {:>9.1} MB {:>11.0} ns {:>9.0} ns",
+            lang.name,
+            compile.as_secs_f64(),
+            started.as_secs_f64() * 1e3,
+            size as f64 / 1e6,
+            id_ns,
+            ap_ns
+        );
+    }
+    println!(
+        "  (compile: the component's machine code, once, then cached; start: an instance and \
+         init; ns per record)"
     );
     Ok(())
 }

@@ -11,6 +11,7 @@
 pub mod build;
 pub mod catalog;
 pub mod native;
+pub mod trial;
 pub mod wasm;
 
 use std::sync::Arc;

@@ -22,11 +22,13 @@ and the handler's answer, `{"records": [{"recordId", "result", "data", "metadata
   `otfMetadata.<key>` (Iceberg routing).
 
 The processor parameter `Handler` (`module.function`, Lambda's handler setting) picks the
-handler when the component holds several; otherwise the one the build named.
+handler when the component holds several; otherwise the one the build named. The other
+parameters are the handler's `os.environ`, as a Lambda's environment variables would be.
 """
 import base64
 import binascii
 import importlib
+import os
 import time
 import uuid
 
@@ -82,6 +84,8 @@ class WitWorld(wit_world.WitWorld):
 
     def init(self, parameters):
         params = {p.name: p.value for p in parameters}
+        # The other parameters are the handler's environment, as a Lambda's variables would be.
+        os.environ.update({k: v for k, v in params.items() if k != "Handler"})
         name = params.get("Handler", DEFAULT_HANDLER)
         module, _, function = name.rpartition(".")
         if not module:

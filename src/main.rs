@@ -82,7 +82,8 @@ enum Command {
     },
     /// Send records built from a template at a set rate (the Kinesis Data Generator's job).
     Generate(hosepipe::generate::GenerateArgs),
-    /// Build and try transforms: a Firehose Lambda handler (Python) made into a component.
+    /// Build and try transforms: a Firehose Lambda handler (Python or Node.js) or a crate made
+    /// into a component, and any transform run over records from a file.
     Transform {
         #[command(subcommand)]
         action: TransformAction,

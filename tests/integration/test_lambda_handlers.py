@@ -298,3 +298,33 @@ def test_the_templates_in_three_languages_answer_alike(tmp_path):
     assert answers[0] == [("Ok", b"HELLO!"), ("Dropped", None),
                           ("Ok", "H\u00c9LLO W\u00d6RLD!".encode()), ("ProcessingFailed", None)]
     assert answers[1] == answers[0] and answers[2] == answers[0]
+
+
+def test_a_node_handler_bundles_its_packages_and_a_node_builtin_fails_the_build(tmp_path):
+    """esbuild bundles what the handler imports from node_modules (here a CommonJS package);
+    Node's built-in modules are not in the sandbox, and the build says which one."""
+    app = tmp_path / "app"
+    pkg = app / "node_modules" / "shout"
+    pkg.mkdir(parents=True)
+    (pkg / "package.json").write_text('{"name": "shout", "version": "1.0.0", "main": "lib.js"}')
+    (pkg / "lib.js").write_text("module.exports = (s) => s.toUpperCase() + '!';\n")
+    (app / "index.mjs").write_text(
+        "import shout from 'shout';\n"
+        "export const handler = async (event) => ({ records: event.records.map((r) => ({\n"
+        "  recordId: r.recordId, result: 'Ok',\n"
+        "  data: Buffer.from(shout(Buffer.from(r.data, 'base64').toString())).toString('base64'),\n"
+        "})) });\n")
+    out = tmp_path / "shout.wasm"
+    done = subprocess.run([BIN, "transform", "build", str(app / "index.mjs"), "-o", str(out)],
+                          capture_output=True, text=True, env=TOOLS)
+    assert done.returncode == 0, done.stdout + done.stderr
+    status, answer = run_transform_test(out, [b"hello"], tmp_path)
+    assert status == 0 and data(answer[0]) == b"HELLO!"
+
+    (app / "zipped.mjs").write_text(
+        "import zlib from 'zlib';\nexport const handler = async (e) => zlib.gzipSync(e);\n")
+    bad = subprocess.run([BIN, "transform", "build", str(app / "zipped.mjs"), "-o",
+                          str(tmp_path / "zipped.wasm")], capture_output=True, text=True, env=TOOLS)
+    assert bad.returncode == 1, bad.stdout + bad.stderr
+    assert 'Could not resolve "zlib"' in bad.stderr, bad.stderr
+    assert not (tmp_path / "zipped.wasm").exists()

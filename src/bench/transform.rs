@@ -175,7 +175,7 @@ pub fn run(args: BenchTransformArgs) -> Result<(), String> {
         wasm_ap / native_ap
     );
     if args.python.is_some() || args.node.is_some() {
-        languages(&args, &runtime, &apache)?;
+        languages(&args, &runtime, &apache, native_ap)?;
     }
     Ok(())
 }
@@ -195,6 +195,7 @@ fn languages(
     args: &BenchTransformArgs,
     runtime: &WasmRuntime,
     apache: &[Record],
+    native_ap: f64,
 ) -> Result<(), String> {
     // Text records (the handlers decode UTF-8), ~1 KiB each.
     let identity = batch_of((0..args.batch).map(|i| {
@@ -229,11 +230,6 @@ fn languages(
     let native_id = measure(
         builtin("general-processing")?.as_ref(),
         &identity,
-        args.seconds,
-    )?;
-    let native_ap = measure(
-        builtin("apache-log-to-json")?.as_ref(),
-        apache,
         args.seconds,
     )?;
     println!(

@@ -111,8 +111,7 @@ pub fn read_records(text: &[u8], now_ms: i64) -> Result<Vec<Input>, String> {
 #[derive(Debug, PartialEq)]
 pub enum Answer {
     Ok {
-        /// Usually one; several when the transform's output was de-aggregated (never here).
-        data: Vec<Bytes>,
+        data: Bytes,
         partition_keys: Vec<(String, String)>,
     },
     Dropped,
@@ -178,10 +177,13 @@ pub fn run(
         .run(&records)
         .into_iter()
         .map(|fate| match fate {
-            Fate::Emit(out) if out.is_empty() => Answer::Dropped,
-            Fate::Emit(out) => Answer::Ok {
-                partition_keys: out[0].partition_keys.clone(),
-                data: out.into_iter().map(|e| e.data).collect(),
+            // The chain is the Lambda step alone: a record emits nothing (dropped) or one.
+            Fate::Emit(out) => match out.into_iter().next() {
+                None => Answer::Dropped,
+                Some(e) => Answer::Ok {
+                    data: e.data,
+                    partition_keys: e.partition_keys,
+                },
             },
             Fate::Failed { failure, .. } => Answer::ProcessingFailed {
                 code: failure.code,
@@ -217,8 +219,7 @@ pub fn lambda_answer(inputs: &[Input], answers: &[Answer]) -> Value {
                 if !otf.is_empty() {
                     metadata.insert("otfMetadata".into(), Value::Object(otf));
                 }
-                let mut rec =
-                    json!({"recordId": input.id, "result": "Ok", "data": b64(&data.concat())});
+                let mut rec = json!({"recordId": input.id, "result": "Ok", "data": b64(data)});
                 if !metadata.is_empty() {
                     rec["metadata"] = Value::Object(metadata);
                 }
@@ -254,7 +255,7 @@ pub fn table(inputs: &[Input], answers: &[Answer]) -> String {
                 partition_keys,
             } => {
                 ok += 1;
-                let mut rest = shown(&data.concat());
+                let mut rest = shown(data);
                 if !partition_keys.is_empty() {
                     let keys: Vec<String> = partition_keys
                         .iter()

@@ -45,6 +45,8 @@ pub enum Refusal {
 }
 
 impl Refusal {
+    pub const ALL: [Refusal; 3] = [Refusal::Quota, Refusal::SpoolFull, Refusal::Memory];
+
     pub fn as_str(self) -> &'static str {
         match self {
             Refusal::Quota => "quota",
@@ -117,6 +119,10 @@ impl Admission {
         quotas: &std::collections::BTreeMap<String, Quota>,
         metrics: Arc<Metrics>,
     ) -> Self {
+        // Every reason's series from the start, at 0: a dashboard shows 0, not "No data".
+        for reason in Refusal::ALL {
+            metrics.refused_requests_counter(reason.as_str());
+        }
         Admission {
             spool_bytes: AtomicI64::new(0),
             max_spool_bytes,

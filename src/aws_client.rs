@@ -16,15 +16,15 @@ pub struct ServiceEndpoint {
     /// e.g. `https://glue.us-east-1.amazonaws.com` or a local server.
     pub url: String,
     pub region: String,
-    pub access_key_id: String,
-    pub secret_access_key: String,
-    pub session_token: Option<String>,
+    /// Who signs: fixed keys or the credential chain (refreshed before they expire).
+    pub credentials: crate::credentials::Credentials,
 }
 
 impl ServiceEndpoint {
     /// From the usual environment: `AWS_ENDPOINT_URL_<SERVICE>` (else `AWS_ENDPOINT_URL`, else
-    /// the public endpoint), `AWS_REGION` / `AWS_DEFAULT_REGION`, `AWS_ACCESS_KEY_ID`,
-    /// `AWS_SECRET_ACCESS_KEY`, `AWS_SESSION_TOKEN`.
+    /// the public endpoint), `AWS_REGION` / `AWS_DEFAULT_REGION`, and the process's credential
+    /// chain (`crate::credentials`: the environment, `AWS_PROFILE`, web identity, the container
+    /// endpoint, IMDSv2).
     pub fn from_env(service: &str) -> Result<Self, String> {
         let var = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
         let region = var("AWS_REGION")
@@ -36,16 +36,10 @@ impl ServiceEndpoint {
         ))
         .or_else(|| var("AWS_ENDPOINT_URL"))
         .unwrap_or_else(|| format!("https://{service}.{region}.amazonaws.com"));
-        let access_key_id =
-            var("AWS_ACCESS_KEY_ID").ok_or("AWS_ACCESS_KEY_ID is not set (needed to call AWS)")?;
-        let secret_access_key = var("AWS_SECRET_ACCESS_KEY")
-            .ok_or("AWS_SECRET_ACCESS_KEY is not set (needed to call AWS)")?;
         Ok(ServiceEndpoint {
             url,
             region,
-            access_key_id,
-            secret_access_key,
-            session_token: var("AWS_SESSION_TOKEN"),
+            credentials: crate::credentials::process_chain()?,
         })
     }
 }
@@ -63,8 +57,13 @@ pub enum CallError {
 #[derive(Debug)]
 pub struct CaBundle {
     pub path: PathBuf,
-    /// The PEM text, for clients built elsewhere (`hosepipe_sinks`).
+    /// The usable certificates as PEM, for clients built elsewhere (`hosepipe_sinks`, object
+    /// stores, NATS): those a strict parser rejects are left out.
     pub pem: Vec<u8>,
+    /// The usable certificates, DER.
+    pub der: Vec<rustls::pki_types::CertificateDer<'static>>,
+    /// How many certificates of the file were skipped (see [`usable_certificates`]).
+    pub skipped: usize,
     certificates: Vec<reqwest::Certificate>,
 }
 
@@ -76,11 +75,55 @@ pub struct CaBundleError {
     pub message: String,
 }
 
+/// The certificates of a PEM bundle that a TLS client can trust, and how many it cannot.
+///
+/// System bundles (Debian's `ca-certificates.crt`, RHEL's `tls-ca-bundle.pem`) carry old roots
+/// that webpki refuses as trust anchors (bad encodings, unsupported extensions). rustls refuses a
+/// whole client configuration for one such extra root, so every certificate is tried on its own
+/// first, as the AWS SDKs and rustls' own native-roots loader do.
+pub fn usable_certificates(
+    pem: &[u8],
+) -> Result<(Vec<rustls::pki_types::CertificateDer<'static>>, usize), String> {
+    use rustls::pki_types::CertificateDer;
+    use rustls::pki_types::pem::PemObject;
+    let mut usable = Vec::new();
+    let mut skipped = 0;
+    for item in CertificateDer::pem_slice_iter(pem) {
+        let der = item.map_err(|e| format!("not a PEM certificate bundle: {e}"))?;
+        if rustls::RootCertStore::empty().add(der.clone()).is_ok() {
+            usable.push(der);
+        } else {
+            skipped += 1;
+        }
+    }
+    Ok((usable, skipped))
+}
+
+/// `certificates` as a PEM bundle.
+fn to_pem(certificates: &[rustls::pki_types::CertificateDer<'_>]) -> Vec<u8> {
+    use base64::Engine;
+    let mut out = String::new();
+    for der in certificates {
+        out.push_str("-----BEGIN CERTIFICATE-----\n");
+        let text = base64::engine::general_purpose::STANDARD.encode(der.as_ref());
+        for line in text.as_bytes().chunks(64) {
+            out.push_str(std::str::from_utf8(line).expect("base64 is ASCII"));
+            out.push('\n');
+        }
+        out.push_str("-----END CERTIFICATE-----\n");
+    }
+    out.into_bytes()
+}
+
 static CA_BUNDLE: OnceLock<Option<CaBundle>> = OnceLock::new();
 
 /// Reads the CA bundle the process's clients trust: `configured` (a config's `ca_bundle`, a
 /// command's `--ca-bundle`), else `AWS_CA_BUNDLE`; none when neither is set. The first call
 /// decides for the whole process; call it before making clients.
+///
+/// Certificates a strict parser rejects are skipped with one warning saying how many; a file
+/// with no usable certificate, or one an HTTP client cannot be built with, is an error here, at
+/// start-up, never a failure of each request later.
 pub fn trust_ca_bundle(
     configured: Option<&Path>,
 ) -> Result<Option<&'static CaBundle>, CaBundleError> {
@@ -94,25 +137,67 @@ pub fn trust_ca_bundle(
     });
     let bundle = match path {
         None => None,
-        Some(path) => {
-            let failed = |message: String| CaBundleError {
-                path: path.clone(),
-                message,
-            };
-            let pem = std::fs::read(&path).map_err(|e| failed(e.to_string()))?;
-            let certificates = reqwest::Certificate::from_pem_bundle(&pem)
-                .map_err(|e| failed(format!("not a PEM certificate bundle: {e}")))?;
-            if certificates.is_empty() {
-                return Err(failed("holds no PEM certificate".into()));
-            }
-            Some(CaBundle {
-                path,
-                pem,
-                certificates,
-            })
-        }
+        Some(path) => Some(read_ca_bundle(path)?),
     };
     Ok(CA_BUNDLE.get_or_init(|| bundle).as_ref())
+}
+
+fn read_ca_bundle(path: PathBuf) -> Result<CaBundle, CaBundleError> {
+    let failed = |message: String| CaBundleError {
+        path: path.clone(),
+        message,
+    };
+    let text = std::fs::read(&path).map_err(|e| failed(e.to_string()))?;
+    let (der, skipped) = usable_certificates(&text).map_err(failed)?;
+    if der.is_empty() {
+        return Err(failed(if skipped == 0 {
+            "holds no PEM certificate".into()
+        } else {
+            format!("none of its {skipped} certificates can be used as a trust anchor")
+        }));
+    }
+    if skipped > 0 {
+        tracing::warn!(
+            ca_bundle = %path.display(),
+            usable = der.len(),
+            skipped,
+            "{skipped} certificates of the CA bundle cannot be used as trust anchors and are skipped"
+        );
+    }
+    let certificates = der
+        .iter()
+        .map(|d| reqwest::Certificate::from_der(d.as_ref()))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| failed(e.to_string()))?;
+    // The clients of the process are built from it: one that cannot be is refused now.
+    reqwest::Client::builder()
+        .tls_certs_merge(certificates.iter().cloned())
+        .build()
+        .map_err(|e| {
+            failed(format!(
+                "an HTTPS client cannot trust it: {}",
+                error_chain(&e)
+            ))
+        })?;
+    Ok(CaBundle {
+        pem: to_pem(&der),
+        path,
+        der,
+        skipped,
+        certificates,
+    })
+}
+
+/// `error` and its sources, `: `-separated (reqwest's own text is often just "builder error").
+pub fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(s) = source {
+        text.push_str(": ");
+        text.push_str(&s.to_string());
+        source = s.source();
+    }
+    text
 }
 
 /// The CA bundle in force, if one was read.
@@ -141,12 +226,76 @@ pub async fn call(
     target: &str,
     body: &Value,
 ) -> Result<Value, CallError> {
+    static CLIENT: OnceLock<Result<reqwest::Client, String>> = OnceLock::new();
     let body = serde_json::to_vec(body).expect("JSON to memory");
-    let client = client_builder()
-        .timeout(CALL_TIMEOUT)
+    // One client (and connection pool) for the process, built after the CA bundle was read.
+    let client = CLIENT
+        .get_or_init(|| {
+            client_builder()
+                .timeout(CALL_TIMEOUT)
+                .build()
+                .map_err(|e| error_chain(&e))
+        })
+        .as_ref()
+        .map_err(|e| CallError::Transport(format!("cannot build an HTTP client: {e}")))?;
+    call_with(client, endpoint, service, target, body).await
+}
+
+/// A SigV4-signed POST of `body` to `url` as `keys` for `service` in `region`, with
+/// `content_type` and `headers`; the answer's status and text.
+#[allow(clippy::too_many_arguments)]
+pub async fn signed_post(
+    client: &reqwest::Client,
+    url: &str,
+    region: &str,
+    service: &str,
+    keys: &crate::credentials::Keys,
+    content_type: &str,
+    headers: &[(&str, &str)],
+    body: Vec<u8>,
+) -> Result<(reqwest::StatusCode, String), String> {
+    let host = url
+        .split("://")
+        .nth(1)
+        .and_then(|rest| rest.split('/').next())
+        .ok_or_else(|| format!("{url} is not an http(s) URL"))?
+        .to_string();
+    let mut all = vec![("host", host.as_str()), ("content-type", content_type)];
+    all.extend_from_slice(headers);
+    let identity = Credentials::new(
+        &keys.access_key_id,
+        &keys.secret_access_key,
+        keys.session_token.clone(),
+        None,
+        "hosepipe",
+    )
+    .into();
+    let params = v4::SigningParams::builder()
+        .identity(&identity)
+        .region(region)
+        .name(service)
+        .time(SystemTime::now())
+        .settings(SigningSettings::default())
         .build()
-        .map_err(|e| CallError::Transport(e.to_string()))?;
-    call_with(&client, endpoint, service, target, body).await
+        .map_err(|e| format!("cannot sign: {e}"))?
+        .into();
+    let signable =
+        SignableRequest::new("POST", url, all.iter().copied(), SignableBody::Bytes(&body))
+            .map_err(|e| format!("cannot sign: {e}"))?;
+    let (instructions, _) = sign(signable, &params)
+        .map_err(|e| format!("cannot sign: {e}"))?
+        .into_parts();
+    let mut req = client.post(url).body(body);
+    for (k, v) in all.iter().skip(1).copied().chain(instructions.headers()) {
+        req = req.header(k, v);
+    }
+    let resp = req
+        .send()
+        .await
+        .map_err(|e| format!("{url}: {}", error_chain(&e)))?;
+    let status = resp.status();
+    let text = resp.text().await.map_err(|e| format!("{url}: {e}"))?;
+    Ok((status, text))
 }
 
 /// [`call`] with the caller's HTTP client (kept for its connection pool) and a body already
@@ -159,62 +308,23 @@ pub async fn call_with(
     body: Vec<u8>,
 ) -> Result<Value, CallError> {
     let url = format!("{}/", endpoint.url.trim_end_matches('/'));
-    let host = url
-        .split("://")
-        .nth(1)
-        .and_then(|rest| rest.split('/').next())
-        .ok_or_else(|| CallError::Transport(format!("{url} is not an http(s) URL")))?
-        .to_string();
-    let headers = [
-        ("host", host.as_str()),
-        ("content-type", "application/x-amz-json-1.1"),
-        ("x-amz-target", target),
-    ];
-    let identity = Credentials::new(
-        &endpoint.access_key_id,
-        &endpoint.secret_access_key,
-        endpoint.session_token.clone(),
-        None,
-        "hosepipe",
-    )
-    .into();
-    let params = v4::SigningParams::builder()
-        .identity(&identity)
-        .region(&endpoint.region)
-        .name(service)
-        .time(SystemTime::now())
-        .settings(SigningSettings::default())
-        .build()
-        .map_err(|e| CallError::Transport(format!("cannot sign: {e}")))?
-        .into();
-    let signable = SignableRequest::new(
-        "POST",
+    let keys = endpoint
+        .credentials
+        .keys()
+        .await
+        .map_err(|e| CallError::Transport(format!("no credentials to call {service}: {e}")))?;
+    let (status, text) = signed_post(
+        client,
         &url,
-        headers.iter().copied(),
-        SignableBody::Bytes(&body),
+        &endpoint.region,
+        service,
+        &keys,
+        "application/x-amz-json-1.1",
+        &[("x-amz-target", target)],
+        body,
     )
-    .map_err(|e| CallError::Transport(format!("cannot sign: {e}")))?;
-    let (instructions, _) = sign(signable, &params)
-        .map_err(|e| CallError::Transport(format!("cannot sign: {e}")))?
-        .into_parts();
-    let mut req = client.post(&url).body(body);
-    for (k, v) in headers
-        .iter()
-        .skip(1)
-        .copied()
-        .chain(instructions.headers())
-    {
-        req = req.header(k, v);
-    }
-    let resp = req
-        .send()
-        .await
-        .map_err(|e| CallError::Transport(format!("{url}: {e}")))?;
-    let status = resp.status();
-    let text = resp
-        .text()
-        .await
-        .map_err(|e| CallError::Transport(format!("{url}: {e}")))?;
+    .await
+    .map_err(CallError::Transport)?;
     let value: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
     if status.is_success() {
         return Ok(value);

@@ -13,6 +13,7 @@ pub mod bench;
 pub mod buffer;
 pub mod compress;
 pub mod config;
+pub mod credentials;
 pub mod crypto;
 pub mod deliver;
 pub mod durable;

@@ -171,6 +171,9 @@ enum Bench {
     Iceberg(hosepipe::bench::iceberg::BenchIcebergArgs),
     /// Benchmark: lines/s the agent sends from a growing file vs `cat` of it to /dev/null.
     Agent(hosepipe::bench::agent::BenchAgentArgs),
+    /// Soak: load at half of capacity for N minutes with a destination outage every few
+    /// minutes; RSS, open fds, threads and spool sampled; every record counted at the end.
+    Soak(hosepipe::bench::soak::BenchSoakArgs),
 }
 
 fn env(name: &str) -> Option<String> {
@@ -553,6 +556,7 @@ fn main() -> ExitCode {
                 })
             }
             Bench::Backlog(args) => finished("bench backlog", hosepipe::bench::backlog::run(args)),
+            Bench::Soak(args) => finished("bench soak", hosepipe::bench::soak::run(args)),
             Bench::Control(args) => finished("bench control", hosepipe::bench::control::run(args)),
             Bench::Fleet(args) => finished("bench fleet", hosepipe::bench::fleet::run(args)),
             Bench::Convert(args) => finished("bench convert", hosepipe::bench::convert::run(args)),

@@ -31,6 +31,8 @@ pub enum StartError {
     Tls(#[from] crate::tls::TlsError),
     #[error("ca_bundle: {0}")]
     CaBundle(#[from] crate::aws_client::CaBundleError),
+    #[error("the S3 client cannot be built: {0}")]
+    ObjectStore(String),
 }
 
 /// What every stream's pipeline is given, from the config: the key service, the transform
@@ -99,8 +101,12 @@ impl Server {
             config.store.ca_bundle = Some(bundle.pem.clone());
         }
         tracing::info!(store = %config.store.describe(), "objects go to {}", config.store.describe());
-        let sink: Arc<dyn Destination> = Arc::new(S3Sink::new(config.store.clone()));
+        let s3 = S3Sink::new(config.store.clone());
+        s3.check()
+            .map_err(|e| StartError::ObjectStore(crate::aws_client::error_chain(&e)))?;
+        let sink: Arc<dyn Destination> = Arc::new(s3);
         let metrics = Arc::new(Metrics::new());
+        metrics.register_blocked_reasons(&crate::deliver::blocked::Cause::ALL.map(|c| c.as_str()));
         let spool_root = &config.spool.settings.root;
         std::fs::create_dir_all(spool_root).map_err(|source| StartError::DataDir {
             path: spool_root.clone(),

@@ -43,6 +43,18 @@ pub struct StreamRow {
     /// In a fleet: messages in JetStream not yet handed to any node.
     #[serde(default)]
     pub pending_messages: u64,
+    /// Delivery blocked by a failure retrying cannot fix.
+    #[serde(default)]
+    pub blocked: Option<BlockedRow>,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct BlockedRow {
+    pub reason: String,
+    pub advice: String,
+    pub message: String,
+    pub since_ms: i64,
+    pub attempts: u64,
 }
 
 #[derive(Debug, Deserialize)]
@@ -120,6 +132,17 @@ pub fn render(status: &Status) -> String {
             .collect();
         out.push_str(line.join("  ").trim_end());
         out.push('\n');
+    }
+    for s in &status.streams {
+        if let Some(b) = &s.blocked {
+            let since = chrono::DateTime::from_timestamp_millis(b.since_ms)
+                .map(|t| t.format("%Y-%m-%d %H:%M:%S UTC").to_string())
+                .unwrap_or_default();
+            out.push_str(&format!(
+                "{}: delivery BLOCKED ({}) since {since}, {} failed attempts; records wait in the spool. To fix: {}. Last error: {}\n",
+                s.name, b.reason, b.attempts, b.advice, b.message
+            ));
+        }
     }
     match &status.node {
         None => out.push_str(&format!(

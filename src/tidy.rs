@@ -53,9 +53,10 @@ fn uses(dirs: &[PathBuf], exempt: impl Fn(&Path) -> bool, patterns: &[&str]) -> 
 
 #[test]
 fn only_durable_renames_files_into_place() {
+    // Benchmarks move their scratch directories about (an outage); the product never does.
     let offenders = uses(
         &crate_dirs(),
-        |p| p.ends_with("src/durable.rs"),
+        |p| p.ends_with("src/durable.rs") || p.components().any(|c| c.as_os_str() == "bench"),
         &["fs::rename(", ".persist(", ".persist_noclobber("],
     );
     assert!(
@@ -97,7 +98,14 @@ fn product_modules_never_import_the_benchmarks() {
 #[test]
 fn producers_reach_the_daemon_only_over_http() {
     // What `hosepipe agent`, `hosepipe generate` and their shared producer may use.
-    const ALLOWED: [&str; 5] = ["agent", "generate", "producer", "aws_client", "durable"];
+    const ALLOWED: [&str; 6] = [
+        "agent",
+        "generate",
+        "producer",
+        "aws_client",
+        "credentials",
+        "durable",
+    ];
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
     let mut offenders = Vec::new();
     for producer in ["agent", "generate", "producer"] {

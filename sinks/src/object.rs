@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use bytes::Bytes;
-use object_store::aws::AmazonS3Builder;
+use object_store::aws::{AmazonS3, AmazonS3Builder};
 use object_store::local::LocalFileSystem;
 use object_store::path::Path;
 use object_store::{
@@ -18,14 +18,44 @@ use object_store::{
 use crate::{Destination, Outcome, Payload, Report};
 
 /// An S3-compatible endpoint and the credentials to sign for it.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Clone)]
 pub struct S3Endpoint {
     /// Base URL, e.g. `http://127.0.0.1:8333`. `None` means AWS's own endpoint for `region`.
     pub url: Option<String>,
     pub region: String,
+    /// Static keys, used when `provider` is `None`.
     pub access_key_id: String,
     pub secret_access_key: String,
+    /// Credentials fetched (and refreshed) by the caller: a profile, STS, IMDS, …
+    pub provider: Option<object_store::aws::AwsCredentialProvider>,
 }
+
+impl std::fmt::Debug for S3Endpoint {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("S3Endpoint")
+            .field("url", &self.url)
+            .field("region", &self.region)
+            .field("access_key_id", &self.access_key_id)
+            .field("provider", &self.provider)
+            .finish_non_exhaustive()
+    }
+}
+
+impl PartialEq for S3Endpoint {
+    fn eq(&self, other: &Self) -> bool {
+        self.url == other.url
+            && self.region == other.region
+            && self.access_key_id == other.access_key_id
+            && self.secret_access_key == other.secret_access_key
+            && match (&self.provider, &other.provider) {
+                (None, None) => true,
+                (Some(a), Some(b)) => std::sync::Arc::ptr_eq(a, b),
+                _ => false,
+            }
+    }
+}
+
+impl Eq for S3Endpoint {}
 
 /// Where objects go and how they are uploaded.
 #[derive(Debug, Clone)]
@@ -47,9 +77,13 @@ impl ObjectStoreSettings {
     pub fn describe(&self) -> String {
         match &self.s3 {
             Some(ep) => format!(
-                "S3 at {} (region {}, path-style)",
+                "S3 at {} (region {}, path-style, credentials {})",
                 ep.url.as_deref().unwrap_or("the AWS endpoint"),
-                ep.region
+                ep.region,
+                match &ep.provider {
+                    Some(p) => format!("{p:?}"),
+                    None => format!("{} (static)", ep.access_key_id),
+                }
             ),
             None => format!("local disk under {}", self.local_root.display()),
         }
@@ -112,6 +146,60 @@ impl S3Sink {
         }
     }
 
+    /// Builds the S3 client once without keeping it, so a client that cannot be built (a CA
+    /// certificate its TLS stack refuses, a bad endpoint) is an error at start-up, not a failure
+    /// of every request. The local store has nothing to check.
+    pub fn check(&self) -> Result<(), ObjectError> {
+        match &self.settings.s3 {
+            Some(ep) => self.s3_store(ep, "hosepipe-client-check").map(drop),
+            None => Ok(()),
+        }
+    }
+
+    fn s3_store(&self, ep: &S3Endpoint, bucket: &str) -> Result<AmazonS3, ObjectError> {
+        let mut builder = AmazonS3Builder::new()
+            .with_bucket_name(bucket)
+            .with_region(&ep.region)
+            .with_virtual_hosted_style_request(false)
+            // The pipeline retries forever with its own backoff; keep each attempt short so an
+            // outage is noticed and reported quickly.
+            .with_retry(RetryConfig {
+                backoff: BackoffConfig {
+                    init_backoff: Duration::from_millis(100),
+                    max_backoff: Duration::from_secs(2),
+                    base: 2.0,
+                },
+                max_retries: 2,
+                retry_timeout: Duration::from_secs(20),
+            });
+        builder = match &ep.provider {
+            Some(provider) => builder.with_credentials(provider.clone()),
+            None => builder
+                .with_access_key_id(&ep.access_key_id)
+                .with_secret_access_key(&ep.secret_access_key),
+        };
+        let open = |source| ObjectError::Open {
+            bucket: bucket.to_string(),
+            source,
+        };
+        // Client options first: `with_client_options` replaces all of them, `allow_http`
+        // included (set after it, an `http://` endpoint with a CA bundle failed every request
+        // with "builder error").
+        if let Some(pem) = &self.settings.ca_bundle {
+            let mut options = object_store::ClientOptions::new();
+            for cert in object_store::Certificate::from_pem_bundle(pem).map_err(open)? {
+                options = options.with_root_certificate(cert);
+            }
+            builder = builder.with_client_options(options);
+        }
+        if let Some(url) = &ep.url {
+            builder = builder
+                .with_endpoint(url)
+                .with_allow_http(url.starts_with("http://"));
+        }
+        builder.build().map_err(open)
+    }
+
     /// The store for `bucket`, made on first use.
     pub fn store(&self, bucket: &str) -> Result<Arc<dyn ObjectStore>, ObjectError> {
         if !valid_bucket_name(bucket) {
@@ -122,48 +210,7 @@ impl S3Sink {
             return Ok(store.clone());
         }
         let store: Arc<dyn ObjectStore> = match &self.settings.s3 {
-            Some(ep) => {
-                let mut builder = AmazonS3Builder::new()
-                    .with_bucket_name(bucket)
-                    .with_region(&ep.region)
-                    .with_access_key_id(&ep.access_key_id)
-                    .with_secret_access_key(&ep.secret_access_key)
-                    .with_virtual_hosted_style_request(false)
-                    // The pipeline retries forever with its own backoff; keep each attempt short
-                    // so an outage is noticed and reported quickly.
-                    .with_retry(RetryConfig {
-                        backoff: BackoffConfig {
-                            init_backoff: Duration::from_millis(100),
-                            max_backoff: Duration::from_secs(2),
-                            base: 2.0,
-                        },
-                        max_retries: 2,
-                        retry_timeout: Duration::from_secs(20),
-                    });
-                if let Some(url) = &ep.url {
-                    builder = builder
-                        .with_endpoint(url)
-                        .with_allow_http(url.starts_with("http://"));
-                }
-                if let Some(pem) = &self.settings.ca_bundle {
-                    let mut options = object_store::ClientOptions::new();
-                    for cert in
-                        object_store::Certificate::from_pem_bundle(pem).map_err(|source| {
-                            ObjectError::Open {
-                                bucket: bucket.to_string(),
-                                source,
-                            }
-                        })?
-                    {
-                        options = options.with_root_certificate(cert);
-                    }
-                    builder = builder.with_client_options(options);
-                }
-                Arc::new(builder.build().map_err(|source| ObjectError::Open {
-                    bucket: bucket.to_string(),
-                    source,
-                })?)
-            }
+            Some(ep) => Arc::new(self.s3_store(ep, bucket)?),
             None => {
                 let dir = self.settings.local_root.join(bucket);
                 std::fs::create_dir_all(&dir).map_err(|source| ObjectError::CreateDir {
@@ -396,5 +443,40 @@ mod tests {
             .await;
         assert_eq!(report.outcomes.len(), 2);
         assert!(matches!(report.outcomes[0], Outcome::Rejected(_)));
+    }
+
+    /// A self-signed CA certificate (P-256, made with openssl for this test).
+    const TEST_CA: &[u8] = b"-----BEGIN CERTIFICATE-----\nMIIBjDCCATOgAwIBAgIUFmiS7MyheX4bqbuBSZOv5sEU574wCgYIKoZIzj0EAwIw\nGzEZMBcGA1UEAwwQaG9zZXBpcGUgdGVzdCBDQTAgFw0yNjEyMDUwMjI1MjhaGA8y\nMTI2MTExMTAyMjUyOFowGzEZMBcGA1UEAwwQaG9zZXBpcGUgdGVzdCBDQTBZMBMG\nByqGSM49AgEGCCqGSM49AwEHA0IABAhNjJQFhteQIlFNCl7Tm8ZgTs9/bivcxo2R\nczbM8UDsf8kixWEUBkbm6LhEhkjYFk8d/bk5yWbkp+gea+MwvKujUzBRMB0GA1Ud\nDgQWBBSC1Bto1Z9e5Y0SjqFjr+kDVd5VdDAfBgNVHSMEGDAWgBSC1Bto1Z9e5Y0S\njqFjr+kDVd5VdDAPBgNVHRMBAf8EBTADAQH/MAoGCCqGSM49BAMCA0cAMEQCIGrR\naWfFJ7WoufasgxYvm7VPJsjk78i1CNLKtjer3XspAiBIXT6bqelyjT6r2tZxY125\ngz+xAjX6EntZRRyfJ8kX7g==\n-----END CERTIFICATE-----\n";
+
+    #[tokio::test]
+    async fn a_ca_bundle_leaves_an_http_endpoint_usable() {
+        // Regression: with a CA bundle every request to an http:// endpoint failed at once with
+        // "builder error" (BadScheme): the client options replaced allow_http. Now the request
+        // goes out and fails only on the closed port.
+        let sink = S3Sink::new(ObjectStoreSettings {
+            s3: Some(S3Endpoint {
+                url: Some("http://127.0.0.1:1".into()),
+                region: "us-east-1".into(),
+                access_key_id: "a".into(),
+                secret_access_key: "b".into(),
+                provider: None,
+            }),
+            local_root: std::env::temp_dir(),
+            multipart_threshold: 1 << 24,
+            part_size: 1 << 23,
+            ca_bundle: Some(TEST_CA.to_vec()),
+        });
+        sink.check().expect("the client builds");
+        let e = sink
+            .put("bkt", "k", Bytes::from_static(b"x"), None, &[])
+            .await
+            .expect_err("nothing listens on port 1");
+        let mut chain = e.to_string();
+        let mut source = std::error::Error::source(&e);
+        while let Some(s) = source {
+            chain.push_str(&format!(" / {s:?}"));
+            source = s.source();
+        }
+        assert!(!chain.contains("BadScheme"), "{chain}");
     }
 }

@@ -10,7 +10,7 @@ pub fn description(view: &StreamView) -> Value {
     let spec = &view.current.spec;
     let mut destination = spec.destination.description();
     destination.insert("DestinationId".into(), DESTINATION_ID.into());
-    json!({
+    let mut out = json!({
         "DeliveryStreamDescription": {
             "DeliveryStreamName": view.name,
             "DeliveryStreamARN": view.arn,
@@ -23,7 +23,15 @@ pub fn description(view: &StreamView) -> Value {
             "Destinations": [destination],
             "HasMoreDestinations": false,
         }
-    })
+    });
+    // A delivery failure retrying cannot fix, as Firehose reports one: the stream stays ACTIVE
+    // and says what is wrong.
+    if let Some(blocked) = &view.blocked {
+        let (kind, details) = blocked.failure_description();
+        out["DeliveryStreamDescription"]["FailureDescription"] =
+            json!({ "Type": kind, "Details": details });
+    }
+    out
 }
 
 /// `DeliveryStreamEncryptionConfiguration`.

@@ -204,9 +204,17 @@ async fn status(State(state): State<Arc<AppState>>, headers: HeaderMap) -> Respo
             let counter = |f: &prometheus_client::metrics::family::Family<_, _>| {
                 prometheus_client::metrics::counter::Counter::<u64>::get(&f.get_or_create(&labels))
             };
+            let blocked = s.stats.blocked.get();
             json!({
                 "name": s.name,
-                "state": "ACTIVE",
+                "state": if blocked.is_some() { "BLOCKED" } else { "ACTIVE" },
+                "blocked": blocked.map(|b| json!({
+                    "reason": b.cause.as_str(),
+                    "advice": b.cause.advice(),
+                    "message": b.message,
+                    "since_ms": b.since_ms,
+                    "attempts": b.attempts,
+                })),
                 "destination": s.target,
                 "kind": s.kind,
                 "incoming_records": counter(&state.metrics.incoming_records),

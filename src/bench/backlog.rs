@@ -105,6 +105,21 @@ impl Daemon {
         })
     }
 
+    /// Waits (up to 30 min) until no record is backlogged; the seconds that took.
+    pub(super) fn wait_drained(&self, rt: &tokio::runtime::Runtime) -> anyhow::Result<f64> {
+        let started = Instant::now();
+        loop {
+            let left = status_sum(&self.status(rt)?, "backlog_records");
+            if left == 0 {
+                return Ok(started.elapsed().as_secs_f64());
+            }
+            if started.elapsed() > Duration::from_secs(1800) {
+                bail!("{left} records still backlogged after 30 min");
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
     fn kill(mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
@@ -152,7 +167,7 @@ impl RssSampler {
 }
 
 /// Records (lines) in every object under `dir`, gzip objects read as gzip.
-fn count_lines(dir: &Path) -> anyhow::Result<u64> {
+pub(super) fn count_lines(dir: &Path) -> anyhow::Result<u64> {
     let mut n = 0;
     let mut stack = vec![dir.to_path_buf()];
     while let Some(d) = stack.pop() {
@@ -186,15 +201,37 @@ pub fn run(args: BenchBacklogArgs) -> Result<(), String> {
     run_inner(args).map_err(|e| format!("{e:#}"))
 }
 
+/// A scratch directory in the working directory (on the disk being measured) for one daemon:
+/// its data dir, config file (written with `config`) and log.
+pub(super) struct Scratch {
+    pub(super) dir: tempfile::TempDir,
+    pub(super) data: PathBuf,
+    pub(super) config: PathBuf,
+    pub(super) log: PathBuf,
+}
+
+impl Scratch {
+    pub(super) fn new(config: &str) -> anyhow::Result<Scratch> {
+        let dir = tempfile::tempdir_in(".").context("temp dir")?;
+        let scratch = Scratch {
+            data: dir.path().join("data"),
+            config: dir.path().join("hosepipe.toml"),
+            log: dir.path().join("daemon.log"),
+            dir,
+        };
+        std::fs::write(&scratch.config, config)?;
+        Ok(scratch)
+    }
+}
+
 fn run_inner(args: BenchBacklogArgs) -> anyhow::Result<()> {
-    let dir = tempfile::tempdir_in(".").context("temp dir")?;
-    let data = dir.path().join("data");
-    let config = dir.path().join("hosepipe.toml");
-    let log = dir.path().join("daemon.log");
-    std::fs::write(
-        &config,
-        format!(
-            r#"listen = "127.0.0.1:0"
+    let Scratch {
+        dir: _dir,
+        data,
+        config,
+        log,
+    } = Scratch::new(&format!(
+        r#"listen = "127.0.0.1:0"
 object_store = "local"
 shutdown_timeout_seconds = 60
 [spool]
@@ -207,28 +244,17 @@ bucket_arn = "arn:aws:s3:::bench"
 compression_format = "{}"
 buffering_hints = {{ size_in_mbs = 8, interval_in_seconds = 1 }}
 "#,
-            args.sync, args.spool_mb, args.memory_mb, args.compression
-        ),
-    )?;
+        args.sync, args.spool_mb, args.memory_mb, args.compression
+    ))?;
     // The outage: the bucket's directory is a plain file, so every write fails and is retried.
     let bucket: PathBuf = data.join("buckets").join("bench");
     std::fs::create_dir_all(bucket.parent().expect("has a parent"))?;
     std::fs::write(&bucket, b"outage")?;
 
     let load = BenchArgs {
-        connections: args.connections,
-        seconds: 0,
-        batch: 500,
-        record_bytes: args.record_bytes,
-        compression: args.compression.clone(),
-        size_mb: 8,
-        interval: 1,
         sync: args.sync.clone(),
-        rate: 0,
         memory_mb: Some(args.memory_mb),
-        tls_cert: None,
-        tls_key: None,
-        no_object_journal: false,
+        ..BenchArgs::load(args.connections, args.record_bytes, &args.compression, 1)
     };
     let (bodies, _) = make_bodies(&load, 16);
     let bodies = Arc::new(bodies);
@@ -286,18 +312,7 @@ buffering_hints = {{ size_in_mbs = 8, interval_in_seconds = 1 }}
 
     // 3. The outage ends: the backlog drains.
     std::fs::remove_file(&bucket)?;
-    let started = Instant::now();
-    loop {
-        let left = status_sum(&second.status(&rt)?, "backlog_records");
-        if left == 0 {
-            break;
-        }
-        if started.elapsed() > Duration::from_secs(1800) {
-            bail!("{left} records still backlogged after 30 min");
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    let drain_secs = started.elapsed().as_secs_f64();
+    let drain_secs = second.wait_drained(&rt)?;
     let drain_rss = rss.finish(pid);
     println!(
         "[drain] {accepted} records delivered in {drain_secs:.1} s ({:.1} MiB/s); peak RSS since the restart {drain_rss:.0} MiB (budget {} MiB)",

@@ -193,9 +193,12 @@ fn run_inner(args: BenchControlArgs) -> anyhow::Result<()> {
         let kms = ServiceEndpoint {
             url: kms_url.clone(),
             region: "us-east-1".into(),
-            access_key_id: ACCESS_KEY.into(),
-            secret_access_key: SECRET_KEY.into(),
-            session_token: None,
+            credentials: crate::credentials::Credentials::fixed(crate::credentials::Keys {
+                access_key_id: ACCESS_KEY.into(),
+                secret_access_key: SECRET_KEY.into(),
+                session_token: None,
+                source: "bench control".into(),
+            }),
         };
         let started = Instant::now();
         let key = loop {

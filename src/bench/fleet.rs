@@ -178,19 +178,8 @@ fn run_inner(args: BenchFleetArgs) -> anyhow::Result<()> {
     std::fs::create_dir_all(&nats_dir)?;
     let cluster = NatsCluster::start(&rt, &args.nats_server, &nats_dir)?;
     let ingest = BenchArgs {
-        connections: args.connections,
         seconds: args.seconds,
-        batch: 500,
-        record_bytes: args.record_bytes,
-        compression: args.compression.clone(),
-        size_mb: 8,
-        interval: 1,
-        sync: "fsync".into(),
-        rate: 0,
-        memory_mb: None,
-        tls_cert: None,
-        tls_key: None,
-        no_object_journal: false,
+        ..BenchArgs::load(args.connections, args.record_bytes, &args.compression, 1)
     };
     let (bodies, raw) = make_bodies(&ingest, 32);
     let bodies = Arc::new(bodies);

@@ -61,6 +61,28 @@ pub struct BenchArgs {
     pub no_object_journal: bool,
 }
 
+impl BenchArgs {
+    /// The load another benchmark pushes: 500-record batches of `record_bytes`-byte JSON
+    /// records for a stream with `compression`, fsync'd, 8 MiB / `interval` s buffers.
+    pub fn load(connections: usize, record_bytes: usize, compression: &str, interval: u64) -> Self {
+        BenchArgs {
+            connections,
+            seconds: 0,
+            batch: 500,
+            record_bytes,
+            compression: compression.to_string(),
+            size_mb: 8,
+            interval,
+            sync: "fsync".into(),
+            rate: 0,
+            memory_mb: None,
+            tls_cert: None,
+            tls_key: None,
+            no_object_journal: false,
+        }
+    }
+}
+
 /// What one run measured.
 struct RunResult {
     sync: String,

@@ -13,6 +13,7 @@ pub mod iceberg;
 pub mod ingest;
 pub mod opensearch;
 pub mod partition;
+pub mod soak;
 pub mod splunk;
 pub mod transform;
 

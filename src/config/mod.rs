@@ -806,6 +806,18 @@ impl Config {
             ));
         }
         let mode = raw.object_store.unwrap_or_else(|| "auto".into());
+        // Without keys of its own, S3 signs with the credential chain: a profile, a web
+        // identity token, a container endpoint; IMDS only when `object_store = "s3"` says S3
+        // (asking it needs the network, and "auto" falls back to local disk).
+        let chain = match (mode.as_str(), &ak, &sk) {
+            ("auto" | "s3", None, _) | ("auto" | "s3", _, None) => {
+                crate::credentials::chain_with(env, None, mode == "s3").unwrap_or_else(|e| {
+                    errors.push(format!("S3 credentials: {e}"));
+                    None
+                })
+            }
+            _ => None,
+        };
         let remote = match (mode.as_str(), ak, sk) {
             ("local", _, _) => None,
             ("auto" | "s3", Some(ak), Some(sk)) => Some(S3Endpoint {
@@ -813,10 +825,18 @@ impl Config {
                 region: s3_region,
                 access_key_id: ak,
                 secret_access_key: sk,
+                provider: None,
+            }),
+            ("auto" | "s3", _, _) if let Some(chain) = chain => Some(S3Endpoint {
+                url: endpoint,
+                region: s3_region,
+                access_key_id: String::new(),
+                secret_access_key: String::new(),
+                provider: Some(crate::credentials::object_store_provider(chain)),
             }),
             ("auto", _, _) => None,
             ("s3", _, _) => {
-                errors.push("object_store: \"s3\" needs s3.access_key_id and s3.secret_access_key (or AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY)".into());
+                errors.push("object_store: \"s3\" needs s3.access_key_id and s3.secret_access_key (or AWS credentials: AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, AWS_PROFILE, a web identity token, a container endpoint or an EC2 instance role)".into());
                 None
             }
             (other, _, _) => {

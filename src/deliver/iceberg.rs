@@ -21,9 +21,7 @@ use iceberg::table::Table;
 use iceberg::transaction::{AddColumn, ApplyTransactionAction, Transaction};
 use iceberg::writer::base_writer::data_file_writer::DataFileWriterBuilder;
 use iceberg::writer::file_writer::ParquetWriterBuilder;
-use iceberg::writer::file_writer::location_generator::{
-    DefaultFileNameGenerator, DefaultLocationGenerator,
-};
+use iceberg::writer::file_writer::location_generator::DefaultFileNameGenerator;
 use iceberg::writer::file_writer::rolling_writer::RollingFileWriterBuilder;
 use iceberg::writer::partitioning::PartitioningWriter;
 use iceberg::writer::partitioning::fanout_writer::FanoutWriter;
@@ -178,13 +176,14 @@ impl Lakes {
         let s3_props = config.store.s3.as_ref().map(|s3| {
             let mut p = HashMap::from([
                 ("s3.region".to_string(), s3.region.clone()),
-                ("s3.access-key-id".to_string(), s3.access_key_id.clone()),
-                (
-                    "s3.secret-access-key".to_string(),
-                    s3.secret_access_key.clone(),
-                ),
                 ("s3.path-style-access".to_string(), "true".to_string()),
             ]);
+            // Static keys; with the credential chain OpenDAL's S3 finds the same sources itself
+            // (the environment, the profile, web identity, IMDS).
+            if s3.provider.is_none() {
+                p.insert("s3.access-key-id".into(), s3.access_key_id.clone());
+                p.insert("s3.secret-access-key".into(), s3.secret_access_key.clone());
+            }
             if let Some(url) = &s3.url {
                 p.insert("s3.endpoint".into(), url.clone());
             }
@@ -883,7 +882,7 @@ async fn write_files(
         .set_compression(compression)
         .set_created_by("hosepipe".into())
         .build();
-    let location = DefaultLocationGenerator::new(metadata).map_err(write_failed)?;
+    let location = crate::encode::iceberg::EscapedLocations::new(metadata).map_err(write_failed)?;
     let names = DefaultFileNameGenerator::new(prefix, None, DataFileFormat::Parquet);
     let rolling = RollingFileWriterBuilder::new_with_default_file_size(
         ParquetWriterBuilder::new(properties, schema.clone()),

@@ -4,6 +4,7 @@
 //! the sending repeats.
 
 #[cfg(feature = "iceberg")]
+pub mod blocked;
 pub mod glue_catalog;
 pub mod http_endpoint;
 #[cfg(feature = "iceberg")]

@@ -293,11 +293,113 @@ impl Positions {
     }
 }
 
+/// Where a table's data files go: Iceberg's default layout (`<location>/data/` or the table's
+/// `write.data.path`), with each partition directory's name and value escaped as Iceberg's Java
+/// writer does (`URLEncoder`, form encoding: `/` → `%2F`, space → `+`), so a value holding `/`
+/// or `=` stays one directory that readers parse back to the value.
+#[derive(Clone, Debug)]
+pub struct EscapedLocations {
+    data_location: String,
+}
+
+impl EscapedLocations {
+    pub fn new(metadata: &iceberg::spec::TableMetadata) -> iceberg::Result<EscapedLocations> {
+        use iceberg::writer::file_writer::location_generator::LocationGenerator;
+        // The default generator knows where data goes; ask it for a file's place, unpartitioned.
+        let default =
+            iceberg::writer::file_writer::location_generator::DefaultLocationGenerator::new(
+                metadata,
+            )?;
+        let probe = default.generate_location(None, "f");
+        Ok(EscapedLocations {
+            data_location: probe[..probe.len() - 2].to_string(),
+        })
+    }
+}
+
+/// `text` form-encoded as Java's `URLEncoder.encode(text, UTF_8)` does.
+fn java_url_encode(text: &str) -> String {
+    form_urlencoded::byte_serialize(text.as_bytes()).collect()
+}
+
+impl iceberg::writer::file_writer::location_generator::LocationGenerator for EscapedLocations {
+    fn generate_location(
+        &self,
+        partition_key: Option<&iceberg::spec::PartitionKey>,
+        file_name: &str,
+    ) -> String {
+        let Some(key) = partition_key.filter(|k| !k.spec().is_unpartitioned()) else {
+            return format!("{}/{file_name}", self.data_location);
+        };
+        let types = key.spec().partition_type(key.schema());
+        let path = key
+            .spec()
+            .fields()
+            .iter()
+            .enumerate()
+            .map(|(i, field)| {
+                let value = key.data()[i].as_ref();
+                let human = match &types {
+                    Ok(t) => field
+                        .transform
+                        .to_human_string(&t.fields()[i].field_type, value),
+                    Err(_) => value.map_or("null".into(), |v| format!("{v:?}")),
+                };
+                format!(
+                    "{}={}",
+                    java_url_encode(&field.name),
+                    java_url_encode(&human)
+                )
+            })
+            .collect::<Vec<_>>()
+            .join("/");
+        format!("{}/{path}/{file_name}", self.data_location)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use arrow_array::Array;
     use iceberg::spec::{ListType, MapType, NestedField, StructType};
+
+    #[test]
+    fn partition_directories_are_escaped_as_the_java_writer_does() {
+        use iceberg::spec::{Literal, PartitionKey, PartitionSpec, Struct, Transform};
+        use iceberg::writer::file_writer::location_generator::LocationGenerator;
+        let schema = Arc::new(
+            Schema::builder()
+                .with_fields(vec![
+                    NestedField::required(1, "page", Type::Primitive(PrimitiveType::String)).into(),
+                    NestedField::required(2, "n", Type::Primitive(PrimitiveType::Int)).into(),
+                ])
+                .build()
+                .unwrap(),
+        );
+        let spec = PartitionSpec::builder(schema.clone())
+            .add_partition_field("page", "page", Transform::Identity)
+            .unwrap()
+            .add_partition_field("n", "n", Transform::Identity)
+            .unwrap()
+            .build()
+            .unwrap();
+        let data = Struct::from_iter([
+            Some(Literal::string("/search a=b%c")),
+            Some(Literal::int(7)),
+        ]);
+        let key = PartitionKey::new(spec, schema, data);
+        let places = EscapedLocations {
+            data_location: "s3://lake/t/data".into(),
+        };
+        assert_eq!(
+            places.generate_location(Some(&key), "f.parquet"),
+            "s3://lake/t/data/page=%2Fsearch+a%3Db%25c/n=7/f.parquet"
+        );
+        assert_eq!(
+            places.generate_location(None, "f.parquet"),
+            "s3://lake/t/data/f.parquet"
+        );
+    }
 
     fn schema() -> Schema {
         Schema::builder()

@@ -50,6 +50,25 @@ impl ErrorOutputType {
         ErrorOutputType::RetentionExpired,
     ];
 
+    /// The types a stream delivering to a destination of `kind` (`s3`, `opensearch`, …) may
+    /// write: those of every stream, and its destination's own.
+    pub fn of_destination(kind: &str) -> Vec<ErrorOutputType> {
+        let mut types = vec![
+            ErrorOutputType::ProcessingFailed,
+            ErrorOutputType::FormatConversionFailed,
+            ErrorOutputType::DecompressionFailed,
+            ErrorOutputType::RetentionExpired,
+        ];
+        types.extend(match kind {
+            "opensearch" => Some(ErrorOutputType::OpenSearchFailed),
+            "splunk" => Some(ErrorOutputType::SplunkFailed),
+            "http_endpoint" => Some(ErrorOutputType::HttpEndpointFailed),
+            "iceberg" => Some(ErrorOutputType::IcebergFailed),
+            _ => None,
+        });
+        types
+    }
+
     /// The type `as_str` names.
     pub fn parse(name: &str) -> Option<ErrorOutputType> {
         Self::ALL.into_iter().find(|t| t.as_str() == name)

@@ -52,6 +52,55 @@ pub fn decode_name(encoded: &str) -> Option<String> {
     String::from_utf8(out).ok()
 }
 
+/// The TLS settings of the NATS connection when CA certificates besides the system's are to be
+/// trusted (`[log] tls_ca_file`, the process's CA bundle): the system's roots and those, each
+/// file's unusable certificates skipped as [`crate::aws_client::usable_certificates`] does (a
+/// system bundle given as `tls_ca_file` works). `None`: async-nats' own defaults.
+fn tls_client_config(settings: &JetStreamSettings) -> Result<Option<rustls::ClientConfig>, String> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let bundle = crate::aws_client::ca_bundle();
+    if settings.tls_ca_file.is_none() && bundle.is_none() {
+        return Ok(None);
+    }
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add_parsable_certificates(rustls_native_certs::load_native_certs().certs);
+    if let Some(bundle) = bundle {
+        roots.add_parsable_certificates(bundle.der.iter().cloned());
+    }
+    if let Some(path) = &settings.tls_ca_file {
+        let failed = |e: String| format!("log.tls_ca_file {}: {e}", path.display());
+        let pem = std::fs::read(path).map_err(|e| failed(e.to_string()))?;
+        let (usable, skipped) = crate::aws_client::usable_certificates(&pem).map_err(failed)?;
+        if usable.is_empty() {
+            return Err(failed("holds no usable CA certificate".into()));
+        }
+        if skipped > 0 {
+            tracing::warn!(tls_ca_file = %path.display(), skipped, "{skipped} certificates of log.tls_ca_file cannot be used as trust anchors and are skipped");
+        }
+        roots.add_parsable_certificates(usable);
+    }
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let builder = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| format!("NATS TLS: {e}"))?
+        .with_root_certificates(roots);
+    let config = match &settings.tls_client {
+        Some((cert, key)) => {
+            let certs = CertificateDer::pem_file_iter(cert)
+                .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
+                .map_err(|e| format!("log.tls_cert_file {}: {e}", cert.display()))?;
+            let key = PrivateKeyDer::from_pem_file(key)
+                .map_err(|e| format!("log.tls_key_file {}: {e}", key.display()))?;
+            builder
+                .with_client_auth_cert(certs, key)
+                .map_err(|e| format!("log.tls_cert_file/tls_key_file: {e}"))?
+        }
+        None => builder.with_no_client_auth(),
+    };
+    Ok(Some(config))
+}
+
 impl Fleet {
     /// Connects to the cluster (retrying in the background if no server answers yet).
     pub async fn connect(settings: &JetStreamSettings) -> Result<Arc<Fleet>, String> {
@@ -67,11 +116,13 @@ impl Fleet {
         if let Some(token) = &settings.token {
             options = options.token(token.clone());
         }
-        if let Some(ca) = &settings.tls_ca_file {
-            options = options.add_root_certificates(ca.clone());
-        }
-        if let Some((cert, key)) = &settings.tls_client {
-            options = options.add_client_certificate(cert.clone(), key.clone());
+        match tls_client_config(settings)? {
+            Some(config) => options = options.tls_client_config(config),
+            None => {
+                if let Some((cert, key)) = &settings.tls_client {
+                    options = options.add_client_certificate(cert.clone(), key.clone());
+                }
+            }
         }
         let servers: Vec<async_nats::ServerAddr> = settings
             .servers

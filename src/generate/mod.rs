@@ -90,7 +90,7 @@ pub fn run(args: GenerateArgs) -> Result<(), String> {
     let local = endpoint
         .as_deref()
         .is_some_and(|e| e.contains("127.0.0.1") || e.contains("localhost"));
-    let placeholder = (local && crate::producer::credentials::static_keys(None)?.is_none())
+    let placeholder = (local && crate::credentials::static_keys(None)?.is_none())
         .then(|| ("hosepipe-generate".to_string(), "unused".to_string()));
     let total = match (args.count, args.duration) {
         (Some(c), _) => Some(c),

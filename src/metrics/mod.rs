@@ -40,6 +40,12 @@ pub struct ErrorOutputLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct StreamReasonLabels {
+    pub stream: String,
+    pub reason: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ReasonLabels {
     pub reason: String,
 }
@@ -294,6 +300,10 @@ pub struct Metrics {
     pub delivery_to_s3_data_freshness: Family<StreamLabels, Gauge<f64, AtomicU64>>,
     pub delivery_to_s3_latency: HistogramFamily<StreamLabels>,
     pub undelivered_records: Family<StreamLabels, Counter>,
+    /// 1 while the stream's delivery is blocked by a failure retrying cannot fix, by reason.
+    pub delivery_blocked: Family<StreamReasonLabels, Gauge>,
+    /// Failed attempts with such a cause.
+    pub delivery_blocked_attempts: Family<StreamReasonLabels, Counter>,
     /// Records written to the error output, by error output type.
     pub error_output_records: Family<ErrorOutputLabels, Counter>,
     /// The stream's buffering hints: the interval and the size.
@@ -344,6 +354,9 @@ pub struct Metrics {
     /// `hosepipe_stream_info{stream, destination}`: 1 per stream (joins a stream's series to its
     /// destination).
     pub stream_info: Family<StreamInfoLabels, Gauge>,
+    /// The `reason`s delivery may be blocked by, registered by the deliver stage: each stream
+    /// has a `delivery_blocked` series per reason from its start.
+    blocked_reasons: Mutex<Vec<&'static str>>,
     /// Every fsync's latency, kept only when a benchmark asks for them.
     fsync_log: Mutex<Option<Vec<f64>>>,
     /// Per-record arrival → delivered latencies, kept only when a benchmark asks for them.
@@ -373,6 +386,8 @@ impl Metrics {
             delivery_to_s3_data_freshness: Family::default(),
             delivery_to_s3_latency: Family::new_with_constructor(latency_histogram),
             undelivered_records: Family::default(),
+            delivery_blocked: Family::default(),
+            delivery_blocked_attempts: Family::default(),
             error_output_records: Family::default(),
             buffer_interval: Family::default(),
             buffer_size_bytes: Family::default(),
@@ -414,6 +429,7 @@ impl Metrics {
             node_info: Family::default(),
             stream_info: Family::default(),
             destinations: BTreeMap::new(),
+            blocked_reasons: Mutex::new(Vec::new()),
             fsync_log: Mutex::new(None),
             latency_log: Mutex::new(None),
             registry: Registry::default(),
@@ -486,6 +502,16 @@ impl Metrics {
             "undelivered_records",
             "Accepted records that could not be delivered before shutdown gave up",
             m.undelivered_records.clone(),
+        );
+        registry.register(
+            "delivery_blocked",
+            "1 while the stream's delivery is blocked by a failure retrying cannot fix (reason: access_denied, no_such_bucket, kms_key_not_found, …); its records wait in the spool",
+            m.delivery_blocked.clone(),
+        );
+        registry.register(
+            "delivery_blocked_attempts",
+            "Failed delivery attempts whose cause retrying cannot fix, by reason",
+            m.delivery_blocked_attempts.clone(),
         );
         registry.register(
             "error_output_records",
@@ -712,11 +738,85 @@ impl Metrics {
 
     /// Counts a put request refused whole.
     pub fn refused_request(&self, reason: &str) {
+        self.refused_requests_counter(reason).inc();
+    }
+
+    /// The counter of put requests refused for `reason`, made at 0 if it is new.
+    pub fn refused_requests_counter(&self, reason: &str) -> Counter {
         self.refused_requests
             .get_or_create(&ReasonLabels {
                 reason: reason.to_string(),
             })
-            .inc();
+            .clone()
+    }
+
+    /// The reasons delivery may be blocked by (the deliver stage's causes).
+    pub fn register_blocked_reasons(&self, reasons: &[&'static str]) {
+        *self.blocked_reasons.lock().expect("reasons lock") = reasons.to_vec();
+    }
+
+    /// A failed attempt blocked by `reason` (`started`: a new cause; the gauge goes to 1).
+    pub fn delivery_blocked(&self, stream: &str, reason: &str, started: bool) {
+        let labels = StreamReasonLabels {
+            stream: stream.to_string(),
+            reason: reason.to_string(),
+        };
+        self.delivery_blocked_attempts.get_or_create(&labels).inc();
+        if started {
+            // One cause at a time: the one it replaces goes back to 0.
+            self.unblocked(stream);
+            self.delivery_blocked.get_or_create(&labels).set(1);
+        }
+    }
+
+    /// The stream's delivery is no longer blocked.
+    pub fn unblocked(&self, stream: &str) {
+        // Gauges of this stream at 1 go to 0 (the set of reasons is small and known).
+        for reason in self.blocked_reasons.lock().expect("reasons lock").iter() {
+            self.delivery_blocked
+                .get_or_create(&StreamReasonLabels {
+                    stream: stream.to_string(),
+                    reason: (*reason).to_string(),
+                })
+                .set(0);
+        }
+    }
+
+    /// Makes at 0 the series every stream has, whatever happens to it (throttling, delivery
+    /// outcomes, the error output types that apply to it), so a dashboard shows 0 where nothing
+    /// happened yet instead of "No data". `destination` is the stream's kind (`s3`, …).
+    pub fn stream_series(&self, stream: &str, destination: &str, error_types: &[&str]) {
+        let labels = Self::stream(stream);
+        for reason in self.blocked_reasons.lock().expect("reasons lock").iter() {
+            let _ = self.delivery_blocked.get_or_create(&StreamReasonLabels {
+                stream: stream.to_string(),
+                reason: (*reason).to_string(),
+            });
+        }
+        for family in [
+            &self.incoming_records,
+            &self.incoming_bytes,
+            &self.incoming_put_requests,
+            &self.throttled_records,
+        ] {
+            let _ = family.get_or_create(&labels);
+        }
+        let outcomes = match destination {
+            "s3" => &self.delivery_to_s3_objects,
+            http => &self.destination(http).requests,
+        };
+        for outcome in [SUCCESS, FAILURE] {
+            let _ = outcomes.get_or_create(&OutcomeLabels {
+                stream: stream.to_string(),
+                outcome: outcome.to_string(),
+            });
+        }
+        for error_type in error_types {
+            let _ = self.error_output_records.get_or_create(&ErrorOutputLabels {
+                stream: stream.to_string(),
+                error_type: error_type.to_string(),
+            });
+        }
     }
 
     pub fn record_fsync(&self, seconds: f64) {

@@ -4,6 +4,7 @@
 
 use super::encode::backup_all;
 use super::*;
+use crate::deliver::blocked::Change;
 use crate::deliver::{HttpOutcome, Sending};
 
 /// Counts and settles what an HTTP destination took, and turns what it did not into its error
@@ -73,6 +74,39 @@ fn to_error_output(ctx: &StreamContext, error_type: crate::encode::ErrorOutputTy
     ctx.stats
         .error_output_records
         .fetch_add(records, Ordering::Relaxed);
+}
+
+/// A failed S3 attempt: a cause retrying cannot fix is logged once (an operator must act) and
+/// counted after; other failures are warnings. Either way the records wait for the next attempt.
+fn blocked_or_retried(ctx: &StreamContext, key: &str, reason: &str, attempt: u32) {
+    match ctx.stats.blocked.failed(reason, now_ms()) {
+        Change::Started(cause) => {
+            ctx.shared
+                .metrics
+                .delivery_blocked(&ctx.name, cause.as_str(), true);
+            tracing::error!(
+                key,
+                attempt,
+                reason = cause.as_str(),
+                error = reason,
+                "S3 delivery is blocked ({}): {}; records wait in the spool and delivery resumes once it is fixed (repeats are counted in hosepipe_delivery_blocked_attempts_total, not logged)",
+                cause.as_str(),
+                cause.advice()
+            );
+        }
+        Change::Again(cause) => {
+            ctx.shared
+                .metrics
+                .delivery_blocked(&ctx.name, cause.as_str(), false);
+            tracing::debug!(
+                key,
+                attempt,
+                reason = cause.as_str(),
+                "S3 delivery still blocked"
+            );
+        }
+        _ => tracing::warn!(key, attempt, reason, "S3 write failed; will retry"),
+    }
 }
 
 /// Delivers a few at a time: objects to S3, each retried until it is written; batches of HTTP
@@ -174,7 +208,7 @@ async fn deliver_one(ctx: &StreamContext, obj: EncodedObject, journal: bool) {
         |reason, attempt, expired| {
             ctx.stats.failed_attempts.fetch_add(1, Ordering::Relaxed);
             ctx.shared.metrics.s3_failure(&ctx.name);
-            tracing::warn!(key = %obj.key, attempt, reason, "S3 write failed; will retry");
+            blocked_or_retried(ctx, &obj.key, reason, attempt);
             if expired && !expired_counted.swap(true, Ordering::Relaxed) {
                 ctx.shared
                     .metrics
@@ -186,6 +220,12 @@ async fn deliver_one(ctx: &StreamContext, obj: EncodedObject, journal: bool) {
         },
     )
     .await;
+    if matches!(result, DeliveryResult::Delivered { .. })
+        && let Change::Cleared(cause) = ctx.stats.blocked.succeeded()
+    {
+        ctx.shared.metrics.unblocked(&ctx.name);
+        tracing::info!(reason = cause.as_str(), "S3 delivery is no longer blocked");
+    }
     match result {
         DeliveryResult::Delivered { attempts } if let Some(error_type) = obj.error_output => {
             to_error_output(ctx, error_type, records);

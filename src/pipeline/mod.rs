@@ -84,6 +84,8 @@ pub struct StreamStats {
     in_flight: Mutex<BTreeMap<(Stage, u64), InFlight>>,
     pub delivered_records: AtomicU64,
     pub failed_attempts: AtomicU64,
+    /// Whether delivery is blocked by a failure retrying cannot fix, and by what.
+    pub blocked: crate::deliver::blocked::BlockedState,
     /// Records written to the error output.
     pub error_output_records: AtomicU64,
     /// Dynamic partitioning: the partitions with an open buffer, and the limit (`None`
@@ -101,6 +103,7 @@ impl Default for StreamStats {
             in_flight: Mutex::new(BTreeMap::new()),
             delivered_records: AtomicU64::new(0),
             failed_attempts: AtomicU64::new(0),
+            blocked: Default::default(),
             error_output_records: AtomicU64::new(0),
             partitions: Mutex::new((Vec::new(), None)),
         }

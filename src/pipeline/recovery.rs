@@ -386,7 +386,22 @@ async fn stored(
         let Some(error) = unknown else {
             return Some(false);
         };
-        tracing::warn!(bucket = %intent.bucket, key = %intent.keys[0], %error, "cannot ask whether an object journaled before the restart was written; asking again");
+        match ctx.stats.blocked.failed(&error, crate::pipeline::now_ms()) {
+            crate::deliver::blocked::Change::Started(cause) => {
+                ctx.shared
+                    .metrics
+                    .delivery_blocked(&ctx.name, cause.as_str(), true);
+                tracing::error!(bucket = %intent.bucket, key = %intent.keys[0], %error, reason = cause.as_str(), "recovery is blocked ({}): cannot ask whether an object journaled before the restart was written; {}; asking again until it is fixed", cause.as_str(), cause.advice());
+            }
+            crate::deliver::blocked::Change::Again(cause) => {
+                ctx.shared
+                    .metrics
+                    .delivery_blocked(&ctx.name, cause.as_str(), false);
+            }
+            _ => {
+                tracing::warn!(bucket = %intent.bucket, key = %intent.keys[0], %error, "cannot ask whether an object journaled before the restart was written; asking again")
+            }
+        }
         tokio::time::sleep(delay).await;
         if ingest.is_closed() {
             return None;

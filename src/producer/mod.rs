@@ -2,8 +2,6 @@
 //! or AWS), signed with SigV4, retrying only the entries that failed. Shared by
 //! `hosepipe agent` and `hosepipe generate`.
 
-pub mod credentials;
-
 use std::time::Duration;
 
 use base64::Engine;
@@ -11,6 +9,7 @@ use bytes::Bytes;
 use rand::Rng;
 
 use crate::aws_client::{self, CallError, ServiceEndpoint};
+use crate::credentials;
 
 /// Firehose's `PutRecordBatch` limits.
 pub const MAX_BATCH_RECORDS: usize = 500;
@@ -104,17 +103,10 @@ impl Producer {
             body.push_str("\"}");
         }
         body.push_str("]}");
-        let keys = self
-            .credentials
-            .keys()
-            .await
-            .map_err(CallError::Transport)?;
         let endpoint = ServiceEndpoint {
             url: self.url.clone(),
             region: self.region.clone(),
-            access_key_id: keys.access_key_id,
-            secret_access_key: keys.secret_access_key,
-            session_token: keys.session_token,
+            credentials: self.credentials.clone(),
         };
         let answer = aws_client::call_with(
             &self.http,

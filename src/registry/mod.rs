@@ -94,6 +94,8 @@ pub struct StreamView {
     /// The definition in force.
     pub current: Arc<Versioned>,
     pub at_rest: AtRest,
+    /// Delivery blocked by a failure retrying cannot fix.
+    pub blocked: Option<crate::deliver::blocked::Blocked>,
     pub version: u64,
     pub created: f64,
     pub updated: f64,
@@ -766,6 +768,7 @@ impl Registry {
             arn: self.arn(name),
             current: entry.handle.config.borrow().clone(),
             at_rest: entry.at_rest.lock().expect("at-rest lock").clone(),
+            blocked: entry.handle.stats.blocked.get(),
             version: entry.saved.version,
             created: entry.saved.created,
             updated: entry.saved.updated,
@@ -1084,12 +1087,18 @@ impl Registry {
         m.stream_info.clear();
         for (name, e) in self.lock().iter() {
             let spec = &e.handle.config.borrow().spec;
+            let kind = spec.destination.kind();
             m.stream_info
                 .get_or_create(&crate::metrics::StreamInfoLabels {
                     stream: name.clone(),
-                    destination: spec.destination.kind().to_string(),
+                    destination: kind.to_string(),
                 })
                 .set(1);
+            let error_types: Vec<&str> = crate::encode::ErrorOutputType::of_destination(kind)
+                .into_iter()
+                .map(|t| t.as_str())
+                .collect();
+            m.stream_series(name, kind, &error_types);
             let limits = spec.limits();
             let labels = Metrics::stream(name);
             m.buffer_interval

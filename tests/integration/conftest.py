@@ -24,6 +24,11 @@ ROOT = Path(__file__).resolve().parents[2]
 BIN = os.environ.get("HOSEPIPE_BIN", str(ROOT / "target" / "debug" / "hosepipe"))
 S3_AK = "hosepipe-ci"
 S3_SK = "hosepipe-ci-secret"
+S3_READER_AK = "hosepipe-reader"
+S3_READER_SK = "hosepipe-reader-secret"
+# The test command runs the suites with AWS_CA_BUNDLE naming the system's CA bundle, as many
+# containers and CI runners do; daemons keep it (the other AWS_* variables are the test's).
+CA_BUNDLE = os.environ.get("AWS_CA_BUNDLE")
 FH_AK = "AKIDHOSEPIPETEST"
 FH_SK = "firehose-test-secret"
 REGION = "us-east-1"
@@ -151,7 +156,11 @@ class S3Server:
         (self.dir / "s3.json").write_text(json.dumps({"identities": [{
             "name": "ci",
             "credentials": [{"accessKey": S3_AK, "secretKey": S3_SK}],
-            "actions": ["Admin", "Read", "Write", "List", "Tagging"]}]}))
+            "actions": ["Admin", "Read", "Write", "List", "Tagging"]},
+            # Credentials that may read but not write: S3 answers their PUTs 403 AccessDenied.
+            {"name": "reader",
+             "credentials": [{"accessKey": S3_READER_AK, "secretKey": S3_READER_SK}],
+             "actions": ["Read", "List"]}]}))
         self.proc = None
         self.start()
 
@@ -222,7 +231,8 @@ def bucket(s3):
 
 
 class Daemon:
-    def __init__(self, s3, config_text="", data_dir=None, auth=True, extra_env=None, listen=None):
+    def __init__(self, s3, config_text="", data_dir=None, auth=True, extra_env=None, listen=None,
+                 drop_env=()):
         self.data_dir = Path(data_dir or tempfile.mkdtemp(prefix="hosepipe-data-"))
         self.config = self.data_dir.parent / f"{self.data_dir.name}.toml"
         listen = listen or "127.0.0.1:0"
@@ -233,12 +243,14 @@ class Daemon:
         self.config.write_text(text)
         self.env = dict(os.environ)
         for k in list(self.env):
-            if k.startswith("AWS_"):
+            if k.startswith("AWS_") and k != "AWS_CA_BUNDLE":
                 del self.env[k]
         if s3 is not None:
             self.env.update({"AWS_ENDPOINT_URL_S3": s3.url, "AWS_ACCESS_KEY_ID": S3_AK,
                              "AWS_SECRET_ACCESS_KEY": S3_SK, "AWS_REGION": REGION})
         self.env.update(extra_env or {})
+        for k in drop_env:
+            self.env.pop(k, None)
         self.env.setdefault("RUST_LOG", "info,hosepipe=debug")
         self.proc = None
         self.url = None

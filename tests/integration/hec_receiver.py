@@ -114,6 +114,15 @@ class HecReceiver:
                 out[str(i)] = done
         return out
 
+    def serve_tls(self, cert, key):
+        """Serves HTTPS with `cert` (a chain, PEM) and `key` from now on."""
+        import ssl
+        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        context.load_cert_chain(cert, key)
+        self.server.socket = context.wrap_socket(self.server.socket, server_side=True)
+        self.url = self.url.replace("http://", "https://")
+        return self
+
     def close(self):
         self.server.shutdown()
         self.server.server_close()

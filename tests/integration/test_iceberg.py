@@ -517,3 +517,33 @@ s3_configuration = {{ bucket_arn = "arn:aws:s3:::{bucket}", error_output_prefix 
         print(f"batches found already committed after a restart: {skipped}")
     finally:
         server.stop()
+
+
+def test_partition_values_are_escaped_in_paths_as_the_java_writer_does(daemon_factory):
+    d = daemon_factory("""
+object_store = "local"
+[streams.paths.iceberg_destination_configuration]
+catalog_configuration = { catalog_arn = "arn:aws:glue:us-east-1:000000000000:catalog", warehouse_location = "s3://lake/warehouse" }
+destination_table_configuration_list = [{ destination_database_name = "web", destination_table_name = "pages", partition_spec = { identity = [{ source_name = "page" }] } }]
+table_creation_configuration = { enabled = true }
+buffering_hints = { size_in_mbs = 1, interval_in_seconds = 1 }
+s3_configuration = { bucket_arn = "arn:aws:s3:::lake" }
+""", auth=False)
+    pages = ["/search", "a b", "k=v", "100%", "/x y=z%"]
+    put(d.firehose(), "paths", [json.dumps({"id": i, "page": pages[i % 5]}).encode()
+                                for i in range(50)])
+    db = d.data_dir / "iceberg" / "catalog.db"
+    warehouse = d.data_dir / "buckets" / "lake" / "warehouse"
+    wait_for(db.exists, timeout=60, what="the embedded catalog's database")
+    cat = reader("default", f"sqlite:///{db}", f"file://{warehouse}")
+    wait_for(lambda: cat.table_exists("web.pages") and len(rows(cat, "web.pages")) == 50,
+             timeout=60, what="50 rows in web.pages")
+    got = rows(cat, "web.pages")
+    assert sorted(r["page"] for r in got) == sorted(pages[i % 5] for i in range(50))
+    # One directory per value, named as Iceberg's Java writer names it (URLEncoder).
+    dirs = {p.parent.name for p in warehouse.rglob("*.parquet") if "/data/" in str(p)}
+    assert dirs == {"page=%2Fsearch", "page=a+b", "page=k%3Dv", "page=100%25",
+                    "page=%2Fx+y%3Dz%25"}, dirs
+    # Each data file's partition, as the manifest holds it, is the raw value.
+    files = cat.load_table("web.pages").inspect.files().to_pylist()
+    assert {f["partition"]["page"] for f in files} == set(pages)

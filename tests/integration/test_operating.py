@@ -177,6 +177,50 @@ def exported_families(metrics_text):
     return names
 
 
+def test_a_fresh_healthy_daemon_shows_0_not_no_data(tmp_path):
+    """Counters every stream has (throttled records, refused puts, error output by type,
+    delivery outcomes) exist at 0 from the start: on a healthy daemon with no event of those
+    kinds, every panel that applies to its stream returns series."""
+    s3 = S3Server(tmp_path / "s3")
+    prometheus = d = None
+    try:
+        bucket = s3.create_bucket("calm")
+        d = Daemon(s3)
+        fh = d.firehose()
+        fh.create_delivery_stream(DeliveryStreamName="calm", ExtendedS3DestinationConfiguration={
+            "RoleARN": ROLE, "BucketARN": f"arn:aws:s3:::{bucket}",
+            "BufferingHints": {"SizeInMBs": 1, "IntervalInSeconds": 1}})
+        fh.put_record_batch(DeliveryStreamName="calm", Records=[{"Data": b"one\n"}])
+        rules = tmp_path / "alerts.yml"
+        rules.write_text(at_test_speed(ALERTS.read_text()))
+        prometheus = Prometheus(tmp_path, d.url.removeprefix("http://"), rules)
+        # Panels of features the stream does not use: a transform, conversion, a key service,
+        # dynamic partitioning.
+        unused = {"Transform records/s", "Conversion records/s", "Key-service calls/s",
+                  "Active partitions"}
+        queries = [(t, e) for t, e in dashboard_queries() if t not in unused]
+        lacking = []
+
+        def all_answer():
+            lacking[:] = [t for t, e in queries if not prometheus.query(e)]
+            return not lacking
+
+        wait_for(all_answer, timeout=60, interval=1, what="every applicable panel with series")
+        for name in ("hosepipe_throttled_records_total", "hosepipe_error_output_records_total",
+                     "hosepipe_refused_requests_total"):
+            assert all(float(r["value"][1]) == 0 for r in prometheus.query(name)), name
+        assert {r["metric"]["error_type"] for r in prometheus.query(
+            "hosepipe_error_output_records_total")} >= {"processing-failed", "retention-expired"}
+        assert {r["metric"]["reason"] for r in prometheus.query(
+            "hosepipe_refused_requests_total")} == {"quota", "spool_full", "memory"}
+    finally:
+        if prometheus:
+            prometheus.stop()
+        if d:
+            d.stop()
+        s3.stop()
+
+
 def test_the_dashboard_and_alerts_against_a_real_prometheus(tmp_path):
     assert subprocess.run(["promtool", "check", "rules", str(ALERTS)]).returncode == 0
     s3 = S3Server(tmp_path / "s3")

@@ -5,7 +5,6 @@ another CA fails the handshake; with client certificates required, a client with
 refused and one with a certificate the client CA signed gets through."""
 import json
 import os
-import ssl
 import subprocess
 import time
 
@@ -153,11 +152,7 @@ def test_plain_http_is_only_for_loopback_unless_allowed(tmp_path):
 
 def test_the_daemon_trusts_its_ca_bundle_for_its_own_clients(s3, bucket, daemon_factory, pki):
     # A Splunk HEC (the stand-in receiver) serving HTTPS with the test CA's certificate.
-    hec = HecReceiver()
-    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    context.load_cert_chain(pki["server"], pki["server_key"])
-    hec.server.socket = context.wrap_socket(hec.server.socket, server_side=True)
-    hec.url = hec.url.replace("http://", "https://")
+    hec = HecReceiver().serve_tls(pki["server"], pki["server_key"])
     try:
         trusting = daemon_factory(f'ca_bundle = "{pki["ca"]}"\n' + SPLUNK)
         fh = trusting.firehose()

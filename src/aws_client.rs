@@ -161,7 +161,8 @@ fn read_ca_bundle(path: PathBuf) -> Result<CaBundle, CaBundleError> {
             ca_bundle = %path.display(),
             usable = der.len(),
             skipped,
-            "{skipped} certificates of the CA bundle cannot be used as trust anchors and are skipped"
+            "{skipped} of the {} certificates in the CA bundle cannot be used as trust anchors and are skipped",
+            der.len() + skipped
         );
     }
     let certificates = der

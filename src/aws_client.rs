@@ -201,6 +201,32 @@ pub fn error_chain(error: &dyn std::error::Error) -> String {
     text
 }
 
+/// The system's roots, the process's CA bundle and `extra`, for clients that take a rustls
+/// configuration rather than a reqwest builder (NATS, an Iceberg REST catalog).
+pub fn root_store(
+    extra: impl IntoIterator<Item = rustls::pki_types::CertificateDer<'static>>,
+) -> rustls::RootCertStore {
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add_parsable_certificates(rustls_native_certs::load_native_certs().certs);
+    if let Some(bundle) = ca_bundle() {
+        roots.add_parsable_certificates(bundle.der.iter().cloned());
+    }
+    roots.add_parsable_certificates(extra);
+    roots
+}
+
+/// A rustls client configuration over [`root_store`] (aws-lc-rs, TLS 1.2 and 1.3), before its
+/// client authentication is chosen.
+pub fn rustls_client(
+    roots: rustls::RootCertStore,
+) -> Result<rustls::ConfigBuilder<rustls::ClientConfig, rustls::client::WantsClientCert>, String> {
+    let provider = std::sync::Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    Ok(rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| format!("TLS: {e}"))?
+        .with_root_certificates(roots))
+}
+
 /// The CA bundle in force, if one was read.
 pub fn ca_bundle() -> Option<&'static CaBundle> {
     CA_BUNDLE.get().and_then(Option::as_ref)

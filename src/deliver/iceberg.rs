@@ -102,6 +102,22 @@ impl std::fmt::Debug for Lakes {
     }
 }
 
+/// The REST catalog's HTTP client (reqwest 0.12, the one iceberg-catalog-rest speaks through):
+/// HTTPS trusting the system's roots and the process's CA bundle; the proxy variables apply.
+fn rest_client() -> Result<reqwest_012::Client, String> {
+    let tls =
+        crate::aws_client::rustls_client(crate::aws_client::root_store([]))?.with_no_client_auth();
+    reqwest_012::Client::builder()
+        .use_preconfigured_tls(tls)
+        .build()
+        .map_err(|e| {
+            format!(
+                "the REST catalog's HTTP client: {}",
+                crate::aws_client::error_chain(&e)
+            )
+        })
+}
+
 /// A catalog of the Iceberg crates, its files through OpenDAL (the local disk or S3).
 async fn open_catalog<B: CatalogBuilder>(
     builder: B,
@@ -289,7 +305,10 @@ impl Lakes {
                     props.insert("warehouse".into(), warehouse.to_string());
                 }
                 open_catalog(
-                    iceberg_catalog_rest::RestCatalogBuilder::default(),
+                    iceberg_catalog_rest::RestCatalogBuilder::default().with_client(
+                        rest_client()
+                            .map_err(|e| Failure::fatal("Iceberg.CatalogUnavailable", e))?,
+                    ),
                     name,
                     props,
                 )

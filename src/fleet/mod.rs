@@ -63,11 +63,7 @@ fn tls_client_config(settings: &JetStreamSettings) -> Result<Option<rustls::Clie
     if settings.tls_ca_file.is_none() && bundle.is_none() {
         return Ok(None);
     }
-    let mut roots = rustls::RootCertStore::empty();
-    roots.add_parsable_certificates(rustls_native_certs::load_native_certs().certs);
-    if let Some(bundle) = bundle {
-        roots.add_parsable_certificates(bundle.der.iter().cloned());
-    }
+    let mut extra = Vec::new();
     if let Some(path) = &settings.tls_ca_file {
         let failed = |e: String| format!("log.tls_ca_file {}: {e}", path.display());
         let pem = std::fs::read(path).map_err(|e| failed(e.to_string()))?;
@@ -78,13 +74,10 @@ fn tls_client_config(settings: &JetStreamSettings) -> Result<Option<rustls::Clie
         if skipped > 0 {
             tracing::warn!(tls_ca_file = %path.display(), skipped, "{skipped} certificates of log.tls_ca_file cannot be used as trust anchors and are skipped");
         }
-        roots.add_parsable_certificates(usable);
+        extra = usable;
     }
-    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-    let builder = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .map_err(|e| format!("NATS TLS: {e}"))?
-        .with_root_certificates(roots);
+    let builder = crate::aws_client::rustls_client(crate::aws_client::root_store(extra))
+        .map_err(|e| format!("NATS {e}"))?;
     let config = match &settings.tls_client {
         Some((cert, key)) => {
             let certs = CertificateDer::pem_file_iter(cert)

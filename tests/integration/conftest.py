@@ -334,6 +334,15 @@ def daemon(daemon_factory):
     return daemon_factory()
 
 
+def wrap_tls(server, url, cert, key):
+    """Makes an http.server serve HTTPS with `cert` (a chain, PEM) and `key`; its new URL."""
+    import ssl
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(cert, key)
+    server.socket = context.wrap_socket(server.socket, server_side=True)
+    return url.replace("http://", "https://")
+
+
 def signed_call(url, target, body, ak=FH_AK, sk=FH_SK, sign=True):
     """A raw JSON 1.1 call, signed with botocore's SigV4 signer (for requests boto3 would refuse
     to send)."""

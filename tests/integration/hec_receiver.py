@@ -116,11 +116,8 @@ class HecReceiver:
 
     def serve_tls(self, cert, key):
         """Serves HTTPS with `cert` (a chain, PEM) and `key` from now on."""
-        import ssl
-        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-        context.load_cert_chain(cert, key)
-        self.server.socket = context.wrap_socket(self.server.socket, server_side=True)
-        self.url = self.url.replace("http://", "https://")
+        from conftest import wrap_tls
+        self.url = wrap_tls(self.server, self.url, cert, key)
         return self
 
     def close(self):

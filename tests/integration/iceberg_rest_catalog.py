@@ -86,6 +86,12 @@ class RestCatalogServer:
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
 
+    def serve_tls(self, cert, key):
+        """Serves HTTPS with `cert` (a chain, PEM) and `key` from now on."""
+        from conftest import wrap_tls
+        self.url = wrap_tls(self.server, self.url, cert, key)
+        return self
+
     def start(self):
         self.thread.start()
         return self

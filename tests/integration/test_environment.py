@@ -426,3 +426,62 @@ def test_a_role_assumed_through_sts_with_a_source_profile_and_a_web_identity(
                    if "credentials fetched source=role" in line]
         assert fetched and "assumed through STS" in fetched[0], d.log()
         assert re.search(r"access_key_id=ASIA", fetched[0]), fetched[0]
+
+
+# -- a fleet's NATS connection over TLS --------------------------------------------------------
+
+@pytest.mark.skipif(not SYSTEM_BUNDLE.exists(), reason="no system CA bundle")
+def test_the_nats_connection_trusts_the_ca_bundle_and_a_system_bundle_as_tls_ca_file(
+        s3, bucket, daemon_factory, pki, tmp_path):
+    """A JetStream server serving TLS with a private CA's certificate: a node trusts it through
+    AWS_CA_BUNDLE, or through `[log] tls_ca_file` naming the system's bundle with the CA (and a
+    certificate no TLS stack takes, skipped); a node trusting neither cannot connect."""
+    from conftest import stable_port
+    from nats_cluster import nats_server
+    from test_durability import delivered_ids, stream_toml
+    port, http_port = stable_port(), stable_port()
+    (tmp_path / "js").mkdir()
+    conf = tmp_path / "nats.conf"
+    conf.write_text(f'listen: 127.0.0.1:{port}\nhttp: 127.0.0.1:{http_port}\n'
+                    f'jetstream {{ store_dir: "{tmp_path / "js"}" }}\n'
+                    f'tls {{ cert_file: "{pki["server"]}", key_file: "{pki["server_key"]}" }}\n')
+    server = subprocess.Popen([nats_server(), "-c", str(conf)], stdout=subprocess.DEVNULL,
+                              stderr=subprocess.STDOUT)
+    try:
+        import requests
+        wait_for(lambda: requests.get(f"http://127.0.0.1:{http_port}/healthz",
+                                      timeout=1).status_code == 200, what="nats-server")
+        mixed = tmp_path / "system-and-ca.pem"
+        mixed.write_bytes(BROKEN_CERT + SYSTEM_BUNDLE.read_bytes() + Path(pki["ca"]).read_bytes())
+
+        def log(extra=""):
+            return (f'[log]\nbackend = "jetstream"\nservers = ["tls://127.0.0.1:{port}"]\n'
+                    f'replicas = 1\nprefix = "tls"\nrequire_tls = true\n{extra}')
+
+        bundle = tmp_path / "bundle.pem"
+        bundle.write_bytes(SYSTEM_BUNDLE.read_bytes() + Path(pki["ca"]).read_bytes())
+        for name, config, env in [
+            ("viaenv", log(), {"AWS_CA_BUNDLE": str(bundle)}),
+            ("viafile", log(f'tls_ca_file = "{mixed}"\n'), {}),
+        ]:
+            d = daemon_factory(config + stream_toml(name, bucket, f"{name}/"), extra_env=env)
+            ids = [f"{name}-{i}" for i in range(20)]
+            d.firehose().put_record_batch(DeliveryStreamName=name, Records=[
+                {"Data": f"{r}\n".encode()} for r in ids])
+            wait_for(lambda: sorted(delivered_ids(s3, bucket, f"{name}/")) == sorted(ids),
+                     timeout=60, what=f"{name}: records through JetStream over TLS")
+            d.stop()
+        assert "certificates of log.tls_ca_file cannot be used" in d.log()
+        # Trusting neither: the handshake fails and the node says so.
+        env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
+        cfg = tmp_path / "untrusting.toml"
+        cfg.write_text('listen = "127.0.0.1:0"\n' + log())
+        out = subprocess.run([BIN, "serve", "--config", str(cfg), "--data-dir",
+                              str(tmp_path / "untrusting")], env=env, capture_output=True,
+                             text=True, timeout=60)
+        assert out.returncode != 0
+        assert "cannot connect to NATS" in out.stderr or "certificate" in out.stderr.lower(), \
+            out.stderr[-2000:]
+    finally:
+        server.terminate()
+        server.wait()

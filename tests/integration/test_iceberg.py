@@ -27,6 +27,7 @@ from pyiceberg.types import (BooleanType, DoubleType, IntegerType, ListType, Lon
 
 from conftest import REGION, S3_AK, S3_SK, S3Server, free_port, wait_for
 from test_durability import Producers
+from test_tls import pki  # noqa: F401 - the fixture
 
 ROLE = "arn:aws:iam::000000000000:role/firehose"
 ACCOUNT_CATALOG = "arn:aws:glue:us-east-1:000000000000:catalog"
@@ -547,3 +548,40 @@ s3_configuration = { bucket_arn = "arn:aws:s3:::lake" }
     # Each data file's partition, as the manifest holds it, is the raw value.
     files = cat.load_table("web.pages").inspect.files().to_pylist()
     assert {f["partition"]["page"] for f in files} == set(pages)
+
+
+def test_a_rest_catalog_over_https_trusts_the_ca_bundle(daemon_factory, s3, bucket, tmp_path,
+                                                        pki):
+    """The REST catalog's client takes the daemon's CA bundle: over HTTPS with a certificate a
+    private CA signed, rows arrive; a daemon without the bundle fails the handshake, and the
+    records go to the error output saying so."""
+    from iceberg_rest_catalog import RestCatalogServer
+    backing = reader("analytics", f"sqlite:///{tmp_path / 'tls.db'}", f"s3://{bucket}/tls", s3)
+    backing.create_namespace("db")
+    backing.create_table("db.events", schema=EVENTS)
+    server = RestCatalogServer({"analytics": backing}).serve_tls(pki["server"],
+                                                                  pki["server_key"]).start()
+    catalog = f'[iceberg.catalogs.lake]\nuri = "{server.url}"\nwarehouse = "analytics"\n'
+    table = [{"DestinationDatabaseName": "db", "DestinationTableName": "events"}]
+    try:
+        d = daemon_factory(f'ca_bundle = "{pki["ca"]}"\n' + catalog)
+        d.firehose().create_delivery_stream(
+            DeliveryStreamName="tls", IcebergDestinationConfiguration=iceberg_destination(
+                ACCOUNT_CATALOG + "/lake", table, bucket))
+        put(d.firehose(), "tls", [json.dumps(event(i)).encode() for i in range(20)])
+        wait_for(lambda: len(rows(backing, "db.events")) == 20, timeout=60,
+                 what="20 rows through the HTTPS catalog")
+        untrusting = daemon_factory(catalog)
+        untrusting.firehose().create_delivery_stream(
+            DeliveryStreamName="untrusted", IcebergDestinationConfiguration=iceberg_destination(
+                ACCOUNT_CATALOG + "/lake", table, bucket, RetryOptions={"DurationInSeconds": 0},
+                S3Configuration={"RoleARN": ROLE, "BucketARN": f"arn:aws:s3:::{bucket}",
+                                 "ErrorOutputPrefix": "u-errors/!{firehose:error-output-type}/"}))
+        put(untrusting.firehose(), "untrusted", [json.dumps(event(i)).encode() for i in range(3)])
+        docs = wait_for(lambda: len(error_documents(s3, bucket, "u-errors/")) == 3 and
+                        error_documents(s3, bucket, "u-errors/"), timeout=60,
+                        what="the untrusted records in the error output")
+        assert "certificate" in docs[0]["errorMessage"].lower(), docs[0]["errorMessage"]
+        assert len(rows(backing, "db.events")) == 20
+    finally:
+        server.stop()

@@ -166,8 +166,15 @@ def test_records_wait_while_the_key_service_fails(daemon_factory, s3, bucket, tm
     failures = r'hosepipe_key_service_calls_total\{stream="waits",outcome="KMSKeyNotFound"\} (\d+)'
     wait_for(lambda: re.search(failures, d.metrics()), what="key-service failures counted")
     assert s3.objects(bucket, "waits/") == []
+    # Named as a cause retrying alone cannot fix, as Firehose names it.
+    description = wait_for(lambda: fh.describe_delivery_stream(DeliveryStreamName="waits")[
+        "DeliveryStreamDescription"].get("FailureDescription"), what="a FailureDescription")
+    assert description["Type"] == "KMS_KEY_NOT_FOUND", description
+    assert 'hosepipe_delivery_blocked{stream="waits",reason="kms_key_not_found"} 1' in d.metrics()
     hidden.rename(keyring)
     wait_for(lambda: s3.objects(bucket, "waits/"), timeout=60, what="the held object")
+    assert "FailureDescription" not in fh.describe_delivery_stream(
+        DeliveryStreamName="waits")["DeliveryStreamDescription"]
     (key, body, _), = s3.objects(bucket, "waits/")
     assert lines(decrypt(body, local_unwrap(keyring), expected_key=key)) == [b"held back"]
 

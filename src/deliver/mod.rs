@@ -3,8 +3,8 @@
 //! endpoints). What is sent is encoded once, before the first attempt (`crate::encode`); only
 //! the sending repeats.
 
-#[cfg(feature = "iceberg")]
 pub mod blocked;
+#[cfg(feature = "iceberg")]
 pub mod glue_catalog;
 pub mod http_endpoint;
 #[cfg(feature = "iceberg")]

@@ -475,6 +475,26 @@ fn profile_source(
     })
 }
 
+/// A profile's keys in a shared file, as the file says now.
+fn file_keys(path: &std::path::Path, section: &str) -> Result<Keys, String> {
+    let ini = Ini::load_from_file(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let props = ini
+        .section(Some(section))
+        .ok_or_else(|| format!("{}: no [{section}] any more", path.display()))?;
+    let (Some(id), Some(secret)) = (
+        props.get("aws_access_key_id"),
+        props.get("aws_secret_access_key"),
+    ) else {
+        return Err(format!("{} [{section}]: no keys any more", path.display()));
+    };
+    Ok(Keys {
+        access_key_id: id.to_string(),
+        secret_access_key: secret.to_string(),
+        session_token: props.get("aws_session_token").map(String::from),
+        source: format!("{} [{section}]", path.display()),
+    })
+}
+
 /// Reads the `AccessKeyId` / `SecretAccessKey` / `Token` (or `SessionToken`) / `Expiration`
 /// document that the container endpoint, IMDS and `credential_process` answer.
 fn parse_document(text: &str, source: String) -> Result<(Keys, Option<DateTime<Utc>>), String> {
@@ -604,24 +624,8 @@ impl Source {
             Source::Fixed(k) => (k.clone(), None),
             Source::File { path, section } => {
                 let modified = std::fs::metadata(path).and_then(|m| m.modified()).ok();
-                let ini =
-                    Ini::load_from_file(path).map_err(|e| format!("{}: {e}", path.display()))?;
-                let props = ini
-                    .section(Some(section.as_str()))
-                    .ok_or_else(|| format!("{}: no [{section}] any more", path.display()))?;
-                let (Some(id), Some(secret)) = (
-                    props.get("aws_access_key_id"),
-                    props.get("aws_secret_access_key"),
-                ) else {
-                    return Err(format!("{} [{section}]: no keys any more", path.display()));
-                };
                 return Ok(Current {
-                    keys: Keys {
-                        access_key_id: id.to_string(),
-                        secret_access_key: secret.to_string(),
-                        session_token: props.get("aws_session_token").map(String::from),
-                        source: self.describe(),
-                    },
+                    keys: file_keys(path, section)?,
                     expires: None,
                     modified,
                 });
@@ -906,18 +910,7 @@ pub fn process_chain() -> Result<Credentials, String> {
 pub fn static_keys(explicit: Option<(String, String)>) -> Result<Option<Keys>, String> {
     match source(&process_env, explicit, false).map_err(|e| e.to_string())? {
         Some(Source::Fixed(k)) => Ok(Some(k)),
-        Some(Source::File { path, section }) => {
-            let ini = Ini::load_from_file(&path).map_err(|e| format!("{}: {e}", path.display()))?;
-            let props = ini.section(Some(section.as_str()));
-            Ok(props.and_then(|p| {
-                Some(Keys {
-                    access_key_id: p.get("aws_access_key_id")?.to_string(),
-                    secret_access_key: p.get("aws_secret_access_key")?.to_string(),
-                    session_token: p.get("aws_session_token").map(String::from),
-                    source: format!("{} [{section}]", path.display()),
-                })
-            }))
-        }
+        Some(Source::File { path, section }) => file_keys(&path, &section).map(Some),
         _ => Ok(None),
     }
 }
